@@ -1,0 +1,193 @@
+//! Apply: committed raft entries, in order, into MVCC.
+//!
+//! Each entry runs in one MVCC write transaction whose `end` buffers the effects
+//! together with the consistent index (the entry's raft index). Entries at or
+//! below the consistent index were applied before a restart and are skipped, so
+//! replaying the WAL is idempotent.
+
+pub mod alarm;
+pub mod range;
+pub mod txn;
+pub mod view;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kvd_api::etcdserverpb::{
+    AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse, InternalRaftRequest, PutResponse,
+    ResponseHeader, TxnResponse,
+};
+use tokio::sync::oneshot;
+use tracing::{info_span, warn};
+
+use crate::backend::Table;
+use crate::metrics;
+use crate::mvcc::{KvStore, MvccError, meta};
+pub use alarm::AlarmStore;
+
+/// Errors raised while applying an entry; they are the entry's result, not failures of apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("lease not found")]
+    LeaseNotFound,
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: not capable")]
+    NotCapable,
+}
+
+/// The result of applying one request.
+#[derive(Debug)]
+pub enum ApplyOutput {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    /// The receiver fires when the physical compaction is done.
+    Compaction(CompactionResponse, oneshot::Receiver<()>),
+    Alarm(AlarmResponse),
+    /// Entries without a client result (blank, membership).
+    None,
+}
+
+/// An apply slower than this is logged, as etcd does.
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+
+pub struct Applier {
+    store: Arc<KvStore>,
+    alarms: Arc<AlarmStore>,
+    consistent_index: AtomicU64,
+}
+
+impl Applier {
+    pub fn new(store: Arc<KvStore>, alarms: Arc<AlarmStore>) -> Result<Self, MvccError> {
+        let ci = store.backend().get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b)).unwrap_or(0);
+        Ok(Self { store, alarms, consistent_index: AtomicU64::new(ci) })
+    }
+
+    /// The index of the last applied entry.
+    pub fn consistent_index(&self) -> u64 {
+        self.consistent_index.load(Ordering::SeqCst)
+    }
+
+    pub fn store(&self) -> &Arc<KvStore> {
+        &self.store
+    }
+
+    /// Applies the entry at (`index`, `term`). `extra` are meta writes (raft's
+    /// applied log id, membership) that must persist atomically with it.
+    /// Returns None when the entry was applied before (index <= consistent index).
+    pub fn apply(
+        &self,
+        index: u64,
+        term: u64,
+        req: Option<&InternalRaftRequest>,
+        extra: Vec<(Vec<u8>, Bytes)>,
+    ) -> Option<Result<ApplyOutput, ApplyError>> {
+        if index <= self.consistent_index() {
+            return None;
+        }
+        let _span = info_span!("apply", index, term).entered();
+        let start = Instant::now();
+        let mut w = self.store.write();
+        for (k, v) in extra {
+            w.put_extra(Table::Meta, k, Some(v));
+        }
+        let mut compaction = None;
+        let out = match req {
+            None => Ok(ApplyOutput::None),
+            Some(r) => self.apply_request(&mut w, r, &mut compaction),
+        };
+        if let Ok(ApplyOutput::Alarm(_)) = &out {
+            for (k, v) in self.alarms.pending_writes() {
+                w.put_extra(Table::Alarm, k, v);
+            }
+        }
+        w.end(index, term);
+        self.consistent_index.store(index, Ordering::SeqCst);
+        let out = match (out, compaction) {
+            (Ok(ApplyOutput::Compaction(resp, _)), Some(rev)) => {
+                Ok(ApplyOutput::Compaction(resp, self.spawn_physical_compaction(rev)))
+            }
+            (o, _) => o,
+        };
+        let took = start.elapsed();
+        if took > SLOW_APPLY {
+            metrics::get().slow_apply.inc();
+            warn!(index, took_ms = took.as_millis() as u64, expected_ms = 100u64, "apply request took too long");
+        }
+        Some(out)
+    }
+
+    fn apply_request(
+        &self,
+        w: &mut crate::mvcc::WriteTxn<'_>,
+        r: &InternalRaftRequest,
+        compaction: &mut Option<i64>,
+    ) -> Result<ApplyOutput, ApplyError> {
+        let nospace = self.alarms.active(AlarmType::Nospace);
+        if let Some(p) = &r.put {
+            if nospace {
+                return Err(ApplyError::NoSpace);
+            }
+            return txn::put(w, p).map(ApplyOutput::Put);
+        }
+        if let Some(d) = &r.delete_range {
+            return txn::delete_range(w, d).map(ApplyOutput::DeleteRange);
+        }
+        if let Some(t) = &r.txn {
+            if nospace && crate::quota::txn_cost(t) > 0 {
+                return Err(ApplyError::NoSpace);
+            }
+            return txn::txn(w, t).map(ApplyOutput::Txn);
+        }
+        if let Some(c) = &r.compaction {
+            w.schedule_compaction(c.revision)?;
+            *compaction = Some(c.revision);
+            let header = Some(ResponseHeader { revision: w.store().rev(), ..Default::default() });
+            let (_tx, rx) = oneshot::channel();
+            return Ok(ApplyOutput::Compaction(CompactionResponse { header }, rx));
+        }
+        if let Some(a) = &r.alarm {
+            return Ok(ApplyOutput::Alarm(self.alarms.apply(a)));
+        }
+        if r.lease_grant.is_some() && nospace {
+            return Err(ApplyError::NoSpace);
+        }
+        Err(ApplyError::NotCapable)
+    }
+
+    fn spawn_physical_compaction(&self, rev: i64) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let store = self.store.clone();
+        std::thread::Builder::new()
+            .name("kvd-compactor".into())
+            .spawn(move || {
+                if let Err(e) = store.compact_physical(rev) {
+                    tracing::error!(revision = rev, error = %e, "physical compaction failed");
+                }
+                let _ = tx.send(());
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| warn!(error = %e, "cannot start compaction thread"));
+        rx
+    }
+}
+
+/// The response header revision for results that carry one.
+pub fn output_revision(o: &ApplyOutput) -> i64 {
+    let h = match o {
+        ApplyOutput::Put(r) => &r.header,
+        ApplyOutput::DeleteRange(r) => &r.header,
+        ApplyOutput::Txn(r) => &r.header,
+        ApplyOutput::Compaction(r, _) => &r.header,
+        ApplyOutput::Alarm(r) => &r.header,
+        ApplyOutput::None => &None,
+    };
+    h.as_ref().map(|h| h.revision).unwrap_or(0)
+}

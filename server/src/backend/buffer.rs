@@ -1,0 +1,77 @@
+//! The write buffer in front of redb: applied changes wait here until the next
+//! batch commit, and reads look here first (etcd's txWriteBuffer).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+/// The tables kvd keeps in the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Revision key -> encoded mvccpb.KeyValue.
+    Key,
+    /// Named metadata: consistent index, compaction revisions.
+    Meta,
+    /// Active alarms: member id (8 bytes BE) ‖ alarm type (4 bytes BE) -> empty.
+    Alarm,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Key => "key",
+            Table::Meta => "meta",
+            Table::Alarm => "alarm",
+        }
+    }
+
+    pub const ALL: [Table; 3] = [Table::Key, Table::Meta, Table::Alarm];
+}
+
+/// Pending puts (`Some`) and deletes (`None`) per table, in key order.
+#[derive(Debug, Default)]
+pub struct Buffer {
+    tables: BTreeMap<Table, BTreeMap<Vec<u8>, Option<Bytes>>>,
+    ops: usize,
+}
+
+impl Buffer {
+    pub fn put(&mut self, t: Table, k: Vec<u8>, v: Bytes) {
+        self.tables.entry(t).or_default().insert(k, Some(v));
+        self.ops += 1;
+    }
+
+    pub fn delete(&mut self, t: Table, k: Vec<u8>) {
+        self.tables.entry(t).or_default().insert(k, None);
+        self.ops += 1;
+    }
+
+    /// `Some(Some(v))`: buffered value; `Some(None)`: buffered delete; `None`: not buffered.
+    pub fn get(&self, t: Table, k: &[u8]) -> Option<Option<Bytes>> {
+        self.tables.get(&t)?.get(k).cloned()
+    }
+
+    /// Buffered entries of `t` with keys in `[start, end)`.
+    pub fn range<'a>(
+        &'a self,
+        t: Table,
+        start: &'a [u8],
+        end: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Bytes>)> + 'a {
+        self.tables.get(&t).into_iter().flat_map(move |m| {
+            m.range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Excluded(end)))
+        })
+    }
+
+    pub fn ops(&self) -> usize {
+        self.ops
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = (Table, &BTreeMap<Vec<u8>, Option<Bytes>>)> {
+        self.tables.iter().map(|(t, m)| (*t, m))
+    }
+}

@@ -1,0 +1,324 @@
+//! The backend: redb behind a write buffer, committed in batches.
+//!
+//! Commit protocol (see ARCHITECTURE.md, "Apply and the backend"):
+//! - Apply writes every effect of an entry, *and* the consistent index, into the
+//!   pending [`Buffer`]. Reads consult the pending buffer, then the buffer being
+//!   committed, then redb.
+//! - Every batch interval (100 ms) or once the batch limit (10,000 ops) is
+//!   reached, the committer swaps the pending buffer out and writes it in one
+//!   redb transaction with `Durability::Immediate`. The consistent index travels
+//!   in the same transaction as the effects, so after a crash redb holds a
+//!   prefix of the applied entries and exactly says which; the rest is replayed
+//!   from the WAL.
+//! - A buffer being committed stays readable until redb's commit returned, so
+//!   a reader never misses a key between the buffer and the file.
+
+pub mod buffer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use tracing::{info, info_span, warn};
+
+pub use buffer::{Buffer, Table};
+
+use crate::metrics;
+
+/// Errors of the backend layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend: cannot open {path}: {msg}")]
+    Open { path: PathBuf, msg: String },
+    #[error("backend: {0}")]
+    Storage(String),
+}
+
+impl From<redb::Error> for BackendError {
+    fn from(e: redb::Error) -> Self {
+        BackendError::Storage(e.to_string())
+    }
+}
+
+macro_rules! storage_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for BackendError {
+            fn from(e: $t) -> Self { BackendError::Storage(e.to_string()) }
+        }
+    )*};
+}
+storage_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::CompactionError,
+    redb::SetDurabilityError
+);
+
+const fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(match t {
+        Table::Key => "key",
+        Table::Meta => "meta",
+        Table::Alarm => "alarm",
+    })
+}
+
+#[derive(Default)]
+struct Buffers {
+    pending: Buffer,
+    committing: Option<Arc<Buffer>>,
+}
+
+pub struct Backend {
+    path: PathBuf,
+    db: RwLock<Database>,
+    bufs: RwLock<Buffers>,
+    /// Serialises commits and defragmentation.
+    commit_lock: Mutex<()>,
+    batch_limit: usize,
+    wake: (Mutex<bool>, Condvar),
+    size: AtomicU64,
+    size_in_use: AtomicU64,
+}
+
+impl Backend {
+    /// Opens (or creates) the redb file at `path`.
+    pub fn open(path: &Path, batch_limit: usize) -> Result<Arc<Backend>, BackendError> {
+        let open_err = |msg: String| BackendError::Open { path: path.to_path_buf(), msg };
+        let db = Database::builder()
+            .create(path)
+            .map_err(|e| open_err(format!("{e} (the file is damaged or not a kvd backend; move it away and kvd rebuilds it from the WAL)")))?;
+        let be = Backend {
+            path: path.to_path_buf(),
+            db: RwLock::new(db),
+            bufs: RwLock::new(Buffers::default()),
+            commit_lock: Mutex::new(()),
+            batch_limit: batch_limit.max(1),
+            wake: (Mutex::new(false), Condvar::new()),
+            size: AtomicU64::new(0),
+            size_in_use: AtomicU64::new(0),
+        };
+        // Make sure every table exists so readers never see "table does not exist".
+        {
+            let db = be.db.read();
+            let tx = db.begin_write()?;
+            for t in Table::ALL {
+                tx.open_table(def(t))?;
+            }
+            be.refresh_sizes(&tx)?;
+            tx.commit()?;
+        }
+        Ok(Arc::new(be))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Buffers writes. Returns true when the batch limit is reached; the
+    /// committer is woken then.
+    pub fn write(&self, f: impl FnOnce(&mut Buffer)) {
+        let full = {
+            let mut b = self.bufs.write();
+            f(&mut b.pending);
+            b.pending.ops() >= self.batch_limit
+        };
+        if full {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        let (m, cv) = &self.wake;
+        *m.lock() = true;
+        cv.notify_one();
+    }
+
+    /// Reads one key, seeing buffered writes.
+    pub fn get(&self, t: Table, k: &[u8]) -> Result<Option<Bytes>, BackendError> {
+        Ok(self.get_many(t, std::slice::from_ref(&k.to_vec()))?.pop().flatten())
+    }
+
+    /// Reads several keys of one table, seeing buffered writes.
+    pub fn get_many(&self, t: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, BackendError> {
+        let mut out = vec![None; keys.len()];
+        let mut missing = Vec::new();
+        {
+            let b = self.bufs.read();
+            for (i, k) in keys.iter().enumerate() {
+                match b.pending.get(t, k).or_else(|| b.committing.as_ref().and_then(|c| c.get(t, k))) {
+                    Some(v) => out[i] = v,
+                    None => missing.push(i),
+                }
+            }
+        }
+        // Taken after the buffers: anything that left them is in redb by now.
+        if !missing.is_empty() {
+            let db = self.db.read();
+            let tx = db.begin_read()?;
+            let table = tx.open_table(def(t))?;
+            for i in missing {
+                out[i] = table.get(keys[i].as_slice())?.map(|g| Bytes::copy_from_slice(g.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Visits committed entries of `t` in `[start, end)` in key order until `f`
+    /// returns false. Call [`commit`](Self::commit) first to include buffered writes.
+    pub fn scan_committed(
+        &self,
+        t: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        let db = self.db.read();
+        let tx = db.begin_read()?;
+        let table = tx.open_table(def(t))?;
+        let iter = match end {
+            Some(e) => table.range::<&[u8]>(start..e)?,
+            None => table.range::<&[u8]>(start..)?,
+        };
+        for item in iter {
+            let (k, v) = item?;
+            if !f(k.value(), v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Visits every committed entry of every table from one read transaction
+    /// (a consistent view), until `f` returns false.
+    pub fn scan_all_committed(&self, mut f: impl FnMut(Table, &[u8], &[u8]) -> bool) -> Result<(), BackendError> {
+        let db = self.db.read();
+        let tx = db.begin_read()?;
+        for t in Table::ALL {
+            let table = tx.open_table(def(t))?;
+            for item in table.range::<&[u8]>(..)? {
+                let (k, v) = item?;
+                if !f(t, k.value(), v.value()) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the pending buffer durably in one redb transaction.
+    pub fn commit(&self) -> Result<(), BackendError> {
+        let _g = self.commit_lock.lock();
+        let batch = {
+            let mut b = self.bufs.write();
+            if b.pending.is_empty() {
+                return Ok(());
+            }
+            let p = Arc::new(std::mem::take(&mut b.pending));
+            b.committing = Some(p.clone());
+            p
+        };
+        let _span = info_span!("backend_commit", ops = batch.ops()).entered();
+        let start = Instant::now();
+        {
+            let db = self.db.read();
+            let mut tx = db.begin_write()?;
+            // One fsync covers the batch and its consistent index.
+            tx.set_durability(Durability::Immediate)?;
+            for (t, entries) in batch.tables() {
+                let mut table = tx.open_table(def(t))?;
+                for (k, v) in entries {
+                    match v {
+                        Some(v) => {
+                            table.insert(k.as_slice(), v.as_ref())?;
+                        }
+                        None => {
+                            table.remove(k.as_slice())?;
+                        }
+                    }
+                }
+            }
+            self.refresh_sizes(&tx)?;
+            tx.commit()?;
+        }
+        self.bufs.write().committing = None;
+        let took = start.elapsed();
+        metrics::get().backend_commit.observe(took.as_secs_f64());
+        if took > Duration::from_secs(1) {
+            warn!(took_ms = took.as_millis() as u64, ops = batch.ops(), "slow backend commit");
+        }
+        Ok(())
+    }
+
+    fn refresh_sizes(&self, tx: &redb::WriteTransaction) -> Result<(), BackendError> {
+        let stats = tx.stats()?;
+        let in_use = stats.allocated_pages() * stats.page_size() as u64;
+        let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(in_use);
+        self.size.store(size.max(in_use), Ordering::Relaxed);
+        self.size_in_use.store(in_use, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs the batch committer until `stop` is set. Fatal errors go to `on_fatal`.
+    pub fn run_committer(self: &Arc<Self>, interval: Duration, on_fatal: impl Fn(BackendError) + Send + 'static) {
+        let be = self.clone();
+        std::thread::Builder::new()
+            .name("kvd-backend-commit".into())
+            .spawn(move || {
+                loop {
+                    {
+                        let (m, cv) = &be.wake;
+                        let mut woken = m.lock();
+                        if !*woken {
+                            cv.wait_for(&mut woken, interval);
+                        }
+                        *woken = false;
+                    }
+                    if Arc::strong_count(&be) == 1 {
+                        return;
+                    }
+                    if let Err(e) = be.commit() {
+                        on_fatal(e);
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the backend committer thread");
+    }
+
+    /// Rewrites the file without free pages. Blocks reads and writes while it runs.
+    pub fn defrag(&self) -> Result<(u64, u64), BackendError> {
+        self.commit()?;
+        let _g = self.commit_lock.lock();
+        let start = Instant::now();
+        let before = self.size();
+        let mut db = self.db.write();
+        while db.compact()? {}
+        {
+            let tx = db.begin_write()?;
+            self.refresh_sizes(&tx)?;
+            tx.commit()?;
+        }
+        // redb's compact moves pages to the front; shrink the file to what is in use.
+        let after = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        self.size.store(after, Ordering::Relaxed);
+        metrics::get().backend_defrag.observe(start.elapsed().as_secs_f64());
+        info!(before, after, took_ms = start.elapsed().as_millis() as u64, "defragmented backend");
+        Ok((before, after))
+    }
+
+    /// Size of the backend file in bytes.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the file in use (the rest is free pages that defrag reclaims).
+    pub fn size_in_use(&self) -> u64 {
+        self.size_in_use.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,188 @@
+//! Command-line flags: etcd's names and defaults, each also settable through
+//! a `KVD_*` environment variable.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::etcdserver::ServerConfig;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvd", version, about = "kvd: an etcd-compatible, Raft-replicated key-value store")]
+pub struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "KVD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: `<name>.kvd`).
+    #[arg(long, env = "KVD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic.
+    #[arg(long, env = "KVD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+    /// Client URLs advertised to the rest of the cluster.
+    #[arg(long, env = "KVD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, env = "KVD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// Peer URLs advertised to the rest of the cluster.
+    #[arg(long, env = "KVD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration: `name=peerURL,...` (default: this member alone).
+    #[arg(long, env = "KVD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` or `existing`.
+    #[arg(long, env = "KVD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Token that makes cluster and member ids unique per cluster.
+    #[arg(long, env = "KVD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Backend size quota in bytes (0 = 2 GiB default, negative = off).
+    #[arg(long, env = "KVD_QUOTA_BACKEND_BYTES", default_value_t = 0, allow_hyphen_values = true)]
+    pub quota_backend_bytes: i64,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "KVD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Most operations in one txn.
+    #[arg(long, env = "KVD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "KVD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Election timeout in milliseconds.
+    #[arg(long, env = "KVD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Committed entries between raft snapshots.
+    #[arg(long, env = "KVD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Additional URLs serving /metrics and the health endpoints.
+    #[arg(long, env = "KVD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+    /// debug, info, warn or error.
+    #[arg(long, env = "KVD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Longest time before a batch of applied writes is committed to the backend.
+    #[arg(long, env = "KVD_BACKEND_BATCH_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub backend_batch_interval: Duration,
+    /// Most pending operations before the backend commits.
+    #[arg(long, env = "KVD_BACKEND_BATCH_LIMIT", default_value_t = 10_000)]
+    pub backend_batch_limit: usize,
+    /// Export spans over OTLP.
+    #[arg(long, env = "KVD_EXPERIMENTAL_ENABLE_DISTRIBUTED_TRACING", default_value_t = false)]
+    pub experimental_enable_distributed_tracing: bool,
+    /// OTLP gRPC collector address.
+    #[arg(long, env = "KVD_EXPERIMENTAL_DISTRIBUTED_TRACING_ADDRESS", default_value = "localhost:4317")]
+    pub experimental_distributed_tracing_address: String,
+    /// Service name on exported spans.
+    #[arg(long, env = "KVD_EXPERIMENTAL_DISTRIBUTED_TRACING_SERVICE_NAME", default_value = "kvd")]
+    pub experimental_distributed_tracing_service_name: String,
+    /// Instance id on exported spans (default: the member name).
+    #[arg(long, env = "KVD_EXPERIMENTAL_DISTRIBUTED_TRACING_INSTANCE_ID")]
+    pub experimental_distributed_tracing_instance_id: Option<String>,
+    /// Fraction of requests traced, per million.
+    #[arg(long, env = "KVD_EXPERIMENTAL_DISTRIBUTED_TRACING_SAMPLING_RATE", default_value_t = 0)]
+    pub experimental_distributed_tracing_sampling_rate: u32,
+}
+
+/// A flag value that cannot be used, with the flag's name.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{flag}: {msg}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub msg: String,
+}
+
+fn ferr(flag: &'static str, msg: impl Into<String>) -> FlagError {
+    FlagError { flag, msg: msg.into() }
+}
+
+/// Resolves an `http://host:port` URL into socket addresses to listen on.
+pub fn listen_addrs(flag: &'static str, urls: &[String]) -> Result<Vec<SocketAddr>, FlagError> {
+    let mut out = Vec::new();
+    for u in urls.iter().filter(|u| !u.is_empty()) {
+        let parsed = url::Url::parse(u).map_err(|e| ferr(flag, format!("{u}: {e}")))?;
+        if parsed.scheme() != "http" {
+            return Err(ferr(flag, format!("{u}: only http:// is supported so far")));
+        }
+        let host = parsed.host_str().ok_or_else(|| ferr(flag, format!("{u}: no host")))?;
+        let port = parsed.port().ok_or_else(|| ferr(flag, format!("{u}: no port")))?;
+        let addrs = (host, port).to_socket_addrs().map_err(|e| ferr(flag, format!("{u}: {e}")))?;
+        out.extend(addrs.take(1));
+    }
+    Ok(out)
+}
+
+impl Flags {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.kvd", self.name)))
+    }
+
+    /// Checks the flags and builds the server configuration.
+    pub fn server_config(&self) -> Result<ServerConfig, FlagError> {
+        if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
+            return Err(ferr("initial-cluster-state", format!("{:?} is neither new nor existing", self.initial_cluster_state)));
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ferr("election-timeout", "must be at least 5 times --heartbeat-interval"));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ferr("max-txn-ops", "must be positive"));
+        }
+        let mut initial_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let spec = self.initial_cluster.clone().unwrap_or_else(|| {
+            self.initial_advertise_peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
+        });
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let (name, url) = part.split_once('=').ok_or_else(|| ferr("initial-cluster", format!("{part:?} is not name=url")))?;
+            url::Url::parse(url).map_err(|e| ferr("initial-cluster", format!("{url}: {e}")))?;
+            initial_cluster.entry(name.to_string()).or_default().push(url.to_string());
+        }
+        if !initial_cluster.contains_key(&self.name) {
+            return Err(ferr("initial-cluster", format!("does not contain this member's name {:?}", self.name)));
+        }
+        if initial_cluster.len() > 1 {
+            return Err(ferr("initial-cluster", "clusters of more than one member are not supported yet"));
+        }
+        Ok(ServerConfig {
+            name: self.name.clone(),
+            data_dir: self.data_dir(),
+            peer_urls: self.initial_advertise_peer_urls.clone(),
+            client_urls: self.advertise_client_urls.clone(),
+            initial_cluster,
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            quota_backend_bytes: self.quota_backend_bytes,
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            heartbeat_ms: self.heartbeat_interval,
+            election_timeout_ms: self.election_timeout,
+            backend_batch_interval: self.backend_batch_interval,
+            backend_batch_limit: self.backend_batch_limit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_describe_one_member() {
+        let f = Flags::parse_from(["kvd"]);
+        let c = f.server_config().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("default.kvd"));
+        assert_eq!(c.initial_cluster.len(), 1);
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.backend_batch_interval, Duration::from_millis(100));
+        assert_eq!(listen_addrs("x", &f.listen_client_urls).unwrap()[0].port(), 2379);
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let f = Flags::parse_from(["kvd", "--initial-cluster-state", "old"]);
+        assert_eq!(f.server_config().unwrap_err().flag, "initial-cluster-state");
+        assert!(listen_addrs("listen-client-urls", &["ftp://x:1".into()]).is_err());
+    }
+}

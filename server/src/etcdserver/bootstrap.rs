@@ -1,0 +1,148 @@
+//! Starting a member: identity, data dir layout, WAL replay, backend, apply,
+//! and raft (initialised on first start).
+//!
+//! Data dir layout: `<data-dir>/member/wal/*.wal` (the WAL) and
+//! `<data-dir>/member/db.redb` (the backend). A missing backend file is rebuilt
+//! by replaying the WAL from the start.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Config, SnapshotPolicy};
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use super::{EtcdServer, ServerError};
+use crate::apply::{AlarmStore, Applier};
+use crate::backend::Backend;
+use crate::mvcc::KvStore;
+use crate::proposal::{IdGenerator, Wait};
+use crate::quota::Quota;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::NoPeers;
+use crate::raft::state_machine::{Notify, StateMachine};
+use crate::raft::{Member, Raft};
+use crate::wal::{Metadata, Wal};
+
+/// What the server needs from the command line.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    /// name -> peer urls, from `--initial-cluster`.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub initial_cluster_token: String,
+    pub quota_backend_bytes: i64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub backend_batch_interval: Duration,
+    pub backend_batch_limit: usize,
+}
+
+/// A member's id: from its peer URLs and the cluster token, as etcd derives it.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut h = Sha256::new();
+    h.update(urls.join(",").as_bytes());
+    h.update(token.as_bytes());
+    nonzero(&h.finalize())
+}
+
+/// The cluster id: from the sorted member ids and the token.
+pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update(id.to_be_bytes());
+    }
+    h.update(token.as_bytes());
+    nonzero(&h.finalize())
+}
+
+fn nonzero(digest: &[u8]) -> u64 {
+    let v = u64::from_be_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"));
+    if v == 0 { 1 } else { v }
+}
+
+impl EtcdServer {
+    /// Opens the data dir and starts raft. Fails with a message naming the
+    /// problem when the data dir is damaged or belongs to another cluster.
+    pub async fn start(cfg: ServerConfig) -> Result<Arc<EtcdServer>, ServerError> {
+        let err = |e: &dyn std::fmt::Display| ServerError::Internal(e.to_string());
+        let member_dir = cfg.data_dir.join("member");
+        std::fs::create_dir_all(&member_dir).map_err(|e| err(&format!("cannot create {}: {e}", member_dir.display())))?;
+
+        let me = member_id(&cfg.peer_urls, &cfg.initial_cluster_token);
+        let mut ids: Vec<u64> =
+            cfg.initial_cluster.values().map(|urls| member_id(urls, &cfg.initial_cluster_token)).collect();
+        if ids.is_empty() {
+            ids.push(me);
+        }
+        let cid = cluster_id(&ids, &cfg.initial_cluster_token);
+
+        let (wal, replay) = Wal::open(&member_dir.join("wal"), Metadata { node_id: me, cluster_id: cid }).map_err(|e| err(&e))?;
+        let fresh = replay.entries.is_empty() && replay.state.is_none();
+        let log = LogStore::new(wal.clone(), replay).map_err(|e| err(&format!("WAL entries: {e}")))?;
+
+        let backend = Backend::open(&member_dir.join("db.redb"), cfg.backend_batch_limit).map_err(|e| err(&e))?;
+        backend.run_committer(cfg.backend_batch_interval, |e| {
+            // A failed backend commit leaves memory ahead of the disk: stop, and let
+            // the WAL replay on the next start.
+            tracing::error!(error = %e, "backend commit failed; stopping");
+            std::process::exit(1);
+        });
+        let store = KvStore::open(backend.clone()).map_err(|e| err(&e))?;
+        let alarms = Arc::new(AlarmStore::load(&backend).map_err(|e| err(&e))?);
+        let applier = Arc::new(Applier::new(store.clone(), alarms.clone()).map_err(|e| err(&e))?);
+        let wait = Arc::new(Wait::default());
+        let w = wait.clone();
+        let notify: Notify = Arc::new(move |id, r| w.trigger(id, r));
+        let sm = StateMachine::new(applier.clone(), notify).map_err(|e| err(&e))?;
+
+        let rcfg = Config {
+            cluster_name: cfg.initial_cluster_token.clone(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_ms,
+            election_timeout_max: cfg.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::Never,
+            max_payload_entries: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| err(&format!("raft config: {e}")))?;
+        let raft = Raft::new(me, Arc::new(rcfg), NoPeers, log.clone(), sm).await.map_err(|e| err(&e))?;
+        if fresh {
+            let member = Member { name: cfg.name.clone(), peer_urls: cfg.peer_urls.clone(), client_urls: cfg.client_urls.clone() };
+            match raft.initialize(BTreeMap::from([(me, member)])).await {
+                Ok(()) => info!(member_id = %format!("{me:x}"), cluster_id = %format!("{cid:x}"), "bootstrapped new single-member cluster"),
+                Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(err(&e)),
+            }
+        }
+        crate::metrics::get().server_id.set(me as i64);
+        let quota = Quota::new(cfg.quota_backend_bytes);
+        crate::metrics::get().quota_backend_bytes.set(quota.limit() as i64);
+        Ok(Arc::new(EtcdServer {
+            ids: IdGenerator::new(me),
+            cfg,
+            member_id: me,
+            cluster_id: cid,
+            raft,
+            store,
+            applier,
+            alarms,
+            wait,
+            quota,
+            log,
+            wal,
+        }))
+    }
+}

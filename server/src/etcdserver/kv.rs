@@ -1,0 +1,230 @@
+//! The KV path: quota, preflight, proposal and wait; reads after ReadIndex.
+
+use openraft::async_runtime::WatchReceiver;
+use kvd_api::etcdserverpb::alarm_request::AlarmAction;
+use kvd_api::etcdserverpb::{
+    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, InternalRaftRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
+};
+use openraft::ReadPolicy;
+use prost::Message;
+use tracing::{Instrument, info_span};
+
+use super::{EtcdServer, MAX_GAP_BETWEEN_APPLY_AND_COMMIT, ServerError};
+use crate::apply::view::{ReadView, View};
+use crate::apply::{ApplyOutput, range, txn};
+use crate::metrics;
+use crate::quota;
+use crate::raft::Cmd;
+
+/// The auth context of a request. Token checks arrive with the auth layer; the
+/// preflight calls [`EtcdServer::check_auth`] where etcd checks the token.
+#[derive(Debug, Clone, Default)]
+pub struct AuthInfo {
+    pub token: Option<String>,
+}
+
+impl EtcdServer {
+    /// Quota: would this request take the backend over its quota? If so, raise
+    /// the NOSPACE alarm through raft and refuse.
+    pub async fn check_quota(&self, cost: u64) -> Result<(), ServerError> {
+        let _span = info_span!("quota", cost).entered();
+        if self.quota.available(self.store.backend().size(), cost) {
+            return Ok(());
+        }
+        drop(_span);
+        let req = AlarmRequest { action: AlarmAction::Activate as i32, member_id: self.member_id, alarm: AlarmType::Nospace as i32 };
+        if let Err(e) = self.propose(InternalRaftRequest { alarm: Some(req), ..Default::default() }).await {
+            tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+        }
+        Err(ServerError::NoSpace)
+    }
+
+    /// The auth hook of the preflight: with auth disabled every request passes.
+    pub fn check_auth(&self, _auth: &AuthInfo) -> Result<(), ServerError> {
+        Ok(())
+    }
+
+    /// KVServer preflight: apply lag, then auth.
+    fn preflight(&self, auth: &AuthInfo) -> Result<(), ServerError> {
+        let _span = info_span!("preflight").entered();
+        let m = self.raft.metrics().borrow_watched().clone();
+        let committed = m.local_committed.map(|l| l.index()).unwrap_or(0);
+        let applied = m.last_applied.map(|l| l.index()).unwrap_or(0);
+        if committed.saturating_sub(applied) > MAX_GAP_BETWEEN_APPLY_AND_COMMIT {
+            return Err(ServerError::TooManyRequests);
+        }
+        self.check_auth(auth)
+    }
+
+    /// Proposes `req` and waits until it is applied, or times out.
+    pub async fn propose(&self, mut req: InternalRaftRequest) -> Result<ApplyOutput, ServerError> {
+        let id = self.ids.next();
+        req.id = id;
+        let data = req.encode_to_vec();
+        if data.len() > self.cfg.max_request_bytes {
+            return Err(ServerError::RequestTooLarge);
+        }
+        let rx = self.wait.register(id);
+        let m = metrics::get();
+        m.proposals_pending.inc();
+        let res = async {
+            if let Err(e) = self.raft.client_write_ff(Cmd(data.into()), None).await {
+                return Err(ServerError::Internal(e.to_string()));
+            }
+            match tokio::time::timeout(self.request_timeout(), rx).await {
+                Ok(Ok(r)) => r.map_err(ServerError::from),
+                Ok(Err(_)) => Err(ServerError::Stopped),
+                Err(_) => Err(ServerError::Timeout),
+            }
+        }
+        .instrument(info_span!("propose", request_id = id))
+        .await;
+        m.proposals_pending.dec();
+        if res.is_err() {
+            self.wait.cancel(id);
+            if matches!(res, Err(ServerError::Timeout | ServerError::Internal(_) | ServerError::Stopped)) {
+                m.proposals_failed.inc();
+            }
+        }
+        res
+    }
+
+    /// ReadIndex: confirms leadership and waits until the state machine has
+    /// applied everything committed before the read started.
+    pub async fn linearizable_read_notify(&self) -> Result<(), ServerError> {
+        let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(self.request_timeout(), fut).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(match e {
+                openraft::errors::RaftError::APIError(_) => ServerError::NoLeader,
+                openraft::errors::RaftError::Fatal(_) => ServerError::Stopped,
+            }),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    pub async fn range(&self, r: RangeRequest, auth: &AuthInfo) -> Result<RangeResponse, ServerError> {
+        self.check_auth(auth)?;
+        if !r.serializable {
+            self.linearizable_read_notify().await?;
+        }
+        let view = ReadView::new(&self.store);
+        let mut resp = range::execute_range(&view, &r)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn put(&self, r: PutRequest, auth: &AuthInfo) -> Result<PutResponse, ServerError> {
+        self.check_quota(quota::put_cost(&r)).await?;
+        self.preflight(auth)?;
+        match self.propose(InternalRaftRequest { put: Some(r), ..Default::default() }).await? {
+            ApplyOutput::Put(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_range(&self, r: DeleteRangeRequest, auth: &AuthInfo) -> Result<DeleteRangeResponse, ServerError> {
+        self.preflight(auth)?;
+        match self.propose(InternalRaftRequest { delete_range: Some(r), ..Default::default() }).await? {
+            ApplyOutput::DeleteRange(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn txn(&self, r: TxnRequest, auth: &AuthInfo) -> Result<TxnResponse, ServerError> {
+        if txn::is_read_only(&r) {
+            // Read-only txns are served locally, after ReadIndex unless serializable.
+            self.check_auth(auth)?;
+            if !txn::is_serializable(&r) {
+                self.linearizable_read_notify().await?;
+            }
+            let view = ReadView::new(&self.store);
+            let mut ro = ReadOnly(view);
+            let mut resp = txn::txn(&mut ro, &r)?;
+            self.fill(&mut resp.header);
+            return Ok(resp);
+        }
+        self.check_quota(quota::txn_cost(&r)).await?;
+        self.preflight(auth)?;
+        match self.propose(InternalRaftRequest { txn: Some(r), ..Default::default() }).await? {
+            ApplyOutput::Txn(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn compact(&self, r: CompactionRequest, auth: &AuthInfo) -> Result<CompactionResponse, ServerError> {
+        self.preflight(auth)?;
+        let physical = r.physical;
+        match self.propose(InternalRaftRequest { compaction: Some(r), ..Default::default() }).await? {
+            ApplyOutput::Compaction(mut resp, done) => {
+                if physical {
+                    // Physical: answer once the space is freed.
+                    let _ = done.await;
+                }
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn alarm(&self, r: AlarmRequest) -> Result<AlarmResponse, ServerError> {
+        match self.propose(InternalRaftRequest { alarm: Some(r), ..Default::default() }).await? {
+            ApplyOutput::Alarm(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(o: ApplyOutput) -> ServerError {
+    ServerError::Internal(format!("unexpected apply result {o:?}"))
+}
+
+/// A read view for read-only txns: the write half is never reached because
+/// the txn has no write ops.
+struct ReadOnly<'a>(ReadView<'a>);
+
+impl crate::apply::view::View for ReadOnly<'_> {
+    fn range(
+        &self,
+        key: &[u8],
+        end: crate::mvcc::RangeEnd<'_>,
+        opts: crate::mvcc::RangeOptions,
+    ) -> Result<crate::mvcc::RangeResult, crate::mvcc::MvccError> {
+        self.0.range(key, end, opts)
+    }
+    fn rev(&self) -> i64 {
+        self.0.rev()
+    }
+    fn compact_rev(&self) -> i64 {
+        self.0.compact_rev()
+    }
+}
+
+impl crate::apply::view::WriteView for ReadOnly<'_> {
+    fn put(&mut self, _key: &[u8], _value: &[u8], _lease: i64) -> i64 {
+        debug_assert!(false, "read-only txn wrote");
+        self.0.rev()
+    }
+    fn delete_range(&mut self, _key: &[u8], _end: crate::mvcc::RangeEnd<'_>) -> i64 {
+        debug_assert!(false, "read-only txn deleted");
+        0
+    }
+    fn has_changes(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,121 @@
+//! Maintenance: Status, Hash, HashKV, Defragment and Snapshot.
+//!
+//! Snapshot format (kvd's own): a sequence of records `table u8 ‖ key_len u32
+//! BE ‖ key ‖ value_len u32 BE ‖ value`, taken from one redb read transaction
+//! after flushing the write buffer, followed by the SHA-256 of everything
+//! before it (32 bytes), as etcd appends a hash to its snapshots.
+
+use openraft::async_runtime::WatchReceiver;
+use std::io::Write;
+use std::path::PathBuf;
+
+use kvd_api::etcdserverpb::{HashKvResponse, HashResponse, StatusResponse};
+use sha2::{Digest, Sha256};
+
+use super::{EtcdServer, ServerError};
+use crate::apply::alarm::alarm_name;
+use crate::backend::Table;
+
+/// The etcd API version kvd answers with; clients gate features on it.
+pub const ETCD_API_VERSION: &str = "3.6.0";
+
+impl EtcdServer {
+    pub fn status(&self) -> StatusResponse {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let be = self.store.backend();
+        StatusResponse {
+            header: Some(self.header(0)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size: be.size() as i64,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: self.log.last_index(),
+            raft_term: m.current_term,
+            raft_applied_index: self.applier.consistent_index(),
+            errors: self
+                .alarms
+                .list()
+                .into_iter()
+                .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+                .collect(),
+            db_size_in_use: be.size_in_use() as i64,
+            is_learner: false,
+            storage_version: "3.6.0".to_string(),
+            db_size_quota: self.quota.limit() as i64,
+            downgrade_info: None,
+        }
+    }
+
+    /// CRC32-Castagnoli over every table of the backend.
+    pub async fn hash(&self) -> Result<HashResponse, ServerError> {
+        let be = self.store.backend().clone();
+        let h = tokio::task::spawn_blocking(move || -> Result<u32, ServerError> {
+            be.commit().map_err(crate::mvcc::MvccError::from)?;
+            let mut h = 0u32;
+            for t in Table::ALL {
+                h = crc32c::crc32c_append(h, t.name().as_bytes());
+                be.scan_committed(t, &[], None, |k, v| {
+                    h = crc32c::crc32c_append(crc32c::crc32c_append(h, k), v);
+                    true
+                })
+                .map_err(crate::mvcc::MvccError::from)?;
+            }
+            Ok(h)
+        })
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))??;
+        Ok(HashResponse { header: Some(self.header(0)), hash: h })
+    }
+
+    pub async fn hash_kv(&self, rev: i64) -> Result<HashKvResponse, ServerError> {
+        let store = self.store.clone();
+        let (hash, hash_rev, compact) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))??;
+        Ok(HashKvResponse { header: Some(self.header(0)), hash, compact_revision: compact, hash_revision: hash_rev })
+    }
+
+    /// Defragments this member's backend (not replicated).
+    pub async fn defragment(&self) -> Result<(), ServerError> {
+        let be = self.store.backend().clone();
+        tokio::task::spawn_blocking(move || be.defrag())
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?
+            .map_err(crate::mvcc::MvccError::from)?;
+        Ok(())
+    }
+
+    /// Writes a consistent snapshot of the backend to a temporary file and
+    /// returns its path and size; the caller streams and then removes it.
+    pub async fn snapshot_to_file(&self) -> Result<(PathBuf, u64), ServerError> {
+        let be = self.store.backend().clone();
+        let dir = self.cfg.data_dir.join("member").join("tmp");
+        tokio::task::spawn_blocking(move || -> Result<(PathBuf, u64), ServerError> {
+            let ioerr = |e: std::io::Error| ServerError::Internal(format!("snapshot: {e}"));
+            std::fs::create_dir_all(&dir).map_err(ioerr)?;
+            let path = dir.join(format!("snapshot-{}.tmp", std::process::id()));
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(ioerr)?);
+            let mut sha = Sha256::new();
+            let mut io_res = Ok(());
+            be.commit().map_err(crate::mvcc::MvccError::from)?;
+            be.scan_all_committed(|t, k, v| {
+                let mut rec = Vec::with_capacity(9 + k.len() + v.len());
+                rec.push(t as u8);
+                rec.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                rec.extend_from_slice(k);
+                rec.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                rec.extend_from_slice(v);
+                sha.update(&rec);
+                io_res = out.write_all(&rec);
+                io_res.is_ok()
+            })
+            .map_err(crate::mvcc::MvccError::from)?;
+            io_res.map_err(ioerr)?;
+            out.write_all(&sha.finalize()).map_err(ioerr)?;
+            let f = out.into_inner().map_err(|e| ioerr(e.into_error()))?;
+            let len = f.metadata().map_err(ioerr)?.len();
+            Ok((path, len))
+        })
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+    }
+}

@@ -1,0 +1,147 @@
+//! The server logic between the gRPC layer and raft: quota, the KVServer
+//! preflight checks, proposals with a timeout, linearizable reads, and the
+//! maintenance operations. etcd's `etcdserver` package.
+
+mod bootstrap;
+pub mod kv;
+pub mod maintenance;
+
+use openraft::async_runtime::WatchReceiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvd_api::etcdserverpb::ResponseHeader;
+
+pub use bootstrap::{ServerConfig, member_id, cluster_id};
+
+use crate::apply::{Applier, AlarmStore, ApplyError};
+use crate::mvcc::{KvStore, MvccError};
+use crate::proposal::{IdGenerator, Wait};
+use crate::quota::Quota;
+use crate::raft::Raft;
+use crate::raft::log_store::LogStore;
+use crate::wal::Wal;
+
+/// Errors of the server layer (besides those of the layers below, which it carries).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServerError {
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+/// Committed − applied beyond this rejects new proposals.
+pub const MAX_GAP_BETWEEN_APPLY_AND_COMMIT: u64 = 5000;
+
+pub struct EtcdServer {
+    pub cfg: ServerConfig,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    raft: Raft,
+    store: Arc<KvStore>,
+    applier: Arc<Applier>,
+    alarms: Arc<AlarmStore>,
+    wait: Arc<Wait>,
+    ids: IdGenerator,
+    quota: Quota,
+    log: LogStore,
+    wal: Wal,
+}
+
+impl EtcdServer {
+    /// The proposal timeout: 5 s for the disk plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * Duration::from_millis(self.cfg.election_timeout_ms)
+    }
+
+    pub fn store(&self) -> &Arc<KvStore> {
+        &self.store
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// A response header as etcd fills it: cluster, member, term, revision.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision: if revision == 0 { self.store.rev() } else { revision },
+            raft_term: term,
+        }
+    }
+
+    /// Fills the cluster fields of a header the apply layer produced.
+    pub fn fill(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
+        *h = Some(self.header(rev));
+    }
+
+    /// Sets the gauges that are read at scrape time.
+    pub fn refresh_gauges(&self) {
+        let m = crate::metrics::get();
+        let rm = self.raft.metrics().borrow_watched().clone();
+        m.has_leader.set(rm.current_leader.is_some() as i64);
+        m.is_leader.set((rm.current_leader == Some(self.member_id)) as i64);
+        m.is_learner.set(0);
+        let be = self.store.backend();
+        m.db_total_size.set(be.size() as i64);
+        m.db_in_use_size.set(be.size_in_use() as i64);
+        m.keys_total.set(self.store.key_count() as i64);
+        let committed = rm.local_committed.map(|l| l.index()).unwrap_or(0);
+        let applied = self.applier.consistent_index();
+        m.proposals_committed.set(committed as i64);
+        m.proposals_applied.set(applied as i64);
+        m.apply_lag.set(committed.saturating_sub(applied) as i64);
+    }
+
+    /// Counts leader changes, as etcd's `leader_changes_seen_total`.
+    pub fn watch_leader(self: &Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        tokio::spawn(async move {
+            let mut last = None;
+            while rx.changed().await.is_ok() {
+                let leader = rx.borrow_watched().current_leader;
+                if leader != last {
+                    if leader.is_some() {
+                        crate::metrics::get().leader_changes.inc();
+                        tracing::info!(leader = %format!("{:x}", leader.unwrap_or(0)), "leader elected");
+                    }
+                    last = leader;
+                }
+            }
+        });
+    }
+
+    /// Flushes the backend and stops raft and the WAL.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        if let Err(e) = self.store.backend().commit() {
+            tracing::error!(error = %e, "final backend commit failed");
+        }
+        self.wal.close();
+    }
+}

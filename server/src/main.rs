@@ -1,0 +1,75 @@
+//! The `kvd` binary: parse flags, start the member, serve clients.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kvd::config::{Flags, listen_addrs};
+use kvd::etcdserver::EtcdServer;
+use tracing::{error, info};
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let _telemetry = match kvd::telemetry::init(&flags) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("kvd: telemetry: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match run(flags).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("kvd: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
+    let cfg = flags.server_config().map_err(|e| e.to_string())?;
+    let client_addrs = listen_addrs("listen-client-urls", &flags.listen_client_urls).map_err(|e| e.to_string())?;
+    let metrics_addrs = listen_addrs("listen-metrics-urls", &flags.listen_metrics_urls).map_err(|e| e.to_string())?;
+    // Bind first, so a port in use is reported before any data dir is touched.
+    let mut listeners = Vec::new();
+    for a in client_addrs.iter().map(|a| (a, true)).chain(metrics_addrs.iter().map(|a| (a, false))) {
+        let l = tokio::net::TcpListener::bind(a.0).await.map_err(|e| format!("cannot listen on {}: {e}", a.0))?;
+        listeners.push((l, a.1));
+    }
+    info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting kvd");
+    let server = EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
+    server.watch_leader();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (l, client) in listeners {
+        let router = if client { kvd::rpc::client_router(server.clone()) } else { kvd::rpc::metrics_router(server.clone()) };
+        info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), client, "serving");
+        tasks.spawn(async move { axum::serve(l, router).await });
+    }
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+    };
+    tokio::select! {
+        _ = stop => info!("received signal, shutting down"),
+        r = tasks.join_next() => {
+            if let Some(Ok(Err(e))) = r {
+                error!(error = %e, "listener failed");
+            }
+        }
+    }
+    server.shutdown().await;
+    info!("stopped");
+    Ok(())
+}

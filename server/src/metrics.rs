@@ -1,0 +1,155 @@
+//! Prometheus metrics under etcd's names (so etcd's dashboards and alerts work),
+//! plus kvd's own `kvd_*` figures. One process-wide registry.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub grpc_type: &'static str,
+    pub grpc_service: String,
+    pub grpc_method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcCodeLabels {
+    pub grpc_type: &'static str,
+    pub grpc_service: String,
+    pub grpc_method: String,
+    pub grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlarmLabels {
+    pub server_id: String,
+    pub alarm_type: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub wal_fsync: Histogram,
+    pub backend_commit: Histogram,
+    pub backend_defrag: Histogram,
+    pub wal_group_commit: Histogram,
+    pub apply_batch: Histogram,
+    pub has_leader: Gauge,
+    pub is_leader: Gauge,
+    pub is_learner: Gauge,
+    pub server_id: Gauge,
+    pub quota_backend_bytes: Gauge,
+    pub db_total_size: Gauge,
+    pub db_in_use_size: Gauge,
+    pub keys_total: Gauge,
+    pub proposals_pending: Gauge,
+    pub proposals_committed: Gauge,
+    pub proposals_applied: Gauge,
+    pub apply_lag: Gauge,
+    pub leader_changes: Counter,
+    pub proposals_failed: Counter,
+    pub slow_apply: Counter,
+    pub client_grpc_sent_bytes: Counter,
+    pub client_grpc_received_bytes: Counter,
+    pub grpc_started: Family<GrpcLabels, Counter>,
+    pub grpc_handled: Family<GrpcCodeLabels, Counter>,
+    pub grpc_handling: Family<GrpcLabels, Histogram>,
+    pub alarms: Family<AlarmLabels, Gauge>,
+}
+
+fn latency_buckets() -> Histogram {
+    // 1 ms .. ~8 s, as etcd's disk histograms.
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Metrics {
+            wal_fsync: latency_buckets(),
+            backend_commit: latency_buckets(),
+            backend_defrag: Histogram::new(exponential_buckets(0.1, 2.0, 13)),
+            wal_group_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            apply_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            has_leader: Gauge::default(),
+            is_leader: Gauge::default(),
+            is_learner: Gauge::default(),
+            server_id: Gauge::default(),
+            quota_backend_bytes: Gauge::default(),
+            db_total_size: Gauge::default(),
+            db_in_use_size: Gauge::default(),
+            keys_total: Gauge::default(),
+            proposals_pending: Gauge::default(),
+            proposals_committed: Gauge::default(),
+            proposals_applied: Gauge::default(),
+            apply_lag: Gauge::default(),
+            leader_changes: Counter::default(),
+            proposals_failed: Counter::default(),
+            slow_apply: Counter::default(),
+            client_grpc_sent_bytes: Counter::default(),
+            client_grpc_received_bytes: Counter::default(),
+            grpc_started: Family::default(),
+            grpc_handled: Family::default(),
+            grpc_handling: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            alarms: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register("etcd_disk_wal_fsync_duration_seconds", "WAL fdatasync latency", m.wal_fsync.clone());
+        r.register("etcd_disk_backend_commit_duration_seconds", "Backend commit latency", m.backend_commit.clone());
+        r.register("etcd_disk_backend_defrag_duration_seconds", "Defragmentation duration", m.backend_defrag.clone());
+        r.register("kvd_wal_group_commit_appends", "Appends covered by one WAL fdatasync", m.wal_group_commit.clone());
+        r.register("kvd_apply_batch_entries", "Entries applied per apply batch", m.apply_batch.clone());
+        r.register("etcd_server_has_leader", "Whether a leader exists (1) or not (0)", m.has_leader.clone());
+        r.register("etcd_server_is_leader", "Whether this member is the leader", m.is_leader.clone());
+        r.register("etcd_server_is_learner", "Whether this member is a learner", m.is_learner.clone());
+        r.register("etcd_server_id", "Member ID of this server", m.server_id.clone());
+        r.register("etcd_server_quota_backend_bytes", "Backend quota in bytes", m.quota_backend_bytes.clone());
+        r.register("etcd_mvcc_db_total_size_in_bytes", "Backend file size", m.db_total_size.clone());
+        r.register("etcd_mvcc_db_total_size_in_use_in_bytes", "Backend bytes in use", m.db_in_use_size.clone());
+        r.register("etcd_debugging_mvcc_keys_total", "Number of live keys", m.keys_total.clone());
+        r.register("etcd_server_proposals_pending", "Proposals waiting to be applied", m.proposals_pending.clone());
+        r.register("etcd_server_proposals_committed_total", "Committed raft index", m.proposals_committed.clone());
+        r.register("etcd_server_proposals_applied_total", "Applied raft index", m.proposals_applied.clone());
+        r.register("kvd_server_apply_lag_entries", "Committed minus applied index", m.apply_lag.clone());
+        r.register("etcd_server_leader_changes_seen", "Leader changes seen", m.leader_changes.clone());
+        r.register("etcd_server_proposals_failed", "Failed proposals", m.proposals_failed.clone());
+        r.register("etcd_server_slow_apply", "Applies slower than 100ms", m.slow_apply.clone());
+        r.register("etcd_network_client_grpc_sent_bytes", "Bytes sent to gRPC clients", m.client_grpc_sent_bytes.clone());
+        r.register(
+            "etcd_network_client_grpc_received_bytes",
+            "Bytes received from gRPC clients",
+            m.client_grpc_received_bytes.clone(),
+        );
+        r.register("grpc_server_started", "RPCs started on the server", m.grpc_started.clone());
+        r.register("grpc_server_handled", "RPCs completed on the server", m.grpc_handled.clone());
+        r.register("grpc_server_handling_seconds", "RPC handling latency", m.grpc_handling.clone());
+        r.register("etcd_debugging_server_alarms", "Active alarms", m.alarms.clone());
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn wal_batch_records(&self, n: usize) {
+        if n > 0 {
+            self.wal_group_commit.observe(n as f64);
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}

@@ -1,0 +1,156 @@
+//! treeIndex: an ordered map from user key to its [`KeyIndex`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+
+use super::key_index::{KeyAt, KeyIndex};
+use super::revision::Revision;
+
+/// The end of a key range, as the API layer decodes it.
+#[derive(Debug, Clone, Copy)]
+pub enum RangeEnd<'a> {
+    /// Only the key itself.
+    Single,
+    /// Every key >= the start key (range_end "\0").
+    Unbounded,
+    /// Keys in [start, end).
+    Before(&'a [u8]),
+}
+
+impl<'a> RangeEnd<'a> {
+    /// etcd's convention: empty = single key, "\0" = unbounded.
+    pub fn from_request(range_end: &'a [u8]) -> Self {
+        match range_end {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::Unbounded,
+            e => RangeEnd::Before(e),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TreeIndex {
+    tree: BTreeMap<Vec<u8>, KeyIndex>,
+}
+
+impl TreeIndex {
+    pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
+        self.tree.get(key)?.get(at)
+    }
+
+    /// Calls `f` for every key in range that exists at `at`, in key order,
+    /// until it returns false.
+    pub fn visit(&self, key: &[u8], end: RangeEnd<'_>, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
+        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &KeyIndex)>> = match end {
+            RangeEnd::Single => Box::new(self.tree.get_key_value(key).into_iter()),
+            RangeEnd::Unbounded => Box::new(self.tree.range::<[u8], _>((Bound::Included(key), Bound::Unbounded))),
+            RangeEnd::Before(e) => {
+                if e <= key {
+                    return;
+                }
+                Box::new(self.tree.range::<[u8], _>((Bound::Included(key), Bound::Excluded(e))))
+            }
+        };
+        for (k, ki) in iter {
+            if let Some(at) = ki.get(at)
+                && !f(k, at)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Keys in range at `at`: up to `limit` of them (0 = all) and the total count.
+    pub fn range(&self, key: &[u8], end: RangeEnd<'_>, at: i64, limit: usize) -> (Vec<(Vec<u8>, KeyAt)>, usize) {
+        let mut out = Vec::new();
+        let mut total = 0;
+        self.visit(key, end, at, |k, a| {
+            total += 1;
+            if limit == 0 || out.len() < limit {
+                out.push((k.to_vec(), a));
+            }
+            true
+        });
+        (out, total)
+    }
+
+    pub fn put(&mut self, key: &[u8], rev: Revision) {
+        match self.tree.get_mut(key) {
+            Some(ki) => ki.put(rev),
+            None => {
+                let mut ki = KeyIndex::default();
+                ki.put(rev);
+                self.tree.insert(key.to_vec(), ki);
+            }
+        }
+    }
+
+    /// Marks `key` deleted at `rev`; false if it does not currently exist.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
+        self.tree.get_mut(key).is_some_and(|ki| ki.tombstone(rev))
+    }
+
+    /// Rebuild from the backend: a key's revision seen in revision order.
+    pub fn restore(&mut self, key: &[u8], rev: Revision, created: i64, version: i64, tombstone: bool) {
+        let ki = self.tree.entry(key.to_vec()).or_default();
+        let fresh = ki.is_empty();
+        match (tombstone, fresh) {
+            (true, true) => ki.restore_tombstone(rev),
+            (true, false) => {
+                if !ki.tombstone(rev) {
+                    ki.restore_tombstone(rev);
+                }
+            }
+            (false, true) => ki.restore(Revision::new(created, 0), rev, version),
+            (false, false) => ki.put(rev),
+        }
+    }
+
+    /// Compacts every key at `at`; returns the revisions that must stay in the backend.
+    pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        self.tree.retain(|_, ki| {
+            ki.compact(at, &mut keep);
+            !ki.is_empty()
+        });
+        keep
+    }
+
+    /// The revisions a compaction at `at` would keep, without compacting.
+    pub fn keep(&self, at: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        for ki in self.tree.values() {
+            ki.keep(at, &mut keep);
+        }
+        keep
+    }
+
+    /// Number of keys that exist at the latest revision.
+    pub fn live_keys(&self) -> usize {
+        self.tree.values().filter(|ki| ki.generations.last().is_some_and(|g| !g.revs.is_empty())).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_bounds() {
+        let mut t = TreeIndex::default();
+        for (i, k) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
+            t.put(*k, Revision::new(i as i64 + 1, 0));
+        }
+        assert!(t.tombstone(b"c", Revision::new(5, 0)));
+        let keys = |end, at, limit| {
+            let (v, n) = t.range(b"b", end, at, limit);
+            (v.into_iter().map(|(k, _)| k).collect::<Vec<_>>(), n)
+        };
+        assert_eq!(keys(RangeEnd::Single, 5, 0), (vec![b"b".to_vec()], 1));
+        assert_eq!(keys(RangeEnd::Unbounded, 5, 0), (vec![b"b".to_vec(), b"d".to_vec()], 2));
+        assert_eq!(keys(RangeEnd::Unbounded, 4, 1), (vec![b"b".to_vec()], 3));
+        assert_eq!(keys(RangeEnd::Before(b"d"), 4, 0).1, 2);
+        assert_eq!(keys(RangeEnd::Before(b"a"), 4, 0).1, 0);
+        assert_eq!(t.live_keys(), 3);
+    }
+}

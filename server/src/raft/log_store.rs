@@ -1,0 +1,151 @@
+//! openraft's log storage on kvd's WAL.
+//!
+//! Entries live in memory for replication and in the WAL for durability. All
+//! WAL records go through the one writer queue, so vote and log IO stay in the
+//! order openraft issued them. `append` hands the entries to the WAL and
+//! returns at once; the `IOFlushed` callback fires after the fdatasync that
+//! covers them, which lets openraft pipeline appends (group commit).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use parking_lot::Mutex;
+
+use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
+use crate::wal::{Record, Replay, Wal};
+
+#[derive(Default)]
+struct Inner {
+    log: BTreeMap<u64, Entry>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    wal: Wal,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl LogStore {
+    /// Builds the log from what the WAL replayed.
+    pub fn new(wal: Wal, replay: Replay) -> io::Result<Self> {
+        let mut inner = Inner::default();
+        for (index, data) in replay.entries {
+            let e: Entry = decode(&data)?;
+            if e.index() != index {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("WAL entry {index} decodes as {}", e.index())));
+            }
+            inner.log.insert(index, e);
+        }
+        if let Some(v) = replay.state {
+            inner.vote = Some(decode(&v)?);
+        }
+        if let Some(c) = replay.commit {
+            inner.committed = decode(&c)?;
+        }
+        if let Some((_, data)) = replay.snapshot {
+            inner.last_purged = decode(&data)?;
+        }
+        Ok(Self { wal, inner: Arc::new(Mutex::new(inner)) })
+    }
+
+    /// Last log index and committed index, for the too-many-requests check and Status.
+    pub fn last_index(&self) -> u64 {
+        let g = self.inner.lock();
+        g.log.keys().next_back().copied().or(g.last_purged.map(|l| l.index())).unwrap_or(0)
+    }
+}
+
+fn wal_err(e: crate::wal::WalError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.inner.lock().log.range(range).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.inner.lock().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let g = self.inner.lock();
+        let last = g.log.values().next_back().map(|e| e.log_id()).or(g.last_purged);
+        Ok(LogState { last_purged_log_id: g.last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.inner.lock().vote = Some(*vote);
+        // A vote must be durable before raft acts on it.
+        self.wal.append_sync(vec![Record::State(encode(vote))]).await.map_err(wal_err)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.inner.lock().committed = committed;
+        // Durable with the next fdatasync; a lower committed index after a crash is safe.
+        self.wal.append_lazy(vec![Record::Commit(encode(&committed))]);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.inner.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut records = Vec::new();
+        {
+            let mut g = self.inner.lock();
+            for e in entries {
+                records.push(Record::Entry { index: e.index(), data: encode(&e) });
+                g.log.insert(e.index(), e);
+            }
+        }
+        // Acknowledged to raft only after the fdatasync covering these records.
+        self.wal.append(records, Box::new(move |r| callback.io_completed(r.map_err(wal_err))));
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        let since = last.map(|l| l.index() + 1).unwrap_or(0);
+        self.inner.lock().log.split_off(&since);
+        // Ordered before any later append; losing it in a crash only brings back
+        // uncommitted entries, which the leader truncates again.
+        self.wal.append_lazy(vec![Record::Truncate { since }]);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        {
+            let mut g = self.inner.lock();
+            let keep = g.log.split_off(&(log_id.index() + 1));
+            g.log = keep;
+            g.last_purged = Some(log_id);
+        }
+        self.wal.append_lazy(vec![Record::Snapshot { index: log_id.index(), data: encode(&Some(log_id)) }]);
+        Ok(())
+    }
+}

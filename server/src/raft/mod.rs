@@ -1,0 +1,55 @@
+//! Raft, through openraft: the type configuration, the log store on kvd's WAL,
+//! the state machine adapter over Apply, and the peer network.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A raft command: an encoded `etcdserverpb.InternalRaftRequest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cmd(pub Bytes);
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cmd({} bytes)", self.0.len())
+    }
+}
+
+/// A cluster member as raft knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+openraft::declare_raft_types!(
+    /// kvd's raft types: u64 member ids, etcd-style members, encoded requests.
+    pub TypeConfig:
+        D = Cmd,
+        R = (),
+        NodeId = u64,
+        Node = Member,
+);
+
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+/// Snapshot payloads (full snapshot streaming arrives with the cluster work).
+pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+
+/// postcard encoding for raft structures stored in the WAL and the backend.
+pub fn encode<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(postcard::to_stdvec(v).expect("serializing raft state to memory cannot fail"))
+}
+
+pub fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> std::io::Result<T> {
+    postcard::from_bytes(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}

@@ -1,0 +1,129 @@
+//! openraft's state machine over Apply.
+//!
+//! Committed entries are decoded and handed to the [`Applier`]; raft's applied
+//! log id and membership are written as meta in the same backend transaction
+//! as the entry's effects, so after a restart `applied_state` and the MVCC
+//! data agree. Results go to the proposer through the `notify` callback, keyed
+//! by the request id (etcd's wait registry), not through openraft responders.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use kvd_api::etcdserverpb::InternalRaftRequest;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
+use openraft::vote::RaftLeaderId;
+use openraft::{EntryPayload, OptionalSend};
+use prost::Message;
+
+use super::{LogId, SnapshotData, StoredMembership, TypeConfig, decode, encode};
+use crate::apply::{ApplyError, ApplyOutput, Applier};
+use crate::backend::Table;
+use crate::metrics;
+
+/// Meta keys owned by the raft layer.
+const APPLIED_LOG_ID: &[u8] = b"raft_applied_log_id";
+const MEMBERSHIP: &[u8] = b"raft_membership";
+
+/// Receives each applied request's result, keyed by request id.
+pub type Notify = Arc<dyn Fn(u64, Result<ApplyOutput, ApplyError>) + Send + Sync>;
+
+pub struct StateMachine {
+    applier: Arc<Applier>,
+    notify: Notify,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl StateMachine {
+    pub fn new(applier: Arc<Applier>, notify: Notify) -> io::Result<Self> {
+        let be = applier.store().backend().clone();
+        let get = |k: &[u8]| be.get(Table::Meta, k).map_err(io::Error::other);
+        let last_applied = match get(APPLIED_LOG_ID)? {
+            Some(b) => decode(&b)?,
+            None => None,
+        };
+        let membership = match get(MEMBERSHIP)? {
+            Some(b) => decode(&b)?,
+            None => StoredMembership::default(),
+        };
+        Ok(Self { applier, notify, last_applied, membership })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        // Raft snapshots (and log purging) arrive with the cluster work; the
+        // snapshot policy is `Never` until then, so openraft never asks.
+        Err(io::Error::new(io::ErrorKind::Unsupported, "raft snapshots are not enabled"))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut n = 0usize;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            n += 1;
+            let log_id = entry.log_id;
+            let index = log_id.index();
+            let term = log_id.committed_leader_id().term();
+            let mut extra = vec![(APPLIED_LOG_ID.to_vec(), encode(&Some(log_id)))];
+            let req = match entry.payload {
+                EntryPayload::Normal(cmd) => Some(InternalRaftRequest::decode(cmd.0).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("raft entry {index} is not a request: {e}"))
+                })?),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(log_id), m);
+                    extra.push((MEMBERSHIP.to_vec(), encode(&self.membership)));
+                    None
+                }
+                EntryPayload::Blank => None,
+            };
+            let out = self.applier.apply(index, term, req.as_ref(), extra);
+            self.last_applied = Some(log_id);
+            if let (Some(out), Some(r)) = (out, &req) {
+                let id = r.header.as_ref().map(|h| h.id).unwrap_or(r.id);
+                (self.notify)(id, out);
+            }
+            if let Some(r) = responder {
+                r.send(());
+            }
+        }
+        metrics::get().apply_batch.observe(n as f64);
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Self {
+            applier: self.applier.clone(),
+            notify: self.notify.clone(),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMetaOf<TypeConfig>,
+        _snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "raft snapshots are not enabled"))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        Ok(None)
+    }
+}

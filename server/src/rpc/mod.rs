@@ -1,0 +1,123 @@
+//! The gRPC API layer: one thin file per etcd service, request validation,
+//! the error table, and the listener that serves gRPC and HTTP on one port.
+
+mod http;
+mod kv;
+mod maintenance;
+pub mod status;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Request as HttpRequest;
+use axum::middleware::Next;
+use kvd_api::etcdserverpb::kv_server::KvServer;
+use kvd_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use tonic::Request;
+
+use crate::etcdserver::EtcdServer;
+use crate::etcdserver::kv::AuthInfo;
+use crate::metrics;
+
+/// gRPC receive limit over the request limit, as etcd's.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The auth token carried in the `token` metadata, for the preflight hook.
+pub(crate) fn auth_info<T>(req: &Request<T>) -> AuthInfo {
+    AuthInfo { token: req.metadata().get("token").and_then(|v| v.to_str().ok()).map(str::to_string) }
+}
+
+/// Builds the client-facing router: gRPC services, health, and HTTP endpoints.
+pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
+    let limit = server.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let kv = KvServer::new(kv::KvService { server: server.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let maint = MaintenanceServer::new(maintenance::MaintenanceService { server: server.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        reporter.set_serving::<KvServer<kv::KvService>>().await;
+        reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    });
+    let grpc = tonic::service::Routes::new(kv).add_service(maint).add_service(health).into_axum_router();
+    grpc.merge(http::router(server)).layer(axum::middleware::from_fn(grpc_metrics))
+}
+
+/// Only the HTTP endpoints (for `--listen-metrics-urls`).
+pub fn metrics_router(server: Arc<EtcdServer>) -> axum::Router {
+    http::router(server)
+}
+
+/// Serves `router` on `addr` until the process stops.
+pub async fn serve(addr: SocketAddr, router: axum::Router) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, router).await
+}
+
+fn grpc_type(method: &str) -> &'static str {
+    match method {
+        "Watch" | "LeaseKeepAlive" => "bidi_stream",
+        "Snapshot" | "Observe" | "RangeStream" => "server_stream",
+        _ => "unary",
+    }
+}
+
+fn code_name(code: i32) -> &'static str {
+    use tonic::Code;
+    match Code::from_i32(code) {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// go-grpc-prometheus style counters and latency for every gRPC call.
+async fn grpc_metrics(req: HttpRequest, next: Next) -> axum::response::Response {
+    let is_grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !is_grpc {
+        return next.run(req).await;
+    }
+    let path = req.uri().path().trim_start_matches('/').to_string();
+    let (service, method) = path.split_once('/').unwrap_or((&path, ""));
+    let (service, method) = (service.to_string(), method.to_string());
+    let ty = grpc_type(&method);
+    let m = metrics::get();
+    let labels = metrics::GrpcLabels { grpc_type: ty, grpc_service: service.clone(), grpc_method: method.clone() };
+    m.grpc_started.get_or_create(&labels).inc();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+        .unwrap_or(0);
+    m.grpc_handling.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    m.grpc_handled
+        .get_or_create(&metrics::GrpcCodeLabels {
+            grpc_type: ty,
+            grpc_service: service,
+            grpc_method: method,
+            grpc_code: code_name(code),
+        })
+        .inc();
+    resp
+}

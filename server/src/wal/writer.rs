@@ -1,0 +1,159 @@
+//! The WAL writer: one thread owns the open segment and turns everything queued
+//! while the previous fdatasync ran into one write and one fdatasync (group commit).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info_span, warn};
+
+use super::WalError;
+use super::record::{Encoder, Metadata, Record};
+use super::segment::{self, SEGMENT_SIZE, SegmentName};
+use crate::metrics;
+
+/// Called once the records of one `append` are durable (or failed).
+pub type Done = Box<dyn FnOnce(Result<(), WalError>) + Send>;
+
+pub(super) enum Op {
+    Append { records: Vec<Record>, done: Option<Done> },
+    /// Stop after flushing what is queued.
+    Close(std::sync::mpsc::SyncSender<()>),
+}
+
+/// An fdatasync slower than this is logged, as etcd does.
+const SLOW_FSYNC: Duration = Duration::from_secs(1);
+/// Upper bound on one group write, so a flood cannot build unbounded buffers.
+const MAX_BATCH_BYTES: usize = 32 << 20;
+
+pub(super) struct Writer {
+    pub dir: PathBuf,
+    pub meta: Metadata,
+    pub file: File,
+    pub name: SegmentName,
+    pub offset: u64,
+    pub enc: Encoder,
+    /// Index of the last entry written, for naming the next segment.
+    pub last_index: u64,
+    /// Last State and Commit records, copied to the head of each new segment.
+    pub last_state: Option<Record>,
+    pub last_commit: Option<Record>,
+    /// Set after the first IO error: the WAL refuses everything afterwards.
+    pub failed: Option<String>,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, rx: Receiver<Op>) {
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut dones: Vec<Done> = Vec::new();
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(3600)) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut close = None;
+            buf.clear();
+            dones.clear();
+            let mut pending = Some(first);
+            // Gather everything queued behind the first op into one write.
+            while let Some(op) = pending.take() {
+                match op {
+                    Op::Append { records, done } => {
+                        for r in &records {
+                            self.track(r);
+                            self.enc.encode(r, &mut buf);
+                        }
+                        if let Some(d) = done {
+                            dones.push(d);
+                        }
+                    }
+                    Op::Close(ack) => close = Some(ack),
+                }
+                if close.is_none() && buf.len() < MAX_BATCH_BYTES {
+                    pending = rx.try_recv().ok();
+                }
+            }
+            let res = self.write_and_sync(&buf);
+            metrics::get().wal_batch_records(dones.len());
+            for d in dones.drain(..) {
+                d(res.clone());
+            }
+            if res.is_ok()
+                && self.offset >= SEGMENT_SIZE
+                && let Err(e) = self.cut()
+            {
+                error!(error = %e, "cutting WAL segment failed; the WAL is now read-only");
+                self.failed = Some(e.to_string());
+            }
+            if let Some(ack) = close {
+                let _ = ack.send(());
+                return;
+            }
+        }
+    }
+
+    fn track(&mut self, r: &Record) {
+        match r {
+            Record::Entry { index, .. } => self.last_index = *index,
+            Record::Truncate { since } => self.last_index = since.saturating_sub(1),
+            Record::State(_) => self.last_state = Some(r.clone()),
+            Record::Commit(_) => self.last_commit = Some(r.clone()),
+            _ => {}
+        }
+    }
+
+    fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        if let Some(f) = &self.failed {
+            return Err(WalError::Failed(f.clone()));
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(self.name.file_name());
+        let _span = info_span!("wal_append", bytes = buf.len()).entered();
+        if let Err(e) = self.file.write_all_at(buf, self.offset) {
+            self.failed = Some(format!("write {}: {e}", path.display()));
+            return Err(WalError::io(&path, e));
+        }
+        self.offset += buf.len() as u64;
+        let start = Instant::now();
+        // fdatasync: the records are durable once this returns; callers ack only after it.
+        let synced = {
+            let _s = info_span!("wal_fsync").entered();
+            self.file.sync_data()
+        };
+        let took = start.elapsed();
+        metrics::get().wal_fsync.observe(took.as_secs_f64());
+        if took > SLOW_FSYNC {
+            warn!(took_ms = took.as_millis() as u64, expected_ms = SLOW_FSYNC.as_millis() as u64, "slow fdatasync");
+        }
+        if let Err(e) = synced {
+            // After a failed fsync the page cache state is unknown: never retry.
+            self.failed = Some(format!("fdatasync {}: {e}", path.display()));
+            return Err(WalError::io(&path, e));
+        }
+        Ok(())
+    }
+
+    /// Starts the next segment: CRC of the previous record, metadata, last state.
+    fn cut(&mut self) -> Result<(), WalError> {
+        let name = SegmentName { seq: self.name.seq + 1, index: self.last_index + 1 };
+        let mut head = Vec::new();
+        let mut enc = self.enc.clone();
+        enc.encode(&Record::Crc(enc.crc()), &mut head);
+        enc.encode(&Record::Metadata(self.meta), &mut head);
+        for r in self.last_state.iter().chain(self.last_commit.iter()) {
+            enc.encode(r, &mut head);
+        }
+        let file = segment::create_segment(&self.dir, name, &head).map_err(|e| WalError::io(&self.dir, e))?;
+        self.file = file;
+        self.name = name;
+        self.offset = head.len() as u64;
+        self.enc = enc;
+        tracing::info!(segment = %name.file_name(), "cut WAL segment");
+        Ok(())
+    }
+}
