@@ -7,79 +7,42 @@
 //! `*_client` modules for every service of that package.
 
 /// `mvccpb`: `KeyValue` and watch `Event`.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    missing_docs,
-    rustdoc::all
-)]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
 /// `authpb`: stored users, roles and permissions.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    missing_docs,
-    rustdoc::all
-)]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
 pub mod authpb {
     tonic::include_proto!("authpb");
 }
 
 /// `membershippb`: membership requests carried in `InternalRaftRequest`.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    missing_docs,
-    rustdoc::all
-)]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
 pub mod membershippb {
     tonic::include_proto!("membershippb");
 }
 
 /// `etcdserverpb`: the KV, Watch, Lease, Cluster, Maintenance and Auth services
 /// and `InternalRaftRequest`.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    missing_docs,
-    rustdoc::all
-)]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
 /// `v3electionpb`: the Election service.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    missing_docs,
-    rustdoc::all
-)]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
 
 /// `v3lockpb`: the Lock service.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    missing_docs,
-    rustdoc::all
-)]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every file above (with source
 /// info), for gRPC server reflection or a JSON gateway.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/kvd_api_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kvd_api_descriptor.bin"));

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use kvd_api::etcdserverpb::{
-    self, Compare, InternalRaftRequest, PutRequest, RangeRequest, RequestHeader, RequestOp,
-    WatchCreateRequest, WatchRequest, WatchResponse, compare, request_op, watch_request,
+    self, Compare, InternalRaftRequest, PutRequest, RangeRequest, RequestHeader, RequestOp, WatchCreateRequest,
+    WatchRequest, WatchResponse, compare, request_op, watch_request,
 };
 use kvd_api::{mvccpb, v3electionpb, v3lockpb};
 use prost::Message;
@@ -15,11 +15,7 @@ use tonic::server::NamedService;
 
 #[test]
 fn range_request_field_numbers() {
-    let req = RangeRequest {
-        key: b"a".to_vec(),
-        limit: 5,
-        ..Default::default()
-    };
+    let req = RangeRequest { key: b"a".to_vec(), limit: 5, ..Default::default() };
     // key = 1 (LEN) -> 0x0a; limit = 3 (VARINT) -> 0x18.
     assert_eq!(req.encode_to_vec(), [0x0a, 0x01, b'a', 0x18, 0x05]);
 
@@ -95,28 +91,21 @@ fn oneofs_and_high_field_numbers() {
     );
 
     // RequestOp.request_put is field 2.
-    let op = RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest::default())),
-    };
+    let op = RequestOp { request: Some(request_op::Request::RequestPut(PutRequest::default())) };
     assert_eq!(op.encode_to_vec(), [0x12, 0x00]);
 
     // WatchRequest.create_request = 1; WatchCreateRequest.watch_id = 7.
     let w = WatchRequest {
-        request_union: Some(watch_request::RequestUnion::CreateRequest(
-            WatchCreateRequest {
-                watch_id: 1,
-                ..Default::default()
-            },
-        )),
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            watch_id: 1,
+            ..Default::default()
+        })),
     };
     assert_eq!(w.encode_to_vec(), [0x0a, 0x02, 0x38, 0x01]);
 
     // WatchResponse.events = 11; Event.type = 1 (DELETE = 1).
     let resp = WatchResponse {
-        events: vec![mvccpb::Event {
-            r#type: mvccpb::event::EventType::Delete as i32,
-            ..Default::default()
-        }],
+        events: vec![mvccpb::Event { r#type: mvccpb::event::EventType::Delete as i32, ..Default::default() }],
         ..Default::default()
     };
     assert_eq!(resp.encode_to_vec(), [0x5a, 0x02, 0x08, 0x01]);
@@ -128,33 +117,21 @@ fn oneofs_and_high_field_numbers() {
         ..Default::default()
     };
     let bytes = irr.encode_to_vec();
-    assert!(
-        bytes.windows(3).any(|w| w == [0xa2, 0x06, 0x00]),
-        "{bytes:02x?}"
-    );
-    assert!(
-        bytes.windows(3).any(|w| w == [0xc2, 0x3e, 0x00]),
-        "{bytes:02x?}"
-    );
+    assert!(bytes.windows(3).any(|w| w == [0xa2, 0x06, 0x00]), "{bytes:02x?}");
+    assert!(bytes.windows(3).any(|w| w == [0xc2, 0x3e, 0x00]), "{bytes:02x?}");
 }
 
 #[test]
 fn service_names() {
     use etcdserverpb::*;
     assert_eq!(kv_server::SERVICE_NAME, "etcdserverpb.KV");
-    assert_eq!(
-        <kv_server::KvServer<()> as NamedService>::NAME,
-        "etcdserverpb.KV"
-    );
+    assert_eq!(<kv_server::KvServer<()> as NamedService>::NAME, "etcdserverpb.KV");
     assert_eq!(watch_server::SERVICE_NAME, "etcdserverpb.Watch");
     assert_eq!(lease_server::SERVICE_NAME, "etcdserverpb.Lease");
     assert_eq!(cluster_server::SERVICE_NAME, "etcdserverpb.Cluster");
     assert_eq!(maintenance_server::SERVICE_NAME, "etcdserverpb.Maintenance");
     assert_eq!(auth_server::SERVICE_NAME, "etcdserverpb.Auth");
-    assert_eq!(
-        v3electionpb::election_server::SERVICE_NAME,
-        "v3electionpb.Election"
-    );
+    assert_eq!(v3electionpb::election_server::SERVICE_NAME, "v3electionpb.Election");
     assert_eq!(v3lockpb::lock_server::SERVICE_NAME, "v3lockpb.Lock");
 }
 
@@ -185,19 +162,11 @@ async fn client_method_paths() {
     let mut kv = etcdserverpb::kv_client::KvClient::with_origin(rec.clone(), origin.clone());
     let _ = kv.range(RangeRequest::default()).await;
     let _ = kv.txn(etcdserverpb::TxnRequest::default()).await;
-    let mut mt = etcdserverpb::maintenance_client::MaintenanceClient::with_origin(
-        rec.clone(),
-        origin.clone(),
-    );
+    let mut mt = etcdserverpb::maintenance_client::MaintenanceClient::with_origin(rec.clone(), origin.clone());
     let _ = mt.hash_kv(etcdserverpb::HashKvRequest::default()).await;
     let _ = mt.snapshot(etcdserverpb::SnapshotRequest::default()).await;
-    let mut lease =
-        etcdserverpb::lease_client::LeaseClient::with_origin(rec.clone(), origin.clone());
-    let _ = lease
-        .lease_keep_alive(tokio_stream_once(
-            etcdserverpb::LeaseKeepAliveRequest::default(),
-        ))
-        .await;
+    let mut lease = etcdserverpb::lease_client::LeaseClient::with_origin(rec.clone(), origin.clone());
+    let _ = lease.lease_keep_alive(tokio_stream_once(etcdserverpb::LeaseKeepAliveRequest::default())).await;
     let mut lock = v3lockpb::lock_client::LockClient::with_origin(rec.clone(), origin);
     let _ = lock.lock(v3lockpb::LockRequest::default()).await;
 
@@ -223,15 +192,8 @@ fn tokio_stream_once<T: Send + 'static>(
 #[test]
 fn file_descriptor_set_is_complete() {
     let fds = prost_types::FileDescriptorSet::decode(kvd_api::FILE_DESCRIPTOR_SET).unwrap();
-    let mut services: Vec<String> = fds
-        .file
-        .iter()
-        .flat_map(|f| {
-            f.service
-                .iter()
-                .map(move |s| format!("{}.{}", f.package(), s.name()))
-        })
-        .collect();
+    let mut services: Vec<String> =
+        fds.file.iter().flat_map(|f| f.service.iter().map(move |s| format!("{}.{}", f.package(), s.name()))).collect();
     services.sort();
     assert_eq!(
         services,

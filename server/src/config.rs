@@ -29,7 +29,12 @@ pub struct Flags {
     #[arg(long, env = "KVD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
     pub listen_peer_urls: Vec<String>,
     /// Peer URLs advertised to the rest of the cluster.
-    #[arg(long, env = "KVD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KVD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
     pub initial_advertise_peer_urls: Vec<String>,
     /// Initial cluster configuration: `name=peerURL,...` (default: this member alone).
     #[arg(long, env = "KVD_INITIAL_CLUSTER")]
@@ -123,7 +128,10 @@ impl Flags {
     /// Checks the flags and builds the server configuration.
     pub fn server_config(&self) -> Result<ServerConfig, FlagError> {
         if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
-            return Err(ferr("initial-cluster-state", format!("{:?} is neither new nor existing", self.initial_cluster_state)));
+            return Err(ferr(
+                "initial-cluster-state",
+                format!("{:?} is neither new nor existing", self.initial_cluster_state),
+            ));
         }
         if self.election_timeout < 5 * self.heartbeat_interval {
             return Err(ferr("election-timeout", "must be at least 5 times --heartbeat-interval"));
@@ -136,7 +144,8 @@ impl Flags {
             self.initial_advertise_peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
         });
         for part in spec.split(',').filter(|p| !p.is_empty()) {
-            let (name, url) = part.split_once('=').ok_or_else(|| ferr("initial-cluster", format!("{part:?} is not name=url")))?;
+            let (name, url) =
+                part.split_once('=').ok_or_else(|| ferr("initial-cluster", format!("{part:?} is not name=url")))?;
             url::Url::parse(url).map_err(|e| ferr("initial-cluster", format!("{url}: {e}")))?;
             initial_cluster.entry(name.to_string()).or_default().push(url.to_string());
         }

@@ -50,7 +50,8 @@ async fn run(flags: Flags) -> Result<(), String> {
     server.watch_leader();
     let mut tasks = tokio::task::JoinSet::new();
     for (l, client) in listeners {
-        let router = if client { kvd::rpc::client_router(server.clone()) } else { kvd::rpc::metrics_router(server.clone()) };
+        let router =
+            if client { kvd::rpc::client_router(server.clone()) } else { kvd::rpc::metrics_router(server.clone()) };
         info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), client, "serving");
         tasks.spawn(async move { axum::serve(l, router).await });
     }

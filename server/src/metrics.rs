@@ -94,9 +94,7 @@ impl Metrics {
             client_grpc_received_bytes: Counter::default(),
             grpc_started: Family::default(),
             grpc_handled: Family::default(),
-            grpc_handling: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-            }),
+            grpc_handling: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             alarms: Family::default(),
             registry: Registry::default(),
         };
@@ -120,7 +118,11 @@ impl Metrics {
         r.register("etcd_server_leader_changes_seen", "Leader changes seen", m.leader_changes.clone());
         r.register("etcd_server_proposals_failed", "Failed proposals", m.proposals_failed.clone());
         r.register("etcd_server_slow_apply", "Applies slower than 100ms", m.slow_apply.clone());
-        r.register("etcd_network_client_grpc_sent_bytes", "Bytes sent to gRPC clients", m.client_grpc_sent_bytes.clone());
+        r.register(
+            "etcd_network_client_grpc_sent_bytes",
+            "Bytes sent to gRPC clients",
+            m.client_grpc_sent_bytes.clone(),
+        );
         r.register(
             "etcd_network_client_grpc_received_bytes",
             "Bytes received from gRPC clients",

@@ -81,10 +81,7 @@ pub fn is_read_only(t: &TxnRequest) -> bool {
 
 /// True when the txn only reads, serializably.
 pub fn is_serializable(t: &TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .all(|op| matches!(&op.request, Some(Request::RequestRange(r)) if r.serializable))
+    t.success.iter().chain(&t.failure).all(|op| matches!(&op.request, Some(Request::RequestRange(r)) if r.serializable))
 }
 
 /// Evaluates the compares of `t` and of the nested txns on the chosen branches,

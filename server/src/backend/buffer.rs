@@ -58,9 +58,10 @@ impl Buffer {
         start: &'a [u8],
         end: &'a [u8],
     ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Bytes>)> + 'a {
-        self.tables.get(&t).into_iter().flat_map(move |m| {
-            m.range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Excluded(end)))
-        })
+        self.tables
+            .get(&t)
+            .into_iter()
+            .flat_map(move |m| m.range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Excluded(end))))
     }
 
     pub fn ops(&self) -> usize {

@@ -90,9 +90,11 @@ impl Backend {
     /// Opens (or creates) the redb file at `path`.
     pub fn open(path: &Path, batch_limit: usize) -> Result<Arc<Backend>, BackendError> {
         let open_err = |msg: String| BackendError::Open { path: path.to_path_buf(), msg };
-        let db = Database::builder()
-            .create(path)
-            .map_err(|e| open_err(format!("{e} (the file is damaged or not a kvd backend; move it away and kvd rebuilds it from the WAL)")))?;
+        let db = Database::builder().create(path).map_err(|e| {
+            open_err(format!(
+                "{e} (the file is damaged or not a kvd backend; move it away and kvd rebuilds it from the WAL)"
+            ))
+        })?;
         let be = Backend {
             path: path.to_path_buf(),
             db: RwLock::new(db),

@@ -78,7 +78,8 @@ impl EtcdServer {
     pub async fn start(cfg: ServerConfig) -> Result<Arc<EtcdServer>, ServerError> {
         let err = |e: &dyn std::fmt::Display| ServerError::Internal(e.to_string());
         let member_dir = cfg.data_dir.join("member");
-        std::fs::create_dir_all(&member_dir).map_err(|e| err(&format!("cannot create {}: {e}", member_dir.display())))?;
+        std::fs::create_dir_all(&member_dir)
+            .map_err(|e| err(&format!("cannot create {}: {e}", member_dir.display())))?;
 
         let me = member_id(&cfg.peer_urls, &cfg.initial_cluster_token);
         let mut ids: Vec<u64> =
@@ -88,7 +89,8 @@ impl EtcdServer {
         }
         let cid = cluster_id(&ids, &cfg.initial_cluster_token);
 
-        let (wal, replay) = Wal::open(&member_dir.join("wal"), Metadata { node_id: me, cluster_id: cid }).map_err(|e| err(&e))?;
+        let (wal, replay) =
+            Wal::open(&member_dir.join("wal"), Metadata { node_id: me, cluster_id: cid }).map_err(|e| err(&e))?;
         let fresh = replay.entries.is_empty() && replay.state.is_none();
         let log = LogStore::new(wal.clone(), replay).map_err(|e| err(&format!("WAL entries: {e}")))?;
 
@@ -120,9 +122,15 @@ impl EtcdServer {
         .map_err(|e| err(&format!("raft config: {e}")))?;
         let raft = Raft::new(me, Arc::new(rcfg), NoPeers, log.clone(), sm).await.map_err(|e| err(&e))?;
         if fresh {
-            let member = Member { name: cfg.name.clone(), peer_urls: cfg.peer_urls.clone(), client_urls: cfg.client_urls.clone() };
+            let member = Member {
+                name: cfg.name.clone(),
+                peer_urls: cfg.peer_urls.clone(),
+                client_urls: cfg.client_urls.clone(),
+            };
             match raft.initialize(BTreeMap::from([(me, member)])).await {
-                Ok(()) => info!(member_id = %format!("{me:x}"), cluster_id = %format!("{cid:x}"), "bootstrapped new single-member cluster"),
+                Ok(()) => {
+                    info!(member_id = %format!("{me:x}"), cluster_id = %format!("{cid:x}"), "bootstrapped new single-member cluster")
+                }
                 Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(err(&e)),
             }

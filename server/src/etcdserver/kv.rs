@@ -1,6 +1,5 @@
 //! The KV path: quota, preflight, proposal and wait; reads after ReadIndex.
 
-use openraft::async_runtime::WatchReceiver;
 use kvd_api::etcdserverpb::alarm_request::AlarmAction;
 use kvd_api::etcdserverpb::{
     AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest,
@@ -8,6 +7,7 @@ use kvd_api::etcdserverpb::{
     TxnResponse,
 };
 use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
 use prost::Message;
 use tracing::{Instrument, info_span};
 
@@ -34,7 +34,11 @@ impl EtcdServer {
             return Ok(());
         }
         drop(_span);
-        let req = AlarmRequest { action: AlarmAction::Activate as i32, member_id: self.member_id, alarm: AlarmType::Nospace as i32 };
+        let req = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
         if let Err(e) = self.propose(InternalRaftRequest { alarm: Some(req), ..Default::default() }).await {
             tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
         }
@@ -128,7 +132,11 @@ impl EtcdServer {
         }
     }
 
-    pub async fn delete_range(&self, r: DeleteRangeRequest, auth: &AuthInfo) -> Result<DeleteRangeResponse, ServerError> {
+    pub async fn delete_range(
+        &self,
+        r: DeleteRangeRequest,
+        auth: &AuthInfo,
+    ) -> Result<DeleteRangeResponse, ServerError> {
         self.preflight(auth)?;
         match self.propose(InternalRaftRequest { delete_range: Some(r), ..Default::default() }).await? {
             ApplyOutput::DeleteRange(mut resp) => {

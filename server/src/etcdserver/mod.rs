@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use kvd_api::etcdserverpb::ResponseHeader;
 
-pub use bootstrap::{ServerConfig, member_id, cluster_id};
+pub use bootstrap::{ServerConfig, cluster_id, member_id};
 
-use crate::apply::{Applier, AlarmStore, ApplyError};
+use crate::apply::{AlarmStore, Applier, ApplyError};
 use crate::mvcc::{KvStore, MvccError};
 use crate::proposal::{IdGenerator, Wait};
 use crate::quota::Quota;

@@ -68,7 +68,9 @@ mod tests {
     use kvd_api::etcdserverpb::request_op::Request;
 
     fn put(k: &str, v: &str) -> RequestOp {
-        RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.into(), value: v.into(), ..Default::default() })) }
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest { key: k.into(), value: v.into(), ..Default::default() })),
+        }
     }
 
     #[test]

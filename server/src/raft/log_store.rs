@@ -12,9 +12,9 @@ use std::io;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
+use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::OptionalSend;
 use parking_lot::Mutex;
 
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
@@ -41,7 +41,10 @@ impl LogStore {
         for (index, data) in replay.entries {
             let e: Entry = decode(&data)?;
             if e.index() != index {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("WAL entry {index} decodes as {}", e.index())));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("WAL entry {index} decodes as {}", e.index()),
+                ));
             }
             inner.log.insert(index, e);
         }

@@ -18,7 +18,7 @@ use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 
 use super::{LogId, SnapshotData, StoredMembership, TypeConfig, decode, encode};
-use crate::apply::{ApplyError, ApplyOutput, Applier};
+use crate::apply::{Applier, ApplyError, ApplyOutput};
 use crate::backend::Table;
 use crate::metrics;
 

@@ -60,16 +60,16 @@ async fn livez() -> impl IntoResponse {
 async fn readyz(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
     let probe = RangeRequest { key: b"health".to_vec(), ..Default::default() };
     let ok = s.raft().metrics().borrow_watched().current_leader.is_some()
-        && matches!(tokio::time::timeout(Duration::from_secs(2), s.range(probe, &AuthInfo::default())).await, Ok(Ok(_)));
+        && matches!(
+            tokio::time::timeout(Duration::from_secs(2), s.range(probe, &AuthInfo::default())).await,
+            Ok(Ok(_))
+        );
     if ok { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
 }
 
 async fn metrics_text(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
     s.refresh_gauges();
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        metrics::get().encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics::get().encode())
 }
 
 async fn version() -> impl IntoResponse {

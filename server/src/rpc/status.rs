@@ -78,7 +78,10 @@ mod tests {
     #[test]
     fn codes_and_strings_match_etcd() {
         let s = to_status(ServerError::Mvcc(MvccError::Compacted));
-        assert_eq!((s.code(), s.message()), (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+        );
         let s = to_status(ServerError::Apply(ApplyError::LeaseNotFound));
         assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
         let s = validation(ValidationError::DuplicateKey);

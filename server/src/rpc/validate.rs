@@ -190,6 +190,14 @@ mod tests {
         let many: Vec<RequestOp> = (0..129).map(|i| put(&format!("k{i}"))).collect();
         assert_eq!(check_txn(&txn(many, vec![]), 128), Err(ValidationError::TooManyOps));
         assert_eq!(check_txn(&txn(vec![RequestOp { request: None }], vec![]), 128), Err(ValidationError::KeyNotFound));
-        assert_eq!(check_put(&PutRequest { key: b"k".to_vec(), ignore_value: true, value: b"v".to_vec(), ..Default::default() }), Err(ValidationError::ValueProvided));
+        assert_eq!(
+            check_put(&PutRequest {
+                key: b"k".to_vec(),
+                ignore_value: true,
+                value: b"v".to_vec(),
+                ..Default::default()
+            }),
+            Err(ValidationError::ValueProvided)
+        );
     }
 }

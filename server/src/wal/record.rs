@@ -352,10 +352,7 @@ mod tests {
         assert_eq!(Decoder::new(cut, 0).decode_at(0).unwrap_err(), FrameError::Truncated);
         let mut flipped = buf.clone();
         flipped[40] ^= 1;
-        assert_eq!(
-            Decoder::new(&flipped, 0).decode_at(0).unwrap_err(),
-            FrameError::CrcMismatch { torn: false }
-        );
+        assert_eq!(Decoder::new(&flipped, 0).decode_at(0).unwrap_err(), FrameError::CrcMismatch { torn: false });
         let zeros = [0u8; 64];
         assert!(matches!(Decoder::new(&zeros, 0).decode_at(0), Ok(Decoded::End)));
     }

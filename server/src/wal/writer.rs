@@ -18,7 +18,10 @@ use crate::metrics;
 pub type Done = Box<dyn FnOnce(Result<(), WalError>) + Send>;
 
 pub(super) enum Op {
-    Append { records: Vec<Record>, done: Option<Done> },
+    Append {
+        records: Vec<Record>,
+        done: Option<Done>,
+    },
     /// Stop after flushing what is queued.
     Close(std::sync::mpsc::SyncSender<()>),
 }
