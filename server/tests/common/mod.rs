@@ -1,0 +1,216 @@
+//! Test harness: real kvd and etcd processes on loopback ports, and clients.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvd_api::etcdserverpb::kv_client::KvClient;
+use kvd_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use kvd_api::etcdserverpb::{RangeRequest, StatusRequest};
+use tonic::transport::Channel;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn kvd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kvd"))
+}
+
+/// A running server process (kvd or etcd) with its endpoint and data dir.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub endpoint: String,
+    pub client_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    bin: PathBuf,
+}
+
+impl Proc {
+    /// Starts kvd with `extra` flags on fresh ports, data in `data_dir`.
+    pub fn kvd(data_dir: &Path, extra: &[&str]) -> Proc {
+        let cp = free_port();
+        let pp = free_port();
+        let mut args: Vec<String> = vec![
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            format!("http://127.0.0.1:{cp}"),
+            "--advertise-client-urls".into(),
+            format!("http://127.0.0.1:{cp}"),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{pp}"),
+            "--initial-advertise-peer-urls".into(),
+            "http://127.0.0.1:2380".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = Proc {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{cp}"),
+            client_port: cp,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            args,
+            bin: kvd_bin(),
+        };
+        p.spawn();
+        p
+    }
+
+    /// Starts the real etcd from Debian on fresh ports.
+    pub fn etcd(data_dir: &Path, extra: &[&str]) -> Proc {
+        let cp = free_port();
+        let pp = free_port();
+        let mut args: Vec<String> = [
+            "--name",
+            "etcd0",
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{cp}"),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{cp}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{pp}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{pp}"),
+            "--initial-cluster",
+            &format!("etcd0=http://127.0.0.1:{pp}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = Proc {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{cp}"),
+            client_port: cp,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            args,
+            bin: PathBuf::from("etcd"),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Waits until the process has exited; returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let c = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn kv(&self) -> KvClient<Channel> {
+        let ch = Channel::from_shared(self.endpoint.clone()).unwrap().connect_lazy();
+        KvClient::new(ch).max_decoding_message_size(usize::MAX)
+    }
+
+    pub async fn maintenance(&self) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(Channel::from_shared(self.endpoint.clone()).unwrap().connect_lazy())
+    }
+
+    /// Waits until a linearizable read succeeds.
+    pub async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(ch) = Channel::from_shared(self.endpoint.clone()).unwrap().connect().await {
+                let mut kv = KvClient::new(ch.clone());
+                let mut m = MaintenanceClient::new(ch);
+                if kv.range(RangeRequest { key: b"ready".to_vec(), ..Default::default() }).await.is_ok()
+                    && m.status(StatusRequest {}).await.is_ok()
+                {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("{} not ready after 30s; log:\n{}", self.endpoint, self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs etcdctl against `endpoint` and returns (success, stdout, stderr).
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        // etcdctl 3.4 sends "http://host:port" verbatim as the HTTP/2 :authority
+        // when given a URL, which hyper (rightly) refuses; give it host:port.
+        .arg(format!("--endpoints={}", endpoint.trim_start_matches("http://")))
+        .arg("--command-timeout=15s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("etcdctl is installed by scripts/install-deps");
+    if let Some(input) = stdin {
+        child.stdin.as_mut().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}

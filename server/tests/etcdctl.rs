@@ -1,0 +1,121 @@
+//! The real etcdctl (Debian's etcd-client) against a real kvd process.
+
+mod common;
+
+use common::{Proc, etcdctl};
+
+fn ok(ep: &str, args: &[&str]) -> String {
+    let (success, out, err) = etcdctl(ep, args, None);
+    assert!(success, "etcdctl {args:?} failed: {err}");
+    out
+}
+
+fn json(ep: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-w", "json"]);
+    serde_json::from_str(&ok(ep, &a)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_del_txn_compact_status_defrag() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd(&dir.path().join("d"), &[]);
+    kvd.ready().await;
+    let ep = kvd.endpoint.as_str();
+
+    assert_eq!(ok(ep, &["put", "foo", "bar"]).trim(), "OK");
+    assert_eq!(ok(ep, &["put", "foo", "baz", "--prev-kv"]).trim(), "OK\nfoo\nbar");
+    assert_eq!(ok(ep, &["get", "foo"]), "foo\nbaz\n");
+    let v = json(ep, &["get", "foo"]);
+    assert_eq!(v["kvs"][0]["version"], 2);
+    assert_eq!(v["kvs"][0]["create_revision"], 2);
+    assert_eq!(v["kvs"][0]["mod_revision"], 3);
+    assert_eq!(v["header"]["revision"], 3);
+
+    for i in 0..5 {
+        ok(ep, &["put", &format!("dir/k{i}"), &format!("v{i}")]);
+    }
+    assert_eq!(ok(ep, &["get", "dir/", "--prefix", "--keys-only"]).lines().filter(|l| !l.is_empty()).count(), 5);
+    let v = json(ep, &["get", "dir/", "--prefix", "--limit", "2"]);
+    assert_eq!(
+        (v["count"].as_i64(), v["more"].as_bool(), v["kvs"].as_array().unwrap().len()),
+        (Some(5), Some(true), 2)
+    );
+    let v = json(ep, &["get", "dir/", "--prefix", "--sort-by", "VALUE", "--order", "DESCEND"]);
+    assert_eq!(v["kvs"][0]["value"], "djQ="); // base64("v4")
+    let fields = ok(ep, &["get", "dir/", "--prefix", "--keys-only", "-w", "fields"]);
+    assert!(fields.contains("\"Count\" : 5"), "{fields}");
+
+    // txn: compare on mod revision, both branches.
+    let (s, out, err) = etcdctl(ep, &["txn"], Some("mod(\"foo\") = \"3\"\n\nput foo qux\nget foo\n\nput foo nope\n\n"));
+    assert!(s, "{err}");
+    assert_eq!(out, "SUCCESS\n\nOK\n\nfoo\nqux\n");
+    let (s, out, _) = etcdctl(ep, &["txn"], Some("value(\"foo\") = \"zzz\"\n\nput foo a\n\nget foo\n\n"));
+    assert!(s);
+    assert_eq!(out, "FAILURE\n\nfoo\nqux\n");
+
+    assert_eq!(ok(ep, &["del", "dir/", "--prefix"]).trim(), "5");
+    assert_eq!(ok(ep, &["get", "dir/", "--prefix"]), "");
+
+    // History, compaction, and the compacted error.
+    assert_eq!(ok(ep, &["get", "foo", "--rev", "2"]), "foo\nbar\n");
+    let rev = json(ep, &["get", "foo"])["header"]["revision"].as_i64().unwrap();
+    assert!(ok(ep, &["compact", &rev.to_string(), "--physical"]).contains(&format!("compacted revision {rev}")));
+    let (s, _, err) = etcdctl(ep, &["get", "foo", "--rev", "2"], None);
+    assert!(!s && err.contains("etcdserver: mvcc: required revision has been compacted"), "{err}");
+    let (s, _, err) = etcdctl(ep, &["get", "foo", "--rev", &(rev + 100).to_string()], None);
+    assert!(!s && err.contains("etcdserver: mvcc: required revision is a future revision"), "{err}");
+
+    let st = json(ep, &["endpoint", "status"]);
+    let status = &st[0]["Status"];
+    assert_eq!(status["version"], "3.6.0");
+    assert_eq!(status["leader"], status["header"]["member_id"]);
+    assert!(status["dbSize"].as_i64().unwrap() > 0);
+    assert_eq!(status["raftIndex"], status["raftAppliedIndex"]);
+    let table = ok(ep, &["endpoint", "status", "-w", "table"]);
+    assert!(table.contains("true"), "{table}");
+    let (s, out, err) = etcdctl(ep, &["endpoint", "health"], None);
+    assert!(s && (out + &err).contains("is healthy"));
+    assert!(ok(ep, &["defrag"]).contains("Finished defragmenting"));
+    assert_eq!(ok(ep, &["get", "foo", "--print-value-only"]).trim(), "qux", "defrag keeps the data");
+    assert_eq!(ok(ep, &["alarm", "list"]), "");
+    let hk = json(ep, &["endpoint", "hashkv"]);
+    assert!(hk[0]["HashKV"]["hash"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nospace_alarm_list_and_disarm() {
+    let dir = tempfile::tempdir().unwrap();
+    // A quota just above the empty backend's size.
+    let kvd = Proc::kvd(&dir.path().join("d"), &["--quota-backend-bytes", "300000"]);
+    kvd.ready().await;
+    let ep = kvd.endpoint.as_str();
+    let value = "x".repeat(20_000);
+    let mut refused = None;
+    for i in 0..200 {
+        let (s, _, err) = etcdctl(ep, &["put", &format!("k{i}"), &value], None);
+        if !s {
+            refused = Some((i, err));
+            break;
+        }
+    }
+    let (n, err) = refused.expect("the quota must stop writes");
+    assert!(err.contains("etcdserver: mvcc: database space exceeded"), "{err}");
+    assert!(n > 0);
+    let alarms = ok(ep, &["alarm", "list"]);
+    assert!(alarms.contains("alarm:NOSPACE"), "{alarms}");
+    // Reads and deletes still work; puts are refused while the alarm is raised.
+    assert_eq!(ok(ep, &["get", "k0", "--print-value-only"]).trim(), value);
+    let (s, _, err) = etcdctl(ep, &["put", "tiny", "v"], None);
+    assert!(!s && err.contains("database space exceeded"), "{err}");
+    assert!(!ok(ep, &["del", "k", "--prefix"]).trim().is_empty());
+    let status = json(ep, &["endpoint", "status"]);
+    assert!(status[0]["Status"]["errors"][0].as_str().unwrap().contains("NOSPACE"));
+    // Recovery as etcd documents it: compact, defrag, disarm.
+    let rev = json(ep, &["get", "k0"])["header"]["revision"].as_i64().unwrap();
+    ok(ep, &["compact", &rev.to_string(), "--physical"]);
+    ok(ep, &["defrag"]);
+    assert!(ok(ep, &["alarm", "disarm"]).contains("NOSPACE"));
+    assert_eq!(ok(ep, &["alarm", "list"]), "");
+    assert_eq!(ok(ep, &["put", "after", "ok"]).trim(), "OK");
+}
