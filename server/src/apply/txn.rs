@@ -160,21 +160,30 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
-/// Checks every op on the chosen path before anything runs (etcd's checkTxn).
-fn check_path(view: &dyn View, t: &TxnRequest, path: &[bool]) -> Result<usize, ApplyError> {
+/// Which ops a checking pass looks at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Puts,
+    Ranges,
+}
+
+/// Checks the ops on the chosen path before anything runs: etcd 3.5 checks
+/// every put first (lease, ignore_* on a missing key), then every range
+/// (compacted or future revision).
+fn check_path(view: &dyn View, t: &TxnRequest, path: &[bool], pass: Check) -> Result<usize, ApplyError> {
     let mut used = 0;
     let ops = if path[0] { &t.success } else { &t.failure };
     let mut rest = &path[1..];
     for op in ops {
         match &op.request {
-            Some(Request::RequestRange(r)) => check_range(view, r)?,
-            Some(Request::RequestPut(p)) => check_put(view, p)?,
+            Some(Request::RequestRange(r)) if pass == Check::Ranges => check_range(view, r)?,
+            Some(Request::RequestPut(p)) if pass == Check::Puts => check_put(view, p)?,
             Some(Request::RequestTxn(nested)) => {
-                let n = check_path(view, nested, rest)?;
+                let n = check_path(view, nested, rest, pass)?;
                 used += n + 1;
                 rest = &rest[n + 1..];
             }
-            Some(Request::RequestDeleteRange(_)) | None => {}
+            _ => {}
         }
     }
     Ok(used)
@@ -185,9 +194,12 @@ fn check_path(view: &dyn View, t: &TxnRequest, path: &[bool]) -> Result<usize, A
 pub fn txn(w: &mut dyn WriteView, t: &TxnRequest) -> Result<TxnResponse, ApplyError> {
     let mut path = Vec::new();
     compare_path(w, t, &mut path);
-    check_path(w, t, &path)?;
+    check_path(w, t, &path, Check::Puts)?;
+    check_path(w, t, &path, Check::Ranges)?;
     let mut resp = TxnResponse::default();
     execute(w, t, &path, &mut resp)?;
+    // Only the outermost response carries the revision (nested ones stay zero, as in etcd).
+    resp.header = header(w.rev());
     Ok(resp)
 }
 
@@ -218,6 +230,6 @@ fn execute(w: &mut dyn WriteView, t: &TxnRequest, path: &[bool], resp: &mut TxnR
     }
     resp.succeeded = succeeded;
     resp.responses = responses;
-    resp.header = header(w.rev());
+    resp.header = Some(ResponseHeader::default());
     Ok(used)
 }

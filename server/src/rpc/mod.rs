@@ -89,6 +89,28 @@ fn code_name(code: i32) -> &'static str {
     }
 }
 
+/// tonic refuses an oversized message with OutOfRange; Go's gRPC (and so etcd)
+/// answers ResourceExhausted "grpc: received message larger than max (N vs. M)".
+/// Clients check the code, so answer as etcd does.
+fn oversized_as_go_grpc(resp: &mut axum::response::Response) {
+    let h = resp.headers();
+    if h.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return;
+    }
+    let Some(msg) = h.get("grpc-message").and_then(|v| v.to_str().ok()) else { return };
+    let msg = percent_encoding::percent_decode_str(msg).decode_utf8_lossy();
+    let Some(rest) = msg.strip_prefix("Error, decoded message length too large: found ") else { return };
+    let nums: Vec<&str> = rest.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).collect();
+    if let [found, limit, ..] = nums[..] {
+        let text = format!("grpc: received message larger than max ({found} vs. {limit})");
+        let h = resp.headers_mut();
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            h.insert("grpc-message", v);
+        }
+    }
+}
+
 /// go-grpc-prometheus style counters and latency for every gRPC call.
 async fn grpc_metrics(req: HttpRequest, next: Next) -> axum::response::Response {
     let is_grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
@@ -103,7 +125,8 @@ async fn grpc_metrics(req: HttpRequest, next: Next) -> axum::response::Response 
     let labels = metrics::GrpcLabels { grpc_type: ty, grpc_service: service.clone(), grpc_method: method.clone() };
     m.grpc_started.get_or_create(&labels).inc();
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    oversized_as_go_grpc(&mut resp);
     let code = resp
         .headers()
         .get("grpc-status")
