@@ -5,7 +5,7 @@
 mod common;
 
 use common::Proc;
-use kvd_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use kvd_api::etcdserverpb::compare::{CompareTarget, TargetUnion};
 use kvd_api::etcdserverpb::kv_client::KvClient;
 use kvd_api::etcdserverpb::request_op::Request;
 use kvd_api::etcdserverpb::response_op::Response;
