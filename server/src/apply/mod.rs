@@ -61,18 +61,20 @@ const SLOW_APPLY: Duration = Duration::from_millis(100);
 pub struct Applier {
     store: Arc<KvStore>,
     alarms: Arc<AlarmStore>,
-    consistent_index: AtomicU64,
+    /// Index of the last applied entry, plus one (0 = nothing applied yet:
+    /// openraft's log starts at index 0).
+    applied_next: AtomicU64,
 }
 
 impl Applier {
     pub fn new(store: Arc<KvStore>, alarms: Arc<AlarmStore>) -> Result<Self, MvccError> {
-        let ci = store.backend().get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b)).unwrap_or(0);
-        Ok(Self { store, alarms, consistent_index: AtomicU64::new(ci) })
+        let ci = store.backend().get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
+        Ok(Self { store, alarms, applied_next: AtomicU64::new(ci.map(|i| i + 1).unwrap_or(0)) })
     }
 
-    /// The index of the last applied entry.
+    /// The index of the last applied entry (0 before anything was applied).
     pub fn consistent_index(&self) -> u64 {
-        self.consistent_index.load(Ordering::SeqCst)
+        self.applied_next.load(Ordering::SeqCst).saturating_sub(1)
     }
 
     pub fn store(&self) -> &Arc<KvStore> {
@@ -89,7 +91,7 @@ impl Applier {
         req: Option<&InternalRaftRequest>,
         extra: Vec<(Vec<u8>, Bytes)>,
     ) -> Option<Result<ApplyOutput, ApplyError>> {
-        if index <= self.consistent_index() {
+        if index < self.applied_next.load(Ordering::SeqCst) {
             return None;
         }
         let _span = info_span!("apply", index, term).entered();
@@ -109,7 +111,7 @@ impl Applier {
             }
         }
         w.end(index, term);
-        self.consistent_index.store(index, Ordering::SeqCst);
+        self.applied_next.store(index + 1, Ordering::SeqCst);
         let out = match (out, compaction) {
             (Ok(ApplyOutput::Compaction(resp, _)), Some(rev)) => {
                 Ok(ApplyOutput::Compaction(resp, self.spawn_physical_compaction(rev)))

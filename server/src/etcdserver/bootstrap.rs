@@ -104,6 +104,17 @@ impl EtcdServer {
         let store = KvStore::open(backend.clone()).map_err(|e| err(&e))?;
         let alarms = Arc::new(AlarmStore::load(&backend).map_err(|e| err(&e))?);
         let applier = Arc::new(Applier::new(store.clone(), alarms.clone()).map_err(|e| err(&e))?);
+        let (applied, last) = (applier.consistent_index(), log.last_index());
+        if applied > last {
+            // The backend holds effects of entries the WAL no longer has: acknowledged
+            // records were lost from the WAL (a truncated or replaced log).
+            return Err(err(&format!(
+                "the backend in {} has applied raft index {applied} but the WAL in {} ends at index {last}: \
+                 WAL records were lost; restore the WAL or remove the member's data dir and rejoin",
+                member_dir.join("db.redb").display(),
+                member_dir.join("wal").display()
+            )));
+        }
         let wait = Arc::new(Wait::default());
         let w = wait.clone();
         let notify: Notify = Arc::new(move |id, r| w.trigger(id, r));

@@ -57,6 +57,12 @@ impl LogStore {
         if let Some((_, data)) = replay.snapshot {
             inner.last_purged = decode(&data)?;
         }
+        tracing::info!(
+            entries = inner.log.len(),
+            first = inner.log.keys().next().copied(),
+            last = inner.log.keys().next_back().copied(),
+            "replayed raft log from the WAL"
+        );
         Ok(Self { wal, inner: Arc::new(Mutex::new(inner)) })
     }
 
