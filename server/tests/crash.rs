@@ -43,7 +43,7 @@ async fn acknowledged_writes_survive_kill_9() {
                     let value = format!("v{seq}");
                     n += 1;
                     // Alternate plain puts and txns so both apply paths are crashed.
-                    let rev = if seq % 2 == 0 {
+                    let rev = if seq.is_multiple_of(2) {
                         kv.put(PutRequest {
                             key: key.clone().into(),
                             value: value.clone().into(),
