@@ -81,6 +81,44 @@ async fn put_get_del_txn_compact_status_defrag() {
     assert_eq!(ok(ep, &["alarm", "list"]), "");
     let hk = json(ep, &["endpoint", "hashkv"]);
     assert!(hk[0]["HashKV"]["hash"].as_u64().unwrap() > 0);
+
+    // Snapshot streaming: the saved file ends with the SHA-256 of the rest.
+    let snap = dir.path().join("snap.db");
+    let out = ok(ep, &["snapshot", "save", snap.to_str().unwrap()]);
+    assert!(out.contains("Snapshot saved"), "{out}");
+    let bytes = std::fs::read(&snap).unwrap();
+    assert_eq!(bytes.len() % 512, 32, "etcd's layout: a multiple of 512 bytes, then the hash");
+    use sha2::Digest;
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    assert_eq!(sha2::Sha256::digest(body).as_slice(), sum);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defrag_shrinks_the_backend_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd(&dir.path().join("d"), &[]);
+    kvd.ready().await;
+    let ep = kvd.endpoint.as_str();
+    let mut kv = kvd.kv().await;
+    let value = vec![b'x'; 4096];
+    for i in 0..2000 {
+        kv.put(kvd_api::etcdserverpb::PutRequest {
+            key: format!("k{i}").into(),
+            value: value.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(ok(ep, &["del", "k", "--prefix"]).trim(), "2000");
+    let rev = json(ep, &["get", "k"])["header"]["revision"].as_i64().unwrap();
+    ok(ep, &["compact", &rev.to_string(), "--physical"]);
+    let size = |ep: &str| json(ep, &["endpoint", "status"])[0]["Status"]["dbSize"].as_i64().unwrap();
+    let before = size(ep);
+    ok(ep, &["defrag"]);
+    let after = size(ep);
+    assert!(after * 4 < before, "defrag must shrink the file: {before} -> {after} bytes");
+    assert_eq!(ok(ep, &["put", "after", "defrag"]).trim(), "OK");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,9 @@
 //!
 //! Snapshot format (kvd's own): a sequence of records `table u8 ‖ key_len u32
 //! BE ‖ key ‖ value_len u32 BE ‖ value`, taken from one redb read transaction
-//! after flushing the write buffer, followed by the SHA-256 of everything
-//! before it (32 bytes), as etcd appends a hash to its snapshots.
+//! after flushing the write buffer; an end byte `0xFF`; zeros up to a multiple
+//! of 512 bytes; then the SHA-256 of everything before it (32 bytes). As with
+//! etcd's snapshots, size % 512 == 32, which is how etcdctl recognises the hash.
 
 use openraft::async_runtime::WatchReceiver;
 use std::io::Write;
@@ -15,6 +16,9 @@ use sha2::{Digest, Sha256};
 use super::{EtcdServer, ServerError};
 use crate::apply::alarm::alarm_name;
 use crate::backend::Table;
+
+/// Marks the end of the records in a snapshot.
+const SNAPSHOT_END: u8 = 0xFF;
 
 /// The etcd API version kvd answers with; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.6.0";
@@ -110,6 +114,11 @@ impl EtcdServer {
             })
             .map_err(crate::mvcc::MvccError::from)?;
             io_res.map_err(ioerr)?;
+            let written = out.get_ref().metadata().map_err(ioerr)?.len() + out.buffer().len() as u64;
+            let mut tail = vec![SNAPSHOT_END];
+            tail.resize((512 - (written + 1) % 512) as usize % 512 + 1, 0);
+            sha.update(&tail);
+            out.write_all(&tail).map_err(ioerr)?;
             out.write_all(&sha.finalize()).map_err(ioerr)?;
             let f = out.into_inner().map_err(|e| ioerr(e.into_error()))?;
             let len = f.metadata().map_err(ioerr)?.len();

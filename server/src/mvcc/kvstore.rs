@@ -176,9 +176,15 @@ impl KvStore {
             }
         }
         let mut kvs = Vec::with_capacity(values.len());
-        for ((_, at), v) in keys.iter().zip(values) {
-            let v = v.ok_or(MvccError::Corrupt(at.modified))?;
-            kvs.push(KeyValue::decode(v).map_err(|_| MvccError::Corrupt(at.modified))?);
+        for ((_, a), v) in keys.iter().zip(values) {
+            let Some(v) = v else {
+                // A compaction that started after the revision check removed it.
+                if at < self.compact_rev() {
+                    return Err(MvccError::Compacted);
+                }
+                return Err(MvccError::Corrupt(a.modified));
+            };
+            kvs.push(KeyValue::decode(v).map_err(|_| MvccError::Corrupt(a.modified))?);
         }
         Ok(RangeResult { kvs, count, rev: cur })
     }
