@@ -1,0 +1,104 @@
+//! openraft's storage conformance suite, run against kvd's real log store (on
+//! the WAL) and state machine (over Apply, MVCC and redb) in temp dirs.
+//!
+//! Tests that build raft snapshots are ignored until raft snapshots arrive
+//! with the cluster work.
+
+use std::sync::Arc;
+
+use openraft::StorageError;
+use openraft::testing::log::{StoreBuilder, Suite};
+
+use super::TypeConfig;
+use super::log_store::LogStore;
+use super::state_machine::StateMachine;
+use crate::apply::{AlarmStore, Applier};
+use crate::backend::Backend;
+use crate::mvcc::KvStore;
+use crate::wal::{Metadata, Wal};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (wal, replay) = Wal::open(&dir.path().join("wal"), Metadata { node_id: 1, cluster_id: 1 }).expect("wal");
+        let log = LogStore::new(wal, replay).expect("log store");
+        let be = Backend::open(&dir.path().join("db.redb"), 10_000).expect("backend");
+        let store = KvStore::open(be.clone()).expect("mvcc");
+        let alarms = Arc::new(AlarmStore::load(&be).expect("alarms"));
+        let applier = Arc::new(Applier::new(store, alarms).expect("applier"));
+        let sm = StateMachine::new(applier, Arc::new(|_, _| {})).expect("state machine");
+        Ok((dir, log, sm))
+    }
+}
+
+type S = Suite<TypeConfig, LogStore, StateMachine, Builder, tempfile::TempDir>;
+
+macro_rules! suite {
+    (#[$attr:meta] $($name:ident),* $(,)?) => {$(
+        #[$attr]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_dir, log, sm) = Builder.build().await.unwrap();
+            S::$name(log, sm).await.unwrap();
+        }
+    )*};
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_dir, log, sm) = Builder.build().await.unwrap();
+            S::$name(log, sm).await.unwrap();
+        }
+    )*};
+}
+
+suite!(
+    last_membership_in_log_initial,
+    last_membership_in_log,
+    last_membership_in_log_multi_step,
+    get_membership_initial,
+    get_membership_from_log_and_empty_sm,
+    get_membership_from_empty_log_and_sm,
+    get_membership_from_log_le_sm_last_applied,
+    get_membership_from_log_gt_sm_last_applied_1,
+    get_membership_from_log_gt_sm_last_applied_2,
+    get_initial_state_without_init,
+    get_initial_state_with_state,
+    get_initial_state_last_log_gt_sm,
+    get_initial_state_inverted_log_order,
+    get_initial_state_conflict_at_same_index,
+    save_vote,
+    get_log_entries,
+    limited_get_log_entries,
+    leader_bounded_stream,
+    entries_stream,
+    try_get_log_entry,
+    log_reader_reads_new_entries,
+    initial_logs,
+    get_log_state,
+    get_log_id,
+    last_id_in_log,
+    last_applied_state,
+    purge_logs_upto_0,
+    purge_logs_upto_5,
+    purge_logs_upto_20,
+    delete_logs_after_11,
+    delete_logs_after_5,
+    delete_logs_after_0,
+    delete_logs_after_none,
+    append_to_log,
+    apply_single,
+    apply_multiple,
+);
+
+// These build a raft snapshot of the state machine.
+suite!(
+    #[ignore = "needs raft snapshots, which arrive with the cluster issue"]
+    get_initial_state_last_log_lt_sm,
+    get_initial_state_log_ids,
+    get_initial_state_membership_from_empty_log_and_sm,
+    get_initial_state_membership_from_log_insm_is_smaller,
+    get_initial_state_membership_from_sm_inlog_is_smaller,
+    get_initial_state_re_apply_committed,
+);
