@@ -153,4 +153,72 @@ mod tests {
         assert_eq!(keys(RangeEnd::Before(b"a"), 4, 0).1, 0);
         assert_eq!(t.live_keys(), 3);
     }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Put(u8),
+        Del(u8),
+        Compact,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![6 => (0u8..4).prop_map(Step::Put), 3 => (0u8..4).prop_map(Step::Del), 1 => Just(Step::Compact)]
+    }
+
+    /// The state of `key` at `rev` by replaying the history, as a model.
+    fn model(history: &[(i64, u8, bool)], key: u8, rev: i64) -> Option<(i64, i64, i64)> {
+        let mut state: Option<(i64, i64, i64)> = None; // (created, modified, version)
+        for &(r, _, put) in history.iter().filter(|(r, k, _)| *r <= rev && *k == key) {
+            state = if put {
+                Some(match state {
+                    Some((c, _, v)) => (c, r, v + 1),
+                    None => (r, r, 1),
+                })
+            } else {
+                None
+            };
+        }
+        state
+    }
+
+    proptest::proptest! {
+        /// The index answers like a replay of the history at every revision not
+        /// compacted away, before and after compactions.
+        #[test]
+        fn index_matches_history_model(steps in proptest::collection::vec(step(), 1..120)) {
+            let mut t = TreeIndex::default();
+            let mut history: Vec<(i64, u8, bool)> = Vec::new();
+            let mut rev = 1i64;
+            let mut compacted = 0i64;
+            for s in steps {
+                match s {
+                    Step::Put(k) => {
+                        rev += 1;
+                        t.put(&[k], Revision::new(rev, 0));
+                        history.push((rev, k, true));
+                    }
+                    Step::Del(k) => {
+                        if t.get(&[k], rev).is_some() {
+                            rev += 1;
+                            assert!(t.tombstone(&[k], Revision::new(rev, 0)));
+                            history.push((rev, k, false));
+                        } else {
+                            assert!(!t.tombstone(&[k], Revision::new(rev + 1, 0)));
+                        }
+                    }
+                    Step::Compact => {
+                        compacted = rev;
+                        t.compact(rev);
+                    }
+                }
+                for k in 0u8..4 {
+                    for at in compacted.max(1)..=rev {
+                        let got = t.get(&[k], at).map(|a| (a.created.main, a.modified.main, a.version));
+                        proptest::prop_assert_eq!(got, model(&history, k, at), "key {} at {}", k, at);
+                    }
+                }
+            }
+        }
+    }
 }
