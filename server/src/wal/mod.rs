@@ -67,6 +67,12 @@ impl Wal {
     /// Opens the WAL in `dir`, creating it when there are no segments yet.
     /// Refuses a WAL that belongs to another member or cluster.
     pub fn open(dir: &Path, meta: Metadata) -> Result<(Wal, Replay), WalError> {
+        Self::open_with(dir, meta, segment::real_file)
+    }
+
+    /// [`open`](Self::open), with every segment file wrapped by `hook` (tests
+    /// use it to lose unsynced writes).
+    pub fn open_with(dir: &Path, meta: Metadata, hook: segment::OpenHook) -> Result<(Wal, Replay), WalError> {
         std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
         remove_stale_tmp(dir)?;
         let has_segments = !segment::list_segments(dir).map_err(|e| WalError::io(dir, e))?.is_empty();
@@ -90,7 +96,8 @@ impl Wal {
             let w = Writer {
                 dir: dir.to_path_buf(),
                 meta,
-                file,
+                file: hook(file),
+                hook,
                 name: tail.name,
                 offset: tail.offset,
                 enc: Encoder::new(tail.crc),
@@ -110,7 +117,8 @@ impl Wal {
             let w = Writer {
                 dir: dir.to_path_buf(),
                 meta,
-                file,
+                file: hook(file),
+                hook,
                 name,
                 offset: head.len() as u64,
                 enc,

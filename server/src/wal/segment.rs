@@ -3,8 +3,36 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+/// What the writer needs from an open segment: positioned writes and
+/// fdatasync. The seam lets tests stand in a file that loses unsynced writes,
+/// the one failure a kill -9 cannot show (the page cache survives it).
+pub trait SegmentFile: Send {
+    /// Writes all of `buf` at `offset`.
+    fn pwrite(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes everything written so far durable.
+    fn fdatasync(&self) -> io::Result<()>;
+}
+
+impl SegmentFile for File {
+    fn pwrite(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+    fn fdatasync(&self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// Wraps each newly opened segment file (identity in production).
+pub type OpenHook = fn(File) -> Box<dyn SegmentFile>;
+
+/// The production hook: the real file.
+pub fn real_file(f: File) -> Box<dyn SegmentFile> {
+    Box::new(f)
+}
 
 /// Size every segment is preallocated to; a segment is cut once it grows past it.
 pub const SEGMENT_SIZE: u64 = 64_000_000;
@@ -53,7 +81,6 @@ pub fn create_segment(dir: &Path, name: SegmentName, head: &[u8]) -> io::Result<
     let tmp = dir.join(format!("{}.tmp", name.file_name()));
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
     preallocate(&file, SEGMENT_SIZE)?;
-    use std::os::unix::fs::FileExt;
     file.write_all_at(head, 0)?;
     // The head (CRC, metadata, state) must be durable before the segment gets its name.
     file.sync_all()?;

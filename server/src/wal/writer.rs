@@ -1,8 +1,6 @@
 //! The WAL writer: one thread owns the open segment and turns everything queued
 //! while the previous fdatasync ran into one write and one fdatasync (group commit).
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -11,7 +9,7 @@ use tracing::{error, info_span, warn};
 
 use super::WalError;
 use super::record::{Encoder, Metadata, Record};
-use super::segment::{self, SEGMENT_SIZE, SegmentName};
+use super::segment::{self, OpenHook, SEGMENT_SIZE, SegmentFile, SegmentName};
 use crate::metrics;
 
 /// Called once the records of one `append` are durable (or failed).
@@ -34,7 +32,9 @@ const MAX_BATCH_BYTES: usize = 32 << 20;
 pub(super) struct Writer {
     pub dir: PathBuf,
     pub meta: Metadata,
-    pub file: File,
+    pub file: Box<dyn SegmentFile>,
+    /// Wraps every segment file the writer opens.
+    pub hook: OpenHook,
     pub name: SegmentName,
     pub offset: u64,
     pub enc: Encoder,
@@ -117,7 +117,7 @@ impl Writer {
         }
         let path = self.dir.join(self.name.file_name());
         let _span = info_span!("wal_append", bytes = buf.len()).entered();
-        if let Err(e) = self.file.write_all_at(buf, self.offset) {
+        if let Err(e) = self.file.pwrite(buf, self.offset) {
             self.failed = Some(format!("write {}: {e}", path.display()));
             return Err(WalError::io(&path, e));
         }
@@ -126,7 +126,7 @@ impl Writer {
         // fdatasync: the records are durable once this returns; callers ack only after it.
         let synced = {
             let _s = info_span!("wal_fsync").entered();
-            self.file.sync_data()
+            self.file.fdatasync()
         };
         let took = start.elapsed();
         metrics::get().wal_fsync.observe(took.as_secs_f64());
@@ -152,7 +152,7 @@ impl Writer {
             enc.encode(r, &mut head);
         }
         let file = segment::create_segment(&self.dir, name, &head).map_err(|e| WalError::io(&self.dir, e))?;
-        self.file = file;
+        self.file = (self.hook)(file);
         self.name = name;
         self.offset = head.len() as u64;
         self.enc = enc;
