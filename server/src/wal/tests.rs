@@ -195,7 +195,7 @@ mod lossy {
                     let abs = off + pos as u64;
                     let end = (((abs / 512) + 1) * 512 - off) as usize;
                     let end = end.min(buf.len());
-                    if rand() % 2 == 0 {
+                    if rand().is_multiple_of(2) {
                         f.file.write_all_at(&buf[pos..end], abs).unwrap();
                     }
                     pos = end;
@@ -230,13 +230,13 @@ async fn power_loss_keeps_every_acknowledged_append() {
                     }
                 }),
             );
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 wal.append_lazy(vec![Record::Commit(Bytes::from(i.to_le_bytes().to_vec()))]);
             }
             if i == crash_after {
                 lossy::crash();
             }
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 // Let batches of several sectors build up behind a slow fdatasync.
                 tokio::time::sleep(std::time::Duration::from_micros(700)).await;
             }
