@@ -71,11 +71,12 @@ impl AlarmStore {
                     .filter(|a| r.alarm == AlarmType::None as i32 || a.alarm == r.alarm)
                     .collect();
             }
-            Ok(AlarmAction::Activate)
-                if r.alarm != AlarmType::None as i32 && self.active.lock().insert((r.member_id, r.alarm)) =>
-            {
-                self.pending.lock().push((key(r.member_id, r.alarm), Some(Bytes::new())));
-                tracing::warn!(member_id = %format!("{:x}", r.member_id), alarm = alarm_name(r.alarm), "alarm raised");
+            Ok(AlarmAction::Activate) if r.alarm != AlarmType::None as i32 => {
+                // Raising an alarm that is already active answers with it, as etcd does.
+                if self.active.lock().insert((r.member_id, r.alarm)) {
+                    self.pending.lock().push((key(r.member_id, r.alarm), Some(Bytes::new())));
+                    tracing::warn!(member_id = %format!("{:x}", r.member_id), alarm = alarm_name(r.alarm), "alarm raised");
+                }
                 resp.alarms.push(m);
             }
             Ok(AlarmAction::Deactivate) if self.active.lock().remove(&(r.member_id, r.alarm)) => {

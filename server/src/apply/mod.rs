@@ -60,6 +60,8 @@ const SLOW_APPLY: Duration = Duration::from_millis(100);
 
 pub struct Applier {
     store: Arc<KvStore>,
+    /// Physical compactions run one at a time, in order, on one thread.
+    compactor: std::sync::mpsc::Sender<(i64, oneshot::Sender<()>)>,
     alarms: Arc<AlarmStore>,
     /// Index of the last applied entry, plus one (0 = nothing applied yet:
     /// openraft's log starts at index 0).
@@ -69,7 +71,10 @@ pub struct Applier {
 impl Applier {
     pub fn new(store: Arc<KvStore>, alarms: Arc<AlarmStore>) -> Result<Self, MvccError> {
         let ci = store.backend().get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
-        Ok(Self { store, alarms, applied_next: AtomicU64::new(ci.map(|i| i + 1).unwrap_or(0)) })
+        let compactor = start_compactor(store.clone()).map_err(|e| {
+            MvccError::Backend(crate::backend::BackendError::Storage(format!("cannot start the compactor: {e}")))
+        })?;
+        Ok(Self { store, compactor, alarms, applied_next: AtomicU64::new(ci.map(|i| i + 1).unwrap_or(0)) })
     }
 
     /// The index of the last applied entry (0 before anything was applied).
@@ -166,19 +171,25 @@ impl Applier {
 
     fn spawn_physical_compaction(&self, rev: i64) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let store = self.store.clone();
-        std::thread::Builder::new()
-            .name("kvd-compactor".into())
-            .spawn(move || {
-                if let Err(e) = store.compact_physical(rev) {
-                    tracing::error!(revision = rev, error = %e, "physical compaction failed");
-                }
-                let _ = tx.send(());
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| warn!(error = %e, "cannot start compaction thread"));
+        if let Err(std::sync::mpsc::SendError((_, tx))) = self.compactor.send((rev, tx)) {
+            let _ = tx.send(());
+        }
         rx
     }
+}
+
+/// The compactor thread: physical compactions in the order they were applied.
+fn start_compactor(store: Arc<KvStore>) -> std::io::Result<std::sync::mpsc::Sender<(i64, oneshot::Sender<()>)>> {
+    let (tx, rx) = std::sync::mpsc::channel::<(i64, oneshot::Sender<()>)>();
+    std::thread::Builder::new().name("kvd-compactor".into()).spawn(move || {
+        for (rev, done) in rx {
+            if let Err(e) = store.compact_physical(rev) {
+                tracing::error!(revision = rev, error = %e, "physical compaction failed");
+            }
+            let _ = done.send(());
+        }
+    })?;
+    Ok(tx)
 }
 
 /// The response header revision for results that carry one.

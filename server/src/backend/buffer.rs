@@ -29,7 +29,7 @@ impl Table {
 }
 
 /// Pending puts (`Some`) and deletes (`None`) per table, in key order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Buffer {
     tables: BTreeMap<Table, BTreeMap<Vec<u8>, Option<Bytes>>>,
     ops: usize,
@@ -62,6 +62,14 @@ impl Buffer {
             .get(&t)
             .into_iter()
             .flat_map(move |m| m.range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Excluded(end))))
+    }
+
+    /// Adds `newer`'s writes on top of this buffer's (newer wins per key).
+    pub fn absorb(&mut self, newer: Buffer) {
+        for (t, m) in newer.tables {
+            self.tables.entry(t).or_default().extend(m);
+        }
+        self.ops += newer.ops;
     }
 
     pub fn ops(&self) -> usize {

@@ -227,33 +227,49 @@ impl Backend {
         };
         let _span = info_span!("backend_commit", ops = batch.ops()).entered();
         let start = Instant::now();
+        let res = self.write_batch(&batch);
         {
-            let db = self.db.read();
-            let mut tx = db.begin_write()?;
-            // One fsync covers the batch and its consistent index.
-            tx.set_durability(Durability::Immediate)?;
-            for (t, entries) in batch.tables() {
-                let mut table = tx.open_table(def(t))?;
-                for (k, v) in entries {
-                    match v {
-                        Some(v) => {
-                            table.insert(k.as_slice(), v.as_ref())?;
-                        }
-                        None => {
-                            table.remove(k.as_slice())?;
-                        }
-                    }
-                }
+            let mut b = self.bufs.write();
+            b.committing = None;
+            if res.is_err() {
+                // Nothing of the batch reached the file: put it back under the
+                // writes made since, so a later commit cannot skip it.
+                let newer = std::mem::take(&mut b.pending);
+                let mut restored = (*batch).clone();
+                restored.absorb(newer);
+                b.pending = restored;
             }
-            self.refresh_sizes(&tx)?;
-            tx.commit()?;
         }
-        self.bufs.write().committing = None;
+        res?;
         let took = start.elapsed();
         metrics::get().backend_commit.observe(took.as_secs_f64());
         if took > Duration::from_secs(1) {
             warn!(took_ms = took.as_millis() as u64, ops = batch.ops(), "slow backend commit");
         }
+        Ok(())
+    }
+
+    /// Writes one batch in one durable redb transaction.
+    fn write_batch(&self, batch: &Buffer) -> Result<(), BackendError> {
+        let db = self.db.read();
+        let mut tx = db.begin_write()?;
+        // One fsync covers the batch and its consistent index.
+        tx.set_durability(Durability::Immediate)?;
+        for (t, entries) in batch.tables() {
+            let mut table = tx.open_table(def(t))?;
+            for (k, v) in entries {
+                match v {
+                    Some(v) => {
+                        table.insert(k.as_slice(), v.as_ref())?;
+                    }
+                    None => {
+                        table.remove(k.as_slice())?;
+                    }
+                }
+            }
+        }
+        self.refresh_sizes(&tx)?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -96,7 +96,10 @@ impl EtcdServer {
         tokio::task::spawn_blocking(move || -> Result<(PathBuf, u64), ServerError> {
             let ioerr = |e: std::io::Error| ServerError::Internal(format!("snapshot: {e}"));
             std::fs::create_dir_all(&dir).map_err(ioerr)?;
-            let path = dir.join(format!("snapshot-{}.tmp", std::process::id()));
+            // One file per request: concurrent snapshots never share one.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(format!("snapshot-{}-{n}.tmp", std::process::id()));
             let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(ioerr)?);
             let mut sha = Sha256::new();
             let mut io_res = Ok(());

@@ -157,6 +157,12 @@ impl KvStore {
             return Err(MvccError::Compacted);
         }
         let (keys, count) = self.index.read().range(key, end, at, if opts.count_only { 1 } else { opts.limit });
+        // A compaction scheduled since the check above may have pruned the index
+        // under this read: the compaction revision is raised before the index is
+        // compacted, so checking again after the lookup catches it.
+        if at < self.compact_rev() {
+            return Err(MvccError::Compacted);
+        }
         if opts.count_only {
             return Ok(RangeResult { kvs: Vec::new(), count, rev: cur });
         }

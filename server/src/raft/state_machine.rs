@@ -82,9 +82,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let term = log_id.committed_leader_id().term();
             let mut extra = vec![(APPLIED_LOG_ID.to_vec(), encode(&Some(log_id)))];
             let req = match entry.payload {
-                EntryPayload::Normal(cmd) => Some(InternalRaftRequest::decode(cmd.0).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("raft entry {index} is not a request: {e}"))
-                })?),
+                EntryPayload::Normal(cmd) => match InternalRaftRequest::decode(cmd.0) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        // Validation keeps this from happening; if it does, the entry
+                        // becomes a no-op (its proposer times out) rather than a
+                        // member that can never apply its log again.
+                        tracing::error!(index, error = %e, "raft entry is not a request; applying it as a no-op");
+                        None
+                    }
+                },
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(log_id), m);
                     extra.push((MEMBERSHIP.to_vec(), encode(&self.membership)));

@@ -61,32 +61,37 @@ pub fn check_delete(r: &DeleteRangeRequest) -> Result {
 /// Checks a txn's size and ops, then that no put overlaps another put or a
 /// delete within one branch.
 pub fn check_txn(r: &TxnRequest, max_txn_ops: usize) -> Result {
-    check_txn_ops(r, max_txn_ops as i64)?;
+    check_txn_ops(r, max_txn_ops as i64, 0)?;
     check_intervals(&r.success)?;
     check_intervals(&r.failure)?;
     Ok(())
 }
 
-fn check_txn_ops(r: &TxnRequest, max_ops: i64) -> Result {
+/// Deepest txn nesting accepted. etcd has no explicit bound; kvd needs one so
+/// that an accepted request always decodes again inside its raft entry
+/// (prost's recursion limit is 100 levels of messages).
+pub const MAX_TXN_DEPTH: usize = 32;
+
+fn check_txn_ops(r: &TxnRequest, max_ops: i64, depth: usize) -> Result {
     let opc = r.compare.len().max(r.success.len()).max(r.failure.len()) as i64;
-    if opc > max_ops {
+    if opc > max_ops || depth > MAX_TXN_DEPTH {
         return Err(ValidationError::TooManyOps);
     }
     if r.compare.iter().any(|c| c.key.is_empty()) {
         return Err(ValidationError::EmptyKey);
     }
     for op in r.success.iter().chain(&r.failure) {
-        check_op(op, max_ops - opc)?;
+        check_op(op, max_ops - opc, depth)?;
     }
     Ok(())
 }
 
-fn check_op(op: &RequestOp, max_ops: i64) -> Result {
+fn check_op(op: &RequestOp, max_ops: i64, depth: usize) -> Result {
     match &op.request {
         Some(Request::RequestRange(r)) => check_range(r),
         Some(Request::RequestPut(p)) => check_put(p),
         Some(Request::RequestDeleteRange(d)) => check_delete(d),
-        Some(Request::RequestTxn(t)) => check_txn_ops(t, max_ops),
+        Some(Request::RequestTxn(t)) => check_txn_ops(t, max_ops, depth + 1),
         None => Err(ValidationError::KeyNotFound),
     }
 }
@@ -183,6 +188,23 @@ mod tests {
         let nested = RequestOp { request: Some(Request::RequestTxn(txn(vec![put("x")], vec![put("x")]))) };
         assert_eq!(check_txn(&txn(vec![nested.clone()], vec![]), 128), Ok(()));
         assert_eq!(check_txn(&txn(vec![nested, put("x")], vec![]), 128), Err(ValidationError::DuplicateKey));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        fn nest(depth: usize) -> TxnRequest {
+            let mut t = txn(vec![put("k")], vec![]);
+            for _ in 0..depth {
+                t = txn(vec![RequestOp { request: Some(Request::RequestTxn(t)) }], vec![]);
+            }
+            t
+        }
+        assert_eq!(check_txn(&nest(MAX_TXN_DEPTH), 1000), Ok(()));
+        assert_eq!(check_txn(&nest(MAX_TXN_DEPTH + 1), 1000), Err(ValidationError::TooManyOps));
+        // What is accepted still decodes inside a raft entry.
+        use prost::Message;
+        let req = kvd_api::etcdserverpb::InternalRaftRequest { txn: Some(nest(MAX_TXN_DEPTH)), ..Default::default() };
+        assert!(kvd_api::etcdserverpb::InternalRaftRequest::decode(req.encode_to_vec().as_slice()).is_ok());
     }
 
     #[test]
