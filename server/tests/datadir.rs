@@ -66,7 +66,8 @@ async fn prepared(dir: &Path) -> (PathBuf, RangeResponse) {
     kvd.ready().await;
     fill(&kvd).await;
     let before = all(&kvd).await;
-    kvd.stop();
+    let status = kvd.stop().expect("kvd was running");
+    assert!(status.success(), "a clean stop exits 0, got {status}:\n{}", kvd.log_text());
     (data, before)
 }
 

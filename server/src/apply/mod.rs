@@ -42,6 +42,16 @@ pub enum ApplyError {
     NotCapable,
 }
 
+/// Apply could not finish an entry it had started changing: memory and the
+/// backend may disagree, so the member must stop (etcd panics here) and
+/// replay the entry from the WAL on the next start.
+#[derive(Debug, thiserror::Error)]
+#[error("apply of raft entry {index} failed after it changed state: {cause}")]
+pub struct ApplyFatal {
+    pub index: u64,
+    pub cause: ApplyError,
+}
+
 /// The result of applying one request.
 #[derive(Debug)]
 pub enum ApplyOutput {
@@ -95,9 +105,9 @@ impl Applier {
         term: u64,
         req: Option<&InternalRaftRequest>,
         extra: Vec<(Vec<u8>, Bytes)>,
-    ) -> Option<Result<ApplyOutput, ApplyError>> {
+    ) -> Result<Option<Result<ApplyOutput, ApplyError>>, ApplyFatal> {
         if index < self.applied_next.load(Ordering::SeqCst) {
-            return None;
+            return Ok(None);
         }
         let _span = info_span!("apply", index, term).entered();
         let start = Instant::now();
@@ -110,6 +120,13 @@ impl Applier {
             None => Ok(ApplyOutput::None),
             Some(r) => self.apply_request(&mut w, r, &mut compaction),
         };
+        if let Err(e) = &out
+            && w.has_changes()
+        {
+            // Checks passed but execution failed midway (a backend read error):
+            // the entry is half-applied in memory. Do not publish it.
+            return Err(ApplyFatal { index, cause: e.clone() });
+        }
         if let Ok(ApplyOutput::Alarm(_)) = &out {
             for (k, v) in self.alarms.pending_writes() {
                 w.put_extra(Table::Alarm, k, v);
@@ -128,7 +145,7 @@ impl Applier {
             metrics::get().slow_apply.inc();
             warn!(index, took_ms = took.as_millis() as u64, expected_ms = 100u64, "apply request took too long");
         }
-        Some(out)
+        Ok(Some(out))
     }
 
     fn apply_request(

@@ -105,6 +105,10 @@ impl Backend {
             size: AtomicU64::new(0),
             size_in_use: AtomicU64::new(0),
         };
+        // Sync the parent directory to persist a newly created file's entry.
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| open_err(e.to_string()))?;
+        }
         // Make sure every table exists so readers never see "table does not exist".
         {
             let db = be.db.read();

@@ -118,12 +118,21 @@ impl EtcdServer {
         m.apply_lag.set(committed.saturating_sub(applied) as i64);
     }
 
-    /// Counts leader changes, as etcd's `leader_changes_seen_total`.
+    /// Counts leader changes, as etcd's `leader_changes_seen_total`, and stops
+    /// the process when raft has stopped on a fatal error.
     pub fn watch_leader(self: &Arc<Self>) {
         let mut rx = self.raft.metrics();
         tokio::spawn(async move {
             let mut last = None;
             while rx.changed().await.is_ok() {
+                if let Err(fatal) = &rx.borrow_watched().running_state
+                    && !matches!(fatal, openraft::errors::Fatal::Stopped)
+                {
+                    // Raft stopped on a storage or apply failure: memory may be ahead
+                    // of the disk. Stop the process; the WAL replays on restart.
+                    tracing::error!(error = %fatal, "raft stopped; exiting");
+                    std::process::exit(1);
+                }
                 let leader = rx.borrow_watched().current_leader;
                 if leader != last {
                     if leader.is_some() {

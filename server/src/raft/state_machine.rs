@@ -99,7 +99,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Blank => None,
             };
-            let out = self.applier.apply(index, term, req.as_ref(), extra);
+            let out = self.applier.apply(index, term, req.as_ref(), extra).map_err(io::Error::other)?;
             self.last_applied = Some(log_id);
             if let (Some(out), Some(r)) = (out, &req) {
                 let id = r.header.as_ref().map(|h| h.id).unwrap_or(r.id);

@@ -74,6 +74,10 @@ impl Wal {
     /// use it to lose unsynced writes).
     pub fn open_with(dir: &Path, meta: Metadata, hook: segment::OpenHook) -> Result<(Wal, Replay), WalError> {
         std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
+        // Persist the directory entries of a newly made WAL dir and its parents.
+        for d in dir.ancestors().skip(1).take(2) {
+            segment::sync_dir(d).map_err(|e| WalError::io(d, e))?;
+        }
         remove_stale_tmp(dir)?;
         let has_segments = !segment::list_segments(dir).map_err(|e| WalError::io(dir, e))?.is_empty();
         let (writer, replay) = if has_segments {

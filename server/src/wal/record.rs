@@ -277,7 +277,8 @@ impl<'a> Decoder<'a> {
         let data = &rest[HEADER_LEN..HEADER_LEN + len];
         let crc = crc32c::crc32c_append(crc32c::crc32c_append(self.crc, &[ty]), data);
         if crc != stored {
-            return Err(FrameError::CrcMismatch { torn: has_zero_sector(self.buf, off, off + total) });
+            // Only the header and data count: padding is zero by design.
+            return Err(FrameError::CrcMismatch { torn: has_zero_sector(self.buf, off, off + HEADER_LEN + len) });
         }
         let rec = Record::decode_data(rtype, data).ok_or(FrameError::BadData)?;
         self.crc = crc;

@@ -197,5 +197,9 @@ fn repair_tail(path: &Path, offset: u64, reason: &str) -> Result<(), WalError> {
     segment::preallocate(&f, SEGMENT_SIZE.max(offset)).map_err(|e| WalError::io(path, e))?;
     // The repaired segment must be durable before new records are appended after `offset`.
     f.sync_all().map_err(|e| WalError::io(path, e))?;
+    // Sync the directory to persist the `.broken` copy's entry.
+    if let Some(dir) = path.parent() {
+        segment::sync_dir(dir).map_err(|e| WalError::io(dir, e))?;
+    }
     Ok(())
 }

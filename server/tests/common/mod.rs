@@ -120,14 +120,14 @@ impl Proc {
         }
     }
 
-    /// SIGTERM and wait.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            let _ = c.wait();
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
         }
+        c.wait().ok()
     }
 
     pub fn restart(&mut self) {
