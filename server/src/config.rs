@@ -63,6 +63,9 @@ pub struct Flags {
     /// Committed entries between raft snapshots.
     #[arg(long, env = "KVD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Entries kept behind a raft snapshot for slow followers to catch up.
+    #[arg(long, env = "KVD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Additional URLs serving /metrics and the health endpoints.
     #[arg(long, env = "KVD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
@@ -169,6 +172,8 @@ impl Flags {
             election_timeout_ms: self.election_timeout,
             backend_batch_interval: self.backend_batch_interval,
             backend_batch_limit: self.backend_batch_limit,
+            snapshot_count: self.snapshot_count,
+            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
         })
     }
 }

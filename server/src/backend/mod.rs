@@ -86,6 +86,12 @@ pub struct Backend {
     size_in_use: AtomicU64,
 }
 
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("path", &self.path).finish()
+    }
+}
+
 impl Backend {
     /// Opens (or creates) the redb file at `path`.
     pub fn open(path: &Path, batch_limit: usize) -> Result<Arc<Backend>, BackendError> {

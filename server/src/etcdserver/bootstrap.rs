@@ -43,6 +43,11 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     pub backend_batch_interval: Duration,
     pub backend_batch_limit: usize,
+    /// Applied entries between raft snapshots (after which the log is purged,
+    /// keeping 5000 entries).
+    pub snapshot_count: u64,
+    /// Entries kept in the log behind a snapshot, for slow followers (etcd's 5000).
+    pub snapshot_catchup_entries: u64,
 }
 
 /// A member's id: from its peer URLs and the cluster token, as etcd derives it.
@@ -115,6 +120,17 @@ impl EtcdServer {
                 member_dir.join("wal").display()
             )));
         }
+        if let Some(purged) = log.last_purged_index()
+            && applied < purged
+        {
+            return Err(err(&format!(
+                "the backend in {} has applied raft index {applied} but the WAL in {} starts after index {purged}: \
+                 the entries in between are gone (was the backend file deleted or replaced?); \
+                 restore the member from a snapshot",
+                member_dir.join("db.redb").display(),
+                member_dir.join("wal").display()
+            )));
+        }
         let wait = Arc::new(Wait::default());
         let w = wait.clone();
         let notify: Notify = Arc::new(move |id, r| w.trigger(id, r));
@@ -125,7 +141,9 @@ impl EtcdServer {
             heartbeat_interval: cfg.heartbeat_ms,
             election_timeout_min: cfg.election_timeout_ms,
             election_timeout_max: cfg.election_timeout_ms * 2,
-            snapshot_policy: SnapshotPolicy::Never,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count.max(1)),
+            max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
+            purge_batch_size: 1,
             max_payload_entries: 1000,
             ..Default::default()
         }

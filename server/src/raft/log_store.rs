@@ -66,7 +66,12 @@ impl LogStore {
         Ok(Self { wal, inner: Arc::new(Mutex::new(inner)) })
     }
 
-    /// Last log index and committed index, for the too-many-requests check and Status.
+    /// The index through which the log was purged, if it was.
+    pub fn last_purged_index(&self) -> Option<u64> {
+        self.inner.lock().last_purged.map(|l| l.index())
+    }
+
+    /// Last log index, for Status.
     pub fn last_index(&self) -> u64 {
         let g = self.inner.lock();
         g.log.keys().next_back().copied().or(g.last_purged.map(|l| l.index())).unwrap_or(0)
@@ -154,7 +159,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             g.log = keep;
             g.last_purged = Some(log_id);
         }
-        self.wal.append_lazy(vec![Record::Snapshot { index: log_id.index(), data: encode(&Some(log_id)) }]);
-        Ok(())
+        // Durable before any segment is deleted, so replay never sees a log
+        // that starts after a gap.
+        self.wal.purge(log_id.index(), encode(&Some(log_id))).await.map_err(wal_err)
     }
 }

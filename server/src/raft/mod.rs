@@ -42,8 +42,16 @@ pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
-/// Snapshot payloads (full snapshot streaming arrives with the cluster work).
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+/// A raft snapshot's data. The state machine *is* the backend, so a snapshot
+/// taken on this member is a handle to it: it is exported from one consistent
+/// read when a peer needs it, and may then be newer than its metadata says,
+/// which is safe because apply skips entries at or below the backend's
+/// consistent index. A snapshot received from a leader is a file.
+#[derive(Debug, Clone)]
+pub enum SnapshotData {
+    Local(std::sync::Arc<crate::backend::Backend>),
+    Received(std::path::PathBuf),
+}
 
 /// postcard encoding for raft structures stored in the WAL and the backend.
 pub fn encode<T: Serialize>(v: &T) -> Bytes {

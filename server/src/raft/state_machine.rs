@@ -25,6 +25,7 @@ use crate::metrics;
 /// Meta keys owned by the raft layer.
 const APPLIED_LOG_ID: &[u8] = b"raft_applied_log_id";
 const MEMBERSHIP: &[u8] = b"raft_membership";
+const SNAPSHOT_META: &[u8] = b"raft_snapshot_meta";
 
 /// Receives each applied request's result, keyed by request id.
 pub type Notify = Arc<dyn Fn(u64, Result<ApplyOutput, ApplyError>) + Send + Sync>;
@@ -52,13 +53,40 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    fn backend(&self) -> &Arc<crate::backend::Backend> {
+        self.applier.store().backend()
+    }
+
+    fn stored_snapshot_meta(&self) -> io::Result<Option<SnapshotMetaOf<TypeConfig>>> {
+        match self.backend().get(Table::Meta, SNAPSHOT_META).map_err(io::Error::other)? {
+            Some(b) => Ok(Some(decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
+    /// A raft snapshot is the backend made durable up to (at least) the last
+    /// applied entry, plus its metadata; openraft then purges the log before it.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        // Raft snapshots (and log purging) arrive with the cluster work; the
-        // snapshot policy is `Never` until then, so openraft never asks.
-        Err(io::Error::new(io::ErrorKind::Unsupported, "raft snapshots are not enabled"))
+        let meta =
+            SnapshotMetaOf::<TypeConfig> { last_log_id: self.last_applied, last_membership: self.membership.clone() };
+        let be = self.backend().clone();
+        let encoded = encode(&meta);
+        tokio::task::spawn_blocking(move || -> Result<(), crate::backend::BackendError> {
+            // First everything applied so far, then the metadata that points into it.
+            be.commit()?;
+            be.write(|b| b.put(Table::Meta, SNAPSHOT_META.to_vec(), encoded));
+            be.commit()
+        })
+        .await
+        .map_err(io::Error::other)?
+        .map_err(io::Error::other)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "raft snapshot taken");
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::Local(self.backend().clone()) })
     }
 }
 
@@ -124,13 +152,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMetaOf<TypeConfig>,
-        _snapshot: SnapshotData,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "raft snapshots are not enabled"))
+        match snapshot {
+            // Our own backend: it already holds at least what the snapshot says.
+            SnapshotData::Local(_) => {
+                if meta.last_log_id > self.last_applied {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "snapshot at {:?} is ahead of the backend's applied {:?}",
+                            meta.last_log_id, self.last_applied
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            SnapshotData::Received(path) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "installing a snapshot received from a leader ({}) needs the cluster peer service",
+                    path.display()
+                ),
+            )),
+        }
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
-        Ok(None)
+        Ok(self.stored_snapshot_meta()?.map(|meta| SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: SnapshotData::Local(self.backend().clone()),
+        }))
     }
 }

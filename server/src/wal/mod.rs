@@ -97,7 +97,10 @@ impl Wal {
                 .open(&tail.path)
                 .map_err(|e| WalError::io(&tail.path, e))?;
             let last_index = replay.entries.back().map(|(i, _)| *i).or(replay.snapshot.as_ref().map(|s| s.0));
+            let segments =
+                segment::list_segments(dir).map_err(|e| WalError::io(dir, e))?.into_iter().map(|s| s.0).collect();
             let w = Writer {
+                segments,
                 dir: dir.to_path_buf(),
                 meta,
                 file: hook(file),
@@ -119,6 +122,7 @@ impl Wal {
             enc.encode(&Record::Metadata(meta), &mut head);
             let file = segment::create_segment(dir, name, &head).map_err(|e| WalError::io(dir, e))?;
             let w = Writer {
+                segments: vec![name],
                 dir: dir.to_path_buf(),
                 meta,
                 file: hook(file),
@@ -167,6 +171,21 @@ impl Wal {
     /// become durable with the next fdatasync.
     pub fn append_lazy(&self, records: Vec<Record>) {
         let _ = self.tx.send(Op::Append { records, done: None });
+    }
+
+    /// Durably records that entries at or below `upto` are gone (`marker` is
+    /// the Snapshot record), then deletes the segments holding only such entries.
+    pub async fn purge(&self, upto: u64, data: Bytes) -> Result<(), WalError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let marker = Record::Snapshot { index: upto, data };
+        let done: Done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        if let Err(std::sync::mpsc::SendError(Op::Purge { done, .. })) = self.tx.send(Op::Purge { upto, marker, done })
+        {
+            done(Err(WalError::Closed));
+        }
+        rx.await.unwrap_or(Err(WalError::Closed))
     }
 
     /// Convenience for one entry record.

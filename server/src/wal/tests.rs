@@ -261,3 +261,27 @@ async fn power_loss_keeps_every_acknowledged_append() {
     assert!(lost_unsynced > 50, "only {lost_unsynced} crashes lost anything");
     assert!(repaired > 0, "no crash left a torn tail to repair");
 }
+
+#[tokio::test]
+async fn purge_deletes_whole_segments_below_the_marker() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(d.path(), META).unwrap();
+    let big = Bytes::from(vec![3u8; 1 << 20]);
+    for i in 1..=70u64 {
+        wal.append_sync(vec![Record::Entry { index: i, data: big.clone() }]).await.unwrap();
+    }
+    assert_eq!(list_segments(d.path()).unwrap().len(), 2);
+    // Purging below the second segment's first entry keeps both segments.
+    wal.purge(10, Bytes::from_static(b"p10")).await.unwrap();
+    assert_eq!(list_segments(d.path()).unwrap().len(), 2);
+    let second = list_segments(d.path()).unwrap()[1].0.index;
+    wal.purge(second - 1, Bytes::from_static(b"p")).await.unwrap();
+    let segs = list_segments(d.path()).unwrap();
+    assert_eq!(segs.len(), 1, "the first segment holds only purged entries");
+    wal.append_sync(entries(71..=71, "z")).await.unwrap();
+    wal.close();
+    let r = replayed(d.path());
+    assert_eq!(r.entries.front().unwrap().0, second, "replay starts right after the purge point");
+    assert_eq!(r.entries.back().unwrap().0, 71);
+    assert_eq!(r.snapshot.as_ref().map(|s| s.0), Some(second - 1));
+}

@@ -20,6 +20,13 @@ pub(super) enum Op {
         records: Vec<Record>,
         done: Option<Done>,
     },
+    /// Writes the purge marker durably, then deletes the segments that hold
+    /// only entries at or below `upto`.
+    Purge {
+        upto: u64,
+        marker: Record,
+        done: Done,
+    },
     /// Stop after flushing what is queued.
     Close(std::sync::mpsc::SyncSender<()>),
 }
@@ -45,6 +52,8 @@ pub(super) struct Writer {
     pub last_commit: Option<Record>,
     /// Set after the first IO error: the WAL refuses everything afterwards.
     pub failed: Option<String>,
+    /// Every segment on disk, oldest first (the last is the open one).
+    pub segments: Vec<SegmentName>,
 }
 
 impl Writer {
@@ -58,6 +67,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut close = None;
+            let mut purge_to = None;
             buf.clear();
             dones.clear();
             let mut pending = Some(first);
@@ -73,13 +83,21 @@ impl Writer {
                             dones.push(d);
                         }
                     }
+                    Op::Purge { upto, marker, done } => {
+                        self.enc.encode(&marker, &mut buf);
+                        dones.push(done);
+                        purge_to = purge_to.max(Some(upto));
+                    }
                     Op::Close(ack) => close = Some(ack),
                 }
                 if close.is_none() && buf.len() < MAX_BATCH_BYTES {
                     pending = rx.try_recv().ok();
                 }
             }
-            let res = self.write_and_sync(&buf);
+            let mut res = self.write_and_sync(&buf);
+            if let (Ok(()), Some(upto)) = (&res, purge_to) {
+                res = self.delete_segments_upto(upto);
+            }
             metrics::get().wal_batch_records(dones.len());
             for d in dones.drain(..) {
                 d(res.clone());
@@ -141,6 +159,26 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes every closed segment whose entries are all at or below `upto`:
+    /// those whose successor starts at or before `upto + 1`. Runs only after
+    /// the purge marker is durable, so a crash in between leaves a log that
+    /// still replays (entries below the marker are dropped at replay).
+    fn delete_segments_upto(&mut self, upto: u64) -> Result<(), WalError> {
+        let mut n = 0;
+        while self.segments.len() > 1 && self.segments[1].index <= upto + 1 {
+            let path = self.dir.join(self.segments[0].file_name());
+            std::fs::remove_file(&path).map_err(|e| WalError::io(&path, e))?;
+            self.segments.remove(0);
+            n += 1;
+        }
+        if n > 0 {
+            // Sync the directory to persist the removals.
+            segment::sync_dir(&self.dir).map_err(|e| WalError::io(&self.dir, e))?;
+            tracing::info!(removed = n, upto, "purged WAL segments");
+        }
+        Ok(())
+    }
+
     /// Starts the next segment: CRC of the previous record, metadata, last state.
     fn cut(&mut self) -> Result<(), WalError> {
         let name = SegmentName { seq: self.name.seq + 1, index: self.last_index + 1 };
@@ -154,6 +192,7 @@ impl Writer {
         let file = segment::create_segment(&self.dir, name, &head).map_err(|e| WalError::io(&self.dir, e))?;
         self.file = (self.hook)(file);
         self.name = name;
+        self.segments.push(name);
         self.offset = head.len() as u64;
         self.enc = enc;
         tracing::info!(segment = %name.file_name(), "cut WAL segment");
