@@ -157,3 +157,17 @@ async fn nospace_alarm_list_and_disarm() {
     assert_eq!(ok(ep, &["alarm", "list"]), "");
     assert_eq!(ok(ep, &["put", "after", "ok"]).trim(), "OK");
 }
+
+/// Every flag has a KVD_* variable: here --max-txn-ops through KVD_MAX_TXN_OPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_come_from_the_environment_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd_with_env(&dir.path().join("d"), &[], &[("KVD_MAX_TXN_OPS", "2")]);
+    kvd.ready().await;
+    let ep = kvd.endpoint.as_str();
+    let (s, out, err) = etcdctl(ep, &["txn"], Some("\nput a 1\nput b 2\n\n\n"));
+    assert!(s, "{err}");
+    assert!(out.starts_with("SUCCESS"), "{out}");
+    let (s, _, err) = etcdctl(ep, &["txn"], Some("\nput a 1\nput b 2\nput c 3\n\n\n"));
+    assert!(!s && err.contains("etcdserver: too many operations in txn request"), "{err}");
+}

@@ -44,6 +44,11 @@ async fn health_version_and_metrics() {
     kvd.ready().await;
     let (ok, _, err) = etcdctl(&kvd.endpoint, &["put", "k", "v"], None);
     assert!(ok, "{err}");
+    // grpc.health.v1 on the client port.
+    let ch = tonic::transport::Channel::from_shared(kvd.endpoint.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let st = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(st.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     let p = kvd.client_port;
     assert_eq!(get(p, "/health"), (200, r#"{"health":"true","reason":""}"#.to_string()));
     assert_eq!(get(p, "/livez").0, 200);

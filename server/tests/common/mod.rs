@@ -28,12 +28,18 @@ pub struct Proc {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     bin: PathBuf,
 }
 
 impl Proc {
     /// Starts kvd with `extra` flags on fresh ports, data in `data_dir`.
     pub fn kvd(data_dir: &Path, extra: &[&str]) -> Proc {
+        Self::kvd_with_env(data_dir, extra, &[])
+    }
+
+    /// Like [`kvd`](Self::kvd), with extra environment variables.
+    pub fn kvd_with_env(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         let cp = free_port();
         let pp = free_port();
         let mut args: Vec<String> = vec![
@@ -56,6 +62,7 @@ impl Proc {
             data_dir: data_dir.to_path_buf(),
             log: data_dir.with_extension("log"),
             args,
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             bin: kvd_bin(),
         };
         p.spawn();
@@ -93,6 +100,7 @@ impl Proc {
             data_dir: data_dir.to_path_buf(),
             log: data_dir.with_extension("log"),
             args,
+            envs: Vec::new(),
             bin: PathBuf::from("etcd"),
         };
         p.spawn();
@@ -104,6 +112,7 @@ impl Proc {
         let child = Command::new(&self.bin)
             .args(&self.args)
             .env("RUST_LOG", "warn")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
