@@ -35,6 +35,8 @@ const METRICS: &[&str] = &[
     "grpc_server_started_total",
     "grpc_server_handled_total",
     "grpc_server_handling_seconds_bucket",
+    "etcd_network_client_grpc_sent_bytes_total",
+    "etcd_network_client_grpc_received_bytes_total",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,6 +71,8 @@ async fn health_version_and_metrics() {
     assert_eq!(value("etcd_server_is_leader"), 1.0);
     assert_eq!(value("etcd_debugging_mvcc_keys_total"), 1.0);
     assert!(value("etcd_server_proposals_applied_total") >= 2.0);
+    assert!(value("etcd_network_client_grpc_received_bytes_total") > 0.0);
+    assert!(value("etcd_network_client_grpc_sent_bytes_total") > 0.0);
     assert!(
         text.lines().any(|l| l.starts_with("grpc_server_handled_total")
             && l.contains("grpc_method=\"Put\"")

@@ -111,7 +111,47 @@ fn oversized_as_go_grpc(resp: &mut axum::response::Response) {
     }
 }
 
-/// go-grpc-prometheus style counters and latency for every gRPC call.
+/// A body that adds the size of every data frame to a counter.
+struct Counted<B> {
+    inner: B,
+    counter: &'static prometheus_client::metrics::counter::Counter,
+}
+
+impl<B> http_body::Body for Counted<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.counter.inc_by(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn counted(body: axum::body::Body, counter: &'static prometheus_client::metrics::counter::Counter) -> axum::body::Body {
+    axum::body::Body::new(Counted { inner: body, counter })
+}
+
+/// go-grpc-prometheus style counters and latency for every gRPC call, and
+/// etcd's client traffic byte counters.
 async fn grpc_metrics(req: HttpRequest, next: Next) -> axum::response::Response {
     let is_grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if !is_grpc {
@@ -125,7 +165,8 @@ async fn grpc_metrics(req: HttpRequest, next: Next) -> axum::response::Response 
     let labels = metrics::GrpcLabels { grpc_type: ty, grpc_service: service.clone(), grpc_method: method.clone() };
     m.grpc_started.get_or_create(&labels).inc();
     let start = Instant::now();
-    let mut resp = next.run(req).await;
+    let req = req.map(|b| counted(b, &m.client_grpc_received_bytes));
+    let mut resp = next.run(req).await.map(|b| counted(b, &m.client_grpc_sent_bytes));
     oversized_as_go_grpc(&mut resp);
     let code = resp
         .headers()
