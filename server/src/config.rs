@@ -123,6 +123,18 @@ pub fn listen_addrs(flag: &'static str, urls: &[String]) -> Result<Vec<SocketAdd
     Ok(out)
 }
 
+/// Parses `--initial-cluster`: `name=peerURL,name=peerURL,...`.
+pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>, FlagError> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (name, url) =
+            part.split_once('=').ok_or_else(|| ferr("initial-cluster", format!("{part:?} is not name=url")))?;
+        url::Url::parse(url).map_err(|e| ferr("initial-cluster", format!("{url}: {e}")))?;
+        out.entry(name.to_string()).or_default().push(url.to_string());
+    }
+    Ok(out)
+}
+
 impl Flags {
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.kvd", self.name)))
@@ -142,16 +154,10 @@ impl Flags {
         if self.max_txn_ops == 0 {
             return Err(ferr("max-txn-ops", "must be positive"));
         }
-        let mut initial_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let spec = self.initial_cluster.clone().unwrap_or_else(|| {
             self.initial_advertise_peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
         });
-        for part in spec.split(',').filter(|p| !p.is_empty()) {
-            let (name, url) =
-                part.split_once('=').ok_or_else(|| ferr("initial-cluster", format!("{part:?} is not name=url")))?;
-            url::Url::parse(url).map_err(|e| ferr("initial-cluster", format!("{url}: {e}")))?;
-            initial_cluster.entry(name.to_string()).or_default().push(url.to_string());
-        }
+        let initial_cluster = parse_initial_cluster(&spec)?;
         if !initial_cluster.contains_key(&self.name) {
             return Err(ferr("initial-cluster", format!("does not contain this member's name {:?}", self.name)));
         }

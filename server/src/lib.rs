@@ -14,5 +14,6 @@ pub mod proposal;
 pub mod quota;
 pub mod raft;
 pub mod rpc;
+pub mod snapshot;
 pub mod telemetry;
 pub mod wal;

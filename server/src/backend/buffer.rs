@@ -7,13 +7,14 @@ use bytes::Bytes;
 
 /// The tables kvd keeps in the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
 pub enum Table {
     /// Revision key -> encoded mvccpb.KeyValue.
-    Key,
+    Key = 0,
     /// Named metadata: consistent index, compaction revisions.
-    Meta,
+    Meta = 1,
     /// Active alarms: member id (8 bytes BE) ‖ alarm type (4 bytes BE) -> empty.
-    Alarm,
+    Alarm = 2,
 }
 
 impl Table {
@@ -26,6 +27,11 @@ impl Table {
     }
 
     pub const ALL: [Table; 3] = [Table::Key, Table::Meta, Table::Alarm];
+
+    /// The table with this on-disk code (as in snapshot files).
+    pub fn from_u8(v: u8) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| *t as u8 == v)
+    }
 }
 
 /// Pending puts (`Some`) and deletes (`None`) per table, in key order.

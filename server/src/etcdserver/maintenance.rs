@@ -1,24 +1,14 @@
-//! Maintenance: Status, Hash, HashKV, Defragment and Snapshot.
-//!
-//! Snapshot format (kvd's own): a sequence of records `table u8 ‖ key_len u32
-//! BE ‖ key ‖ value_len u32 BE ‖ value`, taken from one redb read transaction
-//! after flushing the write buffer; an end byte `0xFF`; zeros up to a multiple
-//! of 512 bytes; then the SHA-256 of everything before it (32 bytes). As with
-//! etcd's snapshots, size % 512 == 32, which is how etcdctl recognises the hash.
+//! Maintenance: Status, Hash, HashKV, Defragment and Snapshot (the file
+//! format is in [`crate::snapshot`]).
 
 use openraft::async_runtime::WatchReceiver;
-use std::io::Write;
 use std::path::PathBuf;
 
 use kvd_api::etcdserverpb::{HashKvResponse, HashResponse, StatusResponse};
-use sha2::{Digest, Sha256};
 
 use super::{EtcdServer, ServerError};
 use crate::apply::alarm::alarm_name;
 use crate::backend::Table;
-
-/// Marks the end of the records in a snapshot.
-const SNAPSHOT_END: u8 = 0xFF;
 
 /// The etcd API version kvd answers with; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.6.0";
@@ -94,37 +84,12 @@ impl EtcdServer {
         let be = self.store.backend().clone();
         let dir = self.cfg.data_dir.join("member").join("tmp");
         tokio::task::spawn_blocking(move || -> Result<(PathBuf, u64), ServerError> {
-            let ioerr = |e: std::io::Error| ServerError::Internal(format!("snapshot: {e}"));
-            std::fs::create_dir_all(&dir).map_err(ioerr)?;
+            std::fs::create_dir_all(&dir).map_err(|e| ServerError::Internal(format!("snapshot: {e}")))?;
             // One file per request: concurrent snapshots never share one.
             static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = dir.join(format!("snapshot-{}-{n}.tmp", std::process::id()));
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(ioerr)?);
-            let mut sha = Sha256::new();
-            let mut io_res = Ok(());
-            be.commit().map_err(crate::mvcc::MvccError::from)?;
-            be.scan_all_committed(|t, k, v| {
-                let mut rec = Vec::with_capacity(9 + k.len() + v.len());
-                rec.push(t as u8);
-                rec.extend_from_slice(&(k.len() as u32).to_be_bytes());
-                rec.extend_from_slice(k);
-                rec.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                rec.extend_from_slice(v);
-                sha.update(&rec);
-                io_res = out.write_all(&rec);
-                io_res.is_ok()
-            })
-            .map_err(crate::mvcc::MvccError::from)?;
-            io_res.map_err(ioerr)?;
-            let written = out.get_ref().metadata().map_err(ioerr)?.len() + out.buffer().len() as u64;
-            let mut tail = vec![SNAPSHOT_END];
-            tail.resize((512 - (written + 1) % 512) as usize % 512 + 1, 0);
-            sha.update(&tail);
-            out.write_all(&tail).map_err(ioerr)?;
-            out.write_all(&sha.finalize()).map_err(ioerr)?;
-            let f = out.into_inner().map_err(|e| ioerr(e.into_error()))?;
-            let len = f.metadata().map_err(ioerr)?.len();
+            let len = crate::snapshot::write(&be, &path).map_err(|e| ServerError::Internal(e.to_string()))?;
             Ok((path, len))
         })
         .await
