@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "etcdserverpb/raft_internal.proto",
     "v3electionpb/v3election.proto",
     "v3lockpb/v3lock.proto",
+    "kvdpeerpb/peer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -46,3 +46,10 @@ pub mod v3lockpb {
 /// Encoded `google.protobuf.FileDescriptorSet` of every file above (with source
 /// info), for gRPC server reflection or a JSON gateway.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kvd_api_descriptor.bin"));
+
+/// `kvdpeerpb`: kvd's own peer protocol (raft traffic and forwarding between
+/// members); not part of etcd's API.
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
+pub mod kvdpeerpb {
+    tonic::include_proto!("kvdpeerpb");
+}

@@ -204,6 +204,7 @@ fn file_descriptor_set_is_complete() {
             "etcdserverpb.Lease",
             "etcdserverpb.Maintenance",
             "etcdserverpb.Watch",
+            "kvdpeerpb.Peer",
             "v3electionpb.Election",
             "v3lockpb.Lock",
         ]
