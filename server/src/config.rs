@@ -161,8 +161,15 @@ impl Flags {
         if !initial_cluster.contains_key(&self.name) {
             return Err(ferr("initial-cluster", format!("does not contain this member's name {:?}", self.name)));
         }
-        if initial_cluster.len() > 1 {
-            return Err(ferr("initial-cluster", "clusters of more than one member are not supported yet"));
+        let me = &initial_cluster[&self.name];
+        if !self.initial_advertise_peer_urls.iter().all(|u| me.contains(u)) {
+            return Err(ferr(
+                "initial-cluster",
+                format!(
+                    "the entry for {:?} does not list --initial-advertise-peer-urls {:?}",
+                    self.name, self.initial_advertise_peer_urls
+                ),
+            ));
         }
         Ok(ServerConfig {
             name: self.name.clone(),
@@ -171,6 +178,7 @@ impl Flags {
             client_urls: self.advertise_client_urls.clone(),
             initial_cluster,
             initial_cluster_token: self.initial_cluster_token.clone(),
+            join_existing: self.initial_cluster_state == "existing",
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,

@@ -35,24 +35,40 @@ fn main() -> ExitCode {
     })
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Listener {
+    Client,
+    Metrics,
+    Peer,
+}
+
 async fn run(flags: Flags) -> Result<(), String> {
     let cfg = flags.server_config().map_err(|e| e.to_string())?;
     let client_addrs = listen_addrs("listen-client-urls", &flags.listen_client_urls).map_err(|e| e.to_string())?;
     let metrics_addrs = listen_addrs("listen-metrics-urls", &flags.listen_metrics_urls).map_err(|e| e.to_string())?;
+    let peer_addrs = listen_addrs("listen-peer-urls", &flags.listen_peer_urls).map_err(|e| e.to_string())?;
     // Bind first, so a port in use is reported before any data dir is touched.
     let mut listeners = Vec::new();
-    for a in client_addrs.iter().map(|a| (a, true)).chain(metrics_addrs.iter().map(|a| (a, false))) {
-        let l = tokio::net::TcpListener::bind(a.0).await.map_err(|e| format!("cannot listen on {}: {e}", a.0))?;
-        listeners.push((l, a.1));
+    let all = client_addrs
+        .iter()
+        .map(|a| (a, Listener::Client))
+        .chain(metrics_addrs.iter().map(|a| (a, Listener::Metrics)))
+        .chain(peer_addrs.iter().map(|a| (a, Listener::Peer)));
+    for (addr, kind) in all {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        listeners.push((l, kind));
     }
     info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting kvd");
     let server = EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
     server.watch_leader();
     let mut tasks = tokio::task::JoinSet::new();
-    for (l, client) in listeners {
-        let router =
-            if client { kvd::rpc::client_router(server.clone()) } else { kvd::rpc::metrics_router(server.clone()) };
-        info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), client, "serving");
+    for (l, kind) in listeners {
+        let router = match kind {
+            Listener::Client => kvd::rpc::client_router(server.clone()),
+            Listener::Metrics => kvd::rpc::metrics_router(server.clone()),
+            Listener::Peer => kvd::rpc::peer_router(server.clone()),
+        };
+        info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), ?kind, "serving");
         tasks.spawn(async move { axum::serve(l, router).await });
     }
     let stop = async {

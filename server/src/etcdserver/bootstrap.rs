@@ -21,7 +21,7 @@ use crate::mvcc::KvStore;
 use crate::proposal::{IdGenerator, Wait};
 use crate::quota::Quota;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::NoPeers;
+use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{Notify, StateMachine};
 use crate::raft::{Member, Raft};
 use crate::wal::{Metadata, Wal};
@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// name -> peer urls, from `--initial-cluster`.
     pub initial_cluster: BTreeMap<String, Vec<String>>,
     pub initial_cluster_token: String,
+    /// `--initial-cluster-state existing`: join a running cluster instead of
+    /// bootstrapping one.
+    pub join_existing: bool,
     pub quota_backend_bytes: i64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -86,7 +89,9 @@ impl EtcdServer {
         std::fs::create_dir_all(&member_dir)
             .map_err(|e| err(&format!("cannot create {}: {e}", member_dir.display())))?;
 
-        let me = member_id(&cfg.peer_urls, &cfg.initial_cluster_token);
+        // The member's id comes from its own --initial-cluster entry, so every
+        // member computes the same ids for everyone.
+        let me = member_id(cfg.initial_cluster.get(&cfg.name).unwrap_or(&cfg.peer_urls), &cfg.initial_cluster_token);
         let mut ids: Vec<u64> =
             cfg.initial_cluster.values().map(|urls| member_id(urls, &cfg.initial_cluster_token)).collect();
         if ids.is_empty() {
@@ -149,16 +154,24 @@ impl EtcdServer {
         }
         .validate()
         .map_err(|e| err(&format!("raft config: {e}")))?;
-        let raft = Raft::new(me, Arc::new(rcfg), NoPeers, log.clone(), sm).await.map_err(|e| err(&e))?;
-        if fresh {
-            let member = Member {
-                name: cfg.name.clone(),
-                peer_urls: cfg.peer_urls.clone(),
-                client_urls: cfg.client_urls.clone(),
-            };
-            match raft.initialize(BTreeMap::from([(me, member)])).await {
+        let network = PeerNetwork { cluster_id: cid };
+        let raft = Raft::new(me, Arc::new(rcfg), network, log.clone(), sm).await.map_err(|e| err(&e))?;
+        if fresh && !cfg.join_existing {
+            // Every initial member initializes with the same membership; raft
+            // then elects a leader among them.
+            let members: BTreeMap<u64, Member> = cfg
+                .initial_cluster
+                .iter()
+                .map(|(name, urls)| {
+                    let id = member_id(urls, &cfg.initial_cluster_token);
+                    let client_urls = if id == me { cfg.client_urls.clone() } else { Vec::new() };
+                    (id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls })
+                })
+                .collect();
+            let n = members.len();
+            match raft.initialize(members).await {
                 Ok(()) => {
-                    info!(member_id = %format!("{me:x}"), cluster_id = %format!("{cid:x}"), "bootstrapped new single-member cluster")
+                    info!(member_id = %format!("{me:x}"), cluster_id = %format!("{cid:x}"), members = n, "bootstrapped new cluster")
                 }
                 Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(err(&e)),

@@ -16,7 +16,6 @@ use crate::apply::view::{ReadView, View};
 use crate::apply::{ApplyOutput, range, txn};
 use crate::metrics;
 use crate::quota;
-use crate::raft::Cmd;
 
 /// The auth context of a request. Token checks arrive with the auth layer; the
 /// preflight calls [`EtcdServer::check_auth`] where etcd checks the token.
@@ -74,10 +73,11 @@ impl EtcdServer {
         let m = metrics::get();
         m.proposals_pending.inc();
         let res = async {
-            if let Err(e) = self.raft.client_write_ff(Cmd(data.into()), None).await {
-                return Err(ServerError::Internal(e.to_string()));
-            }
-            match tokio::time::timeout(self.request_timeout(), rx).await {
+            let deadline = tokio::time::Instant::now() + self.request_timeout();
+            // On the leader, propose; on a follower, hand the request to the
+            // leader. Either way the answer is this member's own apply of it.
+            self.submit(data, deadline).await?;
+            match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(r)) => r.map_err(ServerError::from),
                 Ok(Err(_)) => Err(ServerError::Stopped),
                 Err(_) => Err(ServerError::Timeout),
@@ -98,15 +98,27 @@ impl EtcdServer {
     /// ReadIndex: confirms leadership and waits until the state machine has
     /// applied everything committed before the read started.
     pub async fn linearizable_read_notify(&self) -> Result<(), ServerError> {
-        let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-        match tokio::time::timeout(self.request_timeout(), fut).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(match e {
-                openraft::errors::RaftError::APIError(_) => ServerError::NoLeader,
-                openraft::errors::RaftError::Fatal(_) => ServerError::Stopped,
-            }),
-            Err(_) => Err(ServerError::Timeout),
-        }
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let (leader, _) = self.wait_for_leader(deadline).await?;
+        let index = if leader == self.member_id {
+            let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            match tokio::time::timeout_at(deadline, fut).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(openraft::errors::RaftError::APIError(_))) => return Err(ServerError::NoLeader),
+                Ok(Err(openraft::errors::RaftError::Fatal(_))) => return Err(ServerError::Stopped),
+                Err(_) => return Err(ServerError::Timeout),
+            }
+        } else {
+            self.remote_read_index(leader, deadline).await?
+        };
+        // Serve the read once this member has applied what the leader had committed.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| ServerError::Timeout)
     }
 
     pub async fn range(&self, r: RangeRequest, auth: &AuthInfo) -> Result<RangeResponse, ServerError> {

@@ -5,6 +5,7 @@
 mod bootstrap;
 pub mod kv;
 pub mod maintenance;
+mod peer;
 
 use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 mod http;
 mod kv;
 mod maintenance;
+mod peer;
 pub mod status;
 pub mod validate;
 
@@ -46,6 +47,8 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
     let grpc = tonic::service::Routes::new(kv).add_service(maint).add_service(health).into_axum_router();
     grpc.merge(http::router(server)).layer(axum::middleware::from_fn(grpc_metrics))
 }
+
+pub use peer::peer_router;
 
 /// Only the HTTP endpoints (for `--listen-metrics-urls`).
 pub fn metrics_router(server: Arc<EtcdServer>) -> axum::Router {

@@ -1,0 +1,110 @@
+//! The server side of the peer protocol and the cluster-aware parts of the
+//! request path: waiting for a leader, forwarding writes to it, and ReadIndex
+//! through it.
+
+use kvd_api::kvdpeerpb::peer_client::PeerClient;
+use kvd_api::kvdpeerpb::{ForwardRequest, ReadIndexRequest};
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use tokio::time::Instant;
+
+use super::{EtcdServer, ServerError};
+use crate::raft::network::MAX_PEER_MESSAGE;
+use crate::raft::{Cmd, Member, decode, encode};
+
+impl EtcdServer {
+    /// The current leader and its member record, waiting (until `deadline`)
+    /// for an election if there is none.
+    pub(crate) async fn wait_for_leader(&self, deadline: Instant) -> Result<(u64, Member), ServerError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_watched();
+                if let Some(l) = m.current_leader
+                    && let Some(node) = m.membership_config.get_node(&l)
+                {
+                    return Ok((l, node.clone()));
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ServerError::Stopped),
+                Err(_) => return Err(ServerError::NoLeader),
+            }
+        }
+    }
+
+    fn peer_client(&self, leader: &Member) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
+        let url = leader.peer_urls.first().ok_or(ServerError::NoLeader)?;
+        let ch = tonic::transport::Channel::from_shared(url.clone())
+            .map_err(|e| ServerError::Internal(format!("leader peer URL {url}: {e}")))?
+            .connect_lazy();
+        Ok(PeerClient::new(ch).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE))
+    }
+
+    /// Hands an encoded request to raft: proposed here on the leader,
+    /// forwarded to the leader from a follower.
+    pub(crate) async fn submit(&self, data: Vec<u8>, deadline: Instant) -> Result<(), ServerError> {
+        let (leader, node) = self.wait_for_leader(deadline).await?;
+        if leader == self.member_id {
+            return self
+                .raft
+                .client_write_ff(Cmd(data.into()), None)
+                .await
+                .map_err(|e| ServerError::Internal(e.to_string()));
+        }
+        let mut client = self.peer_client(&node)?;
+        let req = ForwardRequest { cluster_id: self.cluster_id, request: data };
+        match tokio::time::timeout_at(deadline, client.forward(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(ServerError::Internal(format!("forwarding to leader {leader:x}: {}", s.message()))),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// ReadIndex through the leader: the index to have applied before reading.
+    pub(crate) async fn remote_read_index(&self, leader: u64, deadline: Instant) -> Result<u64, ServerError> {
+        let (_, node) = self.wait_for_leader(deadline).await?;
+        let mut client = self.peer_client(&node)?;
+        match tokio::time::timeout_at(deadline, client.read_index(ReadIndexRequest { cluster_id: self.cluster_id }))
+            .await
+        {
+            Ok(Ok(r)) => Ok(r.into_inner().index),
+            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => Err(ServerError::NoLeader),
+            Ok(Err(s)) => Err(ServerError::Internal(format!("read index from leader {leader:x}: {}", s.message()))),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// Peer RPC: raft AppendEntries.
+    pub async fn peer_append_entries(&self, data: &[u8]) -> Result<Vec<u8>, ServerError> {
+        let req = decode(data).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let resp = self.raft.append_entries(req).await.map_err(|e| ServerError::Internal(e.to_string()))?;
+        Ok(encode(&resp).to_vec())
+    }
+
+    /// Peer RPC: raft Vote.
+    pub async fn peer_vote(&self, data: &[u8]) -> Result<Vec<u8>, ServerError> {
+        let req = decode(data).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let resp = self.raft.vote(req).await.map_err(|e| ServerError::Internal(e.to_string()))?;
+        Ok(encode(&resp).to_vec())
+    }
+
+    /// Peer RPC: a follower's client write, proposed here (on the leader).
+    pub async fn peer_forward(&self, request: Vec<u8>) -> Result<(), ServerError> {
+        if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
+            return Err(ServerError::NotLeader);
+        }
+        self.raft.client_write_ff(Cmd(request.into()), None).await.map_err(|e| ServerError::Internal(e.to_string()))
+    }
+
+    /// Peer RPC: ReadIndex on the leader.
+    pub async fn peer_read_index(&self) -> Result<u64, ServerError> {
+        let deadline = Instant::now() + self.request_timeout();
+        match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Ok(Ok(read)) => Ok(read.index()),
+            Ok(Err(_)) => Err(ServerError::NoLeader),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The peer service (`kvdpeerpb.Peer` on `--listen-peer-urls`): raft traffic,
+//! forwarded writes and ReadIndex from other members of this cluster.
+
+use std::sync::Arc;
+
+use kvd_api::kvdpeerpb::peer_server::{Peer, PeerServer};
+use kvd_api::kvdpeerpb::{ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse};
+use tonic::{Request, Response, Status};
+
+use crate::etcdserver::EtcdServer;
+use crate::raft::network::MAX_PEER_MESSAGE;
+
+pub struct PeerService {
+    pub server: Arc<EtcdServer>,
+}
+
+impl PeerService {
+    fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+        if cluster_id != self.server.cluster_id {
+            return Err(Status::failed_precondition("etcdserver: cluster ID mismatch"));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let data = self.server.peer_append_entries(&r.data).await?;
+        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let data = self.server.peer_vote(&r.data).await?;
+        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
+    }
+
+    async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        self.server.peer_forward(r.request).await?;
+        Ok(Response::new(ForwardResponse {}))
+    }
+
+    async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        self.check_cluster(req.into_inner().cluster_id)?;
+        Ok(Response::new(ReadIndexResponse { index: self.server.peer_read_index().await? }))
+    }
+}
+
+/// The router for `--listen-peer-urls`.
+pub fn peer_router(server: Arc<EtcdServer>) -> axum::Router {
+    let svc = PeerServer::new(PeerService { server })
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    tonic::service::Routes::new(svc).into_axum_router()
+}
