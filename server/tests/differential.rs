@@ -281,10 +281,15 @@ fn header_rev(s: &str) -> Option<i64> {
 
 async fn differential(seed: u64, ops: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
     let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    etcd.ready().await;
     kvd.ready().await;
+    differential_against(&dir, &kvd, seed, ops).await;
+}
+
+/// Runs the workload on a fresh etcd and on `kvd` (any member of a cluster).
+async fn differential_against(dir: &tempfile::TempDir, kvd: &Proc, seed: u64, ops: usize) {
+    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
+    etcd.ready().await;
     let mut a = etcd.kv().await;
     let mut b = kvd.kv().await;
     let mut g = Gen { rng: StdRng::seed_from_u64(seed), invalid_sort: etcd_at_least_3_5(), rev: 1 };
@@ -313,6 +318,20 @@ async fn random_workload_matches_etcd_seed_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_workload_matches_etcd_seed_2() {
     differential(2, 1500).await;
+}
+
+/// The same workload through a follower of a 3-member cluster: forwarded
+/// writes, ReadIndex reads, and every response still equal to etcd's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_workload_through_a_follower_matches_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = common::cluster(dir.path(), 3, 41);
+    for m in &members {
+        m.ready().await;
+    }
+    let l = common::leader(&members).await;
+    let follower = &members[(l + 1) % 3];
+    differential_against(&dir, follower, 4, 1000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,48 @@ impl Proc {
         Self::kvd_with_env(data_dir, extra, &[])
     }
 
+    /// A cluster member: client URL on a fresh port of `ip`, peer URL `peer`,
+    /// bootstrapping from `initial_cluster`.
+    pub fn member(data_dir: &Path, ip: &str, name: &str, peer: &str, initial_cluster: &str) -> Proc {
+        let cp = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        let client = format!("http://{ip}:{cp}");
+        let args: Vec<String> = [
+            "--name",
+            name,
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            initial_cluster,
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut p = Proc {
+            child: None,
+            endpoint: client,
+            client_port: cp,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            args,
+            envs: Vec::new(),
+            bin: kvd_bin(),
+        };
+        p.spawn();
+        p
+    }
+
     /// Like [`kvd`](Self::kvd), with extra environment variables.
     pub fn kvd_with_env(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         let cp = free_port();
@@ -198,14 +240,18 @@ impl Drop for Proc {
     }
 }
 
-/// Runs etcdctl against `endpoint` and returns (success, stdout, stderr).
+/// Runs etcdctl against `endpoint` (or a comma-separated list) and returns
+/// (success, stdout, stderr).
 pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         // etcdctl 3.4 sends "http://host:port" verbatim as the HTTP/2 :authority
         // when given a URL, which hyper (rightly) refuses; give it host:port.
-        .arg(format!("--endpoints={}", endpoint.trim_start_matches("http://")))
+        .arg(format!(
+            "--endpoints={}",
+            endpoint.split(',').map(|e| e.trim_start_matches("http://")).collect::<Vec<_>>().join(",")
+        ))
         .arg("--command-timeout=15s")
         .args(args)
         .stdin(Stdio::piped())
@@ -222,4 +268,41 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, Str
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// A cluster of `n` members on 127.0.0.(base+i), fresh ports.
+pub fn cluster(dir: &std::path::Path, n: usize, base: u8) -> Vec<Proc> {
+    let peers: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let ip = format!("127.0.0.{}", base as usize + i);
+            let l = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap();
+            (format!("m{i}"), format!("http://{ip}:{}", l.local_addr().unwrap().port()))
+        })
+        .collect();
+    let ic = peers.iter().map(|(n, u)| format!("{n}={u}")).collect::<Vec<_>>().join(",");
+    (0..n)
+        .map(|i| {
+            let ip = format!("127.0.0.{}", base as usize + i);
+            Proc::member(&dir.join(&peers[i].0), &ip, &peers[i].0, &peers[i].1, &ic)
+        })
+        .collect()
+}
+
+pub async fn leader(members: &[Proc]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, m) in members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            if let Ok(st) = m.maintenance().await.status(StatusRequest {}).await {
+                let st = st.into_inner();
+                if st.leader != 0 && st.leader == st.header.unwrap().member_id {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
