@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, cluster, etcdctl, leader};
+use common::{cluster, etcdctl, leader};
 use kvd_api::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
