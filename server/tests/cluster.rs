@@ -100,3 +100,35 @@ async fn three_members_serve_every_client_and_survive_the_leader() {
     eprintln!("cluster: {} writes acknowledged, failover in {failover:?}, HashKV equal at revision {rev}", acked.len());
     assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
 }
+
+/// Without a quorum a member has no leader: `hasleader=true` requests get
+/// etcd's "no leader", and writes fail instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_quorum_says_no_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = cluster(dir.path(), 3, 51);
+    for m in &members {
+        m.ready().await;
+    }
+    members[1].kill9();
+    members[2].kill9();
+    let mut kv = members[0].kv().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut req =
+            tonic::Request::new(RangeRequest { key: b"k".to_vec(), serializable: true, ..Default::default() });
+        req.metadata_mut().insert("hasleader", "true".parse().unwrap());
+        match kv.range(req).await {
+            Err(s) if s.message() == "etcdserver: no leader" => {
+                assert_eq!(s.code(), tonic::Code::Unavailable);
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "still answering without a quorum: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Serializable reads without the metadata still serve local data.
+    assert!(kv.range(RangeRequest { key: b"k".to_vec(), serializable: true, ..Default::default() }).await.is_ok());
+    let err = kv.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+}

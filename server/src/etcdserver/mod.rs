@@ -101,6 +101,11 @@ impl EtcdServer {
         *h = Some(self.header(rev));
     }
 
+    /// True when this member knows a leader.
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader.is_some()
+    }
+
     /// Sets the gauges that are read at scrape time.
     pub fn refresh_gauges(&self) {
         let m = crate::metrics::get();

@@ -45,7 +45,7 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     });
     let grpc = tonic::service::Routes::new(kv).add_service(maint).add_service(health).into_axum_router();
-    grpc.merge(http::router(server)).layer(axum::middleware::from_fn(grpc_metrics))
+    grpc.merge(http::router(server.clone())).layer(axum::middleware::from_fn_with_state(server, grpc_layer))
 }
 
 pub use peer::peer_router;
@@ -153,12 +153,20 @@ fn counted(body: axum::body::Body, counter: &'static prometheus_client::metrics:
     axum::body::Body::new(Counted { inner: body, counter })
 }
 
-/// go-grpc-prometheus style counters and latency for every gRPC call, and
+/// Around every gRPC call: `hasleader=true` metadata is refused while there is
+/// no leader, as etcd does; go-grpc-prometheus style counters and latency; and
 /// etcd's client traffic byte counters.
-async fn grpc_metrics(req: HttpRequest, next: Next) -> axum::response::Response {
+async fn grpc_layer(
+    axum::extract::State(server): axum::extract::State<Arc<EtcdServer>>,
+    req: HttpRequest,
+    next: Next,
+) -> axum::response::Response {
     let is_grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if !is_grpc {
         return next.run(req).await;
+    }
+    if req.headers().get("hasleader").is_some_and(|v| v.as_bytes() == b"true") && !server.has_leader() {
+        return tonic::Status::unavailable("etcdserver: no leader").into_http();
     }
     let path = req.uri().path().trim_start_matches('/').to_string();
     let (service, method) = path.split_once('/').unwrap_or((&path, ""));
