@@ -25,6 +25,19 @@ pub struct GrpcCodeLabels {
     pub grpc_code: &'static str,
 }
 
+/// etcd's peer metrics label their peer `To` / `From` (capitalised).
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToLabel {
+    pub To: String,
+}
+
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FromLabel {
+    pub From: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AlarmLabels {
     pub server_id: String,
@@ -59,6 +72,10 @@ pub struct Metrics {
     pub grpc_handled: Family<GrpcCodeLabels, Counter>,
     pub grpc_handling: Family<GrpcLabels, Histogram>,
     pub alarms: Family<AlarmLabels, Gauge>,
+    pub peer_sent_bytes: Family<ToLabel, Counter>,
+    pub peer_received_bytes: Family<FromLabel, Counter>,
+    pub peer_sent_failures: Family<ToLabel, Counter>,
+    pub peer_rtt: Family<ToLabel, Histogram>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -96,6 +113,10 @@ impl Metrics {
             grpc_handled: Family::default(),
             grpc_handling: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             alarms: Family::default(),
+            peer_sent_bytes: Family::default(),
+            peer_received_bytes: Family::default(),
+            peer_sent_failures: Family::default(),
+            peer_rtt: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
             registry: Registry::default(),
         };
         r.register("etcd_disk_wal_fsync_duration_seconds", "WAL fdatasync latency", m.wal_fsync.clone());
@@ -132,6 +153,10 @@ impl Metrics {
         r.register("grpc_server_handled", "RPCs completed on the server", m.grpc_handled.clone());
         r.register("grpc_server_handling_seconds", "RPC handling latency", m.grpc_handling.clone());
         r.register("etcd_debugging_server_alarms", "Active alarms", m.alarms.clone());
+        r.register("etcd_network_peer_sent_bytes", "Bytes sent to peers", m.peer_sent_bytes.clone());
+        r.register("etcd_network_peer_received_bytes", "Bytes received from peers", m.peer_received_bytes.clone());
+        r.register("etcd_network_peer_sent_failures", "Failed sends to peers", m.peer_sent_failures.clone());
+        r.register("etcd_network_peer_round_trip_time_seconds", "Round-trip time of peer RPCs", m.peer_rtt.clone());
         Metrics { registry: r, ..m }
     }
 

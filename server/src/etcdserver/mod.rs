@@ -101,16 +101,30 @@ impl EtcdServer {
         *h = Some(self.header(rev));
     }
 
-    /// True when this member knows a leader.
+    /// True when this member knows a leader. A leader that has not heard from
+    /// a quorum within an election timeout counts as none (etcd's CheckQuorum:
+    /// its leader steps down; openraft's keeps its role, so kvd asks).
     pub fn has_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader.is_some()
+        use openraft::Instant as _;
+        let m = self.raft.metrics().borrow_watched().clone();
+        match m.current_leader {
+            None => false,
+            Some(l) if l != self.member_id => true,
+            Some(_) => {
+                let voters = m.membership_config.membership().voter_ids().count();
+                voters <= 1
+                    || m.last_quorum_acked
+                        .as_ref()
+                        .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(self.cfg.election_timeout_ms))
+            }
+        }
     }
 
     /// Sets the gauges that are read at scrape time.
     pub fn refresh_gauges(&self) {
         let m = crate::metrics::get();
         let rm = self.raft.metrics().borrow_watched().clone();
-        m.has_leader.set(rm.current_leader.is_some() as i64);
+        m.has_leader.set(self.has_leader() as i64);
         m.is_leader.set((rm.current_leader == Some(self.member_id)) as i64);
         m.is_learner.set(0);
         let be = self.store.backend();

@@ -16,6 +16,7 @@ use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use tonic::transport::Channel;
 
 use super::{Member, SnapshotData, TypeConfig, decode, encode};
+use crate::metrics;
 
 /// Largest peer message accepted or sent (a batch of entries).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
@@ -63,10 +64,27 @@ impl Peer {
         option: &RPCOption,
         vote: bool,
     ) -> Result<Resp, RPCError<TypeConfig>> {
+        let m = metrics::get();
+        let to = metrics::ToLabel { To: format!("{:x}", self.target) };
         let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
         let payload = RaftPayload { cluster_id: self.cluster_id, data: encode(req).to_vec() };
+        let sent = payload.data.len() as u64;
         let fut = async { if vote { client.vote(payload).await } else { client.append_entries(payload).await } };
-        let resp = match tokio::time::timeout(option.hard_ttl(), fut).await {
+        let start = std::time::Instant::now();
+        let res = tokio::time::timeout(option.hard_ttl(), fut).await;
+        match &res {
+            Ok(Ok(r)) => {
+                m.peer_sent_bytes.get_or_create(&to).inc_by(sent);
+                m.peer_rtt.get_or_create(&to).observe(start.elapsed().as_secs_f64());
+                m.peer_received_bytes
+                    .get_or_create(&metrics::FromLabel { From: to.To.clone() })
+                    .inc_by(r.get_ref().data.len() as u64);
+            }
+            _ => {
+                m.peer_sent_failures.get_or_create(&to).inc();
+            }
+        }
+        let resp = match res {
             Err(_) => return Err(unreachable(format!("peer {:x}: timed out", self.target))),
             Ok(Err(s)) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
                 return Err(unreachable(format!("peer {:x}: {}", self.target, s.message())));

@@ -1,7 +1,6 @@
 //! HTTP endpoints on the client (or metrics) port: `/health`, `/livez`,
 //! `/readyz`, `/metrics` and `/version`, answered as etcd answers them.
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ async fn check_health(s: &EtcdServer) -> Result<(), String> {
     if !alarms.is_empty() {
         return Err(format!("ALARM {}", alarms.join(", ")));
     }
-    if s.raft().metrics().borrow_watched().current_leader.is_none() {
+    if !s.has_leader() {
         return Err("RAFT NO LEADER".into());
     }
     let probe = RangeRequest { key: b"health".to_vec(), ..Default::default() };
@@ -59,7 +58,7 @@ async fn livez() -> impl IntoResponse {
 /// Ready: a leader exists and a linearizable read succeeds (alarms do not make a member unready).
 async fn readyz(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
     let probe = RangeRequest { key: b"health".to_vec(), ..Default::default() };
-    let ok = s.raft().metrics().borrow_watched().current_leader.is_some()
+    let ok = s.has_leader()
         && matches!(
             tokio::time::timeout(Duration::from_secs(2), s.range(probe, &AuthInfo::default())).await,
             Ok(Ok(_))
