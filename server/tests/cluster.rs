@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cluster, etcdctl, leader};
+use common::{cluster, cluster_with, etcdctl, leader};
 use kvd_api::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,4 +159,54 @@ async fn reqwest_metrics(m: &common::Proc) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// A member that was down while the others purged their logs catches up
+/// through a snapshot streamed from the leader, and restarts from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_the_purged_log_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--snapshot-count", "20", "--experimental-snapshot-catchup-entries", "5", "--log-level", "info"];
+    let mut members = cluster_with(dir.path(), 3, 61, &flags);
+    for m in &members {
+        m.ready().await;
+    }
+    let l = leader(&members).await;
+    let lagging = (l + 1) % 3;
+    members[lagging].kill9();
+    let mut kv = members[l].kv().await;
+    for i in 0..200 {
+        kv.put(PutRequest { key: format!("k{i:03}").into(), value: vec![b'v'; 100], ..Default::default() })
+            .await
+            .unwrap();
+    }
+    members[lagging].restart();
+    members[lagging].ready().await;
+    let hash_of = |m: &common::Proc| {
+        let ep = m.endpoint.clone();
+        async move {
+            let ch = tonic::transport::Channel::from_shared(ep).unwrap().connect_lazy();
+            let mut mc = kvd_api::etcdserverpb::maintenance_client::MaintenanceClient::new(ch);
+            let rev = 201; // 200 puts after the first revision
+            mc.hash_kv(HashKvRequest { revision: rev }).await.map(|r| r.into_inner().hash).ok()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (a, b) = (hash_of(&members[l]).await, hash_of(&members[lagging]).await);
+        if a.is_some() && a == b {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lagging member never caught up: {a:?} vs {b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = members[lagging].log_text();
+    assert!(log.contains("installed snapshot from the leader"), "caught up without a snapshot?\n{log}");
+    // It serves the data and restarts from the installed snapshot.
+    members[lagging].restart();
+    members[lagging].ready().await;
+    let mut lkv = members[lagging].kv().await;
+    let r =
+        lkv.range(RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() }).await.unwrap();
+    assert_eq!(r.into_inner().kvs.len(), 200);
 }

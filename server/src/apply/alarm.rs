@@ -49,6 +49,15 @@ impl AlarmStore {
         Ok(s)
     }
 
+    /// Re-reads the alarms after the backend's content was replaced.
+    pub fn reload(&self, be: &Backend) -> Result<(), BackendError> {
+        let fresh = Self::load(be)?;
+        *self.active.lock() = std::mem::take(&mut *fresh.active.lock());
+        self.pending.lock().clear();
+        self.publish();
+        Ok(())
+    }
+
     /// True when any member has raised an alarm of type `t`.
     pub fn active(&self, t: AlarmType) -> bool {
         self.active.lock().iter().any(|(_, a)| *a == t as i32)

@@ -96,6 +96,27 @@ impl Applier {
         &self.store
     }
 
+    /// Replaces the whole state with a snapshot file received from the leader:
+    /// the backend's content (plus `raft_meta` on top), then the index, the
+    /// alarms and the consistent index, all re-read from it.
+    pub fn install_snapshot_file(
+        &self,
+        path: &std::path::Path,
+        raft_meta: Vec<(Vec<u8>, Bytes)>,
+    ) -> Result<(), MvccError> {
+        let be = self.store.backend();
+        be.replace_all(
+            |insert| crate::snapshot::read(path, |t, k, v| insert(t, k, v)).map_err(|e| e.to_string()),
+            raft_meta,
+        )?;
+        self.store.reload()?;
+        self.alarms.reload(be)?;
+        let ci = be.get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
+        self.applied_next.store(ci.map(|i| i + 1).unwrap_or(0), Ordering::SeqCst);
+        tracing::info!(consistent_index = ci, revision = self.store.rev(), "installed snapshot from the leader");
+        Ok(())
+    }
+
     /// Applies the entry at (`index`, `term`). `extra` are meta writes (raft's
     /// applied log id, membership) that must persist atomically with it.
     /// Returns None when the entry was applied before (index <= consistent index).

@@ -259,6 +259,48 @@ impl Backend {
         Ok(())
     }
 
+    /// Replaces the whole content of every table in one durable transaction:
+    /// `load` is called with an insert function for each record, then `extra`
+    /// meta entries are written on top. Used to install a raft snapshot.
+    pub fn replace_all(
+        &self,
+        load: impl FnOnce(&mut dyn FnMut(Table, &[u8], &[u8])) -> Result<(), String>,
+        extra: Vec<(Vec<u8>, Bytes)>,
+    ) -> Result<(), BackendError> {
+        self.commit()?;
+        let _g = self.commit_lock.lock();
+        let db = self.db.read();
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut tables = Vec::new();
+            for t in Table::ALL {
+                let mut table = tx.open_table(def(t))?;
+                table.retain(|_, _| false)?;
+                tables.push(table);
+            }
+            let mut failed = None;
+            let mut insert = |t: Table, k: &[u8], v: &[u8]| {
+                if failed.is_none()
+                    && let Err(e) = tables[t as usize].insert(k, v)
+                {
+                    failed = Some(e);
+                }
+            };
+            load(&mut insert).map_err(BackendError::Storage)?;
+            for (k, v) in &extra {
+                insert(Table::Meta, k, v);
+            }
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+        }
+        self.refresh_sizes(&tx)?;
+        // The old content and the new one never mix: one atomic, durable commit.
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Writes one batch in one durable redb transaction.
     fn write_batch(&self, batch: &Buffer) -> Result<(), BackendError> {
         let db = self.db.read();

@@ -98,6 +98,29 @@ impl EtcdServer {
         self.raft.client_write_ff(Cmd(request.into()), None).await.map_err(|e| ServerError::Internal(e.to_string()))
     }
 
+    /// Where a snapshot streamed from the leader is written.
+    pub fn snapshot_receive_path(&self) -> std::io::Result<std::path::PathBuf> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = self.cfg.data_dir.join("member").join("tmp");
+        std::fs::create_dir_all(&dir)?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(dir.join(format!("recv-{}-{n}.snap", std::process::id())))
+    }
+
+    /// Peer RPC: install a full snapshot received from the leader.
+    pub async fn peer_install_snapshot(&self, header: &[u8], path: std::path::PathBuf) -> Result<Vec<u8>, ServerError> {
+        let (vote, meta): (crate::raft::Vote, openraft::type_config::alias::SnapshotMetaOf<crate::raft::TypeConfig>) =
+            decode(header).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let snapshot = openraft::type_config::alias::SnapshotOf::<crate::raft::TypeConfig, crate::raft::SnapshotData> {
+            meta,
+            snapshot: crate::raft::SnapshotData::Received(path.clone()),
+        };
+        let res = self.raft.install_full_snapshot(vote, snapshot).await;
+        let _ = std::fs::remove_file(&path);
+        let resp = res.map_err(|e| ServerError::Internal(e.to_string()))?;
+        Ok(encode(&resp).to_vec())
+    }
+
     /// Peer RPC: ReadIndex on the leader.
     pub async fn peer_read_index(&self) -> Result<u64, ServerError> {
         let deadline = Instant::now() + self.request_timeout();

@@ -62,6 +62,13 @@ impl KvStore {
         Ok(Arc::new(store))
     }
 
+    /// Rebuilds the index and revisions from the backend after its content was
+    /// replaced (a raft snapshot was installed).
+    pub fn reload(&self) -> Result<(), MvccError> {
+        let _w = self.write_lock.lock();
+        self.restore()
+    }
+
     fn restore(&self) -> Result<(), MvccError> {
         let mut idx = TreeIndex::default();
         let mut cur = 1i64;

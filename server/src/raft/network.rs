@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use kvd_api::kvdpeerpb::RaftPayload;
 use kvd_api::kvdpeerpb::peer_client::PeerClient;
+use kvd_api::kvdpeerpb::{RaftPayload, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
@@ -119,16 +119,77 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 
     async fn full_snapshot(
         &mut self,
-        _vote: VoteOf<TypeConfig>,
-        _snapshot: SnapshotOf<TypeConfig, SnapshotData>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        // A member that fell behind the purged log needs a snapshot stream;
-        // until that lands it waits (and is reported) as unreachable.
-        Err(StreamingError::Unreachable(Unreachable::from_string(format!(
-            "peer {:x} needs a snapshot; snapshot streaming to peers is not implemented yet",
-            self.target
-        ))))
+        let target = self.target;
+        let unreachable = |msg: String| StreamingError::Unreachable(Unreachable::from_string(msg));
+        let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?.clone();
+        // Export the data to a file (one consistent read of the backend), then stream it.
+        let path = match &snapshot.snapshot {
+            SnapshotData::Local(be) => {
+                let be = be.clone();
+                let dir = be.path().parent().map(|p| p.join("tmp")).unwrap_or_else(std::env::temp_dir);
+                tokio::task::spawn_blocking(move || -> Result<std::path::PathBuf, String> {
+                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                    let path = dir.join(format!("send-{target:x}-{}.snap", std::process::id()));
+                    crate::snapshot::write(&be, &path).map_err(|e| e.to_string())?;
+                    Ok(path)
+                })
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .map_err(|e| unreachable(format!("exporting snapshot for {target:x}: {e}")))?
+            }
+            SnapshotData::Received(p) => p.clone(),
+        };
+        let header = encode(&(vote, snapshot.meta.clone())).to_vec();
+        let res = send_snapshot(client, self.cluster_id, header, &path, cancel, option).await;
+        if matches!(snapshot.snapshot, SnapshotData::Local(_)) {
+            let _ = std::fs::remove_file(&path);
+        }
+        res.map_err(|e| unreachable(format!("sending snapshot to {target:x}: {e}")))
     }
+}
+
+/// Streams the snapshot file in chunks; the first carries `header`.
+async fn send_snapshot(
+    mut client: PeerClient<Channel>,
+    cluster_id: u64,
+    header: Vec<u8>,
+    path: &std::path::Path,
+    cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+    option: RPCOption,
+) -> Result<SnapshotResponse<TypeConfig>, String> {
+    use tokio::io::AsyncReadExt;
+    const CHUNK: usize = 1 << 20;
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+    let reader = async move {
+        let mut header = Some(header);
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = file.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok::<(), String>(());
+            }
+            buf.truncate(n);
+            let chunk = SnapshotChunk { cluster_id, header: header.take().unwrap_or_default(), data: buf };
+            if tx.send(chunk).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let timeout =
+        std::time::Duration::from_millis(option.hard_ttl().as_millis() as u64).max(std::time::Duration::from_secs(60));
+    let resp = tokio::select! {
+        r = async { tokio::join!(reader, tokio::time::timeout(timeout, call)) } => {
+            r.0?;
+            r.1.map_err(|_| "timed out".to_string())?.map_err(|s| s.to_string())?
+        }
+        closed = cancel => return Err(format!("replication closed: {closed}")),
+    };
+    decode(&resp.into_inner().data).map_err(|e| e.to_string())
 }

@@ -169,13 +169,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 Ok(())
             }
-            SnapshotData::Received(path) => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "installing a snapshot received from a leader ({}) needs the cluster peer service",
-                    path.display()
-                ),
-            )),
+            SnapshotData::Received(path) => {
+                let raft_meta = vec![
+                    (APPLIED_LOG_ID.to_vec(), encode(&meta.last_log_id)),
+                    (MEMBERSHIP.to_vec(), encode(&meta.last_membership)),
+                    (SNAPSHOT_META.to_vec(), encode(meta)),
+                ];
+                let applier = self.applier.clone();
+                tokio::task::spawn_blocking(move || applier.install_snapshot_file(&path, raft_meta))
+                    .await
+                    .map_err(io::Error::other)?
+                    .map_err(io::Error::other)?;
+                self.last_applied = meta.last_log_id;
+                self.membership = meta.last_membership.clone();
+                Ok(())
+            }
         }
     }
 

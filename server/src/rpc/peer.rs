@@ -1,10 +1,13 @@
 //! The peer service (`kvdpeerpb.Peer` on `--listen-peer-urls`): raft traffic,
-//! forwarded writes and ReadIndex from other members of this cluster.
+//! forwarded writes, snapshots and ReadIndex from other members of this cluster.
 
 use std::sync::Arc;
 
 use kvd_api::kvdpeerpb::peer_server::{Peer, PeerServer};
-use kvd_api::kvdpeerpb::{ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse};
+use kvd_api::kvdpeerpb::{
+    ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+};
+use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};
 
 use crate::etcdserver::EtcdServer;
@@ -44,6 +47,38 @@ impl Peer for PeerService {
         self.check_cluster(r.cluster_id)?;
         self.server.peer_forward(r.request).await?;
         Ok(Response::new(ForwardResponse {}))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = req.into_inner();
+        let path = self.server.snapshot_receive_path().map_err(|e| Status::internal(e.to_string()))?;
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
+        let mut header: Option<Vec<u8>> = None;
+        let res: Result<(), Status> = async {
+            while let Some(chunk) = stream.message().await? {
+                self.check_cluster(chunk.cluster_id)?;
+                if header.is_none() {
+                    header = Some(chunk.header);
+                }
+                file.write_all(&chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
+            }
+            // Durable before raft is told the snapshot is here.
+            file.sync_all().await.map_err(|e| Status::internal(e.to_string()))
+        }
+        .await;
+        let header = match (res, header) {
+            (Ok(()), Some(h)) => h,
+            (Err(e), _) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
+            (Ok(()), None) => return Err(Status::invalid_argument("empty snapshot stream")),
+        };
+        let data = self.server.peer_install_snapshot(&header, path).await?;
+        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
     }
 
     async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {

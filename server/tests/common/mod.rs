@@ -40,7 +40,7 @@ impl Proc {
 
     /// A cluster member: client URL on a fresh port of `ip`, peer URL `peer`,
     /// bootstrapping from `initial_cluster`.
-    pub fn member(data_dir: &Path, ip: &str, name: &str, peer: &str, initial_cluster: &str) -> Proc {
+    pub fn member(data_dir: &Path, ip: &str, name: &str, peer: &str, initial_cluster: &str, extra: &[&str]) -> Proc {
         let cp = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
         let client = format!("http://{ip}:{cp}");
         let args: Vec<String> = [
@@ -64,6 +64,7 @@ impl Proc {
             "500",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let mut p = Proc {
@@ -151,9 +152,15 @@ impl Proc {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(&self.bin)
+        // Quiet by default; a test that passes --log-level gets that level.
+        let mut cmd = Command::new(&self.bin);
+        if self.args.iter().any(|a| a == "--log-level") {
+            cmd.env_remove("RUST_LOG");
+        } else {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let child = cmd
             .args(&self.args)
-            .env("RUST_LOG", "warn")
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -272,6 +279,11 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, Str
 
 /// A cluster of `n` members on 127.0.0.(base+i), fresh ports.
 pub fn cluster(dir: &std::path::Path, n: usize, base: u8) -> Vec<Proc> {
+    cluster_with(dir, n, base, &[])
+}
+
+/// [`cluster`] with extra flags for every member.
+pub fn cluster_with(dir: &std::path::Path, n: usize, base: u8, extra: &[&str]) -> Vec<Proc> {
     let peers: Vec<(String, String)> = (0..n)
         .map(|i| {
             let ip = format!("127.0.0.{}", base as usize + i);
@@ -283,7 +295,7 @@ pub fn cluster(dir: &std::path::Path, n: usize, base: u8) -> Vec<Proc> {
     (0..n)
         .map(|i| {
             let ip = format!("127.0.0.{}", base as usize + i);
-            Proc::member(&dir.join(&peers[i].0), &ip, &peers[i].0, &peers[i].1, &ic)
+            Proc::member(&dir.join(&peers[i].0), &ip, &peers[i].0, &peers[i].1, &ic, extra)
         })
         .collect()
 }
