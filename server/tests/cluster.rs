@@ -210,3 +210,92 @@ async fn a_member_behind_the_purged_log_catches_up_by_snapshot() {
         lkv.range(RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() }).await.unwrap();
     assert_eq!(r.into_inner().kvs.len(), 200);
 }
+
+/// etcdctl member add --learner / promote / remove, through a follower, with
+/// a new member joining with --initial-cluster-state existing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_join_promote_and_remove_with_etcdctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = cluster(dir.path(), 3, 81);
+    for m in &members {
+        m.ready().await;
+    }
+    let l = leader(&members).await;
+    let via = &members[(l + 1) % 3].endpoint;
+    let (ok, _, err) = etcdctl(via, &["put", "before", "join"], None);
+    assert!(ok, "{err}");
+    let list = |ep: &str| {
+        let (ok, out, err) = etcdctl(ep, &["member", "list", "-w", "json"], None);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["members"].as_array().cloned().unwrap_or_default()
+    };
+    // Every member publishes its name and client URLs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while list(via).iter().any(|m| m["clientURLs"].as_array().is_none_or(|a| a.is_empty())) {
+        assert!(Instant::now() < deadline, "attributes never published: {:?}", list(via));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let ip = "127.0.0.84";
+    let peer = format!("http://{ip}:{}", std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port());
+    let (ok, out, err) = etcdctl(via, &["member", "add", "m3", &format!("--peer-urls={peer}"), "--learner"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("added to cluster"), "{out}");
+    let (ok, _, err) = etcdctl(via, &["member", "add", "dup", &format!("--peer-urls={peer}")], None);
+    assert!(!ok && err.contains("etcdserver: Peer URLs already exists"), "{err}");
+
+    let initial: Vec<String> = list(via)
+        .iter()
+        .filter(|m| m["peerURLs"][0].as_str() != Some(peer.as_str()))
+        .map(|m| format!("{}={}", m["name"].as_str().unwrap(), m["peerURLs"][0].as_str().unwrap()))
+        .collect();
+    let ic = format!("{},m3={peer}", initial.join(","));
+    let mut joined =
+        common::Proc::member(&dir.path().join("m3"), ip, "m3", &peer, &ic, &["--initial-cluster-state", "existing"]);
+    joined.ready_serializable().await;
+    // A learner serves serializable reads only.
+    let (ok, out, _) = etcdctl(&joined.endpoint, &["get", "before", "--consistency=s", "--print-value-only"], None);
+    assert!(ok && out.trim() == "join", "{out}");
+    let (ok, _, err) = etcdctl(&joined.endpoint, &["put", "k", "v"], None);
+    assert!(!ok && err.contains("etcdserver: rpc not supported for learner"), "{err}");
+
+    let id =
+        list(via).iter().find(|m| m["peerURLs"][0].as_str() == Some(peer.as_str())).unwrap()["ID"].as_u64().unwrap();
+    let hex = format!("{id:x}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = etcdctl(via, &["member", "promote", &hex], None);
+        if ok {
+            assert!(out.contains("promoted"), "{out}");
+            break;
+        }
+        assert!(err.contains("in sync with leader"), "{err}");
+        assert!(Instant::now() < deadline, "the learner never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, _, err) = etcdctl(via, &["member", "promote", &hex], None);
+    assert!(!ok && err.contains("etcdserver: can only promote a learner member"), "{err}");
+    // The promoted member takes writes.
+    let (ok, _, err) = etcdctl(&joined.endpoint, &["put", "after", "promote"], None);
+    assert!(ok, "{err}");
+
+    // Remove one of the original members (not the one we talk through).
+    let victim = (l + 2) % 3;
+    let vid = list(via)
+        .iter()
+        .find(|m| m["clientURLs"][0].as_str() == Some(members[victim].endpoint.as_str()))
+        .unwrap()["ID"]
+        .as_u64()
+        .unwrap();
+    let (ok, _, err) = etcdctl(via, &["member", "remove", &format!("{vid:x}")], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = etcdctl(via, &["member", "remove", &format!("{vid:x}")], None);
+    assert!(!ok && err.contains("etcdserver: member not found"), "{err}");
+    let after = list(via);
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|m| m["isLearner"].as_bool() != Some(true)));
+    let (ok, out, _) = etcdctl(&joined.endpoint, &["get", "after", "--print-value-only"], None);
+    assert!(ok && out.trim() == "promote");
+    joined.kill9();
+}

@@ -19,6 +19,8 @@ use kvd_api::etcdserverpb::{
     AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse, InternalRaftRequest, PutResponse,
     ResponseHeader, TxnResponse,
 };
+use kvd_api::membershippb::Attributes;
+use prost::Message;
 use tokio::sync::oneshot;
 use tracing::{info_span, warn};
 
@@ -70,6 +72,8 @@ const SLOW_APPLY: Duration = Duration::from_millis(100);
 
 pub struct Applier {
     store: Arc<KvStore>,
+    /// Members' published attributes (name, client URLs), by member id.
+    members: parking_lot::RwLock<std::collections::BTreeMap<u64, Attributes>>,
     /// Physical compactions run one at a time, in order, on one thread.
     compactor: std::sync::mpsc::Sender<(i64, oneshot::Sender<()>)>,
     alarms: Arc<AlarmStore>,
@@ -84,7 +88,8 @@ impl Applier {
         let compactor = start_compactor(store.clone()).map_err(|e| {
             MvccError::Backend(crate::backend::BackendError::Storage(format!("cannot start the compactor: {e}")))
         })?;
-        Ok(Self { store, compactor, alarms, applied_next: AtomicU64::new(ci.map(|i| i + 1).unwrap_or(0)) })
+        let members = parking_lot::RwLock::new(load_members(store.backend())?);
+        Ok(Self { store, members, compactor, alarms, applied_next: AtomicU64::new(ci.map(|i| i + 1).unwrap_or(0)) })
     }
 
     /// The index of the last applied entry (0 before anything was applied).
@@ -94,6 +99,11 @@ impl Applier {
 
     pub fn store(&self) -> &Arc<KvStore> {
         &self.store
+    }
+
+    /// A member's published attributes (name, client URLs), if it published them.
+    pub fn member_attributes(&self, id: u64) -> Option<Attributes> {
+        self.members.read().get(&id).cloned()
     }
 
     /// Replaces the whole state with a snapshot file received from the leader:
@@ -111,6 +121,7 @@ impl Applier {
         )?;
         self.store.reload()?;
         self.alarms.reload(be)?;
+        *self.members.write() = load_members(be)?;
         let ci = be.get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
         self.applied_next.store(ci.map(|i| i + 1).unwrap_or(0), Ordering::SeqCst);
         tracing::info!(consistent_index = ci, revision = self.store.rev(), "installed snapshot from the leader");
@@ -201,6 +212,12 @@ impl Applier {
         if let Some(a) = &r.alarm {
             return Ok(ApplyOutput::Alarm(self.alarms.apply(a)));
         }
+        if let Some(m) = &r.cluster_member_attr_set {
+            let attrs = m.member_attributes.clone().unwrap_or_default();
+            w.put_extra(Table::Meta, member_key(m.member_id), Some(Bytes::from(attrs.encode_to_vec())));
+            self.members.write().insert(m.member_id, attrs);
+            return Ok(ApplyOutput::None);
+        }
         if r.lease_grant.is_some() && nospace {
             return Err(ApplyError::NoSpace);
         }
@@ -214,6 +231,23 @@ impl Applier {
         }
         rx
     }
+}
+
+/// Meta key of a member's attributes.
+fn member_key(id: u64) -> Vec<u8> {
+    format!("member/{id:016x}").into_bytes()
+}
+
+fn load_members(be: &crate::backend::Backend) -> Result<std::collections::BTreeMap<u64, Attributes>, MvccError> {
+    let mut out = std::collections::BTreeMap::new();
+    be.scan_committed(Table::Meta, b"member/", Some(b"member0"), |k, v| {
+        let id = std::str::from_utf8(&k[7..]).ok().and_then(|h| u64::from_str_radix(h, 16).ok());
+        if let (Some(id), Ok(a)) = (id, Attributes::decode(v)) {
+            out.insert(id, a);
+        }
+        true
+    })?;
+    Ok(out)
 }
 
 /// The compactor thread: physical compactions in the order they were applied.

@@ -75,6 +75,38 @@ pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
     nonzero(&h.finalize())
 }
 
+/// Asks the other members in `--initial-cluster` for the cluster's id.
+async fn discover_cluster_id(cfg: &ServerConfig, me: u64) -> Result<u64, ServerError> {
+    let mut last = String::from("no other member in --initial-cluster");
+    for _ in 0..30 {
+        for urls in cfg.initial_cluster.values() {
+            if member_id(urls, &cfg.initial_cluster_token) == me {
+                continue;
+            }
+            for url in urls {
+                let Ok(ep) = tonic::transport::Channel::from_shared(url.clone()) else { continue };
+                let res = async {
+                    let ch = ep.connect_timeout(Duration::from_secs(1)).connect().await.map_err(|e| e.to_string())?;
+                    kvd_api::kvdpeerpb::peer_client::PeerClient::new(ch)
+                        .cluster_info(kvd_api::kvdpeerpb::ClusterInfoRequest {})
+                        .await
+                        .map(|r| r.into_inner().cluster_id)
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                match res {
+                    Ok(id) => return Ok(id),
+                    Err(e) => last = format!("{url}: {e}"),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(ServerError::Internal(format!(
+        "--initial-cluster-state existing: cannot reach any running member to join ({last})"
+    )))
+}
+
 fn nonzero(digest: &[u8]) -> u64 {
     let v = u64::from_be_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"));
     if v == 0 { 1 } else { v }
@@ -97,7 +129,16 @@ impl EtcdServer {
         if ids.is_empty() {
             ids.push(me);
         }
-        let cid = cluster_id(&ids, &cfg.initial_cluster_token);
+        let cid = if cfg.join_existing {
+            // A joining member belongs to the cluster it joins: its id is in the
+            // WAL after the first start, and asked of a running member before.
+            match crate::wal::read_metadata(&member_dir.join("wal")).map_err(|e| err(&e))? {
+                Some(m) => m.cluster_id,
+                None => discover_cluster_id(&cfg, me).await?,
+            }
+        } else {
+            cluster_id(&ids, &cfg.initial_cluster_token)
+        };
 
         let (wal, replay) =
             Wal::open(&member_dir.join("wal"), Metadata { node_id: me, cluster_id: cid }).map_err(|e| err(&e))?;

@@ -76,11 +76,25 @@ impl EtcdServer {
             let deadline = tokio::time::Instant::now() + self.request_timeout();
             // On the leader, propose; on a follower, hand the request to the
             // leader. Either way the answer is this member's own apply of it.
-            self.submit(data, deadline).await?;
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(r)) => r.map_err(ServerError::from),
-                Ok(Err(_)) => Err(ServerError::Stopped),
-                Err(_) => Err(ServerError::Timeout),
+            let refused = self.submit(data, deadline).await?;
+            // If raft refuses a local proposal (leadership moved), answer at once
+            // instead of waiting for an apply that will never come.
+            let refused = async {
+                match refused {
+                    Some(done) => match done.await {
+                        Ok(Err(_)) => ServerError::LeaderChanged,
+                        _ => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, rx) => match r {
+                    Ok(Ok(r)) => r.map_err(ServerError::from),
+                    Ok(Err(_)) => Err(ServerError::Stopped),
+                    Err(_) => Err(ServerError::Timeout),
+                },
+                e = refused => Err(e),
             }
         }
         .instrument(info_span!("propose", request_id = id))
@@ -88,7 +102,13 @@ impl EtcdServer {
         m.proposals_pending.dec();
         if res.is_err() {
             self.wait.cancel(id);
-            if matches!(res, Err(ServerError::Timeout | ServerError::Internal(_) | ServerError::Stopped)) {
+            if matches!(
+                res,
+                Err(ServerError::Timeout
+                    | ServerError::Internal(_)
+                    | ServerError::Stopped
+                    | ServerError::LeaderChanged)
+            ) {
                 m.proposals_failed.inc();
             }
         }

@@ -32,7 +32,7 @@ impl EtcdServer {
                 .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
                 .collect(),
             db_size_in_use: be.size_in_use() as i64,
-            is_learner: false,
+            is_learner: self.is_learner(),
             storage_version: "3.6.0".to_string(),
             db_size_quota: self.quota.limit() as i64,
             downgrade_info: None,

@@ -3,6 +3,7 @@
 //! maintenance operations. etcd's `etcdserver` package.
 
 mod bootstrap;
+mod cluster;
 pub mod kv;
 pub mod maintenance;
 mod peer;
@@ -38,12 +39,37 @@ pub enum ServerError {
     NoLeader,
     #[error("etcdserver: not leader")]
     NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Mvcc(#[from] MvccError),
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberIdExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    InvalidMemberUrls,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// An error the leader answered a forwarded request with, passed on as is.
+    #[error("{message}")]
+    Remote { code: i32, message: String },
     #[error("etcdserver: {0}")]
     Internal(String),
 }
@@ -126,7 +152,7 @@ impl EtcdServer {
         let rm = self.raft.metrics().borrow_watched().clone();
         m.has_leader.set(self.has_leader() as i64);
         m.is_leader.set((rm.current_leader == Some(self.member_id)) as i64);
-        m.is_learner.set(0);
+        m.is_learner.set(self.is_learner() as i64);
         let be = self.store.backend();
         m.db_total_size.set(be.size() as i64);
         m.db_in_use_size.set(be.size_in_use() as i64);

@@ -10,7 +10,14 @@ use tokio::time::Instant;
 
 use super::{EtcdServer, ServerError};
 use crate::raft::network::MAX_PEER_MESSAGE;
-use crate::raft::{Cmd, Member, decode, encode};
+use crate::raft::{Cmd, Member, TypeConfig, decode, encode};
+
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
+
+/// Where raft reports the outcome of a local proposal.
+pub(crate) type WriteOutcome =
+    openraft::type_config::alias::OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>;
 
 impl EtcdServer {
     /// The current leader and its member record, waiting (until `deadline`)
@@ -34,7 +41,7 @@ impl EtcdServer {
         }
     }
 
-    fn peer_client(&self, leader: &Member) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
+    pub(crate) fn peer_client(&self, leader: &Member) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
         let url = leader.peer_urls.first().ok_or(ServerError::NoLeader)?;
         let ch = tonic::transport::Channel::from_shared(url.clone())
             .map_err(|e| ServerError::Internal(format!("leader peer URL {url}: {e}")))?
@@ -44,19 +51,21 @@ impl EtcdServer {
 
     /// Hands an encoded request to raft: proposed here on the leader,
     /// forwarded to the leader from a follower.
-    pub(crate) async fn submit(&self, data: Vec<u8>, deadline: Instant) -> Result<(), ServerError> {
+    /// For a local proposal, returns where raft reports its outcome.
+    pub(crate) async fn submit(&self, data: Vec<u8>, deadline: Instant) -> Result<Option<WriteOutcome>, ServerError> {
         let (leader, node) = self.wait_for_leader(deadline).await?;
         if leader == self.member_id {
-            return self
-                .raft
-                .client_write_ff(Cmd(data.into()), None)
+            let (responder, done) = ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::complete_only();
+            self.raft
+                .client_write_ff(Cmd(data.into()), Some(responder))
                 .await
-                .map_err(|e| ServerError::Internal(e.to_string()));
+                .map_err(|e| ServerError::Internal(e.to_string()))?;
+            return Ok(Some(done));
         }
         let mut client = self.peer_client(&node)?;
         let req = ForwardRequest { cluster_id: self.cluster_id, request: data };
         match tokio::time::timeout_at(deadline, client.forward(req)).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(None),
             Ok(Err(s)) => Err(ServerError::Internal(format!("forwarding to leader {leader:x}: {}", s.message()))),
             Err(_) => Err(ServerError::Timeout),
         }

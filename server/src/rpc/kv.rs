@@ -25,6 +25,9 @@ impl Kv for KvService {
         let auth = auth_info(&req);
         let r = req.into_inner();
         validate::check_range(&r)?;
+        if !r.serializable && self.server.is_learner() {
+            return Err(crate::etcdserver::ServerError::NotSupportedForLearner.into());
+        }
         let span = info_span!("api", method = "Range");
         Ok(Response::new(self.server.range(r, &auth).instrument(span).await?))
     }

@@ -1,6 +1,7 @@
 //! The gRPC API layer: one thin file per etcd service, request validation,
 //! the error table, and the listener that serves gRPC and HTTP on one port.
 
+mod cluster;
 mod http;
 mod kv;
 mod maintenance;
@@ -39,12 +40,15 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
     let maint = MaintenanceServer::new(maintenance::MaintenanceService { server: server.clone() })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
+    let cluster =
+        kvd_api::etcdserverpb::cluster_server::ClusterServer::new(cluster::ClusterService { server: server.clone() });
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(async move {
         reporter.set_serving::<KvServer<kv::KvService>>().await;
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     });
-    let grpc = tonic::service::Routes::new(kv).add_service(maint).add_service(health).into_axum_router();
+    let grpc =
+        tonic::service::Routes::new(kv).add_service(maint).add_service(cluster).add_service(health).into_axum_router();
     grpc.merge(http::router(server.clone())).layer(axum::middleware::from_fn_with_state(server, grpc_layer))
 }
 
@@ -167,6 +171,18 @@ async fn grpc_layer(
     }
     if req.headers().get("hasleader").is_some_and(|v| v.as_bytes() == b"true") && !server.has_leader() {
         return tonic::Status::unavailable("etcdserver: no leader").into_http();
+    }
+    // A learner serves Status, MemberList and (serializable) Range only; the
+    // KV handler checks the serializable part.
+    const LEARNER_RPCS: &[&str] = &[
+        "/etcdserverpb.Maintenance/Status",
+        "/etcdserverpb.Cluster/MemberList",
+        "/etcdserverpb.KV/Range",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    ];
+    if !LEARNER_RPCS.contains(&req.uri().path()) && server.is_learner() {
+        return tonic::Status::failed_precondition("etcdserver: rpc not supported for learner").into_http();
     }
     let path = req.uri().path().trim_start_matches('/').to_string();
     let (service, method) = path.split_once('/').unwrap_or((&path, ""));

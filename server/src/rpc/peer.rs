@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use kvd_api::kvdpeerpb::peer_server::{Peer, PeerServer};
 use kvd_api::kvdpeerpb::{
-    ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    ClusterInfoRequest, ClusterInfoResponse, ClusterOpRequest, ClusterOpResponse, ForwardRequest, ForwardResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};
@@ -79,6 +80,20 @@ impl Peer for PeerService {
         };
         let data = self.server.peer_install_snapshot(&header, path).await?;
         Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
+    }
+
+    async fn cluster_op(&self, req: Request<ClusterOpRequest>) -> Result<Response<ClusterOpResponse>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let op = r.op.ok_or_else(|| Status::invalid_argument("empty cluster request"))?;
+        let member = self.server.cluster_op_local(op).await?;
+        Ok(Response::new(ClusterOpResponse {
+            member: member.map(|m| prost::Message::encode_to_vec(&m)).unwrap_or_default(),
+        }))
+    }
+
+    async fn cluster_info(&self, _req: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoResponse>, Status> {
+        Ok(Response::new(ClusterInfoResponse { cluster_id: self.server.cluster_id }))
     }
 
     async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {

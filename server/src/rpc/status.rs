@@ -52,9 +52,21 @@ pub fn to_status(e: ServerError) -> Status {
         ServerError::Stopped => status(Code::Unavailable, "etcdserver: server stopped"),
         ServerError::NoLeader => status(Code::Unavailable, "etcdserver: no leader"),
         ServerError::NotLeader => status(Code::FailedPrecondition, "etcdserver: not leader"),
+        ServerError::LeaderChanged => status(Code::Unavailable, "etcdserver: leader changed"),
         ServerError::NoSpace => status(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
         ServerError::Apply(a) => apply(a),
         ServerError::Mvcc(m) => mvcc(m),
+        ServerError::MemberNotFound => status(Code::NotFound, &e.to_string()),
+        ServerError::MemberIdExists
+        | ServerError::PeerUrlExists
+        | ServerError::NotEnoughStartedMembers
+        | ServerError::NotLearner
+        | ServerError::LearnerNotReady
+        | ServerError::TooManyLearners
+        | ServerError::NotSupportedForLearner
+        | ServerError::BadLeaderTransferee => status(Code::FailedPrecondition, &e.to_string()),
+        ServerError::InvalidMemberUrls => status(Code::InvalidArgument, &e.to_string()),
+        ServerError::Remote { code, message } => status(Code::from_i32(*code), message),
         ServerError::Internal(_) => status(Code::Unknown, &e.to_string()),
     }
 }

@@ -206,6 +206,27 @@ impl Wal {
     }
 }
 
+/// The identity recorded in an existing WAL (None when there is no WAL yet).
+pub fn read_metadata(dir: &Path) -> Result<Option<Metadata>, WalError> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let segs = segment::list_segments(dir).map_err(|e| WalError::io(dir, e))?;
+    let Some((_, path)) = segs.first() else { return Ok(None) };
+    let buf = std::fs::read(path).map_err(|e| WalError::io(path, e))?;
+    // The head of a segment: a crc record (carrying the chain's seed), then metadata.
+    let mut dec = record::Decoder::new(&buf, replay::peek_crc_record(&buf).unwrap_or(0));
+    let mut off = 0;
+    while let Ok(record::Decoded::Record(rec, next)) = dec.decode_at(off) {
+        match rec {
+            Record::Crc(_) => off = next,
+            Record::Metadata(m) => return Ok(Some(m)),
+            _ => break,
+        }
+    }
+    Err(WalError::Corrupt { file: path.clone(), offset: off as u64, reason: "no metadata record at the head".into() })
+}
+
 /// A `*.wal.tmp` is a segment whose creation did not finish: it never held data.
 fn remove_stale_tmp(dir: &Path) -> Result<(), WalError> {
     for ent in std::fs::read_dir(dir).map_err(|e| WalError::io(dir, e))? {

@@ -179,7 +179,7 @@ fn is_torn(e: FrameError) -> bool {
 
 /// If the segment starts with a well-formed CRC frame, returns the CRC it carries,
 /// which is the seed of the chain for that segment.
-fn peek_crc_record(buf: &[u8]) -> Option<u32> {
+pub(super) fn peek_crc_record(buf: &[u8]) -> Option<u32> {
     if buf.len() < 16 || buf[4] != 4 || u32::from_le_bytes(buf[0..4].try_into().ok()?) != 4 {
         return None;
     }

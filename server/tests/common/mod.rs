@@ -220,6 +220,21 @@ impl Proc {
         MaintenanceClient::new(Channel::from_shared(self.endpoint.clone()).unwrap().connect_lazy())
     }
 
+    /// Waits until a serializable read succeeds (a learner serves only those).
+    pub async fn ready_serializable(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(ch) = Channel::from_shared(self.endpoint.clone()).unwrap().connect().await {
+                let req = RangeRequest { key: b"ready".to_vec(), serializable: true, ..Default::default() };
+                if KvClient::new(ch).range(req).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{} not serving after 30s; log:\n{}", self.endpoint, self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until a linearizable read succeeds.
     pub async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,0 +1,248 @@
+//! Membership: MemberList, MemberAdd (learner or voter), MemberRemove,
+//! MemberPromote and MemberUpdate over openraft's joint consensus, with
+//! etcd's checks (strict reconfiguration, one learner, promotion at 90%).
+//! Members publish their name and client URLs through raft after start.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kvd_api::etcdserverpb::{InternalRaftRequest, Member as PbMember, MemberAddRequest, MemberUpdateRequest};
+use kvd_api::kvdpeerpb::ClusterOpRequest;
+use kvd_api::kvdpeerpb::cluster_op_request::Op;
+use kvd_api::membershippb::{Attributes, ClusterMemberAttrSetRequest};
+use openraft::ChangeMembers;
+use openraft::async_runtime::WatchReceiver;
+use prost::Message;
+
+use super::{EtcdServer, ServerError, member_id};
+use crate::raft::Member;
+
+/// A learner is promoted only with at least this share of the leader's log.
+const PROMOTE_READY_RATIO: f64 = 0.9;
+
+impl EtcdServer {
+    /// Publishes this member's name and client URLs through raft, retrying
+    /// until it is applied (etcd's publish).
+    pub fn publish_attributes(self: &std::sync::Arc<Self>) {
+        let s = self.clone();
+        tokio::spawn(async move {
+            let attrs = Attributes { name: s.cfg.name.clone(), client_urls: s.cfg.client_urls.clone() };
+            loop {
+                let req =
+                    ClusterMemberAttrSetRequest { member_id: s.member_id, member_attributes: Some(attrs.clone()) };
+                match s.propose(InternalRaftRequest { cluster_member_attr_set: Some(req), ..Default::default() }).await
+                {
+                    Ok(_) => {
+                        tracing::info!(name = %attrs.name, client_urls = ?attrs.client_urls, "published member attributes");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publishing member attributes; will retry");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs a membership change on the leader: here, or passed to the leader
+    /// over the peer protocol. Returns the added member for MemberAdd.
+    pub async fn cluster_op(&self, op: Op) -> Result<Option<PbMember>, ServerError> {
+        match self.cluster_op_local(op.clone()).await {
+            Err(ServerError::NotLeader) => {}
+            other => return other,
+        }
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let (_, leader) = self.wait_for_leader(deadline).await?;
+        let mut client = self.peer_client(&leader)?;
+        let req = ClusterOpRequest { cluster_id: self.cluster_id, op: Some(op) };
+        match tokio::time::timeout_at(deadline, client.cluster_op(req)).await {
+            Ok(Ok(r)) => {
+                let m = r.into_inner().member;
+                Ok(if m.is_empty() { None } else { PbMember::decode(m.as_slice()).ok() })
+            }
+            Ok(Err(s)) => Err(ServerError::Remote { code: s.code() as i32, message: s.message().to_string() }),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// A membership change on this member, which must be the leader.
+    pub async fn cluster_op_local(&self, op: Op) -> Result<Option<PbMember>, ServerError> {
+        let bad = |e: prost::DecodeError| ServerError::Internal(format!("bad cluster request: {e}"));
+        match op {
+            Op::MemberAdd(b) => {
+                let r = MemberAddRequest::decode(b.as_slice()).map_err(bad)?;
+                self.member_add(r.peer_ur_ls, r.is_learner).await.map(Some)
+            }
+            Op::MemberRemove(id) => self.member_remove(id).await.map(|_| None),
+            Op::MemberPromote(id) => self.member_promote(id).await.map(|_| None),
+            Op::MemberUpdate(b) => {
+                let r = MemberUpdateRequest::decode(b.as_slice()).map_err(bad)?;
+                self.member_update(r.id, r.peer_ur_ls).await.map(|_| None)
+            }
+        }
+    }
+
+    /// True when this member is a learner (in the membership, not a voter).
+    pub fn is_learner(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        m.membership().get_node(&self.member_id).is_some() && !m.membership().voter_ids().any(|v| v == self.member_id)
+    }
+
+    /// Every member, voters and learners, as etcd lists them.
+    pub fn member_list(&self) -> Vec<PbMember> {
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let voters: BTreeSet<u64> = m.membership().voter_ids().collect();
+        m.membership()
+            .nodes()
+            .map(|(id, node)| {
+                let attrs = self.applier.member_attributes(*id);
+                PbMember {
+                    id: *id,
+                    name: attrs.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+                    peer_ur_ls: node.peer_urls.clone(),
+                    client_ur_ls: attrs.map(|a| a.client_urls).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Voters that the leader currently reaches (itself included).
+    fn started_voters(&self) -> BTreeSet<u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let mut started: BTreeSet<u64> = BTreeSet::from([self.member_id]);
+        if let Some(rep) = &m.replication {
+            for (id, matched) in rep {
+                if matched.is_some() && voters.contains(id) {
+                    started.insert(*id);
+                }
+            }
+        }
+        started
+    }
+
+    /// etcd's strict reconfiguration check: the started members must form a
+    /// quorum of the voters after the change.
+    fn check_quorum_after(&self, voters_after: &BTreeSet<u64>) -> Result<(), ServerError> {
+        let started = self.started_voters().intersection(voters_after).count();
+        if started < voters_after.len() / 2 + 1 {
+            return Err(ServerError::NotEnoughStartedMembers);
+        }
+        Ok(())
+    }
+
+    fn raft_err(e: impl std::fmt::Display) -> ServerError {
+        ServerError::Internal(e.to_string())
+    }
+
+    /// Membership changes run on the leader.
+    async fn require_leader(&self) -> Result<(), ServerError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let (leader, _) = self.wait_for_leader(deadline).await?;
+        if leader != self.member_id {
+            return Err(ServerError::NotLeader);
+        }
+        Ok(())
+    }
+
+    pub async fn member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<PbMember, ServerError> {
+        self.require_leader().await?;
+        if peer_urls.is_empty() || peer_urls.iter().any(|u| url::Url::parse(u).is_err()) {
+            return Err(ServerError::InvalidMemberUrls);
+        }
+        let current = self.member_list();
+        if current.iter().any(|m| m.peer_ur_ls.iter().any(|u| peer_urls.contains(u))) {
+            return Err(ServerError::PeerUrlExists);
+        }
+        let id = member_id(&peer_urls, &self.cfg.initial_cluster_token);
+        if current.iter().any(|m| m.id == id) {
+            return Err(ServerError::MemberIdExists);
+        }
+        if is_learner && current.iter().any(|m| m.is_learner) {
+            return Err(ServerError::TooManyLearners);
+        }
+        if !is_learner {
+            let mut after: BTreeSet<u64> = current.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
+            after.insert(id);
+            self.check_quorum_after(&after)?;
+        }
+        let node = Member { name: String::new(), peer_urls: peer_urls.clone(), client_urls: Vec::new() };
+        self.raft.add_learner(id, node, false).await.map_err(Self::raft_err)?;
+        if !is_learner {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(Self::raft_err)?;
+        }
+        tracing::info!(member_id = %format!("{id:x}"), ?peer_urls, is_learner, "added member");
+        Ok(PbMember { id, name: String::new(), peer_ur_ls: peer_urls, client_ur_ls: Vec::new(), is_learner })
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<(), ServerError> {
+        self.require_leader().await?;
+        let current = self.member_list();
+        let Some(target) = current.iter().find(|m| m.id == id) else {
+            return Err(ServerError::MemberNotFound);
+        };
+        let change = if target.is_learner {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            let after: BTreeSet<u64> = current.iter().filter(|m| !m.is_learner && m.id != id).map(|m| m.id).collect();
+            self.check_quorum_after(&after)?;
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        };
+        // retain = false: a removed voter leaves the membership entirely.
+        self.raft.change_membership(change, false).await.map_err(Self::raft_err)?;
+        tracing::info!(member_id = %format!("{id:x}"), "removed member");
+        Ok(())
+    }
+
+    pub async fn member_promote(&self, id: u64) -> Result<(), ServerError> {
+        self.require_leader().await?;
+        let current = self.member_list();
+        match current.iter().find(|m| m.id == id) {
+            None => return Err(ServerError::MemberNotFound),
+            Some(m) if !m.is_learner => return Err(ServerError::NotLearner),
+            Some(_) => {}
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader_last = m.last_log_index.unwrap_or(0);
+        let matched =
+            m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index()).unwrap_or(0);
+        if (matched as f64) < leader_last as f64 * PROMOTE_READY_RATIO {
+            return Err(ServerError::LearnerNotReady);
+        }
+        let mut after: BTreeSet<u64> = current.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
+        after.insert(id);
+        self.check_quorum_after(&after)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(Self::raft_err)?;
+        tracing::info!(member_id = %format!("{id:x}"), "promoted learner");
+        Ok(())
+    }
+
+    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<(), ServerError> {
+        self.require_leader().await?;
+        if peer_urls.is_empty() || peer_urls.iter().any(|u| url::Url::parse(u).is_err()) {
+            return Err(ServerError::InvalidMemberUrls);
+        }
+        let current = self.member_list();
+        if !current.iter().any(|m| m.id == id) {
+            return Err(ServerError::MemberNotFound);
+        }
+        if current.iter().any(|m| m.id != id && m.peer_ur_ls.iter().any(|u| peer_urls.contains(u))) {
+            return Err(ServerError::PeerUrlExists);
+        }
+        let name = self.applier.member_attributes(id).map(|a| a.name).unwrap_or_default();
+        let node = Member { name, peer_urls, client_urls: Vec::new() };
+        self.raft
+            .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])), false)
+            .await
+            .map_err(Self::raft_err)?;
+        Ok(())
+    }
+}
