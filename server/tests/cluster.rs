@@ -32,6 +32,40 @@ async fn three_members_serve_every_client_and_survive_the_leader() {
     let (ok, table, err) = etcdctl(&eps, &["endpoint", "status", "-w", "table"], None);
     assert!(ok && table.matches("true").count() == 1, "exactly one leader: {table}{err}");
 
+    // move-leader hands leadership to another voter.
+    let before = leader(&members).await;
+    let target = (before + 1) % 3;
+    let (ok, status, err) = etcdctl(&members[target].endpoint, &["endpoint", "status", "-w", "json"], None);
+    assert!(ok, "{err}");
+    let target_id: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let target_hex = format!("{:x}", target_id[0]["Status"]["header"]["member_id"].as_u64().unwrap());
+    let (ok, out, err) = etcdctl(&eps, &["move-leader", &target_hex], None);
+    assert!(ok && out.contains("Leadership transferred"), "{out}{err}");
+    assert_eq!(leader(&members).await, target);
+    // MemberList carries every member's client URL (what the --cluster forms
+    // of etcdctl use; Debian's etcdctl 3.4 sends such a URL verbatim as the
+    // HTTP/2 authority, which kvd's HTTP/2 stack refuses, so they are not run here).
+    let mut want: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = etcdctl(&members[0].endpoint, &["member", "list", "-w", "json"], None);
+        assert!(ok, "{err}");
+        let ml: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut urls: Vec<String> = ml["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["clientURLs"][0].as_str().map(str::to_string))
+            .collect();
+        urls.sort();
+        if urls == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member list {urls:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Writers on every member while the leader is killed.
     let acked: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));

@@ -99,6 +99,42 @@ impl EtcdServer {
         Ok(encode(&resp).to_vec())
     }
 
+    /// Peer RPC: raft TransferLeader (this member is asked to take over).
+    pub async fn peer_transfer_leader(&self, data: &[u8]) -> Result<Vec<u8>, ServerError> {
+        let req = decode(data).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let resp = self.raft.handle_transfer_leader(req).await.map_err(|e| ServerError::Internal(e.to_string()))?;
+        Ok(encode(&resp).to_vec())
+    }
+
+    /// MoveLeader: hands leadership to `target`, a voter, and waits until it leads.
+    pub async fn move_leader(&self, target: u64) -> Result<(), ServerError> {
+        let deadline = Instant::now() + self.request_timeout();
+        let (leader, _) = self.wait_for_leader(deadline).await?;
+        if leader != self.member_id {
+            return Err(ServerError::NotLeader);
+        }
+        if target == self.member_id {
+            return Ok(());
+        }
+        let voters: Vec<u64> =
+            self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if !voters.contains(&target) {
+            return Err(ServerError::BadLeaderTransferee);
+        }
+        self.raft.trigger().transfer_leader(target).await.map_err(|e| ServerError::Internal(e.to_string()))?;
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow_watched().current_leader == Some(target) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ServerError::Stopped),
+                Err(_) => return Err(ServerError::Timeout),
+            }
+        }
+    }
+
     /// Peer RPC: a follower's client write, proposed here (on the leader).
     pub async fn peer_forward(&self, request: Vec<u8>) -> Result<(), ServerError> {
         if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {

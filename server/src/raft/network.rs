@@ -10,7 +10,10 @@ use kvd_api::kvdpeerpb::peer_client::PeerClient;
 use kvd_api::kvdpeerpb::{RaftPayload, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use tonic::transport::Channel;
@@ -20,6 +23,14 @@ use crate::metrics;
 
 /// Largest peer message accepted or sent (a batch of entries).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+
+/// The unary peer RPCs that carry openraft messages.
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    TransferLeader,
+}
 
 /// Makes one client per peer.
 pub struct PeerNetwork {
@@ -62,14 +73,20 @@ impl Peer {
         &mut self,
         req: &Req,
         option: &RPCOption,
-        vote: bool,
+        kind: Rpc,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let m = metrics::get();
         let to = metrics::ToLabel { To: format!("{:x}", self.target) };
         let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
         let payload = RaftPayload { cluster_id: self.cluster_id, data: encode(req).to_vec() };
         let sent = payload.data.len() as u64;
-        let fut = async { if vote { client.vote(payload).await } else { client.append_entries(payload).await } };
+        let fut = async {
+            match kind {
+                Rpc::Append => client.append_entries(payload).await,
+                Rpc::Vote => client.vote(payload).await,
+                Rpc::TransferLeader => client.transfer_leader(payload).await,
+            }
+        };
         let start = std::time::Instant::now();
         let res = tokio::time::timeout(option.hard_ttl(), fut).await;
         match &res {
@@ -106,7 +123,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, false).await
+        self.call(&rpc, &option, Rpc::Append).await
     }
 
     async fn vote(
@@ -114,7 +131,15 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, true).await
+        self.call(&rpc, &option, Rpc::Vote).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, &option, Rpc::TransferLeader).await
     }
 
     async fn full_snapshot(

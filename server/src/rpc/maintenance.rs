@@ -54,9 +54,9 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn move_leader(&self, _req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        // A single member has nobody to hand leadership to.
-        Err(Status::failed_precondition("etcdserver: bad leader transferee"))
+    async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.server.move_leader(req.into_inner().target_id).await?;
+        Ok(Response::new(MoveLeaderResponse { header: Some(self.server.header(0)) }))
     }
 
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {

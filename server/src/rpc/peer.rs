@@ -43,6 +43,13 @@ impl Peer for PeerService {
         Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
     }
 
+    async fn transfer_leader(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let data = self.server.peer_transfer_leader(&r.data).await?;
+        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
+    }
+
     async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
         let r = req.into_inner();
         self.check_cluster(r.cluster_id)?;
