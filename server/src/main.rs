@@ -70,6 +70,10 @@ async fn run(flags: Flags) -> Result<(), String> {
             Listener::Peer => kvd::rpc::peer_router(server.clone()),
         };
         info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), ?kind, "serving");
+        // No Nagle: small gRPC replies must not wait for a delayed ACK.
+        let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tasks.spawn(async move { axum::serve(l, router).await });
     }
     let stop = async {

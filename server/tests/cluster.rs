@@ -288,9 +288,16 @@ async fn learner_join_promote_and_remove_with_etcdctl() {
     let mut joined =
         common::Proc::member(&dir.path().join("m3"), ip, "m3", &peer, &ic, &["--initial-cluster-state", "existing"]);
     joined.ready_serializable().await;
-    // A learner serves serializable reads only.
-    let (ok, out, _) = etcdctl(&joined.endpoint, &["get", "before", "--consistency=s", "--print-value-only"], None);
-    assert!(ok && out.trim() == "join", "{out}");
+    // A learner serves serializable reads (once it has caught up) and nothing else.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, _) = etcdctl(&joined.endpoint, &["get", "before", "--consistency=s", "--print-value-only"], None);
+        if ok && out.trim() == "join" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner never caught up: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (ok, _, err) = etcdctl(&joined.endpoint, &["put", "k", "v"], None);
     assert!(!ok && err.contains("etcdserver: rpc not supported for learner"), "{err}");
 

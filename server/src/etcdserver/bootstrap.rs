@@ -234,6 +234,7 @@ impl EtcdServer {
             quota,
             log,
             wal,
+            peer_channels: Default::default(),
         }))
     }
 }

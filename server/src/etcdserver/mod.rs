@@ -90,6 +90,8 @@ pub struct EtcdServer {
     quota: Quota,
     log: LogStore,
     wal: Wal,
+    /// Channels to other members' peer services (forwarding, ReadIndex), by URL.
+    peer_channels: parking_lot::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
 }
 
 impl EtcdServer {

@@ -41,11 +41,21 @@ impl EtcdServer {
         }
     }
 
+    /// A client of `leader`'s peer service, over one long-lived channel per URL.
     pub(crate) fn peer_client(&self, leader: &Member) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
         let url = leader.peer_urls.first().ok_or(ServerError::NoLeader)?;
-        let ch = tonic::transport::Channel::from_shared(url.clone())
-            .map_err(|e| ServerError::Internal(format!("leader peer URL {url}: {e}")))?
-            .connect_lazy();
+        let mut channels = self.peer_channels.lock();
+        let ch = match channels.get(url) {
+            Some(ch) => ch.clone(),
+            None => {
+                let ch = tonic::transport::Channel::from_shared(url.clone())
+                    .map_err(|e| ServerError::Internal(format!("leader peer URL {url}: {e}")))?
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(url.clone(), ch.clone());
+                ch
+            }
+        };
         Ok(PeerClient::new(ch).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE))
     }
 

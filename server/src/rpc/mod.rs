@@ -62,6 +62,9 @@ pub fn metrics_router(server: Arc<EtcdServer>) -> axum::Router {
 /// Serves `router` on `addr` until the process stops.
 pub async fn serve(addr: SocketAddr, router: axum::Router) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router).await
 }
 
