@@ -340,3 +340,53 @@ async fn learner_join_promote_and_remove_with_etcdctl() {
     assert!(ok && out.trim() == "promote");
     joined.kill9();
 }
+
+/// Five members: the leader is killed twice in a row (two failures, quorum
+/// of three kept), writes go on, the whole cluster is then restarted, and
+/// every member has every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_survive_two_leader_kills_and_a_full_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = cluster(dir.path(), 5, 91);
+    for m in &members {
+        m.ready().await;
+    }
+    let mut written = Vec::new();
+    for round in 0..2 {
+        let l = leader(&members).await;
+        members[l].kill9();
+        let alive = members.iter().position(|m| m.child.is_some()).unwrap();
+        let mut kv = members[alive].kv().await;
+        for i in 0..20 {
+            let key = format!("r{round}/{i}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match kv.put(PutRequest { key: key.clone().into(), value: b"v".to_vec(), ..Default::default() }).await {
+                    Ok(_) => break,
+                    Err(e) => assert!(Instant::now() < deadline, "writes stopped after losing a leader: {e:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            written.push(key);
+        }
+    }
+    // Full restart: every member killed, then all started again.
+    for m in members.iter_mut() {
+        m.kill9();
+    }
+    for m in members.iter_mut() {
+        m.restart();
+    }
+    for m in &members {
+        m.ready().await;
+        let mut kv = m.kv().await;
+        let r = kv
+            .range(RangeRequest { key: b"r".to_vec(), range_end: b"s".to_vec(), ..Default::default() })
+            .await
+            .unwrap();
+        let keys: Vec<String> = r.into_inner().kvs.into_iter().map(|kv| String::from_utf8(kv.key).unwrap()).collect();
+        let mut want = written.clone();
+        want.sort();
+        assert_eq!(keys, want, "{} after the full restart", m.endpoint);
+    }
+}
