@@ -390,3 +390,52 @@ async fn five_members_survive_two_leader_kills_and_a_full_restart() {
         assert_eq!(keys, want, "{} after the full restart", m.endpoint);
     }
 }
+
+/// etcd's strict reconfiguration check refuses a voter that would leave the
+/// started members without quorum; removing the leader itself works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_reconfig_check_and_removing_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = cluster(dir.path(), 3, 111);
+    for m in &members {
+        m.ready().await;
+    }
+    let l = leader(&members).await;
+    // One follower down: 2 of 3 started. Adding a voter makes 4 voters (quorum 3): refused.
+    let down = (l + 1) % 3;
+    members[down].kill9();
+    // Past an election timeout (500 ms here) without heartbeats, it no longer counts as started.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (ok, _, err) =
+        etcdctl(&members[l].endpoint, &["member", "add", "x", "--peer-urls=http://127.0.0.119:2380"], None);
+    assert!(!ok && err.contains("etcdserver: re-configuration failed due to not enough started members"), "{err}");
+    // A learner does not change the quorum: allowed.
+    let (ok, _, err) = etcdctl(
+        &members[l].endpoint,
+        &["member", "add", "x", "--peer-urls=http://127.0.0.119:2380", "--learner"],
+        None,
+    );
+    assert!(ok, "{err}");
+    members[down].restart();
+    members[down].ready().await;
+
+    // Remove the leader through itself; the others elect a new one and go on.
+    let (ok, out, err) = etcdctl(&members[l].endpoint, &["endpoint", "status", "-w", "json"], None);
+    assert!(ok, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let leader_hex = format!("{:x}", st[0]["Status"]["header"]["member_id"].as_u64().unwrap());
+    let (ok, _, err) = etcdctl(&members[l].endpoint, &["member", "remove", &leader_hex], None);
+    assert!(ok, "{err}");
+    let rest: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, _, _) = etcdctl(&members[rest[0]].endpoint, &["put", "after-removal", "ok"], None);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no writes after removing the leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out, _) = etcdctl(&members[rest[1]].endpoint, &["member", "list"], None);
+    assert!(ok && !out.contains(&leader_hex), "{out}");
+}

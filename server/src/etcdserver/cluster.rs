@@ -108,14 +108,17 @@ impl EtcdServer {
             .collect()
     }
 
-    /// Voters that the leader currently reaches (itself included).
+    /// Voters that acknowledged the leader's heartbeat within an election
+    /// timeout (itself included): the members etcd calls "started".
     fn started_voters(&self) -> BTreeSet<u64> {
+        use openraft::Instant as _;
         let m = self.raft.metrics().borrow_watched().clone();
         let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let fresh = Duration::from_millis(self.cfg.election_timeout_ms);
         let mut started: BTreeSet<u64> = BTreeSet::from([self.member_id]);
-        if let Some(rep) = &m.replication {
-            for (id, matched) in rep {
-                if matched.is_some() && voters.contains(id) {
+        if let Some(hb) = &m.heartbeat {
+            for (id, acked) in hb {
+                if voters.contains(id) && acked.as_ref().is_some_and(|t| t.elapsed() < fresh) {
                     started.insert(*id);
                 }
             }
