@@ -235,6 +235,7 @@ impl EtcdServer {
             log,
             wal,
             peer_channels: Default::default(),
+            learner: Default::default(),
         }))
     }
 }

@@ -84,8 +84,13 @@ impl EtcdServer {
     }
 
     /// True when this member is a learner (in the membership, not a voter).
+    /// Read on every request, so it is a flag the metrics watcher keeps current.
     pub fn is_learner(&self) -> bool {
-        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        self.learner.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the membership in `m` makes this member a learner.
+    pub(crate) fn learner_in(&self, m: &crate::raft::StoredMembership) -> bool {
         m.membership().get_node(&self.member_id).is_some() && !m.membership().voter_ids().any(|v| v == self.member_id)
     }
 

@@ -90,6 +90,8 @@ pub struct EtcdServer {
     quota: Quota,
     log: LogStore,
     wal: Wal,
+    /// Whether this member is a learner, kept current from raft's metrics.
+    learner: std::sync::atomic::AtomicBool,
     /// Channels to other members' peer services (forwarding, ReadIndex), by URL.
     peer_channels: parking_lot::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
 }
@@ -170,6 +172,9 @@ impl EtcdServer {
     /// the process when raft has stopped on a fatal error.
     pub fn watch_leader(self: &Arc<Self>) {
         let mut rx = self.raft.metrics();
+        let s = self.clone();
+        let learner = s.learner_in(&rx.borrow_watched().membership_config);
+        s.learner.store(learner, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let mut last = None;
             while rx.changed().await.is_ok() {
@@ -181,7 +186,11 @@ impl EtcdServer {
                     tracing::error!(error = %fatal, "raft stopped; exiting");
                     std::process::exit(1);
                 }
-                let leader = rx.borrow_watched().current_leader;
+                let (leader, learner) = {
+                    let m = rx.borrow_watched();
+                    (m.current_leader, s.learner_in(&m.membership_config))
+                };
+                s.learner.store(learner, std::sync::atomic::Ordering::Relaxed);
                 if leader != last {
                     if leader.is_some() {
                         crate::metrics::get().leader_changes.inc();
