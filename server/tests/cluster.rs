@@ -439,3 +439,62 @@ async fn strict_reconfig_check_and_removing_the_leader() {
     let (ok, out, _) = etcdctl(&members[rest[1]].endpoint, &["member", "list"], None);
     assert!(ok && !out.contains(&leader_hex), "{out}");
 }
+
+/// A learner added after the log was purged catches up through a snapshot;
+/// a member's data dir started with another cluster's flags is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_learner_catches_up_by_snapshot_and_foreign_data_dirs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--snapshot-count", "20", "--experimental-snapshot-catchup-entries", "5"];
+    let mut members = cluster_with(dir.path(), 3, 121, &flags);
+    for m in &members {
+        m.ready().await;
+    }
+    let l = leader(&members).await;
+    let mut kv = members[l].kv().await;
+    for i in 0..100 {
+        kv.put(PutRequest { key: format!("k{i:03}").into(), value: b"v".to_vec(), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    let ip = "127.0.0.124";
+    let peer = format!("http://{ip}:{}", std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port());
+    let (ok, _, err) =
+        etcdctl(&members[l].endpoint, &["member", "add", "m3", &format!("--peer-urls={peer}"), "--learner"], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = etcdctl(&members[l].endpoint, &["member", "list", "-w", "json"], None);
+    assert!(ok, "{err}");
+    let ml: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ic = ml["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("m3");
+            format!("{name}={}", m["peerURLs"][0].as_str().unwrap())
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut extra = flags.to_vec();
+    extra.extend(["--initial-cluster-state", "existing", "--log-level", "info"]);
+    let learner = common::Proc::member(&dir.path().join("m3"), ip, "m3", &peer, &ic, &extra);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, _) = etcdctl(&learner.endpoint, &["get", "k099", "--consistency=s", "--print-value-only"], None);
+        if ok && out.trim() == "v" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(learner.log_text().contains("installed snapshot from the leader"), "caught up without a snapshot?");
+
+    // A member's data dir restarted with another cluster's token: refused.
+    let victim = (l + 1) % 3;
+    members[victim].kill9();
+    let data = members[victim].data_dir.clone();
+    let mut foreign = common::Proc::kvd(&data, &["--initial-cluster-token", "another-cluster"]);
+    let st = foreign.wait_exit(Duration::from_secs(20)).expect("a foreign data dir must be refused");
+    assert!(!st.success());
+    assert!(foreign.log_text().contains("data dir belongs to member"), "{}", foreign.log_text());
+}
