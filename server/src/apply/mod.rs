@@ -263,16 +263,3 @@ fn start_compactor(store: Arc<KvStore>) -> std::io::Result<std::sync::mpsc::Send
     })?;
     Ok(tx)
 }
-
-/// The response header revision for results that carry one.
-pub fn output_revision(o: &ApplyOutput) -> i64 {
-    let h = match o {
-        ApplyOutput::Put(r) => &r.header,
-        ApplyOutput::DeleteRange(r) => &r.header,
-        ApplyOutput::Txn(r) => &r.header,
-        ApplyOutput::Compaction(r, _) => &r.header,
-        ApplyOutput::Alarm(r) => &r.header,
-        ApplyOutput::None => &None,
-    };
-    h.as_ref().map(|h| h.revision).unwrap_or(0)
-}

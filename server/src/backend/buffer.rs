@@ -57,19 +57,6 @@ impl Buffer {
         self.tables.get(&t)?.get(k).cloned()
     }
 
-    /// Buffered entries of `t` with keys in `[start, end)`.
-    pub fn range<'a>(
-        &'a self,
-        t: Table,
-        start: &'a [u8],
-        end: &'a [u8],
-    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Bytes>)> + 'a {
-        self.tables
-            .get(&t)
-            .into_iter()
-            .flat_map(move |m| m.range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Excluded(end))))
-    }
-
     /// Adds `newer`'s writes on top of this buffer's (newer wins per key).
     pub fn absorb(&mut self, newer: Buffer) {
         for (t, m) in newer.tables {

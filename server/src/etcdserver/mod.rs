@@ -110,10 +110,6 @@ impl EtcdServer {
         &self.raft
     }
 
-    pub fn quota(&self) -> &Quota {
-        &self.quota
-    }
-
     /// A response header as etcd fills it: cluster, member, term, revision.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         let term = self.raft.metrics().borrow_watched().current_term;

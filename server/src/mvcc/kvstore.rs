@@ -173,18 +173,22 @@ impl KvStore {
         if opts.count_only {
             return Ok(RangeResult { kvs: Vec::new(), count, rev: cur });
         }
-        let rev_keys: Vec<Vec<u8>> = keys.iter().map(|(_, a)| a.modified.to_key(false)).collect();
-        let mut values = vec![None; rev_keys.len()];
-        let mut remote = Vec::new();
-        for (i, k) in rev_keys.iter().enumerate() {
-            match local(k) {
+        // Values this caller wrote but has not published come from `local`;
+        // the rest from the backend, in one batch, each key encoded once.
+        let mut values = vec![None; keys.len()];
+        let (mut remote_at, mut remote_keys) = (Vec::new(), Vec::new());
+        for (i, (_, a)) in keys.iter().enumerate() {
+            let k = a.modified.to_key(false);
+            match local(&k) {
                 Some(v) => values[i] = Some(v),
-                None => remote.push(i),
+                None => {
+                    remote_at.push(i);
+                    remote_keys.push(k);
+                }
             }
         }
-        if !remote.is_empty() {
-            let ks: Vec<Vec<u8>> = remote.iter().map(|&i| rev_keys[i].clone()).collect();
-            for (i, v) in remote.into_iter().zip(self.backend.get_many(Table::Key, &ks)?) {
+        if !remote_keys.is_empty() {
+            for (i, v) in remote_at.into_iter().zip(self.backend.get_many(Table::Key, &remote_keys)?) {
                 values[i] = v;
             }
         }

@@ -60,7 +60,6 @@ impl WalError {
 #[derive(Clone)]
 pub struct Wal {
     tx: Sender<Op>,
-    dir: PathBuf,
 }
 
 impl Wal {
@@ -143,7 +142,7 @@ impl Wal {
             .name("kvd-wal".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| WalError::io(dir, e))?;
-        Ok((Wal { tx, dir: dir.to_path_buf() }, replay))
+        Ok((Wal { tx }, replay))
     }
 
     /// Appends `records`; `done` runs once they are durable.
@@ -188,21 +187,12 @@ impl Wal {
         rx.await.unwrap_or(Err(WalError::Closed))
     }
 
-    /// Convenience for one entry record.
-    pub fn entry(index: u64, data: Bytes) -> Record {
-        Record::Entry { index, data }
-    }
-
     /// Flushes and stops the writer thread.
     pub fn close(&self) {
         let (tx, rx) = sync_channel(1);
         if self.tx.send(Op::Close(tx)).is_ok() {
             let _ = rx.recv();
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

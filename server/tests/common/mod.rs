@@ -33,6 +33,29 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Spawns `bin` with `args`; the log goes next to `data_dir`.
+    fn start(
+        bin: PathBuf,
+        endpoint: String,
+        client_port: u16,
+        data_dir: &Path,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+    ) -> Proc {
+        let mut p = Proc {
+            child: None,
+            endpoint,
+            client_port,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            args,
+            envs,
+            bin,
+        };
+        p.spawn();
+        p
+    }
+
     /// Starts kvd with `extra` flags on fresh ports, data in `data_dir`.
     pub fn kvd(data_dir: &Path, extra: &[&str]) -> Proc {
         Self::kvd_with_env(data_dir, extra, &[])
@@ -67,18 +90,7 @@ impl Proc {
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
-        let mut p = Proc {
-            child: None,
-            endpoint: client,
-            client_port: cp,
-            data_dir: data_dir.to_path_buf(),
-            log: data_dir.with_extension("log"),
-            args,
-            envs: Vec::new(),
-            bin: kvd_bin(),
-        };
-        p.spawn();
-        p
+        Proc::start(kvd_bin(), client, cp, data_dir, args, Vec::new())
     }
 
     /// Like [`kvd`](Self::kvd), with extra environment variables.
@@ -98,18 +110,14 @@ impl Proc {
             "http://127.0.0.1:2380".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut p = Proc {
-            child: None,
-            endpoint: format!("http://127.0.0.1:{cp}"),
-            client_port: cp,
-            data_dir: data_dir.to_path_buf(),
-            log: data_dir.with_extension("log"),
+        Proc::start(
+            kvd_bin(),
+            format!("http://127.0.0.1:{cp}"),
+            cp,
+            data_dir,
             args,
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            bin: kvd_bin(),
-        };
-        p.spawn();
-        p
+            envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        )
     }
 
     /// Starts the real etcd from Debian on fresh ports.
@@ -136,18 +144,7 @@ impl Proc {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut p = Proc {
-            child: None,
-            endpoint: format!("http://127.0.0.1:{cp}"),
-            client_port: cp,
-            data_dir: data_dir.to_path_buf(),
-            log: data_dir.with_extension("log"),
-            args,
-            envs: Vec::new(),
-            bin: PathBuf::from("etcd"),
-        };
-        p.spawn();
-        p
+        Proc::start(PathBuf::from("etcd"), format!("http://127.0.0.1:{cp}"), cp, data_dir, args, Vec::new())
     }
 
     fn spawn(&mut self) {
