@@ -43,8 +43,7 @@ async fn three_members_serve_every_client_and_survive_the_leader() {
     assert!(ok && out.contains("Leadership transferred"), "{out}{err}");
     assert_eq!(leader(&members).await, target);
     // MemberList carries every member's client URL (what the --cluster forms
-    // of etcdctl use; Debian's etcdctl 3.4 sends such a URL verbatim as the
-    // HTTP/2 authority, which kvd's HTTP/2 stack refuses, so they are not run here).
+    // of etcdctl use; checked below).
     let mut want: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
     want.sort();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -65,6 +64,22 @@ async fn three_members_serve_every_client_and_survive_the_leader() {
         assert!(Instant::now() < deadline, "member list {urls:?}, want {want:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The --cluster forms reach every member through MemberList's client URLs.
+    let (ok, out, err) = etcdctl(&members[0].endpoint, &["endpoint", "status", "--cluster", "-w", "json"], None);
+    assert!(ok, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut seen: Vec<String> = st.as_array().unwrap().iter().map(|e| e["Endpoint"].as_str().unwrap().into()).collect();
+    seen.sort();
+    assert_eq!(seen, want);
+    let leaders: Vec<u64> = st.as_array().unwrap().iter().map(|e| e["Status"]["leader"].as_u64().unwrap()).collect();
+    assert!(leaders.iter().all(|l| *l == leaders[0] && *l != 0), "{out}");
+    let (ok, out, err) = etcdctl(&members[1].endpoint, &["endpoint", "hashkv", "--cluster", "-w", "json"], None);
+    assert!(ok, "{err}");
+    let hk: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hashes: Vec<u64> = hk.as_array().unwrap().iter().map(|e| e["HashKV"]["hash"].as_u64().unwrap()).collect();
+    assert_eq!(hashes.len(), 3);
+    let (ok, out, err) = etcdctl(&members[2].endpoint, &["endpoint", "health", "--cluster"], None);
+    assert!(ok && out.matches("is healthy").count() + err.matches("is healthy").count() == 3, "{out}{err}");
 
     // Writers on every member while the leader is killed.
     let acked: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
@@ -275,7 +290,7 @@ async fn learner_join_promote_and_remove_with_etcdctl() {
     let peer = format!("http://{ip}:{}", std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port());
     let (ok, out, err) = etcdctl(via, &["member", "add", "m3", &format!("--peer-urls={peer}"), "--learner"], None);
     assert!(ok, "{err}");
-    assert!(out.contains("added to cluster"), "{out}");
+    assert!(out.contains("added as learner to cluster"), "{out}");
     let (ok, _, err) = etcdctl(via, &["member", "add", "dup", &format!("--peer-urls={peer}")], None);
     assert!(!ok && err.contains("etcdserver: Peer URLs already exists"), "{err}");
 

@@ -103,7 +103,7 @@ impl Drop for Member {
 
 /// etcdctl from the root namespace (over the bridge).
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("etcdctl")
+    let out = Command::new(common::etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
         .arg("--command-timeout=3s")
@@ -117,7 +117,9 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
 /// etcdctl from inside member `i`'s namespace (the isolated side).
 fn etcdctl_in(net: &Net, i: usize, args: &[&str]) -> (bool, String) {
     let out = Command::new("ip")
-        .args(["netns", "exec", &net.ns(i), "etcdctl", &format!("--endpoints={}:2379", Net::addr(i))])
+        .args(["netns", "exec", &net.ns(i)])
+        .arg(common::etcdctl_bin())
+        .arg(format!("--endpoints={}:2379", Net::addr(i)))
         .args(["--command-timeout=3s"])
         .args(args)
         .env("ETCDCTL_API", "3")

@@ -259,24 +259,27 @@ impl Drop for Proc {
     }
 }
 
+/// The etcdctl that scripts/install-deps builds from its pinned Go module
+/// (`KVD_ETCDCTL` overrides it).
+pub fn etcdctl_bin() -> PathBuf {
+    std::env::var_os("KVD_ETCDCTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/etcdctl"))
+}
+
 /// Runs etcdctl against `endpoint` (or a comma-separated list) and returns
 /// (success, stdout, stderr).
 pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
-    let mut cmd = Command::new("etcdctl");
+    let mut cmd = Command::new(etcdctl_bin());
     cmd.env("ETCDCTL_API", "3")
-        // etcdctl 3.4 sends "http://host:port" verbatim as the HTTP/2 :authority
-        // when given a URL, which hyper (rightly) refuses; give it host:port.
-        .arg(format!(
-            "--endpoints={}",
-            endpoint.split(',').map(|e| e.trim_start_matches("http://")).collect::<Vec<_>>().join(",")
-        ))
+        .arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=15s")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("etcdctl is installed by scripts/install-deps");
+    let mut child = cmd.spawn().expect("etcdctl is built into .tools/bin by scripts/install-deps");
     if let Some(input) = stdin {
         child.stdin.as_mut().unwrap().write_all(input.as_bytes()).unwrap();
     }
