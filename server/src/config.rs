@@ -66,6 +66,9 @@ pub struct Flags {
     /// Entries kept behind a raft snapshot for slow followers to catch up.
     #[arg(long, env = "KVD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
     pub experimental_snapshot_catchup_entries: u64,
+    /// How often watchers that asked for progress notifications get one.
+    #[arg(long, env = "KVD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub experimental_watch_progress_notify_interval: Duration,
     /// Additional URLs serving /metrics and the health endpoints.
     #[arg(long, env = "KVD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
@@ -188,6 +191,7 @@ impl Flags {
             backend_batch_limit: self.backend_batch_limit,
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
+            watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
         })
     }
 }

@@ -3,11 +3,14 @@
 //! A write crosses the layers in this order (see ARCHITECTURE.md):
 //! [`rpc`] → [`quota`] → [`etcdserver`] (preflight, proposal) → [`proposal`]
 //! → [`raft`] → [`wal`] → [`apply`] → [`mvcc`] → [`backend`].
+//! Beside apply: [`lease`] (the lessor apply grants and revokes with) and
+//! [`watch`] (apply hands it each revision's events).
 
 pub mod apply;
 pub mod backend;
 pub mod config;
 pub mod etcdserver;
+pub mod lease;
 pub mod metrics;
 pub mod mvcc;
 pub mod proposal;
@@ -17,3 +20,4 @@ pub mod rpc;
 pub mod snapshot;
 pub mod telemetry;
 pub mod wal;
+pub mod watch;

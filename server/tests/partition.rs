@@ -104,7 +104,6 @@ impl Drop for Member {
 /// etcdctl from the root namespace (over the bridge).
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(common::etcdctl_bin())
-        .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
         .arg("--command-timeout=3s")
         .args(args)
@@ -122,7 +121,6 @@ fn etcdctl_in(net: &Net, i: usize, args: &[&str]) -> (bool, String) {
         .arg(format!("--endpoints={}:2379", Net::addr(i)))
         .args(["--command-timeout=3s"])
         .args(args)
-        .env("ETCDCTL_API", "3")
         .stdin(Stdio::null())
         .output()
         .unwrap();

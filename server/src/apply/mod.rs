@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kvd_api::etcdserverpb::{
-    AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse, InternalRaftRequest, PutResponse,
-    ResponseHeader, TxnResponse,
+    AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse, InternalRaftRequest, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
 use kvd_api::membershippb::Attributes;
 use prost::Message;
@@ -25,8 +25,10 @@ use tokio::sync::oneshot;
 use tracing::{info_span, warn};
 
 use crate::backend::Table;
+use crate::lease::{LeaseError, Lessor, lease_key, lease_value};
 use crate::metrics;
 use crate::mvcc::{KvStore, MvccError, meta};
+use crate::watch::WatchHub;
 pub use alarm::AlarmStore;
 
 /// Errors raised while applying an entry; they are the entry's result, not failures of apply.
@@ -38,6 +40,10 @@ pub enum ApplyError {
     KeyNotFound,
     #[error("lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("mvcc: database space exceeded")]
     NoSpace,
     #[error("etcdserver: not capable")]
@@ -63,6 +69,8 @@ pub enum ApplyOutput {
     /// The receiver fires when the physical compaction is done.
     Compaction(CompactionResponse, oneshot::Receiver<()>),
     Alarm(AlarmResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     /// Entries without a client result (blank, membership).
     None,
 }
@@ -77,19 +85,35 @@ pub struct Applier {
     /// Physical compactions run one at a time, in order, on one thread.
     compactor: std::sync::mpsc::Sender<(i64, oneshot::Sender<()>)>,
     alarms: Arc<AlarmStore>,
+    lessor: Arc<Lessor>,
+    watch: Arc<WatchHub>,
     /// Index of the last applied entry, plus one (0 = nothing applied yet:
     /// openraft's log starts at index 0).
     applied_next: AtomicU64,
 }
 
 impl Applier {
-    pub fn new(store: Arc<KvStore>, alarms: Arc<AlarmStore>) -> Result<Self, MvccError> {
+    pub fn new(
+        store: Arc<KvStore>,
+        alarms: Arc<AlarmStore>,
+        lessor: Arc<Lessor>,
+        watch: Arc<WatchHub>,
+    ) -> Result<Self, MvccError> {
         let ci = store.backend().get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
         let compactor = start_compactor(store.clone()).map_err(|e| {
             MvccError::Backend(crate::backend::BackendError::Storage(format!("cannot start the compactor: {e}")))
         })?;
         let members = parking_lot::RwLock::new(load_members(store.backend())?);
-        Ok(Self { store, members, compactor, alarms, applied_next: AtomicU64::new(ci.map(|i| i + 1).unwrap_or(0)) })
+        lessor.load(store.backend(), &store)?;
+        Ok(Self {
+            store,
+            members,
+            compactor,
+            alarms,
+            lessor,
+            watch,
+            applied_next: AtomicU64::new(ci.map(|i| i + 1).unwrap_or(0)),
+        })
     }
 
     /// The index of the last applied entry (0 before anything was applied).
@@ -121,9 +145,11 @@ impl Applier {
         )?;
         self.store.reload()?;
         self.alarms.reload(be)?;
+        self.lessor.load(be, &self.store)?;
         *self.members.write() = load_members(be)?;
         let ci = be.get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
         self.applied_next.store(ci.map(|i| i + 1).unwrap_or(0), Ordering::SeqCst);
+        self.watch.reset();
         tracing::info!(consistent_index = ci, revision = self.store.rev(), "installed snapshot from the leader");
         Ok(())
     }
@@ -144,6 +170,10 @@ impl Applier {
         let _span = info_span!("apply", index, term).entered();
         let start = Instant::now();
         let mut w = self.store.write();
+        let collect = self.watch.has_watchers();
+        if collect {
+            w.collect_events();
+        }
         for (k, v) in extra {
             w.put_extra(Table::Meta, k, Some(v));
         }
@@ -164,8 +194,9 @@ impl Applier {
                 w.put_extra(Table::Alarm, k, v);
             }
         }
-        w.end(index, term);
+        let (rev, events) = w.end(index, term);
         self.applied_next.store(index + 1, Ordering::SeqCst);
+        self.watch.notify(rev, collect.then_some(events));
         let out = match (out, compaction) {
             (Ok(ApplyOutput::Compaction(resp, _)), Some(rev)) => {
                 Ok(ApplyOutput::Compaction(resp, self.spawn_physical_compaction(rev)))
@@ -191,16 +222,16 @@ impl Applier {
             if nospace {
                 return Err(ApplyError::NoSpace);
             }
-            return txn::put(w, p).map(ApplyOutput::Put);
+            return txn::put(w, &self.lessor, p).map(ApplyOutput::Put);
         }
         if let Some(d) = &r.delete_range {
-            return txn::delete_range(w, d).map(ApplyOutput::DeleteRange);
+            return txn::delete_range(w, &self.lessor, d).map(ApplyOutput::DeleteRange);
         }
         if let Some(t) = &r.txn {
             if nospace && crate::quota::txn_cost(t) > 0 {
                 return Err(ApplyError::NoSpace);
             }
-            return txn::txn(w, t).map(ApplyOutput::Txn);
+            return txn::txn(w, &self.lessor, t).map(ApplyOutput::Txn);
         }
         if let Some(c) = &r.compaction {
             w.schedule_compaction(c.revision)?;
@@ -218,8 +249,23 @@ impl Applier {
             self.members.write().insert(m.member_id, attrs);
             return Ok(ApplyOutput::None);
         }
-        if r.lease_grant.is_some() && nospace {
-            return Err(ApplyError::NoSpace);
+        if let Some(g) = &r.lease_grant {
+            if nospace {
+                return Err(ApplyError::NoSpace);
+            }
+            let ttl = self.lessor.grant(g.id, g.ttl).map_err(|e| match e {
+                LeaseError::Exists => ApplyError::LeaseExists,
+                LeaseError::TtlTooLarge => ApplyError::LeaseTtlTooLarge,
+                LeaseError::NotFound | LeaseError::NotPrimary => ApplyError::LeaseNotFound,
+            })?;
+            w.put_extra(Table::Lease, lease_key(g.id), Some(lease_value(ttl)));
+            let header = Some(ResponseHeader { revision: w.rev(), ..Default::default() });
+            return Ok(ApplyOutput::LeaseGrant(LeaseGrantResponse { header, id: g.id, ttl, error: String::new() }));
+        }
+        if let Some(rv) = &r.lease_revoke {
+            let resp = txn::lease_revoke(w, &self.lessor, rv.id)?;
+            w.put_extra(Table::Lease, lease_key(rv.id), None);
+            return Ok(ApplyOutput::LeaseRevoke(resp));
         }
         Err(ApplyError::NotCapable)
     }

@@ -6,24 +6,24 @@ use kvd_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use kvd_api::etcdserverpb::request_op::Request;
 use kvd_api::etcdserverpb::response_op::Response;
 use kvd_api::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseRevokeResponse, PutRequest, PutResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use kvd_api::mvccpb::KeyValue;
 
 use super::ApplyError;
 use super::range::{check_range, execute_range};
 use super::view::{View, WriteView};
+use crate::lease::Lessor;
 use crate::mvcc::{RangeEnd, RangeOptions};
 
 fn header(rev: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader { revision: rev, ..Default::default() })
 }
 
-/// The lease a put may name must exist. Leases arrive with the lease layer;
-/// until then every non-zero lease is unknown.
-fn check_lease(p: &PutRequest) -> Result<(), ApplyError> {
-    if p.lease != 0 {
+/// The lease a put names must exist.
+fn check_lease(leases: &Lessor, p: &PutRequest) -> Result<(), ApplyError> {
+    if p.lease != 0 && !leases.exists(p.lease) {
         return Err(ApplyError::LeaseNotFound);
     }
     Ok(())
@@ -41,19 +41,19 @@ fn prev_kv(view: &dyn View, p: &PutRequest) -> Result<Option<KeyValue>, ApplyErr
     Ok(prev)
 }
 
-fn check_put(view: &dyn View, p: &PutRequest) -> Result<(), ApplyError> {
-    check_lease(p)?;
+fn check_put(view: &dyn View, leases: &Lessor, p: &PutRequest) -> Result<(), ApplyError> {
+    check_lease(leases, p)?;
     prev_kv(view, p).map(|_| ())
 }
 
 /// Applies a Put.
-pub fn put(w: &mut dyn WriteView, p: &PutRequest) -> Result<PutResponse, ApplyError> {
-    check_lease(p)?;
+pub fn put(w: &mut dyn WriteView, leases: &Lessor, p: &PutRequest) -> Result<PutResponse, ApplyError> {
+    check_lease(leases, p)?;
     let prev = prev_kv(w, p)?;
-    Ok(put_checked(w, p, prev))
+    Ok(put_checked(w, leases, p, prev))
 }
 
-fn put_checked(w: &mut dyn WriteView, p: &PutRequest, prev: Option<KeyValue>) -> PutResponse {
+fn put_checked(w: &mut dyn WriteView, leases: &Lessor, p: &PutRequest, prev: Option<KeyValue>) -> PutResponse {
     let value = match (&prev, p.ignore_value) {
         (Some(kv), true) => kv.value.as_slice(),
         _ => p.value.as_slice(),
@@ -63,15 +63,33 @@ fn put_checked(w: &mut dyn WriteView, p: &PutRequest, prev: Option<KeyValue>) ->
         _ => p.lease,
     };
     let rev = w.put(&p.key, value, lease);
+    leases.attach(&p.key, lease);
     PutResponse { header: header(rev), prev_kv: if p.prev_kv { prev } else { None } }
 }
 
 /// Applies a DeleteRange.
-pub fn delete_range(w: &mut dyn WriteView, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, ApplyError> {
+pub fn delete_range(
+    w: &mut dyn WriteView,
+    leases: &Lessor,
+    d: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, ApplyError> {
     let end = RangeEnd::from_request(&d.range_end);
     let prev_kvs = if d.prev_kv { w.range(&d.key, end, RangeOptions::default())?.kvs } else { Vec::new() };
     let deleted = w.delete_range(&d.key, end);
-    Ok(DeleteRangeResponse { header: header(w.rev()), deleted, prev_kvs })
+    for k in &deleted {
+        leases.detach(k);
+    }
+    Ok(DeleteRangeResponse { header: header(w.rev()), deleted: deleted.len() as i64, prev_kvs })
+}
+
+/// Applies a LeaseRevoke: the lease's keys are deleted in one revision.
+pub fn lease_revoke(w: &mut dyn WriteView, leases: &Lessor, id: i64) -> Result<LeaseRevokeResponse, ApplyError> {
+    let mut keys = leases.revoke(id).map_err(|_| ApplyError::LeaseNotFound)?;
+    keys.sort();
+    for k in keys {
+        w.delete_range(&k, RangeEnd::Single);
+    }
+    Ok(LeaseRevokeResponse { header: header(w.rev()) })
 }
 
 /// True when no op (recursively) writes.
@@ -170,16 +188,22 @@ enum Check {
 /// Checks the ops on the chosen path before anything runs: etcd 3.5 checks
 /// every put first (lease, ignore_* on a missing key), then every range
 /// (compacted or future revision).
-fn check_path(view: &dyn View, t: &TxnRequest, path: &[bool], pass: Check) -> Result<usize, ApplyError> {
+fn check_path(
+    view: &dyn View,
+    leases: &Lessor,
+    t: &TxnRequest,
+    path: &[bool],
+    pass: Check,
+) -> Result<usize, ApplyError> {
     let mut used = 0;
     let ops = if path[0] { &t.success } else { &t.failure };
     let mut rest = &path[1..];
     for op in ops {
         match &op.request {
             Some(Request::RequestRange(r)) if pass == Check::Ranges => check_range(view, r)?,
-            Some(Request::RequestPut(p)) if pass == Check::Puts => check_put(view, p)?,
+            Some(Request::RequestPut(p)) if pass == Check::Puts => check_put(view, leases, p)?,
             Some(Request::RequestTxn(nested)) => {
-                let n = check_path(view, nested, rest, pass)?;
+                let n = check_path(view, leases, nested, rest, pass)?;
                 used += n + 1;
                 rest = &rest[n + 1..];
             }
@@ -191,19 +215,25 @@ fn check_path(view: &dyn View, t: &TxnRequest, path: &[bool], pass: Check) -> Re
 
 /// Runs a validated txn. `w` is a write view for txns that write; read-only
 /// txns may pass a view whose writes are never called.
-pub fn txn(w: &mut dyn WriteView, t: &TxnRequest) -> Result<TxnResponse, ApplyError> {
+pub fn txn(w: &mut dyn WriteView, leases: &Lessor, t: &TxnRequest) -> Result<TxnResponse, ApplyError> {
     let mut path = Vec::new();
     compare_path(w, t, &mut path);
-    check_path(w, t, &path, Check::Puts)?;
-    check_path(w, t, &path, Check::Ranges)?;
+    check_path(w, leases, t, &path, Check::Puts)?;
+    check_path(w, leases, t, &path, Check::Ranges)?;
     let mut resp = TxnResponse::default();
-    execute(w, t, &path, &mut resp)?;
+    execute(w, leases, t, &path, &mut resp)?;
     // Only the outermost response carries the revision (nested ones stay zero, as in etcd).
     resp.header = header(w.rev());
     Ok(resp)
 }
 
-fn execute(w: &mut dyn WriteView, t: &TxnRequest, path: &[bool], resp: &mut TxnResponse) -> Result<usize, ApplyError> {
+fn execute(
+    w: &mut dyn WriteView,
+    leases: &Lessor,
+    t: &TxnRequest,
+    path: &[bool],
+    resp: &mut TxnResponse,
+) -> Result<usize, ApplyError> {
     let succeeded = path[0];
     let ops: &[RequestOp] = if succeeded { &t.success } else { &t.failure };
     let mut rest = &path[1..];
@@ -214,12 +244,12 @@ fn execute(w: &mut dyn WriteView, t: &TxnRequest, path: &[bool], resp: &mut TxnR
             Some(Request::RequestRange(r)) => Some(Response::ResponseRange(execute_range(w, r)?)),
             Some(Request::RequestPut(p)) => {
                 let prev = prev_kv(w, p)?;
-                Some(Response::ResponsePut(put_checked(w, p, prev)))
+                Some(Response::ResponsePut(put_checked(w, leases, p, prev)))
             }
-            Some(Request::RequestDeleteRange(d)) => Some(Response::ResponseDeleteRange(delete_range(w, d)?)),
+            Some(Request::RequestDeleteRange(d)) => Some(Response::ResponseDeleteRange(delete_range(w, leases, d)?)),
             Some(Request::RequestTxn(nested)) => {
                 let mut nr = TxnResponse::default();
-                let n = execute(w, nested, rest, &mut nr)?;
+                let n = execute(w, leases, nested, rest, &mut nr)?;
                 used += n + 1;
                 rest = &rest[n + 1..];
                 Some(Response::ResponseTxn(nr))

@@ -16,7 +16,8 @@ pub trait View {
 /// A view that can also write (only inside apply).
 pub trait WriteView: View {
     fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> i64;
-    fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> i64;
+    /// Deletes every key in range; returns the deleted keys.
+    fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> Vec<Vec<u8>>;
     fn has_changes(&self) -> bool;
 }
 
@@ -68,7 +69,7 @@ impl WriteView for WriteTxn<'_> {
     fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> i64 {
         WriteTxn::put(self, key, value, lease)
     }
-    fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> i64 {
+    fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> Vec<Vec<u8>> {
         WriteTxn::delete_range(self, key, end)
     }
     fn has_changes(&self) -> bool {

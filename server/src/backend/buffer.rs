@@ -15,18 +15,21 @@ pub enum Table {
     Meta = 1,
     /// Active alarms: member id (8 bytes BE) ‖ alarm type (4 bytes BE) -> empty.
     Alarm = 2,
+    /// Leases: id (8 bytes BE) -> TTL in seconds (8 bytes BE).
+    Lease = 3,
 }
 
 impl Table {
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Table::Key => "key",
             Table::Meta => "meta",
             Table::Alarm => "alarm",
+            Table::Lease => "lease",
         }
     }
 
-    pub const ALL: [Table; 3] = [Table::Key, Table::Meta, Table::Alarm];
+    pub const ALL: [Table; 4] = [Table::Key, Table::Meta, Table::Alarm, Table::Lease];
 
     /// The table with this on-disk code (as in snapshot files).
     pub fn from_u8(v: u8) -> Option<Table> {

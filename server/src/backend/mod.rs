@@ -61,11 +61,7 @@ storage_err!(
 );
 
 const fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
-    TableDefinition::new(match t {
-        Table::Key => "key",
-        Table::Meta => "meta",
-        Table::Alarm => "alarm",
-    })
+    TableDefinition::new(t.name())
 }
 
 #[derive(Default)]
@@ -204,6 +200,38 @@ impl Backend {
             }
         }
         Ok(())
+    }
+
+    /// Reads every entry of `t` in `[start, end)` in key order, buffered
+    /// writes included. Callers bound the range (watch catch-up reads a window
+    /// of revisions at a time).
+    pub fn scan(&self, t: Table, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Bytes)>, BackendError> {
+        use std::collections::BTreeMap;
+        use std::ops::Bound;
+        // Buffers first: anything that leaves them is in redb before the read below.
+        let mut overlay: BTreeMap<Vec<u8>, Option<Bytes>> = BTreeMap::new();
+        {
+            let b = self.bufs.read();
+            for buf in b.committing.iter().map(|c| c.as_ref()).chain(std::iter::once(&b.pending)) {
+                if let Some((_, m)) = buf.tables().find(|(bt, _)| *bt == t) {
+                    for (k, v) in m.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))) {
+                        overlay.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        let mut out: BTreeMap<Vec<u8>, Bytes> = BTreeMap::new();
+        self.scan_committed(t, start, Some(end), |k, v| {
+            out.insert(k.to_vec(), Bytes::copy_from_slice(v));
+            true
+        })?;
+        for (k, v) in overlay {
+            match v {
+                Some(v) => out.insert(k, v),
+                None => out.remove(&k),
+            };
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// Visits every committed entry of every table from one read transaction

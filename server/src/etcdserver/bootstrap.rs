@@ -17,6 +17,7 @@ use tracing::info;
 use super::{EtcdServer, ServerError};
 use crate::apply::{AlarmStore, Applier};
 use crate::backend::Backend;
+use crate::lease::Lessor;
 use crate::mvcc::KvStore;
 use crate::proposal::{IdGenerator, Wait};
 use crate::quota::Quota;
@@ -25,6 +26,7 @@ use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{Notify, StateMachine};
 use crate::raft::{Member, Raft};
 use crate::wal::{Metadata, Wal};
+use crate::watch::WatchHub;
 
 /// What the server needs from the command line.
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// Entries kept in the log behind a snapshot, for slow followers (etcd's 5000).
     pub snapshot_catchup_entries: u64,
+    /// Period of progress notifications for watchers that ask for them.
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// A member's id: from its peer URLs and the cluster token, as etcd derives it.
@@ -154,7 +158,10 @@ impl EtcdServer {
         });
         let store = KvStore::open(backend.clone()).map_err(|e| err(&e))?;
         let alarms = Arc::new(AlarmStore::load(&backend).map_err(|e| err(&e))?);
-        let applier = Arc::new(Applier::new(store.clone(), alarms.clone()).map_err(|e| err(&e))?);
+        let lessor = Arc::new(Lessor::new(Lessor::min_ttl_for(Duration::from_millis(cfg.election_timeout_ms))));
+        let watch = WatchHub::new(store.clone());
+        let applier =
+            Arc::new(Applier::new(store.clone(), alarms.clone(), lessor.clone(), watch.clone()).map_err(|e| err(&e))?);
         let (applied, last) = (applier.consistent_index(), log.last_index());
         if applied > last {
             // The backend holds effects of entries the WAL no longer has: acknowledged
@@ -230,6 +237,8 @@ impl EtcdServer {
             store,
             applier,
             alarms,
+            lessor,
+            watch,
             wait,
             quota,
             log,

@@ -50,7 +50,7 @@ impl EtcdServer {
     }
 
     /// KVServer preflight: apply lag, then auth.
-    fn preflight(&self, auth: &AuthInfo) -> Result<(), ServerError> {
+    pub(super) fn preflight(&self, auth: &AuthInfo) -> Result<(), ServerError> {
         let _span = info_span!("preflight").entered();
         // Read the two indexes in place: cloning the metrics costs allocations per write.
         let (committed, applied) = {
@@ -191,7 +191,7 @@ impl EtcdServer {
             }
             let view = ReadView::new(&self.store);
             let mut ro = ReadOnly(view);
-            let mut resp = txn::txn(&mut ro, &r)?;
+            let mut resp = txn::txn(&mut ro, &self.lessor, &r)?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
@@ -233,7 +233,7 @@ impl EtcdServer {
     }
 }
 
-fn unexpected(o: ApplyOutput) -> ServerError {
+pub(super) fn unexpected(o: ApplyOutput) -> ServerError {
     ServerError::Internal(format!("unexpected apply result {o:?}"))
 }
 
@@ -263,9 +263,9 @@ impl crate::apply::view::WriteView for ReadOnly<'_> {
         debug_assert!(false, "read-only txn wrote");
         self.0.rev()
     }
-    fn delete_range(&mut self, _key: &[u8], _end: crate::mvcc::RangeEnd<'_>) -> i64 {
+    fn delete_range(&mut self, _key: &[u8], _end: crate::mvcc::RangeEnd<'_>) -> Vec<Vec<u8>> {
         debug_assert!(false, "read-only txn deleted");
-        0
+        Vec::new()
     }
     fn has_changes(&self) -> bool {
         false

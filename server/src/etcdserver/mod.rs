@@ -5,6 +5,7 @@
 mod bootstrap;
 mod cluster;
 pub mod kv;
+mod lease;
 pub mod maintenance;
 mod peer;
 
@@ -17,12 +18,14 @@ use kvd_api::etcdserverpb::ResponseHeader;
 pub use bootstrap::{ServerConfig, cluster_id, member_id};
 
 use crate::apply::{AlarmStore, Applier, ApplyError};
+use crate::lease::Lessor;
 use crate::mvcc::{KvStore, MvccError};
 use crate::proposal::{IdGenerator, Wait};
 use crate::quota::Quota;
 use crate::raft::Raft;
 use crate::raft::log_store::LogStore;
 use crate::wal::Wal;
+use crate::watch::WatchHub;
 
 /// Errors of the server layer (besides those of the layers below, which it carries).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -85,6 +88,8 @@ pub struct EtcdServer {
     store: Arc<KvStore>,
     applier: Arc<Applier>,
     alarms: Arc<AlarmStore>,
+    lessor: Arc<Lessor>,
+    watch: Arc<WatchHub>,
     wait: Arc<Wait>,
     ids: IdGenerator,
     quota: Quota,
@@ -108,6 +113,10 @@ impl EtcdServer {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    pub fn watch_hub(&self) -> &Arc<WatchHub> {
+        &self.watch
     }
 
     /// A response header as etcd fills it: cluster, member, term, revision.
@@ -188,6 +197,7 @@ impl EtcdServer {
                 };
                 s.learner.store(learner, std::sync::atomic::Ordering::Relaxed);
                 if leader != last {
+                    s.on_leader_change(leader);
                     if leader.is_some() {
                         crate::metrics::get().leader_changes.inc();
                         tracing::info!(leader = %format!("{:x}", leader.unwrap_or(0)), "leader elected");

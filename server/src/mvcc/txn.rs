@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use kvd_api::mvccpb::KeyValue;
+use kvd_api::mvccpb::event::EventType;
+use kvd_api::mvccpb::{Event, KeyValue};
 use parking_lot::MutexGuard;
 use prost::Message;
 
@@ -28,6 +29,8 @@ pub struct WriteTxn<'a> {
     local: HashMap<Vec<u8>, Bytes>,
     /// Extra buffered writes (meta, alarms) that go out with the entry.
     extra: Vec<(Table, Vec<u8>, Option<Bytes>)>,
+    /// The entry's changes as watch events, when someone watches.
+    events: Option<Vec<Event>>,
 }
 
 impl<'a> WriteTxn<'a> {
@@ -40,7 +43,13 @@ impl<'a> WriteTxn<'a> {
             writes: Vec::new(),
             local: HashMap::new(),
             extra: Vec::new(),
+            events: None,
         }
+    }
+
+    /// Collects the changes as watch events, returned by [`end`](Self::end).
+    pub fn collect_events(&mut self) {
+        self.events = Some(Vec::new());
     }
 
     pub fn store(&self) -> &KvStore {
@@ -89,24 +98,36 @@ impl<'a> WriteTxn<'a> {
         rev.main
     }
 
-    /// Deletes every key in range; returns how many were deleted.
-    pub fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> i64 {
+    /// Deletes every key in range; returns the deleted keys.
+    pub fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> Vec<Vec<u8>> {
         let (keys, _) = self.store.index.read().range(key, end, self.rev(), 0);
-        for (k, _) in &keys {
+        let mut deleted = Vec::with_capacity(keys.len());
+        for (k, _) in keys {
             let rev = Revision::new(self.write_rev(), self.writes.len() as i64);
+            self.store.index.write().tombstone(&k, rev);
             self.record(rev, true, KeyValue { key: k.clone(), ..Default::default() });
-            self.store.index.write().tombstone(k, rev);
+            deleted.push(k);
         }
-        keys.len() as i64
+        deleted
     }
 
-    fn record(&mut self, rev: Revision, tombstone: bool, kv: KeyValue) {
+    fn record(&mut self, rev: Revision, tombstone: bool, mut kv: KeyValue) {
         let k = rev.to_key(tombstone);
         let v = Bytes::from(kv.encode_to_vec());
         if !tombstone {
             self.local.insert(k.clone(), v.clone());
         }
         self.writes.push((k, v));
+        if let Some(events) = &mut self.events {
+            // A delete event carries the key and the deleting revision, as etcd's.
+            let ty = if tombstone {
+                kv.mod_revision = rev.main;
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            events.push(Event { r#type: ty as i32, kv: Some(kv), prev_kv: None });
+        }
     }
 
     /// Buffers an extra write (alarm, meta) to go out atomically with this entry.
@@ -115,10 +136,11 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Ends the transaction for raft entry (`index`, `term`): buffers all writes
-    /// with the consistent index, then publishes the new revision.
-    pub fn end(self, index: u64, term: u64) -> i64 {
+    /// with the consistent index, then publishes the new revision. Returns the
+    /// revision and, if collected, the events.
+    pub fn end(self, index: u64, term: u64) -> (i64, Vec<Event>) {
         let changed = !self.writes.is_empty();
-        let Self { store, writes, extra, .. } = self;
+        let Self { store, writes, extra, events, .. } = self;
         store.backend.write(|b| {
             for (k, v) in writes {
                 b.put(Table::Key, k, v);
@@ -135,7 +157,7 @@ impl<'a> WriteTxn<'a> {
         if changed {
             store.current_rev.fetch_add(1, Ordering::SeqCst);
         }
-        store.rev()
+        (store.rev(), events.unwrap_or_default())
     }
 
     /// Schedules a compaction at `rev` (checked by the caller): reads below it

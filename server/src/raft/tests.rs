@@ -27,7 +27,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let be = Backend::open(&dir.path().join("db.redb"), 10_000).expect("backend");
         let store = KvStore::open(be.clone()).expect("mvcc");
         let alarms = Arc::new(AlarmStore::load(&be).expect("alarms"));
-        let applier = Arc::new(Applier::new(store, alarms).expect("applier"));
+        let lessor = Arc::new(crate::lease::Lessor::new(2));
+        let watch = crate::watch::WatchHub::new(store.clone());
+        let applier = Arc::new(Applier::new(store, alarms, lessor, watch).expect("applier"));
         let sm = StateMachine::new(applier, Arc::new(|_, _| {})).expect("state machine");
         Ok((dir, log, sm))
     }

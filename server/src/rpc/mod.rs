@@ -4,10 +4,12 @@
 mod cluster;
 mod http;
 mod kv;
+mod lease;
 mod maintenance;
 mod peer;
 pub mod status;
 pub mod validate;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,13 +44,23 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         .max_encoding_message_size(usize::MAX);
     let cluster =
         kvd_api::etcdserverpb::cluster_server::ClusterServer::new(cluster::ClusterService { server: server.clone() });
+    let watch = kvd_api::etcdserverpb::watch_server::WatchServer::new(watch::WatchService { server: server.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let lease = kvd_api::etcdserverpb::lease_server::LeaseServer::new(lease::LeaseService { server: server.clone() })
+        .max_decoding_message_size(limit);
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(async move {
         reporter.set_serving::<KvServer<kv::KvService>>().await;
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     });
-    let grpc =
-        tonic::service::Routes::new(kv).add_service(maint).add_service(cluster).add_service(health).into_axum_router();
+    let grpc = tonic::service::Routes::new(kv)
+        .add_service(maint)
+        .add_service(cluster)
+        .add_service(watch)
+        .add_service(lease)
+        .add_service(health)
+        .into_axum_router();
     grpc.merge(http::router(server.clone())).layer(axum::middleware::from_fn_with_state(server, grpc_layer))
 }
 
@@ -179,6 +191,7 @@ async fn grpc_layer(
     // KV handler checks the serializable part.
     const LEARNER_RPCS: &[&str] = &[
         "/etcdserverpb.Maintenance/Status",
+        "/etcdserverpb.Maintenance/Snapshot",
         "/etcdserverpb.Cluster/MemberList",
         "/etcdserverpb.KV/Range",
         "/grpc.health.v1.Health/Check",

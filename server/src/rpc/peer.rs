@@ -6,7 +6,8 @@ use std::sync::Arc;
 use kvd_api::kvdpeerpb::peer_server::{Peer, PeerServer};
 use kvd_api::kvdpeerpb::{
     ClusterInfoRequest, ClusterInfoResponse, ClusterOpRequest, ClusterOpResponse, ForwardRequest, ForwardResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, RaftPayload,
+    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};
@@ -101,6 +102,27 @@ impl Peer for PeerService {
 
     async fn cluster_info(&self, _req: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoResponse>, Status> {
         Ok(Response::new(ClusterInfoResponse { cluster_id: self.server.cluster_id }))
+    }
+
+    async fn lease_renew(&self, req: Request<LeaseRenewRequest>) -> Result<Response<LeaseRenewResponse>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        Ok(Response::new(LeaseRenewResponse { ttl: self.server.local_lease_renew(r.id).await? }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let resp = match self.server.local_lease_status(r.id, r.keys).await? {
+            Some(st) => {
+                LeaseTimeToLiveResponse { found: true, remaining: st.remaining, granted: st.granted, keys: st.keys }
+            }
+            None => LeaseTimeToLiveResponse::default(),
+        };
+        Ok(Response::new(resp))
     }
 
     async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {

@@ -38,6 +38,8 @@ pub fn apply(e: &ApplyError) -> Status {
         ApplyError::Mvcc(m) => mvcc(m),
         ApplyError::KeyNotFound => status(Code::InvalidArgument, "etcdserver: key not found"),
         ApplyError::LeaseNotFound => status(Code::NotFound, "etcdserver: requested lease not found"),
+        ApplyError::LeaseExists => status(Code::FailedPrecondition, "etcdserver: lease already exists"),
+        ApplyError::LeaseTtlTooLarge => status(Code::OutOfRange, "etcdserver: too large lease TTL"),
         ApplyError::NoSpace => status(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
         ApplyError::NotCapable => status(Code::FailedPrecondition, "etcdserver: not capable"),
     }

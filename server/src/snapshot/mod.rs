@@ -174,7 +174,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Creates a member's backend from a snapshot file, as `etcdutl snapshot
-/// restore` does: the MVCC data and compaction revisions are kept; raft
+/// restore` does: the MVCC data, leases and compaction revisions are kept; raft
 /// state (applied index, membership, snapshot metadata) and alarms are not,
 /// so the member starts a new cluster from `--initial-cluster` on first start.
 ///
@@ -202,6 +202,7 @@ pub fn restore(path: &Path, data_dir: &Path, identity: crate::wal::Metadata) -> 
             Table::Key => true,
             Table::Meta => keep_meta.contains(&k),
             Table::Alarm => false,
+            Table::Lease => true,
         };
         if keep && err.is_none() {
             be.write(|b| b.put(t, k.to_vec(), bytes::Bytes::copy_from_slice(v)));

@@ -1,6 +1,8 @@
 //! Test harness: real kvd and etcd processes on loopback ports, and clients.
 #![allow(dead_code)]
 
+pub mod watch;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -272,8 +274,7 @@ pub fn etcdctl_bin() -> PathBuf {
 pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
     let mut cmd = Command::new(etcdctl_bin());
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
+    cmd.arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=15s")
         .args(args)
         .stdin(Stdio::piped())
