@@ -66,6 +66,13 @@ pub struct Flags {
     /// Entries kept behind a raft snapshot for slow followers to catch up.
     #[arg(long, env = "KVD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
     pub experimental_snapshot_catchup_entries: u64,
+    /// periodic (keep --auto-compaction-retention of history) or revision
+    /// (keep that many revisions).
+    #[arg(long, env = "KVD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Periodic: hours ("1") or a duration ("30m"); revision: a count. 0 = off.
+    #[arg(long, env = "KVD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// How often watchers that asked for progress notifications get one.
     #[arg(long, env = "KVD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub experimental_watch_progress_notify_interval: Duration,
@@ -192,6 +199,11 @@ impl Flags {
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+            auto_compaction: crate::etcdserver::AutoCompaction::parse(
+                &self.auto_compaction_mode,
+                &self.auto_compaction_retention,
+            )
+            .map_err(|e| ferr("auto-compaction-retention", e))?,
         })
     }
 }

@@ -62,6 +62,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     let server = EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
     server.watch_leader();
     server.run_lease_expiry();
+    server.run_auto_compaction();
     server.watch_hub().start(server.cfg.watch_progress_notify_interval);
     server.publish_attributes();
     let mut tasks = tokio::task::JoinSet::new();

@@ -55,6 +55,7 @@ pub struct ServerConfig {
     pub snapshot_catchup_entries: u64,
     /// Period of progress notifications for watchers that ask for them.
     pub watch_progress_notify_interval: Duration,
+    pub auto_compaction: super::AutoCompaction,
 }
 
 /// A member's id: from its peer URLs and the cluster token, as etcd derives it.

@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod cluster;
+mod compactor;
 pub mod kv;
 mod lease;
 pub mod maintenance;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use kvd_api::etcdserverpb::ResponseHeader;
 
 pub use bootstrap::{ServerConfig, cluster_id, member_id};
+pub use compactor::AutoCompaction;
 
 use crate::apply::{AlarmStore, Applier, ApplyError};
 use crate::lease::Lessor;
