@@ -5,6 +5,7 @@
 mod bootstrap;
 mod cluster;
 mod compactor;
+mod concurrency;
 pub mod kv;
 mod lease;
 pub mod maintenance;
@@ -72,6 +73,14 @@ pub enum ServerError {
     NotSupportedForLearner,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    #[error("mutex: session is expired")]
+    SessionExpired,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
     /// An error the leader answered a forwarded request with, passed on as is.
     #[error("{message}")]
     Remote { code: i32, message: String },

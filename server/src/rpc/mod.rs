@@ -2,6 +2,7 @@
 //! the error table, and the listener that serves gRPC and HTTP on one port.
 
 mod cluster;
+mod concurrency;
 mod http;
 mod kv;
 mod lease;
@@ -49,6 +50,10 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         .max_encoding_message_size(usize::MAX);
     let lease = kvd_api::etcdserverpb::lease_server::LeaseServer::new(lease::LeaseService { server: server.clone() })
         .max_decoding_message_size(limit);
+    let lock = kvd_api::v3lockpb::lock_server::LockServer::new(concurrency::LockService { server: server.clone() });
+    let election = kvd_api::v3electionpb::election_server::ElectionServer::new(concurrency::ElectionService {
+        server: server.clone(),
+    });
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(async move {
         reporter.set_serving::<KvServer<kv::KvService>>().await;
@@ -59,6 +64,8 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         .add_service(cluster)
         .add_service(watch)
         .add_service(lease)
+        .add_service(lock)
+        .add_service(election)
         .add_service(health)
         .into_axum_router();
     grpc.merge(http::router(server.clone())).layer(axum::middleware::from_fn_with_state(server, grpc_layer))

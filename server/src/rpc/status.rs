@@ -68,6 +68,11 @@ pub fn to_status(e: ServerError) -> Status {
         | ServerError::NotSupportedForLearner
         | ServerError::BadLeaderTransferee => status(Code::FailedPrecondition, &e.to_string()),
         ServerError::InvalidMemberUrls => status(Code::InvalidArgument, &e.to_string()),
+        // etcd returns these as plain errors, which gRPC sends as Unknown.
+        ServerError::ElectionNotLeader
+        | ServerError::ElectionNoLeader
+        | ServerError::SessionExpired
+        | ServerError::MissingLeaderKey => status(Code::Unknown, &e.to_string()),
         ServerError::Remote { code, message } => status(Code::from_i32(*code), message),
         ServerError::Internal(_) => status(Code::Unknown, &e.to_string()),
     }

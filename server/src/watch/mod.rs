@@ -10,7 +10,10 @@
 //! writers or other watchers, memory stays bounded, and every watcher still
 //! sees every event once, in revision order.
 
+mod subscription;
 mod sync;
+
+pub use subscription::{Delivery, Subscription};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
