@@ -73,6 +73,9 @@ pub struct Flags {
     /// Periodic: hours ("1") or a duration ("30m"); revision: a count. 0 = off.
     #[arg(long, env = "KVD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Seconds an unused simple auth token stays valid.
+    #[arg(long, env = "KVD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
     /// How often watchers that asked for progress notifications get one.
     #[arg(long, env = "KVD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub experimental_watch_progress_notify_interval: Duration,
@@ -204,6 +207,7 @@ impl Flags {
                 &self.auto_compaction_retention,
             )
             .map_err(|e| ferr("auto-compaction-retention", e))?,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
         })
     }
 }

@@ -7,6 +7,7 @@
 //! [`watch`] (apply hands it each revision's events).
 
 pub mod apply;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod etcdserver;

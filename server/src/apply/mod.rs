@@ -6,6 +6,7 @@
 //! replaying the WAL is idempotent.
 
 pub mod alarm;
+pub mod auth;
 pub mod range;
 pub mod txn;
 pub mod view;
@@ -24,6 +25,7 @@ use prost::Message;
 use tokio::sync::oneshot;
 use tracing::{info_span, warn};
 
+use crate::auth::{AuthStore, is_auth_change};
 use crate::backend::Table;
 use crate::lease::{LeaseError, Lessor, lease_key, lease_value};
 use crate::metrics;
@@ -48,6 +50,8 @@ pub enum ApplyError {
     NoSpace,
     #[error("etcdserver: not capable")]
     NotCapable,
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// Apply could not finish an entry it had started changing: memory and the
@@ -71,6 +75,8 @@ pub enum ApplyOutput {
     Alarm(AlarmResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    /// An auth change; Authenticate carries the token it issued.
+    Auth(Option<String>),
     /// Entries without a client result (blank, membership).
     None,
 }
@@ -87,6 +93,7 @@ pub struct Applier {
     alarms: Arc<AlarmStore>,
     lessor: Arc<Lessor>,
     watch: Arc<WatchHub>,
+    auth: Arc<AuthStore>,
     /// Index of the last applied entry, plus one (0 = nothing applied yet:
     /// openraft's log starts at index 0).
     applied_next: AtomicU64,
@@ -98,6 +105,7 @@ impl Applier {
         alarms: Arc<AlarmStore>,
         lessor: Arc<Lessor>,
         watch: Arc<WatchHub>,
+        auth: Arc<AuthStore>,
     ) -> Result<Self, MvccError> {
         let ci = store.backend().get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
         let compactor = start_compactor(store.clone()).map_err(|e| {
@@ -105,6 +113,7 @@ impl Applier {
         })?;
         let members = parking_lot::RwLock::new(load_members(store.backend())?);
         lessor.load(store.backend(), &store)?;
+        auth.load(store.backend())?;
         Ok(Self {
             store,
             members,
@@ -112,6 +121,7 @@ impl Applier {
             alarms,
             lessor,
             watch,
+            auth,
             applied_next: AtomicU64::new(ci.map(|i| i + 1).unwrap_or(0)),
         })
     }
@@ -146,6 +156,7 @@ impl Applier {
         self.store.reload()?;
         self.alarms.reload(be)?;
         self.lessor.load(be, &self.store)?;
+        self.auth.load(be)?;
         *self.members.write() = load_members(be)?;
         let ci = be.get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
         self.applied_next.store(ci.map(|i| i + 1).unwrap_or(0), Ordering::SeqCst);
@@ -180,7 +191,7 @@ impl Applier {
         let mut compaction = None;
         let out = match req {
             None => Ok(ApplyOutput::None),
-            Some(r) => self.apply_request(&mut w, r, &mut compaction),
+            Some(r) => self.apply_request(&mut w, index, r, &mut compaction),
         };
         if let Err(e) = &out
             && w.has_changes()
@@ -214,9 +225,18 @@ impl Applier {
     fn apply_request(
         &self,
         w: &mut crate::mvcc::WriteTxn<'_>,
+        index: u64,
         r: &InternalRaftRequest,
         compaction: &mut Option<i64>,
     ) -> Result<ApplyOutput, ApplyError> {
+        auth::check(&self.auth, &self.lessor, r)?;
+        if is_auth_change(r) {
+            let (writes, token) = self.auth.apply(r, index)?;
+            for (t, k, v) in writes {
+                w.put_extra(t, k, v);
+            }
+            return Ok(ApplyOutput::Auth(token));
+        }
         let nospace = self.alarms.active(AlarmType::Nospace);
         if let Some(p) = &r.put {
             if nospace {

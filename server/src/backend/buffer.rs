@@ -17,6 +17,10 @@ pub enum Table {
     Alarm = 2,
     /// Leases: id (8 bytes BE) -> TTL in seconds (8 bytes BE).
     Lease = 3,
+    /// Auth users: name -> encoded authpb.User (password as a bcrypt hash).
+    AuthUser = 4,
+    /// Auth roles: name -> encoded authpb.Role.
+    AuthRole = 5,
 }
 
 impl Table {
@@ -26,10 +30,12 @@ impl Table {
             Table::Meta => "meta",
             Table::Alarm => "alarm",
             Table::Lease => "lease",
+            Table::AuthUser => "authUsers",
+            Table::AuthRole => "authRoles",
         }
     }
 
-    pub const ALL: [Table; 4] = [Table::Key, Table::Meta, Table::Alarm, Table::Lease];
+    pub const ALL: [Table; 6] = [Table::Key, Table::Meta, Table::Alarm, Table::Lease, Table::AuthUser, Table::AuthRole];
 
     /// The table with this on-disk code (as in snapshot files).
     pub fn from_u8(v: u8) -> Option<Table> {

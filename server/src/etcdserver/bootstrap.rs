@@ -16,6 +16,7 @@ use tracing::info;
 
 use super::{EtcdServer, ServerError};
 use crate::apply::{AlarmStore, Applier};
+use crate::auth::AuthStore;
 use crate::backend::Backend;
 use crate::lease::Lessor;
 use crate::mvcc::KvStore;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     /// Period of progress notifications for watchers that ask for them.
     pub watch_progress_notify_interval: Duration,
     pub auto_compaction: super::AutoCompaction,
+    /// How long an unused simple auth token stays valid.
+    pub auth_token_ttl: Duration,
 }
 
 /// A member's id: from its peer URLs and the cluster token, as etcd derives it.
@@ -161,8 +164,11 @@ impl EtcdServer {
         let alarms = Arc::new(AlarmStore::load(&backend).map_err(|e| err(&e))?);
         let lessor = Arc::new(Lessor::new(Lessor::min_ttl_for(Duration::from_millis(cfg.election_timeout_ms))));
         let watch = WatchHub::new(store.clone());
-        let applier =
-            Arc::new(Applier::new(store.clone(), alarms.clone(), lessor.clone(), watch.clone()).map_err(|e| err(&e))?);
+        let auth = Arc::new(AuthStore::new(cfg.auth_token_ttl));
+        let applier = Arc::new(
+            Applier::new(store.clone(), alarms.clone(), lessor.clone(), watch.clone(), auth.clone())
+                .map_err(|e| err(&e))?,
+        );
         let (applied, last) = (applier.consistent_index(), log.last_index());
         if applied > last {
             // The backend holds effects of entries the WAL no longer has: acknowledged
@@ -240,6 +246,7 @@ impl EtcdServer {
             alarms,
             lessor,
             watch,
+            auth,
             wait,
             quota,
             log,

@@ -20,7 +20,7 @@ use kvd_api::mvccpb::{Event, KeyValue};
 use kvd_api::v3electionpb::{LeaderKey, LeaderResponse};
 use tokio::sync::mpsc;
 
-use super::kv::AuthInfo;
+use super::kv::Credentials;
 use super::{EtcdServer, ServerError};
 use crate::watch::{Delivery, WatchSpec};
 
@@ -62,7 +62,7 @@ fn op(r: Op) -> RequestOp {
 struct DeleteOnDrop {
     server: Arc<EtcdServer>,
     key: Option<Vec<u8>>,
-    auth: AuthInfo,
+    auth: Credentials,
 }
 
 impl Drop for DeleteOnDrop {
@@ -84,7 +84,7 @@ impl EtcdServer {
         pfx: &[u8],
         order: SortOrder,
         max_create: i64,
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<RangeResponse, ServerError> {
         let r = RangeRequest {
             key: pfx.to_vec(),
@@ -116,7 +116,12 @@ impl EtcdServer {
     }
 
     /// Waits until no key under `pfx` has a create revision <= `max_create`.
-    async fn wait_deletes(&self, pfx: &[u8], max_create: i64, auth: &AuthInfo) -> Result<ResponseHeader, ServerError> {
+    async fn wait_deletes(
+        &self,
+        pfx: &[u8],
+        max_create: i64,
+        auth: &Credentials,
+    ) -> Result<ResponseHeader, ServerError> {
         loop {
             let r = self.edge(pfx, SortOrder::Descend, max_create, auth).await?;
             let header = r.header.unwrap_or_default();
@@ -133,7 +138,7 @@ impl EtcdServer {
         name: &[u8],
         lease: i64,
         value: &[u8],
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<(Vec<u8>, i64, ResponseHeader), ServerError> {
         let pfx = prefix(name);
         let key = [pfx.as_slice(), format!("{lease:x}").as_bytes()].concat();
@@ -182,7 +187,7 @@ impl EtcdServer {
         self: &Arc<Self>,
         name: &[u8],
         lease: i64,
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<(Vec<u8>, ResponseHeader), ServerError> {
         let lease = match lease {
             0 => self.lease_grant(LeaseGrantRequest { ttl: SESSION_TTL, id: 0 }, auth).await?.id,
@@ -194,7 +199,7 @@ impl EtcdServer {
     }
 
     /// Lock.Unlock: deletes the key.
-    pub async fn unlock(&self, key: Vec<u8>, auth: &AuthInfo) -> Result<ResponseHeader, ServerError> {
+    pub async fn unlock(&self, key: Vec<u8>, auth: &Credentials) -> Result<ResponseHeader, ServerError> {
         let r = self.delete_range(DeleteRangeRequest { key, ..Default::default() }, auth).await?;
         Ok(r.header.unwrap_or_default())
     }
@@ -205,7 +210,7 @@ impl EtcdServer {
         name: &[u8],
         lease: i64,
         value: &[u8],
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<(LeaderKey, ResponseHeader), ServerError> {
         let (key, rev, mut header) = self.contend(name, lease, value, auth).await?;
         self.fill_header(&mut header);
@@ -218,7 +223,7 @@ impl EtcdServer {
         rev: i64,
         lease: i64,
         value: &[u8],
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<ResponseHeader, ServerError> {
         let put = PutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
         let t = TxnRequest {
@@ -238,13 +243,13 @@ impl EtcdServer {
         &self,
         leader: &LeaderKey,
         value: &[u8],
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<ResponseHeader, ServerError> {
         self.proclaim_at(&leader.key, leader.rev, leader.lease, value, auth).await
     }
 
     /// Election.Resign: the leader steps down (nothing if it no longer leads).
-    pub async fn resign(&self, leader: &LeaderKey, auth: &AuthInfo) -> Result<ResponseHeader, ServerError> {
+    pub async fn resign(&self, leader: &LeaderKey, auth: &Credentials) -> Result<ResponseHeader, ServerError> {
         let del = DeleteRangeRequest { key: leader.key.clone(), ..Default::default() };
         let t = TxnRequest {
             compare: vec![create_rev_is(&leader.key, leader.rev)],
@@ -255,7 +260,7 @@ impl EtcdServer {
     }
 
     /// Election.Leader: the current leader's key and value.
-    pub async fn election_leader(&self, name: &[u8], auth: &AuthInfo) -> Result<LeaderResponse, ServerError> {
+    pub async fn election_leader(&self, name: &[u8], auth: &Credentials) -> Result<LeaderResponse, ServerError> {
         let r = self.edge(&prefix(name), SortOrder::Ascend, 0, auth).await?;
         let kv = r.kvs.into_iter().next().ok_or(ServerError::ElectionNoLeader)?;
         Ok(LeaderResponse { header: r.header, kv: Some(kv) })
@@ -266,7 +271,7 @@ impl EtcdServer {
     pub fn observe(
         self: &Arc<Self>,
         name: Vec<u8>,
-        auth: AuthInfo,
+        auth: Credentials,
     ) -> mpsc::Receiver<Result<LeaderResponse, ServerError>> {
         let (tx, rx) = mpsc::channel(16);
         let s = self.clone();
@@ -282,7 +287,7 @@ impl EtcdServer {
     async fn observe_loop(
         &self,
         name: &[u8],
-        auth: &AuthInfo,
+        auth: &Credentials,
         tx: &mpsc::Sender<Result<LeaderResponse, ServerError>>,
     ) -> Option<()> {
         let pfx = prefix(name);

@@ -14,14 +14,29 @@ use tracing::{Instrument, info_span};
 use super::{EtcdServer, MAX_GAP_BETWEEN_APPLY_AND_COMMIT, ServerError};
 use crate::apply::view::{ReadView, View};
 use crate::apply::{ApplyOutput, range, txn};
+use crate::auth::AuthInfo;
 use crate::metrics;
 use crate::quota;
+use kvd_api::authpb::permission::Type as PermType;
+use kvd_api::etcdserverpb::RequestHeader;
 
-/// The auth context of a request. Token checks arrive with the auth layer; the
-/// preflight calls [`EtcdServer::check_auth`] where etcd checks the token.
+/// What a request presents: the `token` metadata, or nothing. `internal`
+/// marks the server's own requests (health probes), which auth does not check.
 #[derive(Debug, Clone, Default)]
-pub struct AuthInfo {
+pub struct Credentials {
     pub token: Option<String>,
+    pub internal: bool,
+}
+
+impl Credentials {
+    pub fn internal() -> Self {
+        Self { token: None, internal: true }
+    }
+}
+
+/// The raft header naming who proposed a request (None: the server itself).
+pub(super) fn request_header(user: &Option<AuthInfo>) -> Option<RequestHeader> {
+    user.as_ref().map(|u| RequestHeader { id: 0, username: u.username.clone(), auth_revision: u.revision })
 }
 
 impl EtcdServer {
@@ -44,13 +59,38 @@ impl EtcdServer {
         Err(ServerError::NoSpace)
     }
 
-    /// The auth hook of the preflight: with auth disabled every request passes.
-    pub fn check_auth(&self, _auth: &AuthInfo) -> Result<(), ServerError> {
-        Ok(())
+    /// Resolves a request's token to its user, at the current auth revision.
+    /// None: the server's own request, not checked. With auth disabled the
+    /// user is anonymous at the current revision, so a request that is applied
+    /// after auth was enabled is refused as checked against an old revision.
+    pub fn check_auth(&self, creds: &Credentials) -> Result<Option<AuthInfo>, ServerError> {
+        if creds.internal {
+            return Ok(None);
+        }
+        match self.auth.resolve(creds.token.as_deref())? {
+            Some(info) => Ok(Some(info)),
+            None => Ok(Some(AuthInfo { username: String::new(), revision: self.auth.revision() })),
+        }
     }
 
-    /// KVServer preflight: apply lag, then auth.
-    pub(super) fn preflight(&self, auth: &AuthInfo) -> Result<(), ServerError> {
+    /// Read permission on `[key, range_end)` for a request served locally.
+    pub(super) fn check_read(&self, user: &Option<AuthInfo>, key: &[u8], range_end: &[u8]) -> Result<(), ServerError> {
+        match user {
+            Some(u) => Ok(self.auth.check_range(u, key, range_end, PermType::Read)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Root only, for a request served locally.
+    pub(super) fn check_admin(&self, user: &Option<AuthInfo>) -> Result<(), ServerError> {
+        match user {
+            Some(u) => Ok(self.auth.check_admin(u)?),
+            None => Ok(()),
+        }
+    }
+
+    /// KVServer preflight: apply lag, then auth. Returns the request's user.
+    pub(super) fn preflight(&self, auth: &Credentials) -> Result<Option<AuthInfo>, ServerError> {
         let _span = info_span!("preflight").entered();
         // Read the two indexes in place: cloning the metrics costs allocations per write.
         let (committed, applied) = {
@@ -68,6 +108,9 @@ impl EtcdServer {
     pub async fn propose(&self, mut req: InternalRaftRequest) -> Result<ApplyOutput, ServerError> {
         let id = self.ids.next();
         req.id = id;
+        if let Some(h) = &mut req.header {
+            h.id = id;
+        }
         let data = req.encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(ServerError::RequestTooLarge);
@@ -144,8 +187,9 @@ impl EtcdServer {
             .map_err(|_| ServerError::Timeout)
     }
 
-    pub async fn range(&self, r: RangeRequest, auth: &AuthInfo) -> Result<RangeResponse, ServerError> {
-        self.check_auth(auth)?;
+    pub async fn range(&self, r: RangeRequest, auth: &Credentials) -> Result<RangeResponse, ServerError> {
+        let user = self.check_auth(auth)?;
+        self.check_read(&user, &r.key, &r.range_end)?;
         if !r.serializable {
             self.linearizable_read_notify().await?;
         }
@@ -155,10 +199,11 @@ impl EtcdServer {
         Ok(resp)
     }
 
-    pub async fn put(&self, r: PutRequest, auth: &AuthInfo) -> Result<PutResponse, ServerError> {
+    pub async fn put(&self, r: PutRequest, auth: &Credentials) -> Result<PutResponse, ServerError> {
         self.check_quota(quota::put_cost(&r)).await?;
-        self.preflight(auth)?;
-        match self.propose(InternalRaftRequest { put: Some(r), ..Default::default() }).await? {
+        let user = self.preflight(auth)?;
+        let req = InternalRaftRequest { header: request_header(&user), put: Some(r), ..Default::default() };
+        match self.propose(req).await? {
             ApplyOutput::Put(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -170,10 +215,11 @@ impl EtcdServer {
     pub async fn delete_range(
         &self,
         r: DeleteRangeRequest,
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<DeleteRangeResponse, ServerError> {
-        self.preflight(auth)?;
-        match self.propose(InternalRaftRequest { delete_range: Some(r), ..Default::default() }).await? {
+        let user = self.preflight(auth)?;
+        let req = InternalRaftRequest { header: request_header(&user), delete_range: Some(r), ..Default::default() };
+        match self.propose(req).await? {
             ApplyOutput::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -182,10 +228,12 @@ impl EtcdServer {
         }
     }
 
-    pub async fn txn(&self, r: TxnRequest, auth: &AuthInfo) -> Result<TxnResponse, ServerError> {
+    pub async fn txn(&self, r: TxnRequest, auth: &Credentials) -> Result<TxnResponse, ServerError> {
         if txn::is_read_only(&r) {
             // Read-only txns are served locally, after ReadIndex unless serializable.
-            self.check_auth(auth)?;
+            if let Some(u) = self.check_auth(auth)? {
+                crate::apply::auth::check_txn(&self.auth, &self.lessor, &u, &r)?;
+            }
             if !txn::is_serializable(&r) {
                 self.linearizable_read_notify().await?;
             }
@@ -196,8 +244,9 @@ impl EtcdServer {
             return Ok(resp);
         }
         self.check_quota(quota::txn_cost(&r)).await?;
-        self.preflight(auth)?;
-        match self.propose(InternalRaftRequest { txn: Some(r), ..Default::default() }).await? {
+        let user = self.preflight(auth)?;
+        let req = InternalRaftRequest { header: request_header(&user), txn: Some(r), ..Default::default() };
+        match self.propose(req).await? {
             ApplyOutput::Txn(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -206,10 +255,11 @@ impl EtcdServer {
         }
     }
 
-    pub async fn compact(&self, r: CompactionRequest, auth: &AuthInfo) -> Result<CompactionResponse, ServerError> {
-        self.preflight(auth)?;
+    pub async fn compact(&self, r: CompactionRequest, auth: &Credentials) -> Result<CompactionResponse, ServerError> {
+        let user = self.preflight(auth)?;
         let physical = r.physical;
-        match self.propose(InternalRaftRequest { compaction: Some(r), ..Default::default() }).await? {
+        let req = InternalRaftRequest { header: request_header(&user), compaction: Some(r), ..Default::default() };
+        match self.propose(req).await? {
             ApplyOutput::Compaction(mut resp, done) => {
                 if physical {
                     // Physical: answer once the space is freed.

@@ -13,7 +13,7 @@ use kvd_api::etcdserverpb::{
 use kvd_api::kvdpeerpb::{LeaseRenewRequest, LeaseTimeToLiveRequest as PeerTtlRequest};
 use tokio::time::Instant;
 
-use super::kv::{AuthInfo, unexpected};
+use super::kv::{Credentials, request_header, unexpected};
 use super::{EtcdServer, ServerError};
 use crate::apply::{ApplyError, ApplyOutput};
 use crate::lease::{LeaseError, MAX_LEASE_TTL};
@@ -36,18 +36,19 @@ impl EtcdServer {
     pub async fn lease_grant(
         &self,
         mut r: LeaseGrantRequest,
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<LeaseGrantResponse, ServerError> {
         if r.ttl > MAX_LEASE_TTL {
             return Err(ApplyError::LeaseTtlTooLarge.into());
         }
         self.check_quota(LEASE_GRANT_COST).await?;
-        self.preflight(auth)?;
+        let user = self.preflight(auth)?;
         while r.id == 0 {
             // Only positive ids, as etcd.
             r.id = (self.ids.next() & (i64::MAX as u64)) as i64;
         }
-        match self.propose(InternalRaftRequest { lease_grant: Some(r), ..Default::default() }).await? {
+        let req = InternalRaftRequest { header: request_header(&user), lease_grant: Some(r), ..Default::default() };
+        match self.propose(req).await? {
             ApplyOutput::LeaseGrant(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -59,10 +60,11 @@ impl EtcdServer {
     pub async fn lease_revoke(
         &self,
         r: LeaseRevokeRequest,
-        auth: &AuthInfo,
+        auth: &Credentials,
     ) -> Result<LeaseRevokeResponse, ServerError> {
-        self.preflight(auth)?;
-        match self.propose(InternalRaftRequest { lease_revoke: Some(r), ..Default::default() }).await? {
+        let user = self.preflight(auth)?;
+        let req = InternalRaftRequest { header: request_header(&user), lease_revoke: Some(r), ..Default::default() };
+        match self.propose(req).await? {
             ApplyOutput::LeaseRevoke(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -115,7 +117,12 @@ impl EtcdServer {
         }
     }
 
-    pub async fn lease_time_to_live(&self, r: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, ServerError> {
+    pub async fn lease_time_to_live(
+        &self,
+        r: LeaseTimeToLiveRequest,
+        creds: &Credentials,
+    ) -> Result<LeaseTimeToLiveResponse, ServerError> {
+        let user = self.check_auth(creds)?;
         let deadline = Instant::now() + self.request_timeout();
         loop {
             let (leader, node) = self.wait_for_leader(deadline).await?;
@@ -144,6 +151,10 @@ impl EtcdServer {
                 }
             };
             if let Some(found) = found {
+                // Listing the keys needs read permission on each, as etcd.
+                for k in found.iter().flat_map(|st| st.keys.iter()) {
+                    self.check_read(&user, k, &[])?;
+                }
                 let header = Some(self.header(0));
                 // An unknown lease is answered with TTL -1, as etcd.
                 return Ok(match found {

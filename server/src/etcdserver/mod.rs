@@ -2,6 +2,7 @@
 //! preflight checks, proposals with a timeout, linearizable reads, and the
 //! maintenance operations. etcd's `etcdserver` package.
 
+pub mod auth;
 mod bootstrap;
 mod cluster;
 mod compactor;
@@ -53,6 +54,8 @@ pub enum ServerError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: member ID already exist")]
@@ -101,6 +104,7 @@ pub struct EtcdServer {
     alarms: Arc<AlarmStore>,
     lessor: Arc<Lessor>,
     watch: Arc<WatchHub>,
+    auth: Arc<crate::auth::AuthStore>,
     wait: Arc<Wait>,
     ids: IdGenerator,
     quota: Quota,

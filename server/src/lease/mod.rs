@@ -246,6 +246,11 @@ impl Lessor {
         Ok(LeaseStatus { remaining, granted: l.ttl, keys })
     }
 
+    /// The keys attached to a lease (none if it does not exist).
+    pub fn keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.inner.read().leases.get(&id).map(|l| l.keys.iter().cloned().collect()).unwrap_or_default()
+    }
+
     /// Every lease id, in order.
     pub fn leases(&self) -> Vec<i64> {
         let mut ids: Vec<i64> = self.inner.read().leases.keys().copied().collect();

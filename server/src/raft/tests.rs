@@ -29,7 +29,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let alarms = Arc::new(AlarmStore::load(&be).expect("alarms"));
         let lessor = Arc::new(crate::lease::Lessor::new(2));
         let watch = crate::watch::WatchHub::new(store.clone());
-        let applier = Arc::new(Applier::new(store, alarms, lessor, watch).expect("applier"));
+        let auth = Arc::new(crate::auth::AuthStore::new(std::time::Duration::from_secs(300)));
+        let applier = Arc::new(Applier::new(store, alarms, lessor, watch, auth).expect("applier"));
         let sm = StateMachine::new(applier, Arc::new(|_, _| {})).expect("state machine");
         Ok((dir, log, sm))
     }

@@ -12,6 +12,7 @@ use kvd_api::kvdpeerpb::cluster_op_request::Op;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::auth_info;
 use crate::etcdserver::EtcdServer;
 
 pub struct ClusterService {
@@ -21,6 +22,7 @@ pub struct ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         let member = self.server.cluster_op(Op::MemberAdd(req.into_inner().encode_to_vec())).await?;
         Ok(Response::new(MemberAddResponse {
             header: Some(self.server.header(0)),
@@ -30,6 +32,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         self.server.cluster_op(Op::MemberRemove(req.into_inner().id)).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: Some(self.server.header(0)),
@@ -38,6 +41,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         self.server.cluster_op(Op::MemberUpdate(req.into_inner().encode_to_vec())).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: Some(self.server.header(0)),
@@ -59,6 +63,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         self.server.cluster_op(Op::MemberPromote(req.into_inner().id)).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: Some(self.server.header(0)),

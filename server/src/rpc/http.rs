@@ -12,7 +12,7 @@ use axum::routing::get;
 use kvd_api::etcdserverpb::RangeRequest;
 
 use crate::etcdserver::EtcdServer;
-use crate::etcdserver::kv::AuthInfo;
+use crate::etcdserver::kv::Credentials;
 use crate::etcdserver::maintenance::ETCD_API_VERSION;
 use crate::metrics;
 
@@ -36,7 +36,7 @@ async fn check_health(s: &EtcdServer) -> Result<(), String> {
         return Err("RAFT NO LEADER".into());
     }
     let probe = RangeRequest { key: b"health".to_vec(), ..Default::default() };
-    match tokio::time::timeout(Duration::from_secs(2), s.range(probe, &AuthInfo::default())).await {
+    match tokio::time::timeout(Duration::from_secs(2), s.range(probe, &Credentials::internal())).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("QGET ERROR: {e}")),
         Err(_) => Err("QGET TIMEOUT".into()),
@@ -60,7 +60,7 @@ async fn readyz(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
     let probe = RangeRequest { key: b"health".to_vec(), ..Default::default() };
     let ok = s.has_leader()
         && matches!(
-            tokio::time::timeout(Duration::from_secs(2), s.range(probe, &AuthInfo::default())).await,
+            tokio::time::timeout(Duration::from_secs(2), s.range(probe, &Credentials::internal())).await,
             Ok(Ok(_))
         );
     if ok { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }

@@ -65,8 +65,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let creds = auth_info(&req);
         let span = info_span!("api", method = "LeaseTimeToLive");
-        Ok(Response::new(self.server.lease_time_to_live(req.into_inner()).instrument(span).await?))
+        Ok(Response::new(self.server.lease_time_to_live(req.into_inner(), &creds).instrument(span).await?))
     }
 
     async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {

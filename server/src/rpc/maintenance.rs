@@ -13,6 +13,7 @@ use kvd_api::etcdserverpb::{
 use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status};
 
+use super::auth_info;
 use crate::etcdserver::EtcdServer;
 
 pub struct MaintenanceService {
@@ -32,22 +33,26 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(self.server.status()))
     }
 
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         self.server.defragment().await?;
         Ok(Response::new(DefragmentResponse { header: Some(self.server.header(0)) }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         Ok(Response::new(self.server.hash().await?))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         Ok(Response::new(self.server.hash_kv(req.into_inner().revision).await?))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         let (path, size) = self.server.snapshot_to_file().await?;
         let header = self.server.header(0);
         let stream = async_stream(path, size, header);
@@ -55,6 +60,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.server.require_admin(&auth_info(&req))?;
         self.server.move_leader(req.into_inner().target_id).await?;
         Ok(Response::new(MoveLeaderResponse { header: Some(self.server.header(0)) }))
     }

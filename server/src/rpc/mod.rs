@@ -1,6 +1,7 @@
 //! The gRPC API layer: one thin file per etcd service, request validation,
 //! the error table, and the listener that serves gRPC and HTTP on one port.
 
+mod auth;
 mod cluster;
 mod concurrency;
 mod http;
@@ -23,15 +24,18 @@ use kvd_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use tonic::Request;
 
 use crate::etcdserver::EtcdServer;
-use crate::etcdserver::kv::AuthInfo;
+use crate::etcdserver::kv::Credentials;
 use crate::metrics;
 
 /// gRPC receive limit over the request limit, as etcd's.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The auth token carried in the `token` metadata, for the preflight hook.
-pub(crate) fn auth_info<T>(req: &Request<T>) -> AuthInfo {
-    AuthInfo { token: req.metadata().get("token").and_then(|v| v.to_str().ok()).map(str::to_string) }
+pub(crate) fn auth_info<T>(req: &Request<T>) -> Credentials {
+    Credentials {
+        token: req.metadata().get("token").and_then(|v| v.to_str().ok()).map(str::to_string),
+        internal: false,
+    }
 }
 
 /// Builds the client-facing router: gRPC services, health, and HTTP endpoints.
@@ -54,6 +58,7 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
     let election = kvd_api::v3electionpb::election_server::ElectionServer::new(concurrency::ElectionService {
         server: server.clone(),
     });
+    let auth = kvd_api::etcdserverpb::auth_server::AuthServer::new(auth::AuthService { server: server.clone() });
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(async move {
         reporter.set_serving::<KvServer<kv::KvService>>().await;
@@ -66,6 +71,7 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
+        .add_service(auth)
         .add_service(health)
         .into_axum_router();
     grpc.merge(http::router(server.clone())).layer(axum::middleware::from_fn_with_state(server, grpc_layer))

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use super::validate::ValidationError;
 use crate::apply::ApplyError;
+use crate::auth::AuthError;
 use crate::etcdserver::ServerError;
 use crate::mvcc::MvccError;
 
@@ -42,7 +43,22 @@ pub fn apply(e: &ApplyError) -> Status {
         ApplyError::LeaseTtlTooLarge => status(Code::OutOfRange, "etcdserver: too large lease TTL"),
         ApplyError::NoSpace => status(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
         ApplyError::NotCapable => status(Code::FailedPrecondition, "etcdserver: not capable"),
+        ApplyError::Auth(a) => auth(a),
     }
+}
+
+pub fn auth(e: &AuthError) -> Status {
+    use AuthError::*;
+    let code = match e {
+        RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound
+        | RoleNotGranted | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
+        UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => {
+            Code::InvalidArgument
+        }
+        PermissionDenied => Code::PermissionDenied,
+        InvalidAuthToken => Code::Unauthenticated,
+    };
+    status(code, &e.to_string())
 }
 
 /// Maps every server-layer error to etcd's status.
@@ -58,6 +74,7 @@ pub fn to_status(e: ServerError) -> Status {
         ServerError::NoSpace => status(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
         ServerError::Apply(a) => apply(a),
         ServerError::Mvcc(m) => mvcc(m),
+        ServerError::Auth(a) => auth(a),
         ServerError::MemberNotFound => status(Code::NotFound, &e.to_string()),
         ServerError::MemberIdExists
         | ServerError::PeerUrlExists

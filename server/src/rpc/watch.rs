@@ -36,26 +36,73 @@ impl Watch for WatchService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
+        let creds = super::auth_info(&req);
         let mut inbound = req.into_inner();
+        let ranges: Ranges = Default::default();
         let hub = self.server.watch_hub().clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = hub.open_stream(tx.clone());
         let server = self.server.clone();
+        let (c, r) = (creds.clone(), ranges.clone());
         tokio::spawn(async move {
             // The client closing its side ends the whole stream, as in etcd.
             while let Ok(Some(req)) = inbound.message().await {
-                if handle(&server, &hub, stream, &tx, req).await.is_err() {
+                if handle(&server, &hub, stream, &tx, req, &c, &r).await.is_err() {
                     break;
                 }
             }
             hub.close_stream(stream);
         });
         let server = self.server.clone();
+        let hub = self.server.watch_hub().clone();
         let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
-            .map(move |msg| futures::stream::iter(responses(&server, msg).into_iter().map(Ok)))
+            .map(move |msg| {
+                let msg = recheck(&server, &hub, stream, &creds, &ranges, msg);
+                futures::stream::iter(responses(&server, msg).into_iter().map(Ok))
+            })
             .flatten();
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// The watched ranges of a stream, by watch id, and the auth revision at
+/// which each was last found permitted.
+type Ranges = Arc<parking_lot::Mutex<std::collections::HashMap<i64, (Vec<u8>, Vec<u8>, u64)>>>;
+
+/// etcd's cancel reason for a watch without read permission.
+const PERMISSION_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+
+/// Before events go out: if auth changed since the watcher was last checked,
+/// check again; a watcher that lost read permission is canceled instead.
+fn recheck(
+    server: &EtcdServer,
+    hub: &WatchHub,
+    stream: StreamId,
+    creds: &crate::etcdserver::kv::Credentials,
+    ranges: &Ranges,
+    msg: WatchMsg,
+) -> WatchMsg {
+    let WatchMsg::Events { watch_id, .. } = &msg else { return msg };
+    let rev = server.auth_revision();
+    let mut r = ranges.lock();
+    let Some((key, end, checked)) = r.get_mut(watch_id) else { return msg };
+    if *checked == rev {
+        return msg;
+    }
+    if server.check_watch(creds, key, end).is_ok() {
+        *checked = rev;
+        return msg;
+    }
+    let watch_id = *watch_id;
+    r.remove(&watch_id);
+    hub.cancel(stream, watch_id);
+    WatchMsg::Response(WatchResponse {
+        header: Some(server.header(0)),
+        watch_id,
+        canceled: true,
+        cancel_reason: PERMISSION_DENIED.into(),
+        ..Default::default()
+    })
 }
 
 /// One client request on the stream. Err: the stream is gone.
@@ -65,9 +112,23 @@ async fn handle(
     stream: StreamId,
     tx: &mpsc::Sender<WatchMsg>,
     req: WatchRequest,
+    creds: &crate::etcdserver::kv::Credentials,
+    ranges: &Ranges,
 ) -> Result<(), ()> {
     match req.request_union {
+        Some(RequestUnion::CreateRequest(c)) if server.check_watch(creds, &c.key, &c.range_end).is_err() => {
+            let refused = WatchResponse {
+                header: Some(server.header(0)),
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                cancel_reason: PERMISSION_DENIED.into(),
+                ..Default::default()
+            };
+            tx.send(WatchMsg::Response(refused)).await.map_err(|_| ())?;
+        }
         Some(RequestUnion::CreateRequest(c)) => {
+            let range = (c.key.clone(), c.range_end.clone(), server.auth_revision());
             let spec = WatchSpec {
                 no_put: c.filters.contains(&(FilterType::Noput as i32)),
                 no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
@@ -86,6 +147,7 @@ async fn handle(
                         created: true,
                         ..Default::default()
                     };
+                    ranges.lock().insert(id, range);
                     // "created" goes out before any event of the watcher.
                     tx.send(WatchMsg::Response(created)).await.map_err(|_| ())?;
                     hub.activate(stream, id);
@@ -104,6 +166,7 @@ async fn handle(
             }
         }
         Some(RequestUnion::CancelRequest(c)) if hub.cancel(stream, c.watch_id) => {
+            ranges.lock().remove(&c.watch_id);
             let canceled = WatchResponse {
                 header: Some(server.header(0)),
                 watch_id: c.watch_id,

@@ -174,7 +174,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Creates a member's backend from a snapshot file, as `etcdutl snapshot
-/// restore` does: the MVCC data, leases and compaction revisions are kept; raft
+/// restore` does: the MVCC data, leases, auth and compaction revisions are kept; raft
 /// state (applied index, membership, snapshot metadata) and alarms are not,
 /// so the member starts a new cluster from `--initial-cluster` on first start.
 ///
@@ -194,7 +194,12 @@ pub fn restore(path: &Path, data_dir: &Path, identity: crate::wal::Metadata) -> 
         .map_err(|e| SnapshotError::Io { path: member.join("wal"), msg: e.to_string() })?;
     wal.close();
     let be = Backend::open(&member.join("db.redb"), usize::MAX)?;
-    let keep_meta = [crate::mvcc::meta::SCHEDULED_COMPACT_REV, crate::mvcc::meta::FINISHED_COMPACT_REV];
+    let keep_meta = [
+        crate::mvcc::meta::SCHEDULED_COMPACT_REV,
+        crate::mvcc::meta::FINISHED_COMPACT_REV,
+        crate::auth::AUTH_ENABLED,
+        crate::auth::AUTH_REVISION,
+    ];
     let mut n = 0usize;
     let mut err = None;
     read(path, |t, k, v| {
@@ -202,7 +207,7 @@ pub fn restore(path: &Path, data_dir: &Path, identity: crate::wal::Metadata) -> 
             Table::Key => true,
             Table::Meta => keep_meta.contains(&k),
             Table::Alarm => false,
-            Table::Lease => true,
+            Table::Lease | Table::AuthUser | Table::AuthRole => true,
         };
         if keep && err.is_none() {
             be.write(|b| b.put(t, k.to_vec(), bytes::Bytes::copy_from_slice(v)));

@@ -29,8 +29,21 @@ impl WatchStream {
     }
 
     pub async fn open_on(ch: Channel) -> WatchStream {
+        Self::open_as(ch, None).await
+    }
+
+    /// A stream carrying an auth token.
+    pub async fn open_with_token(endpoint: &str, token: &str) -> WatchStream {
+        let ch = Channel::from_shared(endpoint.to_string()).unwrap().connect().await.unwrap();
+        Self::open_as(ch, Some(token.to_string())).await
+    }
+
+    async fn open_as(ch: Channel, token: Option<String>) -> WatchStream {
         let (tx, rx) = mpsc::channel(64);
-        let out = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut out = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(t) = token {
+            out.metadata_mut().insert("token", t.parse().unwrap());
+        }
         let call =
             tokio::spawn(async move { WatchClient::new(ch).max_decoding_message_size(usize::MAX).watch(out).await });
         WatchStream { tx, call: Some(call), rx: None, backlog: Default::default() }
