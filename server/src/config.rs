@@ -73,6 +73,31 @@ pub struct Flags {
     /// Periodic: hours ("1") or a duration ("30m"); revision: a count. 0 = off.
     #[arg(long, env = "KVD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Certificate of the client listener (PEM).
+    #[arg(long, env = "KVD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Key of the client listener's certificate (PEM).
+    #[arg(long, env = "KVD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA that client certificates must be signed by.
+    #[arg(long, env = "KVD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file; with auth
+    /// enabled, a certificate's common name is the user.
+    #[arg(long, env = "KVD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Certificate of the peer listener, also presented to other members.
+    #[arg(long, env = "KVD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Key of the peer certificate.
+    #[arg(long, env = "KVD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA that peer certificates are signed by.
+    #[arg(long, env = "KVD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present certificates signed by --peer-trusted-ca-file.
+    #[arg(long, env = "KVD_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
     /// Seconds an unused simple auth token stays valid.
     #[arg(long, env = "KVD_AUTH_TOKEN_TTL", default_value_t = 300)]
     pub auth_token_ttl: u64,
@@ -121,17 +146,20 @@ fn ferr(flag: &'static str, msg: impl Into<String>) -> FlagError {
 }
 
 /// Resolves an `http://host:port` URL into socket addresses to listen on.
-pub fn listen_addrs(flag: &'static str, urls: &[String]) -> Result<Vec<SocketAddr>, FlagError> {
+/// Listen addresses of a URL flag; true marks https (TLS) listeners.
+pub fn listen_addrs(flag: &'static str, urls: &[String]) -> Result<Vec<(SocketAddr, bool)>, FlagError> {
     let mut out = Vec::new();
     for u in urls.iter().filter(|u| !u.is_empty()) {
         let parsed = url::Url::parse(u).map_err(|e| ferr(flag, format!("{u}: {e}")))?;
-        if parsed.scheme() != "http" {
-            return Err(ferr(flag, format!("{u}: only http:// is supported so far")));
-        }
+        let tls = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return Err(ferr(flag, format!("{u}: unknown scheme {other:?} (http or https)"))),
+        };
         let host = parsed.host_str().ok_or_else(|| ferr(flag, format!("{u}: no host")))?;
         let port = parsed.port().ok_or_else(|| ferr(flag, format!("{u}: no port")))?;
         let addrs = (host, port).to_socket_addrs().map_err(|e| ferr(flag, format!("{u}: {e}")))?;
-        out.extend(addrs.take(1));
+        out.extend(addrs.take(1).map(|a| (a, tls)));
     }
     Ok(out)
 }
@@ -149,6 +177,42 @@ pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>
 }
 
 impl Flags {
+    fn tls(
+        cert: &Option<PathBuf>,
+        key: &Option<PathBuf>,
+        ca: &Option<PathBuf>,
+        auth: bool,
+        flag: &'static str,
+    ) -> Result<Option<crate::tls::TlsFiles>, FlagError> {
+        match (cert, key) {
+            (Some(c), Some(k)) => Ok(Some(crate::tls::TlsFiles {
+                cert: c.clone(),
+                key: k.clone(),
+                trusted_ca: ca.clone(),
+                client_cert_auth: auth,
+            })),
+            (None, None) if !auth => Ok(None),
+            (None, None) => Err(ferr(flag, "client certificate auth needs a certificate and key".to_string())),
+            _ => Err(ferr(flag, "a certificate needs both --*cert-file and --*key-file".to_string())),
+        }
+    }
+
+    /// The client listener's TLS files, if configured.
+    pub fn client_tls(&self) -> Result<Option<crate::tls::TlsFiles>, FlagError> {
+        Self::tls(&self.cert_file, &self.key_file, &self.trusted_ca_file, self.client_cert_auth, "cert-file")
+    }
+
+    /// The peer listener's (and peer clients') TLS files, if configured.
+    pub fn peer_tls(&self) -> Result<Option<crate::tls::TlsFiles>, FlagError> {
+        Self::tls(
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+            self.peer_client_cert_auth,
+            "peer-cert-file",
+        )
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.kvd", self.name)))
     }
@@ -208,6 +272,11 @@ impl Flags {
             )
             .map_err(|e| ferr("auto-compaction-retention", e))?,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
+            client_cert_auth: self.client_cert_auth,
+            peer_client_tls: match self.peer_tls()? {
+                Some(f) => Some(crate::tls::client_config(&f).map_err(|e| ferr("peer-cert-file", e.to_string()))?),
+                None => None,
+            },
         })
     }
 }
@@ -224,7 +293,7 @@ mod tests {
         assert_eq!(c.initial_cluster.len(), 1);
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.backend_batch_interval, Duration::from_millis(100));
-        assert_eq!(listen_addrs("x", &f.listen_client_urls).unwrap()[0].port(), 2379);
+        assert_eq!(listen_addrs("x", &f.listen_client_urls).unwrap()[0].0.port(), 2379);
     }
 
     #[test]

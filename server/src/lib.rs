@@ -20,5 +20,6 @@ pub mod raft;
 pub mod rpc;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod wal;
 pub mod watch;

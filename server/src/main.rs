@@ -54,9 +54,27 @@ async fn run(flags: Flags) -> Result<(), String> {
         .map(|a| (a, Listener::Client))
         .chain(metrics_addrs.iter().map(|a| (a, Listener::Metrics)))
         .chain(peer_addrs.iter().map(|a| (a, Listener::Peer)));
-    for (addr, kind) in all {
+    for ((addr, tls), kind) in all {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        listeners.push((l, kind));
+        listeners.push((l, kind, *tls));
+    }
+    // Certificates are loaded (and checked) before anything else starts.
+    let client_tls = flags.client_tls().map_err(|e| e.to_string())?;
+    let peer_tls = flags.peer_tls().map_err(|e| e.to_string())?;
+    let mut acceptors = std::collections::HashMap::new();
+    for (_, kind, tls) in &listeners {
+        if !tls {
+            continue;
+        }
+        let (files, flag) = match kind {
+            Listener::Peer => (&peer_tls, "--peer-cert-file/--peer-key-file"),
+            _ => (&client_tls, "--cert-file/--key-file"),
+        };
+        let files = files.clone().ok_or_else(|| format!("an https {kind:?} URL needs {flag}"))?;
+        if !acceptors.contains_key(&files) {
+            let r = kvd::tls::Reloading::new(files.clone()).map_err(|e| e.to_string())?;
+            acceptors.insert(files.clone(), r);
+        }
     }
     info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting kvd");
     let server = EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
@@ -66,13 +84,21 @@ async fn run(flags: Flags) -> Result<(), String> {
     server.watch_hub().start(server.cfg.watch_progress_notify_interval);
     server.publish_attributes();
     let mut tasks = tokio::task::JoinSet::new();
-    for (l, kind) in listeners {
+    for (l, kind, tls) in listeners {
         let router = match kind {
             Listener::Client => kvd::rpc::client_router(server.clone()),
             Listener::Metrics => kvd::rpc::metrics_router(server.clone()),
             Listener::Peer => kvd::rpc::peer_router(server.clone()),
         };
         info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), ?kind, "serving");
+        if tls {
+            let files = if matches!(kind, Listener::Peer) { &peer_tls } else { &client_tls };
+            let Some(acceptor) = files.as_ref().and_then(|f| acceptors.get(f)).cloned() else { continue };
+            let l = kvd::tls::TlsListener::new(l, acceptor).map_err(|e| e.to_string())?;
+            let svc = router.into_make_service_with_connect_info::<kvd::tls::TlsAddr>();
+            tasks.spawn(async move { axum::serve(l, svc).await });
+            continue;
+        }
         // No Nagle: small gRPC replies must not wait for a delayed ACK.
         let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
             let _ = tcp.set_nodelay(true);

@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub auto_compaction: super::AutoCompaction,
     /// How long an unused simple auth token stays valid.
     pub auth_token_ttl: Duration,
+    /// `--client-cert-auth`: a client certificate's common name is the user.
+    pub client_cert_auth: bool,
+    /// TLS for connections to other members' https peer URLs.
+    pub peer_client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// A member's id: from its peer URLs and the cluster token, as etcd derives it.
@@ -92,7 +96,7 @@ async fn discover_cluster_id(cfg: &ServerConfig, me: u64) -> Result<u64, ServerE
                 continue;
             }
             for url in urls {
-                let Ok(ep) = tonic::transport::Channel::from_shared(url.clone()) else { continue };
+                let Ok(ep) = crate::tls::endpoint(url, cfg.peer_client_tls.as_ref()) else { continue };
                 let res = async {
                     let ch = ep.connect_timeout(Duration::from_secs(1)).connect().await.map_err(|e| e.to_string())?;
                     kvd_api::kvdpeerpb::peer_client::PeerClient::new(ch)
@@ -209,7 +213,7 @@ impl EtcdServer {
         }
         .validate()
         .map_err(|e| err(&format!("raft config: {e}")))?;
-        let network = PeerNetwork { cluster_id: cid };
+        let network = PeerNetwork { cluster_id: cid, tls: cfg.peer_client_tls.clone() };
         let raft = Raft::new(me, Arc::new(rcfg), network, log.clone(), sm).await.map_err(|e| err(&e))?;
         if fresh && !cfg.join_existing {
             // Every initial member initializes with the same membership; raft

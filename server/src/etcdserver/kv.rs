@@ -25,12 +25,14 @@ use kvd_api::etcdserverpb::RequestHeader;
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     pub token: Option<String>,
+    /// The verified client certificate's common name (TLS listeners).
+    pub common_name: Option<String>,
     pub internal: bool,
 }
 
 impl Credentials {
     pub fn internal() -> Self {
-        Self { token: None, internal: true }
+        Self { token: None, common_name: None, internal: true }
     }
 }
 
@@ -66,6 +68,15 @@ impl EtcdServer {
     pub fn check_auth(&self, creds: &Credentials) -> Result<Option<AuthInfo>, ServerError> {
         if creds.internal {
             return Ok(None);
+        }
+        // Without a token, a verified client certificate names the user (etcd's
+        // --client-cert-auth).
+        if creds.token.is_none()
+            && self.cfg.client_cert_auth
+            && let Some(cn) = &creds.common_name
+            && self.auth.enabled()
+        {
+            return Ok(Some(AuthInfo { username: cn.clone(), revision: self.auth.revision() }));
         }
         match self.auth.resolve(creds.token.as_deref())? {
             Some(info) => Ok(Some(info)),

@@ -48,8 +48,8 @@ impl EtcdServer {
         let ch = match channels.get(url) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = tonic::transport::Channel::from_shared(url.clone())
-                    .map_err(|e| ServerError::Internal(format!("leader peer URL {url}: {e}")))?
+                let ch = crate::tls::endpoint(url, self.cfg.peer_client_tls.as_ref())
+                    .map_err(|e| ServerError::Internal(format!("leader peer URL {e}")))?
                     .tcp_nodelay(true)
                     .connect_lazy();
                 channels.insert(url.clone(), ch.clone());

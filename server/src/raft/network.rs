@@ -35,6 +35,8 @@ enum Rpc {
 /// Makes one client per peer.
 pub struct PeerNetwork {
     pub cluster_id: u64,
+    /// For https peer URLs.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// A connection to one peer.
@@ -49,7 +51,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
         let client = match node.peer_urls.first() {
-            Some(url) => Channel::from_shared(url.clone())
+            Some(url) => crate::tls::endpoint(url, self.tls.as_ref())
                 .map(|e| {
                     let ch = e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
                     PeerClient::new(ch)

@@ -34,6 +34,10 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub(crate) fn auth_info<T>(req: &Request<T>) -> Credentials {
     Credentials {
         token: req.metadata().get("token").and_then(|v| v.to_str().ok()).map(str::to_string),
+        common_name: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<crate::tls::TlsAddr>>()
+            .and_then(|c| c.0.common_name.clone()),
         internal: false,
     }
 }
