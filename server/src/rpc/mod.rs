@@ -4,6 +4,7 @@
 mod auth;
 mod cluster;
 mod concurrency;
+mod gateway;
 mod http;
 mod kv;
 mod lease;
@@ -33,7 +34,12 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// The auth token carried in the `token` metadata, for the preflight hook.
 pub(crate) fn auth_info<T>(req: &Request<T>) -> Credentials {
     Credentials {
-        token: req.metadata().get("token").and_then(|v| v.to_str().ok()).map(str::to_string),
+        // etcd reads the token from `token`, or `authorization` (its gateway's).
+        token: ["token", "authorization"]
+            .iter()
+            .find_map(|k| req.metadata().get(*k))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         common_name: req
             .extensions()
             .get::<axum::extract::ConnectInfo<crate::tls::TlsAddr>>()
@@ -77,8 +83,15 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         .add_service(election)
         .add_service(auth)
         .add_service(health)
-        .into_axum_router();
-    grpc.merge(http::router(server.clone())).layer(axum::middleware::from_fn_with_state(server, grpc_layer))
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(server.clone(), grpc_layer));
+    // The JSON gateway runs each call through the same gRPC router.
+    let mut gw = axum::Router::new();
+    for path in gateway::paths() {
+        let g = grpc.clone();
+        gw = gw.route(path, axum::routing::post(move |req: HttpRequest| gateway::handle(g.clone(), req)));
+    }
+    grpc.merge(http::router(server)).merge(gw)
 }
 
 pub use peer::peer_router;
