@@ -336,3 +336,55 @@ async fn every_member_delivers_the_same_events() {
     assert_eq!(all[0], all[1]);
     assert_eq!(all[0], all[2]);
 }
+
+/// `etcdctl watch` with --rev, --prefix and --prev-kv prints the same on kvd and etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_prints_as_against_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
+    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
+    kvd.ready().await;
+    etcd.ready().await;
+    let mut seen = Vec::new();
+    for p in [&kvd, &etcd] {
+        for (k, v) in [("p/a", "1"), ("p/b", "2"), ("q", "3"), ("p/a", "4")] {
+            let (ok, _, err) = common::etcdctl(&p.endpoint, &["put", k, v], None);
+            assert!(ok, "{err}");
+        }
+        let (ok, _, err) = common::etcdctl(&p.endpoint, &["del", "p/b"], None);
+        assert!(ok, "{err}");
+        let out = std::process::Command::new("timeout")
+            .arg("2")
+            .arg(common::etcdctl_bin())
+            .args([&format!("--endpoints={}", p.endpoint), "watch", "--rev=1", "--prefix", "--prev-kv", "p/"])
+            .output()
+            .unwrap();
+        seen.push(String::from_utf8_lossy(&out.stdout).to_string());
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert!(seen[0].starts_with("PUT\np/a\n1\n"), "{}", seen[0]);
+    assert_eq!(seen[0].matches("DELETE").count(), 1);
+}
+
+/// Watchers that ask for progress notifications get them every
+/// `--experimental-watch-progress-notify-interval`, with the current revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_progress_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd(&dir.path().join("kvd"), &["--experimental-watch-progress-notify-interval", "500ms"]);
+    kvd.ready().await;
+    let mut kv = kvd.kv().await;
+    kv.put(PutRequest { key: b"x".to_vec(), value: b"1".to_vec(), ..Default::default() }).await.unwrap();
+    let mut s = WatchStream::open(&kvd.endpoint).await;
+    let c = s.create(WatchCreateRequest { key: b"y".to_vec(), progress_notify: true, ..Default::default() }).await;
+    let quiet = s.create(WatchCreateRequest { key: b"z".to_vec(), ..Default::default() }).await;
+    let rev = current_rev(&kvd).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let r = s.next(Duration::from_secs(3)).await.expect("a progress notification");
+        assert!(r.events.is_empty());
+        assert_ne!(r.watch_id, quiet.watch_id, "only watchers that asked get them");
+        got.push((r.watch_id, r.header.unwrap().revision));
+    }
+    assert!(got.iter().all(|(id, r)| *id == c.watch_id && *r == rev), "{got:?}");
+}

@@ -176,17 +176,29 @@ impl EtcdServer {
     /// applied everything committed before the read started.
     pub async fn linearizable_read_notify(&self) -> Result<(), ServerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout();
-        let (leader, _) = self.wait_for_leader(deadline).await?;
-        let index = if leader == self.member_id {
-            let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-            match tokio::time::timeout_at(deadline, fut).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(openraft::errors::RaftError::APIError(_))) => return Err(ServerError::NoLeader),
-                Ok(Err(openraft::errors::RaftError::Fatal(_))) => return Err(ServerError::Stopped),
-                Err(_) => return Err(ServerError::Timeout),
+        // Leadership may move while the read is in flight: ask the new leader,
+        // until the request's deadline (etcd's read loop retries the same way).
+        let index = loop {
+            let (leader, _) = self.wait_for_leader(deadline).await?;
+            let asked = if leader == self.member_id {
+                let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+                match tokio::time::timeout_at(deadline, fut).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(openraft::errors::RaftError::APIError(_))) => Err(ServerError::NoLeader),
+                    Ok(Err(openraft::errors::RaftError::Fatal(_))) => return Err(ServerError::Stopped),
+                    Err(_) => return Err(ServerError::Timeout),
+                }
+            } else {
+                self.remote_read_index(leader, deadline).await
+            };
+            match asked {
+                Ok(index) => break index,
+                Err(ServerError::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(ServerError::NoLeader) => return Err(ServerError::Timeout),
+                Err(e) => return Err(e),
             }
-        } else {
-            self.remote_read_index(leader, deadline).await?
         };
         // Serve the read once this member has applied what the leader had committed.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
