@@ -388,3 +388,46 @@ async fn periodic_progress_notifications() {
     }
     assert!(got.iter().all(|(id, r)| *id == c.watch_id && *r == rev), "{got:?}");
 }
+
+/// A history larger than --max-request-bytes plus gRPC's overhead reaches a
+/// `fragment` watcher in pieces, as etcd sends it, and a plain watcher whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_responses_arrive_in_fragments_as_etcd_sends_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--max-request-bytes", "8192"];
+    let kvd = Proc::kvd(&dir.path().join("kvd"), &flags);
+    let etcd = Proc::etcd(&dir.path().join("etcd"), &flags);
+    kvd.ready().await;
+    etcd.ready().await;
+    let mut seen = Vec::new();
+    for p in [&kvd, &etcd] {
+        // 200 × 4 KB = 800 KB of history, over 8 KiB + 512 KiB.
+        let mut kv = p.kv().await;
+        for i in 0..200 {
+            let put =
+                PutRequest { key: format!("f/{i:03}").into_bytes(), value: vec![b'x'; 4000], ..Default::default() };
+            kv.put(put).await.unwrap();
+        }
+        let mut s = WatchStream::open(&p.endpoint).await;
+        let all = |fragment| WatchCreateRequest {
+            key: b"f/".to_vec(),
+            range_end: b"f0".to_vec(),
+            start_revision: 1,
+            fragment,
+            ..Default::default()
+        };
+        s.create(all(true)).await;
+        let mut got: Vec<(i64, usize, bool)> = s
+            .drain(Duration::from_millis(800))
+            .await
+            .iter()
+            .map(|r| (r.watch_id, r.events.len(), r.fragment))
+            .collect();
+        s.create(all(false)).await;
+        got.extend(s.drain(Duration::from_millis(800)).await.iter().map(|r| (r.watch_id, r.events.len(), r.fragment)));
+        seen.push(got);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert!(seen[0].iter().filter(|(id, _, f)| *id == 0 && *f).count() >= 1, "fragmented: {:?}", seen[0]);
+    assert!(seen[0].contains(&(1, 200, false)), "whole for a plain watcher: {:?}", seen[0]);
+}

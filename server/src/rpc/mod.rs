@@ -29,7 +29,7 @@ use crate::etcdserver::kv::Credentials;
 use crate::metrics;
 
 /// gRPC receive limit over the request limit, as etcd's.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The auth token carried in the `token` metadata, for the preflight hook.
 pub(crate) fn auth_info<T>(req: &Request<T>) -> Credentials {

@@ -203,7 +203,9 @@ fn responses(server: &EtcdServer, msg: WatchMsg) -> Vec<WatchResponse> {
                 }
             }
             let resp = WatchResponse { header: Some(server.header(revision)), watch_id, events, ..Default::default() };
-            if fragment { fragments(resp, server.cfg.max_request_bytes) } else { vec![resp] }
+            // etcd's limit for a watch response: the request limit plus gRPC's overhead.
+            let limit = server.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
+            if fragment { fragments(resp, limit) } else { vec![resp] }
         }
     }
 }
