@@ -76,6 +76,13 @@ pub struct Metrics {
     pub peer_received_bytes: Family<FromLabel, Counter>,
     pub peer_sent_failures: Family<ToLabel, Counter>,
     pub peer_rtt: Family<ToLabel, Histogram>,
+    /// The standard process metrics (dashboards and `etcdctl check datascale` read them).
+    pub process_resident_memory: Gauge,
+    pub process_virtual_memory: Gauge,
+    pub process_cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub process_open_fds: Gauge,
+    pub process_max_fds: Gauge,
+    pub process_start_time: Gauge,
 }
 
 fn latency_buckets() -> Histogram {
@@ -117,6 +124,12 @@ impl Metrics {
             peer_received_bytes: Family::default(),
             peer_sent_failures: Family::default(),
             peer_rtt: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
+            process_resident_memory: Gauge::default(),
+            process_virtual_memory: Gauge::default(),
+            process_cpu_seconds: Gauge::default(),
+            process_open_fds: Gauge::default(),
+            process_max_fds: Gauge::default(),
+            process_start_time: Gauge::default(),
             registry: Registry::default(),
         };
         r.register("etcd_disk_wal_fsync_duration_seconds", "WAL fdatasync latency", m.wal_fsync.clone());
@@ -157,7 +170,44 @@ impl Metrics {
         r.register("etcd_network_peer_received_bytes", "Bytes received from peers", m.peer_received_bytes.clone());
         r.register("etcd_network_peer_sent_failures", "Failed sends to peers", m.peer_sent_failures.clone());
         r.register("etcd_network_peer_round_trip_time_seconds", "Round-trip time of peer RPCs", m.peer_rtt.clone());
+        r.register("process_resident_memory_bytes", "Resident memory size in bytes", m.process_resident_memory.clone());
+        r.register("process_virtual_memory_bytes", "Virtual memory size in bytes", m.process_virtual_memory.clone());
+        r.register("process_cpu_seconds_total", "User and system CPU time in seconds", m.process_cpu_seconds.clone());
+        r.register("process_open_fds", "Open file descriptors", m.process_open_fds.clone());
+        r.register("process_max_fds", "Maximum open file descriptors", m.process_max_fds.clone());
+        r.register("process_start_time_seconds", "Start time since the epoch in seconds", m.process_start_time.clone());
         Metrics { registry: r, ..m }
+    }
+
+    /// Reads the process metrics from /proc (Linux); left as they were elsewhere.
+    pub fn refresh_process(&self) {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // SAFETY: sysconf only reads configuration values.
+        let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
+        let ticks = ticks.max(1) as f64;
+        // Indexes in `f`: field N of proc(5) is f[N - 3].
+        self.process_cpu_seconds.set((num(11) + num(12)) as f64 / ticks);
+        self.process_virtual_memory.set(num(20) as i64);
+        self.process_resident_memory.set(num(21) as i64 * page.max(1));
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok())));
+        if let Some(boot) = boot {
+            self.process_start_time.set((boot as f64 + num(19) as f64 / ticks) as i64);
+        }
+        if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+            self.process_open_fds.set(d.count() as i64);
+        }
+        let max = std::fs::read_to_string("/proc/self/limits").ok().and_then(|s| {
+            s.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        });
+        if let Some(max) = max {
+            self.process_max_fds.set(max);
+        }
     }
 
     pub fn wal_batch_records(&self, n: usize) {

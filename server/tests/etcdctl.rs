@@ -93,6 +93,17 @@ async fn put_get_del_txn_compact_status_defrag() {
     assert_eq!(sha2::Sha256::digest(body).as_slice(), sum);
 }
 
+/// `etcdctl check datascale` writes 10,000 keys and reads the process memory
+/// from /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_datascale_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
+    kvd.ready().await;
+    let (ok, out, err) = etcdctl(&kvd.endpoint, &["check", "datascale", "--load=s"], None);
+    assert!(ok && out.contains("PASS"), "{out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defrag_shrinks_the_backend_after_compaction() {
     let dir = tempfile::tempdir().unwrap();

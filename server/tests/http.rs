@@ -73,6 +73,12 @@ async fn health_version_and_metrics() {
     assert!(value("etcd_server_proposals_applied_total") >= 2.0);
     assert!(value("etcd_network_client_grpc_received_bytes_total") > 0.0);
     assert!(value("etcd_network_client_grpc_sent_bytes_total") > 0.0);
+    // The standard process metrics, from /proc.
+    let rss = value("process_resident_memory_bytes");
+    assert!(rss > 1e6 && rss < 4e9, "resident memory {rss}");
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_start_time_seconds") > 1.7e9);
     assert!(
         text.lines().any(|l| l.starts_with("grpc_server_handled_total")
             && l.contains("grpc_method=\"Put\"")

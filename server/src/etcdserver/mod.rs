@@ -186,6 +186,7 @@ impl EtcdServer {
         m.proposals_committed.set(committed as i64);
         m.proposals_applied.set(applied as i64);
         m.apply_lag.set(committed.saturating_sub(applied) as i64);
+        m.refresh_process();
     }
 
     /// Counts leader changes, as etcd's `leader_changes_seen_total`, and stops
