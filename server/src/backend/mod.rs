@@ -14,6 +14,7 @@
 //!   a reader never misses a key between the buffer and the file.
 
 pub mod buffer;
+mod read;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, TableDefinition};
 use tracing::{info, info_span, warn};
 
 pub use buffer::{Buffer, Table};
@@ -145,110 +146,6 @@ impl Backend {
         let (m, cv) = &self.wake;
         *m.lock() = true;
         cv.notify_one();
-    }
-
-    /// Reads one key, seeing buffered writes.
-    pub fn get(&self, t: Table, k: &[u8]) -> Result<Option<Bytes>, BackendError> {
-        Ok(self.get_many(t, std::slice::from_ref(&k.to_vec()))?.pop().flatten())
-    }
-
-    /// Reads several keys of one table, seeing buffered writes.
-    pub fn get_many(&self, t: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, BackendError> {
-        let mut out = vec![None; keys.len()];
-        let mut missing = Vec::new();
-        {
-            let b = self.bufs.read();
-            for (i, k) in keys.iter().enumerate() {
-                match b.pending.get(t, k).or_else(|| b.committing.as_ref().and_then(|c| c.get(t, k))) {
-                    Some(v) => out[i] = v,
-                    None => missing.push(i),
-                }
-            }
-        }
-        // Taken after the buffers: anything that left them is in redb by now.
-        if !missing.is_empty() {
-            let db = self.db.read();
-            let tx = db.begin_read()?;
-            let table = tx.open_table(def(t))?;
-            for i in missing {
-                out[i] = table.get(keys[i].as_slice())?.map(|g| Bytes::copy_from_slice(g.value()));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Visits committed entries of `t` in `[start, end)` in key order until `f`
-    /// returns false. Call [`commit`](Self::commit) first to include buffered writes.
-    pub fn scan_committed(
-        &self,
-        t: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), BackendError> {
-        let db = self.db.read();
-        let tx = db.begin_read()?;
-        let table = tx.open_table(def(t))?;
-        let iter = match end {
-            Some(e) => table.range::<&[u8]>(start..e)?,
-            None => table.range::<&[u8]>(start..)?,
-        };
-        for item in iter {
-            let (k, v) = item?;
-            if !f(k.value(), v.value()) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads every entry of `t` in `[start, end)` in key order, buffered
-    /// writes included. Callers bound the range (watch catch-up reads a window
-    /// of revisions at a time).
-    pub fn scan(&self, t: Table, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Bytes)>, BackendError> {
-        use std::collections::BTreeMap;
-        use std::ops::Bound;
-        // Buffers first: anything that leaves them is in redb before the read below.
-        let mut overlay: BTreeMap<Vec<u8>, Option<Bytes>> = BTreeMap::new();
-        {
-            let b = self.bufs.read();
-            for buf in b.committing.iter().map(|c| c.as_ref()).chain(std::iter::once(&b.pending)) {
-                if let Some((_, m)) = buf.tables().find(|(bt, _)| *bt == t) {
-                    for (k, v) in m.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))) {
-                        overlay.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        let mut out: BTreeMap<Vec<u8>, Bytes> = BTreeMap::new();
-        self.scan_committed(t, start, Some(end), |k, v| {
-            out.insert(k.to_vec(), Bytes::copy_from_slice(v));
-            true
-        })?;
-        for (k, v) in overlay {
-            match v {
-                Some(v) => out.insert(k, v),
-                None => out.remove(&k),
-            };
-        }
-        Ok(out.into_iter().collect())
-    }
-
-    /// Visits every committed entry of every table from one read transaction
-    /// (a consistent view), until `f` returns false.
-    pub fn scan_all_committed(&self, mut f: impl FnMut(Table, &[u8], &[u8]) -> bool) -> Result<(), BackendError> {
-        let db = self.db.read();
-        let tx = db.begin_read()?;
-        for t in Table::ALL {
-            let table = tx.open_table(def(t))?;
-            for item in table.range::<&[u8]>(..)? {
-                let (k, v) = item?;
-                if !f(t, k.value(), v.value()) {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Commits the pending buffer durably in one redb transaction.
