@@ -151,12 +151,28 @@ async fn leases_survive_a_restart() {
     lc.lease_grant(LeaseGrantRequest { id: 43, ttl: 30 }).await.unwrap();
     let mut kv = kvd.kv().await;
     kv.put(PutRequest { key: b"r".to_vec(), value: b"v".to_vec(), lease: 42, ..Default::default() }).await.unwrap();
+    // More keys than one page of the restart's scan, around unleased ones.
+    for batch in 0..15 {
+        let ops = (0..100)
+            .map(|i| kvd_api::etcdserverpb::RequestOp {
+                request: Some(kvd_api::etcdserverpb::request_op::Request::RequestPut(PutRequest {
+                    key: format!("many/{batch:02}/{i:03}").into_bytes(),
+                    value: b"v".to_vec(),
+                    lease: if i % 10 == 0 { 0 } else { 42 },
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        kv.txn(kvd_api::etcdserverpb::TxnRequest { success: ops, ..Default::default() }).await.unwrap();
+    }
     lc.lease_revoke(LeaseRevokeRequest { id: 43 }).await.unwrap();
     kvd.restart();
     kvd.ready().await;
     let mut lc = lease_client(&kvd);
     let ttl = lc.lease_time_to_live(LeaseTimeToLiveRequest { id: 42, keys: true }).await.unwrap().into_inner();
-    assert_eq!((ttl.granted_ttl, ttl.keys.clone()), (30, vec![b"r".to_vec()]), "{ttl:?}");
+    assert_eq!(ttl.granted_ttl, 30);
+    assert_eq!(ttl.keys.len(), 1 + 15 * 90, "every leased key is attached again");
+    assert!(ttl.keys.contains(&b"r".to_vec()) && !ttl.keys.contains(&b"many/00/000".to_vec()));
     assert!(ttl.ttl > 20, "{ttl:?}");
     let leases = lc.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner();
     assert_eq!(leases.leases.iter().map(|l| l.id).collect::<Vec<_>>(), vec![42]);
@@ -165,6 +181,9 @@ async fn leases_survive_a_restart() {
     assert!(
         kv.range(RangeRequest { key: b"r".to_vec(), ..Default::default() }).await.unwrap().into_inner().kvs.is_empty()
     );
+    let left =
+        RangeRequest { key: b"many/".to_vec(), range_end: b"many0".to_vec(), count_only: true, ..Default::default() };
+    assert_eq!(kv.range(left).await.unwrap().into_inner().count, 150, "only the unleased keys are left");
 }
 
 /// Keep-alives sent to a follower reach the leader; the lease outlives its

@@ -154,6 +154,11 @@ impl EtcdServer {
         self.check_admin(&user)
     }
 
+    /// False when auth is enabled and `token` is not (yet) known here.
+    pub fn token_known(&self, token: &str) -> bool {
+        !self.auth.enabled() || self.auth.tokens.user(token).is_some()
+    }
+
     pub fn auth_revision(&self) -> u64 {
         self.auth.revision()
     }

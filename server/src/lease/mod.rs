@@ -110,13 +110,24 @@ impl Lessor {
         if let Some(k) = bad {
             return Err(MvccError::Backend(BackendError::Storage(format!("corrupt lease row {k:?} in the backend"))));
         }
-        let all = store.range(b"\0", RangeEnd::Unbounded, RangeOptions::default())?;
+        // Page through the live keys so a large store is never all in memory.
         let mut items = HashMap::new();
-        for kv in all.kvs.into_iter().filter(|kv| kv.lease != 0) {
-            if let Some(l) = leases.get_mut(&kv.lease) {
-                l.keys.insert(kv.key.clone());
-                items.insert(kv.key, kv.lease);
+        let mut from = vec![0u8];
+        loop {
+            let page = store.range(&from, RangeEnd::Unbounded, RangeOptions { limit: 1000, ..Default::default() })?;
+            let Some(last) = page.kvs.last().map(|kv| kv.key.clone()) else { break };
+            let full = page.kvs.len() == 1000;
+            for kv in page.kvs.into_iter().filter(|kv| kv.lease != 0) {
+                if let Some(l) = leases.get_mut(&kv.lease) {
+                    l.keys.insert(kv.key.clone());
+                    items.insert(kv.key, kv.lease);
+                }
             }
+            if !full {
+                break;
+            }
+            from = last;
+            from.push(0);
         }
         let mut inner = self.inner.write();
         let now = Instant::now();

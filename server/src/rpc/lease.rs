@@ -46,7 +46,13 @@ impl Lease for LeaseService {
         let server = self.server.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            while let Ok(Some(r)) = inbound.message().await {
+            loop {
+                // Ends with the client's request side, or when the response side is gone.
+                let r = tokio::select! {
+                    r = inbound.message() => r,
+                    _ = tx.closed() => break,
+                };
+                let Ok(Some(r)) = r else { break };
                 let resp = match server.lease_renew(r.id).await {
                     Ok(ttl) => Ok(LeaseKeepAliveResponse { header: Some(server.header(0)), id: r.id, ttl }),
                     Err(e) => Err(Status::from(e)),

@@ -230,6 +230,14 @@ async fn grpc_layer(
     if !LEARNER_RPCS.contains(&req.uri().path()) && server.is_learner() {
         return tonic::Status::failed_precondition("etcdserver: rpc not supported for learner").into_http();
     }
+    // A token issued through another member is known here once this member
+    // has applied its Authenticate entry: catch up before judging it.
+    let token = req.headers().get("token").or_else(|| req.headers().get("authorization"));
+    if let Some(t) = token.and_then(|v| v.to_str().ok())
+        && !server.token_known(t)
+    {
+        let _ = server.linearizable_read_notify().await;
+    }
     let path = req.uri().path().trim_start_matches('/').to_string();
     let (service, method) = path.split_once('/').unwrap_or((&path, ""));
     let (service, method) = (service.to_string(), method.to_string());

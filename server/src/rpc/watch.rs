@@ -45,8 +45,15 @@ impl Watch for WatchService {
         let server = self.server.clone();
         let (c, r) = (creds.clone(), ranges.clone());
         tokio::spawn(async move {
-            // The client closing its side ends the whole stream, as in etcd.
-            while let Ok(Some(req)) = inbound.message().await {
+            // The client closing its side ends the whole stream, as in etcd; so
+            // does the response side going away (a client whose request side
+            // never ends, such as the JSON gateway's, is gone then).
+            loop {
+                let req = tokio::select! {
+                    r = inbound.message() => r,
+                    _ = tx.closed() => break,
+                };
+                let Ok(Some(req)) = req else { break };
                 if handle(&server, &hub, stream, &tx, req, &c, &r).await.is_err() {
                     break;
                 }
