@@ -1,0 +1,60 @@
+//! `kvctl`: kvd's operations tool.
+//! - `kvctl bench put|range|txn-put|txn-mixed`: a load generator that speaks
+//!   the etcd v3 API (any etcd or kvd endpoint), following etcd's benchmark
+//!   tool's flags.
+//! - `kvctl snapshot status FILE` and `kvctl snapshot restore FILE ...`: read
+//!   a snapshot saved with `etcdctl snapshot save` from kvd, and create a new
+//!   member's data dir from it, as `etcdutl snapshot` does.
+
+mod bench;
+mod snapshot;
+
+use clap::{Parser, Subcommand};
+
+use bench::Workload;
+use snapshot::{SnapshotCmd, snapshot_cmd};
+
+#[derive(Parser)]
+#[command(name = "kvctl", version, about = "kvd operations tool")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        workload: Workload,
+    },
+    /// Snapshot files.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Bench { workload } => bench::run(workload).await,
+            Cmd::Snapshot { cmd } => snapshot_cmd(cmd),
+        }
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `kvctl bench`: each workload runs against a real kvd and reports what it
+//! did; the writes it reports are the writes kvd has.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Proc;
+use kvd_api::etcdserverpb::RangeRequest;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl")).arg("bench").args(args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn count(p: &Proc) -> i64 {
+    let r = RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() };
+    p.kv().await.range(r).await.unwrap().into_inner().count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
+    kvd.ready().await;
+    let ep = kvd.endpoint.as_str();
+    let base = ["--endpoints", ep, "--clients", "4", "--val-size", "16"];
+
+    let put = bench(
+        &[&["put"], &base[..], &["--total", "200", "--key-space-size", "50", "--sequential-keys", "--key-size", "8"]]
+            .concat(),
+    );
+    assert_eq!((put["ok"].as_u64(), put["errors"].as_object().map(|e| e.len())), (Some(200), Some(0)), "{put}");
+    assert_eq!(count(&kvd).await, 50, "50 distinct keys written");
+
+    // 20 txns of 5 puts over sequential keys: 100 new keys.
+    let t = bench(
+        &[
+            &["txn-put"],
+            &base[..],
+            &["--total", "20", "--txn-ops", "5", "--key-space-size", "1000000", "--sequential-keys", "--key-size", "9"],
+        ]
+        .concat(),
+    );
+    assert_eq!(t["ok"], 20, "{t}");
+    assert_eq!(count(&kvd).await, 150);
+
+    for consistency in ["l", "s"] {
+        let r = bench(
+            &[&["range", "0", "g"], &base[..], &["--total", "100", "--consistency", consistency, "--count-only"]]
+                .concat(),
+        );
+        assert_eq!((r["ok"].as_u64(), r["workload"].as_str()), (Some(100), Some("range")), "{r}");
+    }
+    let m =
+        bench(&[&["txn-mixed"], &base[..], &["--total", "100", "--rw-ratio", "3", "--key-space-size", "50"]].concat());
+    assert_eq!(m["ok"], 100, "{m}");
+
+    // --duration and --rate: 1 s at 40 requests/s is about 40 requests.
+    let started = Instant::now();
+    let d = bench(&[&["put"], &base[..], &["--duration", "1s", "--rate", "40"]].concat());
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let n = d["ok"].as_u64().unwrap();
+    assert!((30..=50).contains(&n), "{d}");
+
+    // --target-leader finds the (only) member through Status.
+    let l = bench(&[&["put"], &base[..], &["--total", "10", "--target-leader"]].concat());
+    assert_eq!(l["ok"], 10);
+}
