@@ -65,6 +65,18 @@ async fn every_workload_runs_and_reports() {
     let n = d["ok"].as_u64().unwrap();
     assert!((30..=50).contains(&n), "{d}");
 
+    // Every put reaches every watcher once: 20 puts × 3 streams × 4 watchers.
+    let w = bench(
+        &[
+            &["watch-latency"],
+            &base[..],
+            &["--conns", "2", "--streams", "3", "--watchers-per-stream", "4", "--put-total", "20", "--put-rate", "100"],
+        ]
+        .concat(),
+    );
+    assert_eq!((w["ok"].as_u64(), w["workload"].as_str()), (Some(240), Some("watch-latency")), "{w}");
+    assert!(w["p99_ms"].as_f64().unwrap() > 0.0);
+
     // --target-leader finds the (only) member through Status.
     let l = bench(&[&["put"], &base[..], &["--total", "10", "--target-leader"]].concat());
     assert_eq!(l["ok"], 10);

@@ -17,6 +17,9 @@ use kvd_api::etcdserverpb::request_op::Request as Op;
 use kvd_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest};
 use tonic::transport::Channel;
 
+mod watch_latency;
+use watch_latency::{WatchLatencyArgs, watch_latency};
+
 #[derive(Subcommand)]
 pub enum Workload {
     /// Puts of fixed-size keys and values.
@@ -27,6 +30,8 @@ pub enum Workload {
     TxnPut(TxnPutArgs),
     /// Txns that read (a range) or write (a put), `--rw-ratio` reads per write.
     TxnMixed(TxnMixedArgs),
+    /// Time from a put to its event at every watcher of one key.
+    WatchLatency(WatchLatencyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -112,7 +117,7 @@ fn endpoint_url(e: &str) -> String {
 }
 
 /// The `n`th key, as lowercase hex padded with zeros to `size` bytes.
-fn key_for(n: u64, size: usize) -> Vec<u8> {
+pub(crate) fn key_for(n: u64, size: usize) -> Vec<u8> {
     let size = size.max(1);
     let s = format!("{n:0>size$x}");
     s.as_bytes()[s.len() - size..].to_vec()
@@ -143,6 +148,11 @@ fn pick_key(c: &Common, rng: &mut u64, n: u64) -> Vec<u8> {
 
 pub async fn run(w: Workload) -> Result<(), String> {
     let (name, common, op): (&str, Common, MakeOp) = match w {
+        Workload::WatchLatency(a) => {
+            let report = watch_latency(&a).await?;
+            report.print("watch-latency", &a.common);
+            return Ok(());
+        }
         Workload::Put(c) => {
             let value = vec![b'v'; c.val_size];
             let cc = c.clone();
@@ -221,13 +231,7 @@ async fn leader_endpoint(c: &Common) -> Result<String, String> {
     Err("no endpoint is the leader".into())
 }
 
-struct Report {
-    took: Duration,
-    lat: Vec<Duration>,
-    errors: BTreeMap<String, u64>,
-}
-
-async fn drive(c: &Common, op: MakeOp) -> Result<Report, String> {
+pub(crate) async fn channels(c: &Common) -> Result<Vec<Channel>, String> {
     let endpoints = if c.target_leader { vec![leader_endpoint(c).await?] } else { c.endpoints.clone() };
     let mut channels = Vec::new();
     for i in 0..c.conns.max(1) {
@@ -240,6 +244,17 @@ async fn drive(c: &Common, op: MakeOp) -> Result<Report, String> {
             .map_err(|e| format!("{url}: {e}"))?;
         channels.push(ch);
     }
+    Ok(channels)
+}
+
+pub(crate) struct Report {
+    pub(crate) took: Duration,
+    pub(crate) lat: Vec<Duration>,
+    pub(crate) errors: BTreeMap<String, u64>,
+}
+
+async fn drive(c: &Common, op: MakeOp) -> Result<Report, String> {
+    let channels = channels(c).await?;
     let issued = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
