@@ -83,10 +83,7 @@ fn session(ep: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_auth_session_matches_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     let (k, e) = (session(&kvd.endpoint), session(&etcd.endpoint));
     for (i, (a, b)) in k.iter().zip(&e).enumerate() {
         assert_eq!(a, b, "step {i}");
@@ -118,10 +115,7 @@ fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_expired_tokens_are_refused_as_etcd_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &["--auth-token-ttl", "1"]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &["--auth-token-ttl", "1"]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &["--auth-token-ttl", "1"]).await;
     let mut seen = Vec::new();
     for p in [&kvd, &etcd] {
         for args in [&["user", "add", "root:rootpw"][..], &["user", "grant-role", "root", "root"], &["auth", "enable"]]

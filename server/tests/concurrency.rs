@@ -128,10 +128,7 @@ async fn etcdctl_elect_and_observe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn election_answers_and_errors_match_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     let mut seen = Vec::new();
     for p in [&kvd, &etcd] {
         let mut out: Vec<String> = Vec::new();

@@ -344,10 +344,7 @@ async fn random_workload_matches_etcd_seed_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_size_limits_match_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    etcd.ready().await;
-    kvd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     let mut a = etcd.kv().await;
     let mut b = kvd.kv().await;
     for size in [1_000_000usize, 1_600_000] {

@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use common::Proc;
 use serde_json::{Value, json};
 
 /// POSTs `body` to `path`; returns (HTTP status, JSON) with the header's
@@ -115,10 +114,7 @@ fn watch_lines(ep: &str, body: &Value, then: impl FnOnce(), n: usize) -> Vec<Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_answers_as_etcds() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     let (a, b) = (session(&kvd.endpoint), session(&etcd.endpoint));
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x, y, "request {i}");

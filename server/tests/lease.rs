@@ -27,10 +27,7 @@ fn masked(out: &str, id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_commands_and_errors_match_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     let mut seen: Vec<Vec<String>> = Vec::new();
     for p in [&kvd, &etcd] {
         let ep = p.endpoint.as_str();
@@ -85,10 +82,7 @@ async fn lease_commands_and_errors_match_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_and_expiry_delete_the_keys_in_one_revision_as_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     let mut seen = Vec::new();
     for p in [&kvd, &etcd] {
         let mut lc = lease_client(p);

@@ -170,7 +170,27 @@ async fn members_replicate_over_https_peer_urls() {
         let (ok, out, _) = common::etcdctl(&m.endpoint, &["get", "over", "--print-value-only"], None);
         assert!(ok && out.trim() == "tls", "{}: {out}", m.endpoint);
     }
-    // The peer port refuses a connection without a peer certificate.
-    let (ok, out) = ctl(&peers[0], Some(&ca_pem), None, &["endpoint", "health"]);
-    assert!(!ok, "{out}");
+    // The peer port answers a client presenting a peer certificate, and
+    // refuses the same call without one.
+    let peer_call = |identity: Option<(PathBuf, PathBuf)>| {
+        let ca = std::fs::read(&ca_pem).unwrap();
+        let url = peers[0].clone();
+        async move {
+            let mut tls =
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            if let Some((c, k)) = identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    std::fs::read(c).unwrap(),
+                    std::fs::read(k).unwrap(),
+                ));
+            }
+            let ch = tonic::transport::Endpoint::from_shared(url).unwrap().tls_config(tls).unwrap().connect_lazy();
+            let req = kvd_api::kvdpeerpb::ClusterInfoRequest {};
+            kvd_api::kvdpeerpb::peer_client::PeerClient::new(ch).cluster_info(req).await
+        }
+    };
+    let with_cert = ca.leaf(d, "peer-probe", "probe", &[]);
+    let answered = peer_call(Some(with_cert)).await.expect("a peer with a certificate is answered");
+    assert_ne!(answered.into_inner().cluster_id, 0);
+    assert!(peer_call(None).await.is_err(), "a peer call without a certificate was answered");
 }

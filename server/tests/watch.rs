@@ -118,10 +118,7 @@ async fn current_rev(p: &Proc) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_event_streams_match_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     for seed in 1..=2u64 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         // History before the watchers exist, for the historical ones.
@@ -168,10 +165,7 @@ async fn watch_event_streams_match_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_cancel_progress_and_cancel_match_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     let mut seen = Vec::new();
     for p in [&kvd, &etcd] {
         let mut kv = p.kv().await;
@@ -341,10 +335,7 @@ async fn every_member_delivers_the_same_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_watch_prints_as_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &[]);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
     let mut seen = Vec::new();
     for p in [&kvd, &etcd] {
         for (k, v) in [("p/a", "1"), ("p/b", "2"), ("q", "3"), ("p/a", "4")] {
@@ -395,10 +386,7 @@ async fn periodic_progress_notifications() {
 async fn large_responses_arrive_in_fragments_as_etcd_sends_them() {
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--max-request-bytes", "8192"];
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &flags);
-    let etcd = Proc::etcd(&dir.path().join("etcd"), &flags);
-    kvd.ready().await;
-    etcd.ready().await;
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &flags).await;
     let mut seen = Vec::new();
     for p in [&kvd, &etcd] {
         // 200 × 4 KB = 800 KB of history, over 8 KiB + 512 KiB.

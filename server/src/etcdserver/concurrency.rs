@@ -193,9 +193,8 @@ impl EtcdServer {
             0 => self.lease_grant(LeaseGrantRequest { ttl: SESSION_TTL, id: 0 }, auth).await?.id,
             l => l,
         };
-        let (key, _, mut header) = self.contend(name, lease, b"", auth).await?;
-        self.fill_header(&mut header);
-        Ok((key, header))
+        let (key, _, header) = self.contend(name, lease, b"", auth).await?;
+        Ok((key, self.header(header.revision)))
     }
 
     /// Lock.Unlock: deletes the key.
@@ -212,9 +211,8 @@ impl EtcdServer {
         value: &[u8],
         auth: &Credentials,
     ) -> Result<(LeaderKey, ResponseHeader), ServerError> {
-        let (key, rev, mut header) = self.contend(name, lease, value, auth).await?;
-        self.fill_header(&mut header);
-        Ok((LeaderKey { name: name.to_vec(), key, rev, lease }, header))
+        let (key, rev, header) = self.contend(name, lease, value, auth).await?;
+        Ok((LeaderKey { name: name.to_vec(), key, rev, lease }, self.header(header.revision)))
     }
 
     async fn proclaim_at(
@@ -325,7 +323,7 @@ impl EtcdServer {
             if leader.key.is_empty() {
                 continue;
             }
-            self.fill_header(&mut header);
+            let header = self.header(header.revision);
             tx.send(Ok(LeaderResponse { header: Some(header), kv: Some(leader.clone()) })).await.ok()?;
             // Follow the leader's key: new values, until it is deleted.
             let spec =
@@ -339,8 +337,7 @@ impl EtcdServer {
                                 break 'follow;
                             }
                             let Some(kv) = e.kv else { continue };
-                            let mut h = self.header(kv.mod_revision);
-                            self.fill_header(&mut h);
+                            let h = self.header(kv.mod_revision);
                             tx.send(Ok(LeaderResponse { header: Some(h), kv: Some(kv) })).await.ok()?;
                         }
                     }
@@ -348,11 +345,6 @@ impl EtcdServer {
                 }
             }
         }
-    }
-
-    /// Fills the cluster fields of a header that carries a revision.
-    fn fill_header(&self, h: &mut ResponseHeader) {
-        *h = self.header(h.revision);
     }
 }
 

@@ -56,8 +56,8 @@ impl Election for ElectionService {
         let auth = auth_info(&req);
         let r = req.into_inner();
         let leader = r.leader.ok_or(ServerError::MissingLeaderKey)?;
-        let mut header = self.server.proclaim(&leader, &r.value, &auth).await?;
-        header = self.server.header(header.revision);
+        // The txn behind it already filled the header.
+        let header = self.server.proclaim(&leader, &r.value, &auth).await?;
         Ok(Response::new(ProclaimResponse { header: Some(header) }))
     }
 
@@ -80,6 +80,6 @@ impl Election for ElectionService {
         let auth = auth_info(&req);
         let leader = req.into_inner().leader.ok_or(ServerError::MissingLeaderKey)?;
         let header = self.server.resign(&leader, &auth).await?;
-        Ok(Response::new(ResignResponse { header: Some(self.server.header(header.revision)) }))
+        Ok(Response::new(ResignResponse { header: Some(header) }))
     }
 }

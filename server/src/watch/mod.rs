@@ -261,10 +261,12 @@ impl WatchHub {
                 .copied()
                 .filter(|k| inner.watchers.get(k).is_some_and(|w| w.min_rev <= rev))
                 .collect();
-            for k in due {
-                inner.set_state(k, State::Unsynced);
+            if !due.is_empty() {
+                for k in due {
+                    inner.set_state(k, State::Unsynced);
+                }
+                self.wake.notify_one();
             }
-            self.wake.notify_one();
             return;
         };
         // Group the events per interested watcher, in order.

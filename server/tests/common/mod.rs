@@ -261,6 +261,16 @@ impl Drop for Proc {
     }
 }
 
+/// A kvd and the real etcd side by side, both serving, started with the same
+/// extra flags, for differential tests (data under `dir`/kvd and `dir`/etcd).
+pub async fn kvd_and_etcd(dir: &Path, flags: &[&str]) -> (Proc, Proc) {
+    let kvd = Proc::kvd(&dir.join("kvd"), flags);
+    let etcd = Proc::etcd(&dir.join("etcd"), flags);
+    kvd.ready().await;
+    etcd.ready().await;
+    (kvd, etcd)
+}
+
 /// The etcdctl that scripts/install-deps builds from its pinned Go module
 /// (`KVD_ETCDCTL` overrides it).
 pub fn etcdctl_bin() -> PathBuf {
