@@ -116,6 +116,10 @@ pub struct Flags {
     /// Most pending operations before the backend commits.
     #[arg(long, env = "KVD_BACKEND_BATCH_LIMIT", default_value_t = 10_000)]
     pub backend_batch_limit: usize,
+    /// Bytes of backend pages cached in memory (the rest is read through the
+    /// operating system's page cache, which does not count as kvd's RSS).
+    #[arg(long, env = "KVD_BACKEND_CACHE_SIZE", default_value_t = 64 << 20)]
+    pub backend_cache_size: usize,
     /// Export spans over OTLP.
     #[arg(long, env = "KVD_EXPERIMENTAL_ENABLE_DISTRIBUTED_TRACING", default_value_t = false)]
     pub experimental_enable_distributed_tracing: bool,
@@ -263,6 +267,7 @@ impl Flags {
             election_timeout_ms: self.election_timeout,
             backend_batch_interval: self.backend_batch_interval,
             backend_batch_limit: self.backend_batch_limit,
+            backend_cache_size: self.backend_cache_size,
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,

@@ -7,6 +7,11 @@ use kvd::config::{Flags, listen_addrs};
 use kvd::etcdserver::EtcdServer;
 use tracing::{error, info};
 
+/// mimalloc returns freed memory to the system and fragments less than the
+/// system allocator under kvd's many small, short-lived allocations.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -77,6 +77,13 @@ async fn every_workload_runs_and_reports() {
     assert_eq!((w["ok"].as_u64(), w["workload"].as_str()), (Some(240), Some("watch-latency")), "{w}");
     assert!(w["p99_ms"].as_f64().unwrap() > 0.0);
 
+    // One lease per client, each renewed over its own stream; the leases are
+    // revoked at the end.
+    let k = bench(&[&["lease-keepalive"], &base[..], &["--total", "100"]].concat());
+    assert_eq!((k["ok"].as_u64(), k["workload"].as_str()), (Some(100), Some("lease-keepalive")), "{k}");
+    let (ok, out, err) = common::etcdctl(ep, &["lease", "list"], None);
+    assert!(ok && out.contains("found 0 leases"), "{out}{err}");
+
     // --target-leader finds the (only) member through Status.
     let l = bench(&[&["put"], &base[..], &["--total", "10", "--target-leader"]].concat());
     assert_eq!(l["ok"], 10);

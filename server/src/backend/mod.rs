@@ -14,6 +14,7 @@
 //!   a reader never misses a key between the buffer and the file.
 
 pub mod buffer;
+mod defrag;
 mod read;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +25,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{Database, Durability, TableDefinition};
-use tracing::{info, info_span, warn};
+use tracing::{info_span, warn};
 
 pub use buffer::{Buffer, Table};
+pub use defrag::DefragStats;
 
 use crate::metrics;
 
@@ -75,13 +77,23 @@ pub struct Backend {
     path: PathBuf,
     db: RwLock<Database>,
     bufs: RwLock<Buffers>,
-    /// Serialises commits and defragmentation.
+    /// Serialises commits, and the final swap of a defragmentation.
     commit_lock: Mutex<()>,
+    /// One defragmentation (or snapshot install) at a time.
+    defrag_lock: Mutex<()>,
+    /// While a defragmentation runs: the batches committed since its copy began.
+    journal: Mutex<Option<Vec<Arc<Buffer>>>>,
+    cache_size: usize,
     batch_limit: usize,
     wake: (Mutex<bool>, Condvar),
     size: AtomicU64,
     size_in_use: AtomicU64,
+    /// When `size_in_use` was last counted.
+    in_use_at: Mutex<Option<Instant>>,
 }
+
+/// How stale the bytes-in-use figure may get (Status, metrics).
+const IN_USE_REFRESH: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,10 +102,12 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// Opens (or creates) the redb file at `path`.
-    pub fn open(path: &Path, batch_limit: usize) -> Result<Arc<Backend>, BackendError> {
+    /// Opens (or creates) the redb file at `path`, with a page cache of
+    /// `cache_size` bytes.
+    pub fn open(path: &Path, batch_limit: usize, cache_size: usize) -> Result<Arc<Backend>, BackendError> {
         let open_err = |msg: String| BackendError::Open { path: path.to_path_buf(), msg };
-        let db = Database::builder().create(path).map_err(|e| {
+        defrag::remove_leftover(path).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::builder().set_cache_size(cache_size).create(path).map_err(|e| {
             open_err(format!(
                 "{e} (the file is damaged or not a kvd backend; move it away and kvd rebuilds it from the WAL)"
             ))
@@ -103,10 +117,14 @@ impl Backend {
             db: RwLock::new(db),
             bufs: RwLock::new(Buffers::default()),
             commit_lock: Mutex::new(()),
+            defrag_lock: Mutex::new(()),
+            journal: Mutex::new(None),
+            cache_size,
             batch_limit: batch_limit.max(1),
             wake: (Mutex::new(false), Condvar::new()),
             size: AtomicU64::new(0),
             size_in_use: AtomicU64::new(0),
+            in_use_at: Mutex::new(None),
         };
         // Sync the parent directory to persist a newly created file's entry.
         if let Some(dir) = path.parent() {
@@ -119,7 +137,7 @@ impl Backend {
             for t in Table::ALL {
                 tx.open_table(def(t))?;
             }
-            be.refresh_sizes(&tx)?;
+            be.refresh_sizes(&tx, true)?;
             tx.commit()?;
         }
         Ok(Arc::new(be))
@@ -176,6 +194,9 @@ impl Backend {
             }
         }
         res?;
+        if let Some(j) = self.journal.lock().as_mut() {
+            j.push(batch.clone());
+        }
         let took = start.elapsed();
         metrics::get().backend_commit.observe(took.as_secs_f64());
         if took > Duration::from_secs(1) {
@@ -192,6 +213,8 @@ impl Backend {
         load: impl FnOnce(&mut dyn FnMut(Table, &[u8], &[u8])) -> Result<(), String>,
         extra: Vec<(Vec<u8>, Bytes)>,
     ) -> Result<(), BackendError> {
+        // A defragmentation's journal could not express "replace everything".
+        let _no_defrag = self.defrag_lock.lock();
         self.commit()?;
         let _g = self.commit_lock.lock();
         let db = self.db.read();
@@ -220,7 +243,7 @@ impl Backend {
                 return Err(e.into());
             }
         }
-        self.refresh_sizes(&tx)?;
+        self.refresh_sizes(&tx, true)?;
         // The old content and the new one never mix: one atomic, durable commit.
         tx.commit()?;
         Ok(())
@@ -232,30 +255,31 @@ impl Backend {
         let mut tx = db.begin_write()?;
         // One fsync covers the batch and its consistent index.
         tx.set_durability(Durability::Immediate)?;
-        for (t, entries) in batch.tables() {
-            let mut table = tx.open_table(def(t))?;
-            for (k, v) in entries {
-                match v {
-                    Some(v) => {
-                        table.insert(k.as_slice(), v.as_ref())?;
-                    }
-                    None => {
-                        table.remove(k.as_slice())?;
-                    }
-                }
-            }
-        }
-        self.refresh_sizes(&tx)?;
+        put_batch(&tx, batch)?;
+        self.refresh_sizes(&tx, false)?;
         tx.commit()?;
         Ok(())
     }
 
-    fn refresh_sizes(&self, tx: &redb::WriteTransaction) -> Result<(), BackendError> {
-        let stats = tx.stats()?;
-        let in_use = stats.allocated_pages() * stats.page_size() as u64;
+    /// Refreshes the file size, and the bytes in use when they are older than
+    /// [`IN_USE_REFRESH`] or `force`. Counting the pages in use walks every
+    /// page of every table, so it is not done on every commit.
+    fn refresh_sizes(&self, tx: &redb::WriteTransaction, force: bool) -> Result<(), BackendError> {
+        let due = {
+            let mut last = self.in_use_at.lock();
+            let due = force || last.is_none_or(|t| t.elapsed() >= IN_USE_REFRESH);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let stats = tx.stats()?;
+            self.size_in_use.store(stats.allocated_pages() * stats.page_size() as u64, Ordering::Relaxed);
+        }
+        let in_use = self.size_in_use();
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(in_use);
         self.size.store(size.max(in_use), Ordering::Relaxed);
-        self.size_in_use.store(in_use, Ordering::Relaxed);
         Ok(())
     }
 
@@ -286,27 +310,6 @@ impl Backend {
             .expect("spawning the backend committer thread");
     }
 
-    /// Rewrites the file without free pages. Blocks reads and writes while it runs.
-    pub fn defrag(&self) -> Result<(u64, u64), BackendError> {
-        self.commit()?;
-        let _g = self.commit_lock.lock();
-        let start = Instant::now();
-        let before = self.size();
-        let mut db = self.db.write();
-        while db.compact()? {}
-        {
-            let tx = db.begin_write()?;
-            self.refresh_sizes(&tx)?;
-            tx.commit()?;
-        }
-        // redb's compact moves pages to the front; shrink the file to what is in use.
-        let after = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        self.size.store(after, Ordering::Relaxed);
-        metrics::get().backend_defrag.observe(start.elapsed().as_secs_f64());
-        info!(before, after, took_ms = start.elapsed().as_millis() as u64, "defragmented backend");
-        Ok((before, after))
-    }
-
     /// Size of the backend file in bytes.
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
@@ -316,4 +319,18 @@ impl Backend {
     pub fn size_in_use(&self) -> u64 {
         self.size_in_use.load(Ordering::Relaxed)
     }
+}
+
+/// Writes a batch's puts and deletes into `tx`.
+fn put_batch(tx: &redb::WriteTransaction, batch: &Buffer) -> Result<(), BackendError> {
+    for (t, entries) in batch.tables() {
+        let mut table = tx.open_table(def(t))?;
+        for (k, v) in entries {
+            match v {
+                Some(v) => table.insert(k.as_slice(), v.as_ref())?,
+                None => table.remove(k.as_slice())?,
+            };
+        }
+    }
+    Ok(())
 }

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     pub backend_batch_interval: Duration,
     pub backend_batch_limit: usize,
+    /// Bytes of backend pages cached in memory.
+    pub backend_cache_size: usize,
     /// Applied entries between raft snapshots (after which the log is purged,
     /// keeping 5000 entries).
     pub snapshot_count: u64,
@@ -157,7 +159,8 @@ impl EtcdServer {
         let fresh = replay.entries.is_empty() && replay.state.is_none();
         let log = LogStore::new(wal.clone(), replay).map_err(|e| err(&format!("WAL entries: {e}")))?;
 
-        let backend = Backend::open(&member_dir.join("db.redb"), cfg.backend_batch_limit).map_err(|e| err(&e))?;
+        let backend = Backend::open(&member_dir.join("db.redb"), cfg.backend_batch_limit, cfg.backend_cache_size)
+            .map_err(|e| err(&e))?;
         backend.run_committer(cfg.backend_batch_interval, |e| {
             // A failed backend commit leaves memory ahead of the disk: stop, and let
             // the WAL replay on the next start.

@@ -68,7 +68,7 @@ impl EtcdServer {
         Ok(HashKvResponse { header: Some(self.header(0)), hash, compact_revision: compact, hash_revision: hash_rev })
     }
 
-    /// Defragments this member's backend (not replicated).
+    /// Defragments this member's backend (not replicated) while it serves.
     pub async fn defragment(&self) -> Result<(), ServerError> {
         let be = self.store.backend().clone();
         tokio::task::spawn_blocking(move || be.defrag())

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::backend::{Backend, BackendError, Table};
-use crate::mvcc::{KvStore, MvccError, RangeEnd, RangeOptions};
+use crate::mvcc::{KvStore, MvccError};
 
 /// The largest TTL a lease may ask for, in seconds (etcd's MaxLeaseTTL).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
@@ -91,7 +91,7 @@ impl Lessor {
     }
 
     /// (Re)loads the leases from the backend and the attachments from the
-    /// store's live keys. The primary flag is kept; a primary restarts every
+    /// live keys the store found when it (re)built its index. The primary flag is kept; a primary restarts every
     /// lease's clock.
     pub fn load(&self, backend: &Backend, store: &KvStore) -> Result<(), MvccError> {
         let mut leases = HashMap::new();
@@ -110,24 +110,13 @@ impl Lessor {
         if let Some(k) = bad {
             return Err(MvccError::Backend(BackendError::Storage(format!("corrupt lease row {k:?} in the backend"))));
         }
-        // Page through the live keys so a large store is never all in memory.
+        // The store found the leased keys while it rebuilt its index.
         let mut items = HashMap::new();
-        let mut from = vec![0u8];
-        loop {
-            let page = store.range(&from, RangeEnd::Unbounded, RangeOptions { limit: 1000, ..Default::default() })?;
-            let Some(last) = page.kvs.last().map(|kv| kv.key.clone()) else { break };
-            let full = page.kvs.len() == 1000;
-            for kv in page.kvs.into_iter().filter(|kv| kv.lease != 0) {
-                if let Some(l) = leases.get_mut(&kv.lease) {
-                    l.keys.insert(kv.key.clone());
-                    items.insert(kv.key, kv.lease);
-                }
+        for (key, id) in store.take_restored_leased_keys() {
+            if let Some(l) = leases.get_mut(&id) {
+                l.keys.insert(key.clone());
+                items.insert(key, id);
             }
-            if !full {
-                break;
-            }
-            from = last;
-            from.push(0);
         }
         let mut inner = self.inner.write();
         let now = Instant::now();

@@ -30,7 +30,8 @@ impl<'a> RangeEnd<'a> {
 
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    tree: BTreeMap<Vec<u8>, KeyIndex>,
+    /// Keys as boxed slices: 8 bytes less per key than a Vec.
+    tree: BTreeMap<Box<[u8]>, KeyIndex>,
 }
 
 impl TreeIndex {
@@ -41,7 +42,7 @@ impl TreeIndex {
     /// Calls `f` for every key in range that exists at `at`, in key order,
     /// until it returns false.
     pub fn visit(&self, key: &[u8], end: RangeEnd<'_>, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
-        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &KeyIndex)>> = match end {
+        let iter: Box<dyn Iterator<Item = (&Box<[u8]>, &KeyIndex)>> = match end {
             RangeEnd::Single => Box::new(self.tree.get_key_value(key).into_iter()),
             RangeEnd::Unbounded => Box::new(self.tree.range::<[u8], _>((Bound::Included(key), Bound::Unbounded))),
             RangeEnd::Before(e) => {
@@ -80,7 +81,7 @@ impl TreeIndex {
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
-                self.tree.insert(key.to_vec(), ki);
+                self.tree.insert(key.into(), ki);
             }
         }
     }
@@ -92,7 +93,7 @@ impl TreeIndex {
 
     /// Rebuild from the backend: a key's revision seen in revision order.
     pub fn restore(&mut self, key: &[u8], rev: Revision, created: i64, version: i64, tombstone: bool) {
-        let ki = self.tree.entry(key.to_vec()).or_default();
+        let ki = self.tree.entry(key.into()).or_default();
         let fresh = ki.is_empty();
         match (tombstone, fresh) {
             (true, true) => ki.restore_tombstone(rev),

@@ -6,6 +6,8 @@
 
 use std::collections::HashSet;
 
+use smallvec::SmallVec;
+
 use super::revision::Revision;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -14,7 +16,9 @@ pub struct Generation {
     pub ver: i64,
     /// First revision of the generation.
     pub created: Revision,
-    pub revs: Vec<Revision>,
+    /// Inline while the generation has one revision (every live key after a
+    /// compaction): no allocation per key.
+    pub revs: SmallVec<[Revision; 1]>,
 }
 
 impl Generation {
@@ -39,12 +43,13 @@ pub struct KeyAt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyIndex {
     pub modified: Revision,
-    pub generations: Vec<Generation>,
+    /// Inline while the key has one generation.
+    pub generations: SmallVec<[Generation; 1]>,
 }
 
 impl Default for KeyIndex {
     fn default() -> Self {
-        Self { modified: Revision::default(), generations: vec![Generation::default()] }
+        Self { modified: Revision::default(), generations: smallvec::smallvec![Generation::default()] }
     }
 }
 
@@ -251,7 +256,7 @@ mod tests {
         let mut keep = HashSet::new();
         ki.compact(7, &mut keep);
         assert!(keep.is_empty(), "a generation deleted before the compaction point is dropped");
-        assert_eq!(ki.generations[0].revs, vec![r(8), r(10), r(12)]);
+        assert_eq!(ki.generations[0].revs.to_vec(), vec![r(8), r(10), r(12)]);
         let mut keep = HashSet::new();
         ki.compact(12, &mut keep);
         assert_eq!(keep, HashSet::from([r(12)]));

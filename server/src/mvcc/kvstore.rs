@@ -46,6 +46,8 @@ pub struct KvStore {
     pub(super) compact_rev: AtomicI64,
     /// Serialises write transactions (apply is single-threaded; this makes it explicit).
     pub(super) write_lock: Mutex<()>,
+    /// Live keys with a lease, found by the last restore, until the lessor takes them.
+    restored_leased: Mutex<Vec<(Vec<u8>, i64)>>,
 }
 
 impl KvStore {
@@ -57,9 +59,16 @@ impl KvStore {
             current_rev: AtomicI64::new(1),
             compact_rev: AtomicI64::new(-1),
             write_lock: Mutex::new(()),
+            restored_leased: Mutex::new(Vec::new()),
         };
         store.restore()?;
         Ok(Arc::new(store))
+    }
+
+    /// The live keys that hold a lease, as the last restore found them
+    /// (taken once: the lessor rebuilds its attachments from them).
+    pub fn take_restored_leased_keys(&self) -> Vec<(Vec<u8>, i64)> {
+        std::mem::take(&mut *self.restored_leased.lock())
     }
 
     /// Rebuilds the index and revisions from the backend after its content was
@@ -73,6 +82,9 @@ impl KvStore {
         let mut idx = TreeIndex::default();
         let mut cur = 1i64;
         let mut bad = None;
+        // Revisions come in order, so the last one of a key says whether its
+        // live version holds a lease.
+        let mut leased: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
         self.backend.scan_committed(Table::Key, &[], None, |k, v| {
             let Some((rev, tomb)) = Revision::from_key(k) else {
                 bad = Some(Revision::default());
@@ -84,6 +96,11 @@ impl KvStore {
             };
             idx.restore(&kv.key, rev, kv.create_revision, kv.version, tomb);
             cur = cur.max(rev.main);
+            if tomb || kv.lease == 0 {
+                leased.remove(&kv.key);
+            } else {
+                leased.insert(kv.key, kv.lease);
+            }
             true
         })?;
         if let Some(rev) = bad {
@@ -98,6 +115,7 @@ impl KvStore {
         cur = cur.max(compact);
         let keys = idx.live_keys();
         *self.index.write() = idx;
+        *self.restored_leased.lock() = leased.into_iter().collect();
         self.current_rev.store(cur, Ordering::SeqCst);
         self.compact_rev.store(compact, Ordering::SeqCst);
         info!(current_revision = cur, compact_revision = compact, keys, "restored mvcc index");

@@ -24,7 +24,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let dir = tempfile::tempdir().expect("temp dir");
         let (wal, replay) = Wal::open(&dir.path().join("wal"), Metadata { node_id: 1, cluster_id: 1 }).expect("wal");
         let log = LogStore::new(wal, replay).expect("log store");
-        let be = Backend::open(&dir.path().join("db.redb"), 10_000).expect("backend");
+        let be = Backend::open(&dir.path().join("db.redb"), 10_000, 1 << 20).expect("backend");
         let store = KvStore::open(be.clone()).expect("mvcc");
         let alarms = Arc::new(AlarmStore::load(&be).expect("alarms"));
         let lessor = Arc::new(crate::lease::Lessor::new(2));

@@ -193,7 +193,7 @@ pub fn restore(path: &Path, data_dir: &Path, identity: crate::wal::Metadata) -> 
     let (wal, _) = crate::wal::Wal::open(&member.join("wal"), identity)
         .map_err(|e| SnapshotError::Io { path: member.join("wal"), msg: e.to_string() })?;
     wal.close();
-    let be = Backend::open(&member.join("db.redb"), usize::MAX)?;
+    let be = Backend::open(&member.join("db.redb"), usize::MAX, 64 << 20)?;
     let keep_meta = [
         crate::mvcc::meta::SCHEDULED_COMPACT_REV,
         crate::mvcc::meta::FINISHED_COMPACT_REV,

@@ -15,9 +15,12 @@ use kvd_api::etcdserverpb::kv_client::KvClient;
 use kvd_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use kvd_api::etcdserverpb::request_op::Request as Op;
 use kvd_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest};
+use tonic::Status;
 use tonic::transport::Channel;
 
+mod lease_keepalive;
 mod watch_latency;
+use lease_keepalive::lease_keepalive;
 use watch_latency::{WatchLatencyArgs, watch_latency};
 
 #[derive(Subcommand)]
@@ -32,6 +35,8 @@ pub enum Workload {
     TxnMixed(TxnMixedArgs),
     /// Time from a put to its event at every watcher of one key.
     WatchLatency(WatchLatencyArgs),
+    /// Keep-alives of one lease per client, each on its own stream.
+    LeaseKeepalive(Common),
 }
 
 #[derive(Args, Clone)]
@@ -153,6 +158,11 @@ pub async fn run(w: Workload) -> Result<(), String> {
             report.print("watch-latency", &a.common);
             return Ok(());
         }
+        Workload::LeaseKeepalive(c) => {
+            let report = lease_keepalive(&c).await?;
+            report.print("lease-keepalive", &c);
+            return Ok(());
+        }
         Workload::Put(c) => {
             let value = vec![b'v'; c.val_size];
             let cc = c.clone();
@@ -211,9 +221,37 @@ pub async fn run(w: Workload) -> Result<(), String> {
             ("txn-mixed", t.common, op)
         }
     };
-    let report = drive(&common, op).await?;
+    let callers = channels(&common)
+        .await?
+        .into_iter()
+        .cycle()
+        .take(common.clients.max(1))
+        .map(|ch| KvCaller { kv: KvClient::new(ch).max_decoding_message_size(usize::MAX), op: op.clone() })
+        .collect();
+    let report = drive(&common, callers).await?;
     report.print(name, &common);
     Ok(())
+}
+
+/// One client of a workload: issues request `n` and waits for its answer.
+pub(crate) trait Caller: Send + 'static {
+    fn call(&mut self, rng: &mut u64, n: u64) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+/// A KV client that sends what `op` makes.
+struct KvCaller {
+    kv: KvClient<Channel>,
+    op: MakeOp,
+}
+
+impl Caller for KvCaller {
+    async fn call(&mut self, rng: &mut u64, n: u64) -> Result<(), Status> {
+        match (self.op)(rng, n) {
+            Request::Put(r) => self.kv.put(r).await.map(|_| ()),
+            Request::Range(r) => self.kv.range(r).await.map(|_| ()),
+            Request::Txn(r) => self.kv.txn(r).await.map(|_| ()),
+        }
+    }
 }
 
 /// The endpoint of the leader, asking each endpoint's Status.
@@ -253,8 +291,8 @@ pub(crate) struct Report {
     pub(crate) errors: BTreeMap<String, u64>,
 }
 
-async fn drive(c: &Common, op: MakeOp) -> Result<Report, String> {
-    let channels = channels(c).await?;
+/// Runs `callers` (one per client) until the workload's end.
+pub(crate) async fn drive<C: Caller>(c: &Common, callers: Vec<C>) -> Result<Report, String> {
     let issued = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -274,9 +312,8 @@ async fn drive(c: &Common, op: MakeOp) -> Result<Report, String> {
         })
     });
     let mut tasks = Vec::new();
-    for i in 0..c.clients.max(1) {
-        let mut kv = KvClient::new(channels[i % channels.len()].clone()).max_decoding_message_size(usize::MAX);
-        let (issued, done, op, c) = (issued.clone(), done.clone(), op.clone(), c.clone());
+    for (i, mut caller) in callers.into_iter().enumerate() {
+        let (issued, done, c) = (issued.clone(), done.clone(), c.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -295,14 +332,8 @@ async fn drive(c: &Common, op: MakeOp) -> Result<Report, String> {
                     let at = start + Duration::from_secs_f64(n as f64 / c.rate as f64);
                     tokio::time::sleep_until(at.into()).await;
                 }
-                let req = op(&mut rng, n);
                 let t = Instant::now();
-                let res = match req {
-                    Request::Put(r) => kv.put(r).await.map(|_| ()),
-                    Request::Range(r) => kv.range(r).await.map(|_| ()),
-                    Request::Txn(r) => kv.txn(r).await.map(|_| ()),
-                };
-                match res {
+                match caller.call(&mut rng, n).await {
                     Ok(()) => lat.push(t.elapsed()),
                     Err(s) => *errors.entry(format!("{:?}: {}", s.code(), s.message())).or_default() += 1,
                 }

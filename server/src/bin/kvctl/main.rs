@@ -1,6 +1,6 @@
 //! `kvctl`: kvd's operations tool.
-//! - `kvctl bench put|range|txn-put|txn-mixed`: a load generator that speaks
-//!   the etcd v3 API (any etcd or kvd endpoint), following etcd's benchmark
+//! - `kvctl bench put|range|txn-put|txn-mixed|watch-latency|lease-keepalive`:
+//!   a load generator that speaks the etcd v3 API (any etcd or kvd endpoint), following etcd's benchmark
 //!   tool's flags.
 //! - `kvctl snapshot status FILE` and `kvctl snapshot restore FILE ...`: read
 //!   a snapshot saved with `etcdctl snapshot save` from kvd, and create a new

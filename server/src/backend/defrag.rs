@@ -1,0 +1,249 @@
+//! Online defragmentation: the backend is rewritten into a new file while
+//! reads and writes go on, and only the final swap pauses anything.
+//!
+//! 1. Under the commit lock (so no batch is half-written), start a journal of
+//!    committed batches and open a redb read transaction: a frozen view of the
+//!    file as of the last commit.
+//! 2. Copy every table from that view into `<file>.defrag`, without durability
+//!    (nothing relies on this file yet). Applies and commits to the live file
+//!    go on; each committed batch is also kept in the journal.
+//! 3. Replay the journal into the new file, round after round, while it
+//!    keeps growing, until a round finds almost nothing new.
+//! 4. Under the commit lock (the committer waits; applies and reads do not),
+//!    replay the rest, commit durably, fsync, rename over the live file, fsync
+//!    the directory, and swap the open database. Readers wait only for the
+//!    swap itself.
+//!
+//! Crash safety: until the rename, the live file is untouched and a leftover
+//! `<file>.defrag` is deleted when the backend opens. After the rename, the new
+//! file holds every committed batch and its consistent index.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase};
+use tracing::{info, warn};
+
+use super::{Backend, BackendError, Buffer, Table, def};
+use crate::metrics;
+
+/// Entries per write transaction while copying.
+const COPY_CHUNK: usize = 50_000;
+/// A catch-up round that finds at most this many batches ends the rounds.
+const FEW_BATCHES: usize = 2;
+
+/// Where the new file is built.
+pub(super) fn defrag_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".defrag");
+    PathBuf::from(p)
+}
+
+/// Removes the unfinished file of a defragmentation that a crash interrupted.
+pub(super) fn remove_leftover(path: &Path) -> std::io::Result<()> {
+    let tmp = defrag_path(path);
+    if tmp.exists() {
+        warn!(file = %tmp.display(), "removing the unfinished file of an interrupted defragmentation");
+        std::fs::remove_file(&tmp)?;
+    }
+    Ok(())
+}
+
+/// What one defragmentation did.
+#[derive(Debug, Clone, Copy)]
+pub struct DefragStats {
+    pub before: u64,
+    pub after: u64,
+    /// How long the committer waited for the final replay and swap.
+    pub pause: std::time::Duration,
+}
+
+/// A defragmentation between its steps.
+struct Rewrite {
+    view: Option<ReadTransaction>,
+    new: Database,
+    tmp: PathBuf,
+}
+
+impl Backend {
+    /// Rewrites the file without free pages while reads and writes go on.
+    pub fn defrag(&self) -> Result<DefragStats, BackendError> {
+        let _one = self.defrag_lock.lock();
+        let start = Instant::now();
+        let before = self.size();
+        let mut rw = self.defrag_begin()?;
+        let res = copy_and_compact(&mut rw).and_then(|()| self.defrag_catch_up(&rw)).and_then(|()| {
+            let tmp = rw.tmp.clone();
+            self.defrag_finish(rw).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        });
+        *self.journal.lock() = None;
+        let pause = res?;
+        let after = self.size();
+        metrics::get().backend_defrag.observe(start.elapsed().as_secs_f64());
+        info!(
+            before,
+            after,
+            took_ms = start.elapsed().as_millis() as u64,
+            pause_us = pause.as_micros() as u64,
+            "defragmented backend"
+        );
+        Ok(DefragStats { before, after, pause })
+    }
+
+    /// Step 1: the journal starts and the frozen view opens at one commit
+    /// boundary; the new file is created.
+    fn defrag_begin(&self) -> Result<Rewrite, BackendError> {
+        let tmp = defrag_path(&self.path);
+        remove_leftover(&self.path).map_err(|e| BackendError::Storage(format!("defrag: {e}")))?;
+        let new = Database::builder()
+            .set_cache_size(self.cache_size)
+            .create(&tmp)
+            .map_err(|e| BackendError::Storage(format!("defrag: {}: {e}", tmp.display())))?;
+        let _g = self.commit_lock.lock();
+        *self.journal.lock() = Some(Vec::new());
+        let view = self.db.read().begin_read()?;
+        Ok(Rewrite { view: Some(view), new, tmp })
+    }
+
+    /// Step 3: replays journaled batches until a round finds almost nothing.
+    fn defrag_catch_up(&self, rw: &Rewrite) -> Result<(), BackendError> {
+        loop {
+            let batches = std::mem::take(self.journal.lock().get_or_insert_default());
+            for b in &batches {
+                write_to(&rw.new, b)?;
+            }
+            if batches.len() <= FEW_BATCHES {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Step 4: the last replay, a durable commit, the rename and the swap,
+    /// with the committer paused. Returns the pause.
+    fn defrag_finish(&self, rw: Rewrite) -> Result<std::time::Duration, BackendError> {
+        let Rewrite { new, tmp, .. } = rw;
+        // Counting the pages in use walks the whole file: before the pause.
+        let in_use = {
+            let tx = new.begin_write()?;
+            let stats = tx.stats()?;
+            tx.abort()?;
+            stats.allocated_pages() * stats.page_size() as u64
+        };
+        let _g = self.commit_lock.lock();
+        let paused = Instant::now();
+        for b in &self.journal.lock().take().unwrap_or_default() {
+            write_to(&new, b)?;
+        }
+        // One durable commit covers everything written to the new file.
+        let mut tx = new.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        let io = |e: std::io::Error| BackendError::Storage(format!("defrag: {e}"));
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        *self.db.write() = new;
+        self.size_in_use.store(in_use, Ordering::Relaxed);
+        *self.in_use_at.lock() = Some(Instant::now());
+        let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        self.size.store(size.max(in_use), Ordering::Relaxed);
+        Ok(paused.elapsed())
+    }
+}
+
+/// Step 2: copies the frozen view into the new file, then compacts it (the
+/// copy fills pages in key order, leaving them half full after splits).
+fn copy_and_compact(rw: &mut Rewrite) -> Result<(), BackendError> {
+    if let Some(view) = rw.view.take() {
+        copy_all(&view, &rw.new)?;
+    }
+    while rw.new.compact()? {}
+    Ok(())
+}
+
+/// Copies every table of `view` into `new`, `COPY_CHUNK` entries per transaction.
+fn copy_all(view: &ReadTransaction, new: &Database) -> Result<(), BackendError> {
+    for t in Table::ALL {
+        let src = view.open_table(def(t))?;
+        let mut iter = src.range::<&[u8]>(..)?;
+        loop {
+            let mut tx = new.begin_write()?;
+            tx.set_durability(Durability::None)?;
+            let mut n = 0;
+            {
+                let mut dst = tx.open_table(def(t))?;
+                for item in iter.by_ref().take(COPY_CHUNK) {
+                    let (k, v) = item?;
+                    dst.insert(k.value(), v.value())?;
+                    n += 1;
+                }
+            }
+            tx.commit()?;
+            if n < COPY_CHUNK {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes one journaled batch into `db`, not yet durably.
+fn write_to(db: &Database, batch: &Arc<Buffer>) -> Result<(), BackendError> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::None)?;
+    super::put_batch(&tx, batch)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn put(be: &Backend, k: &str, v: &str) {
+        be.write(|b| b.put(Table::Key, k.as_bytes().to_vec(), Bytes::from(v.to_string())));
+        be.commit().unwrap();
+    }
+
+    fn get(be: &Backend, k: &str) -> Option<String> {
+        be.get(Table::Key, k.as_bytes()).unwrap().map(|v| String::from_utf8(v.to_vec()).unwrap())
+    }
+
+    /// Commits that land before the copy, during it, and in the last window
+    /// before the pause all reach the new file, and it is the file on disk.
+    #[test]
+    fn every_commit_since_the_view_reaches_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let be = Backend::open(&path, 100, 1 << 20).unwrap();
+        put(&be, "before", "1");
+        put(&be, "gone", "x");
+        let mut rw = be.defrag_begin().unwrap();
+        put(&be, "during-copy", "2");
+        be.write(|b| b.delete(Table::Key, b"gone".to_vec()));
+        be.commit().unwrap();
+        copy_and_compact(&mut rw).unwrap();
+        be.defrag_catch_up(&rw).unwrap();
+        put(&be, "last-window", "3");
+        put(&be, "before", "4");
+        be.defrag_finish(rw).unwrap();
+        *be.journal.lock() = None;
+        put(&be, "after", "5");
+        assert!(!defrag_path(&path).exists());
+        for (k, v) in [("before", Some("4")), ("gone", None), ("during-copy", Some("2")), ("last-window", Some("3"))] {
+            assert_eq!(get(&be, k).as_deref(), v, "{k}");
+        }
+        drop(be);
+        let be = Backend::open(&path, 100, 1 << 20).unwrap();
+        for (k, v) in [("before", Some("4")), ("gone", None), ("last-window", Some("3")), ("after", Some("5"))] {
+            assert_eq!(get(&be, k).as_deref(), v, "{k} after reopening");
+        }
+    }
+}
