@@ -287,7 +287,7 @@ async fn learner_join_promote_and_remove_with_etcdctl() {
     }
 
     let ip = "127.0.0.84";
-    let peer = format!("http://{ip}:{}", std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port());
+    let peer = format!("http://{ip}:{}", common::free_port_on(ip));
     let (ok, out, err) = etcdctl(via, &["member", "add", "m3", &format!("--peer-urls={peer}"), "--learner"], None);
     assert!(ok, "{err}");
     assert!(out.contains("added as learner to cluster"), "{out}");
@@ -473,7 +473,7 @@ async fn new_learner_catches_up_by_snapshot_and_foreign_data_dirs_are_refused() 
             .unwrap();
     }
     let ip = "127.0.0.124";
-    let peer = format!("http://{ip}:{}", std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port());
+    let peer = format!("http://{ip}:{}", common::free_port_on(ip));
     let (ok, _, err) =
         etcdctl(&members[l].endpoint, &["member", "add", "m3", &format!("--peer-urls={peer}"), "--learner"], None);
     assert!(ok, "{err}");

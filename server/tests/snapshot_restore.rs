@@ -128,7 +128,7 @@ async fn restored_three_member_cluster_serves_the_snapshot() {
     let peers: Vec<(String, String, String)> = (0..3)
         .map(|i| {
             let ip = format!("127.0.0.{}", 101 + i);
-            let port = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
+            let port = common::free_port_on(&ip);
             (format!("r{i}"), ip.clone(), format!("http://{ip}:{port}"))
         })
         .collect();

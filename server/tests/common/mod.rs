@@ -15,7 +15,31 @@ use tonic::transport::Channel;
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port_on("127.0.0.1")
+}
+
+/// A free TCP port on `ip`, below the kernel's ephemeral range (32768 and
+/// up): a port handed out by binding port 0 can be taken again by any
+/// outgoing connection before the server under test binds it. Ports are
+/// taken in turn from a start that differs per test process.
+pub fn free_port_on(ip: &str) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}")
 }
 
 pub fn kvd_bin() -> PathBuf {
@@ -66,7 +90,7 @@ impl Proc {
     /// A cluster member: client URL on a fresh port of `ip`, peer URL `peer`,
     /// bootstrapping from `initial_cluster`.
     pub fn member(data_dir: &Path, ip: &str, name: &str, peer: &str, initial_cluster: &str, extra: &[&str]) -> Proc {
-        let cp = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        let cp = free_port_on(ip);
         let client = format!("http://{ip}:{cp}");
         let args: Vec<String> = [
             "--name",
