@@ -143,7 +143,7 @@ async fn members_replicate_over_https_peer_urls() {
     let ca = Ca::new("kvd peer CA");
     let ca_pem = ca.write(&d.join("peer-ca.pem"));
     let ips: Vec<String> = (0..3).map(|i| format!("127.0.0.{}", 171 + i)).collect();
-    let peers: Vec<String> = ips.iter().map(|ip| format!("https://{ip}:{}", common::free_port_on(&ip))).collect();
+    let peers: Vec<String> = ips.iter().map(|ip| format!("https://{ip}:{}", common::free_port_on(ip))).collect();
     let ic = peers.iter().enumerate().map(|(i, p)| format!("m{i}={p}")).collect::<Vec<_>>().join(",");
     let mut members = Vec::new();
     for (i, ip) in ips.iter().enumerate() {
