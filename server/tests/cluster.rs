@@ -229,6 +229,22 @@ async fn a_member_behind_the_purged_log_catches_up_by_snapshot() {
             .await
             .unwrap();
     }
+    // The leader snapshots and purges its log as it applies; wait for a
+    // snapshot past the lagging member's log before it comes back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let snapshot_at = |log: &str| -> u64 {
+        let indexes = log.lines().filter(|l| l.contains("raft snapshot taken")).filter_map(|l| {
+            let i = l.rfind("index: ")? + "index: ".len();
+            l[i..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
+        });
+        indexes.max().unwrap_or(0)
+    };
+    while snapshot_at(&members[l].log_text()) < 200 {
+        assert!(Instant::now() < deadline, "the leader took no snapshot:\n{}", members[l].log_text());
+        kv.put(PutRequest { key: b"more".to_vec(), value: vec![b'v'; 10], ..Default::default() }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     members[lagging].restart();
     members[lagging].ready().await;
     let hash_of = |m: &common::Proc| {

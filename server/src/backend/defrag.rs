@@ -4,11 +4,11 @@
 //! 1. Under the commit lock (so no batch is half-written), start a journal of
 //!    committed batches and open a redb read transaction: a frozen view of the
 //!    file as of the last commit.
-//! 2. Copy every table from that view into `<file>.defrag`, without durability
-//!    (nothing relies on this file yet). Applies and commits to the live file
-//!    go on; each committed batch is also kept in the journal.
+//! 2. Copy every table from that view into `<file>.defrag`, 32 MiB per durable
+//!    transaction, then compact that private file. Applies and commits to the
+//!    live file go on; each committed batch is also kept in the journal.
 //! 3. Replay the journal into the new file, round after round, while it
-//!    keeps growing, until a round finds almost nothing new.
+//!    keeps growing, until a round finds almost nothing new; commit durably.
 //! 4. Under the commit lock (the committer waits; applies and reads do not),
 //!    replay the rest, commit durably, fsync, rename over the live file, fsync
 //!    the directory, and swap the open database. Readers wait only for the
@@ -29,8 +29,12 @@ use tracing::{info, warn};
 use super::{Backend, BackendError, Buffer, Table, def};
 use crate::metrics;
 
-/// Entries per write transaction while copying.
-const COPY_CHUNK: usize = 50_000;
+/// Bytes copied per write transaction. Each copy transaction is durable: redb
+/// reuses the pages a transaction frees only after a durable commit (the file
+/// would otherwise grow by every copied branch page), and the final commit
+/// then has little left to flush (a flush of the whole file stalls the WAL's
+/// fsyncs on the same disk).
+const COPY_CHUNK_BYTES: usize = 32 << 20;
 /// A catch-up round that finds at most this many batches ends the rounds.
 const FEW_BATCHES: usize = 2;
 
@@ -109,7 +113,8 @@ impl Backend {
         Ok(Rewrite { view: Some(view), new, tmp })
     }
 
-    /// Step 3: replays journaled batches until a round finds almost nothing.
+    /// Step 3: replays journaled batches until a round finds almost nothing,
+    /// then makes the new file durable so far (outside the pause).
     fn defrag_catch_up(&self, rw: &Rewrite) -> Result<(), BackendError> {
         loop {
             let batches = std::mem::take(self.journal.lock().get_or_insert_default());
@@ -117,9 +122,13 @@ impl Backend {
                 write_to(&rw.new, b)?;
             }
             if batches.len() <= FEW_BATCHES {
-                return Ok(());
+                break;
             }
         }
+        let mut tx = rw.new.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Step 4: the last replay, a durable commit, the rename and the swap,
@@ -133,7 +142,7 @@ impl Backend {
             tx.abort()?;
             stats.allocated_pages() * stats.page_size() as u64
         };
-        let _g = self.commit_lock.lock();
+        let g = self.commit_lock.lock();
         let paused = Instant::now();
         for b in &self.journal.lock().take().unwrap_or_default() {
             write_to(&new, b)?;
@@ -147,12 +156,16 @@ impl Backend {
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
-        *self.db.write() = new;
+        let old = std::mem::replace(&mut *self.db.write(), new);
         self.size_in_use.store(in_use, Ordering::Relaxed);
         *self.in_use_at.lock() = Some(Instant::now());
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         self.size.store(size.max(in_use), Ordering::Relaxed);
-        Ok(paused.elapsed())
+        drop(g);
+        let pause = paused.elapsed();
+        // Closing the old database writes to its (now unlinked) file: no lock held.
+        drop(old);
+        Ok(pause)
     }
 }
 
@@ -166,27 +179,29 @@ fn copy_and_compact(rw: &mut Rewrite) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// Copies every table of `view` into `new`, `COPY_CHUNK` entries per transaction.
+/// Copies every table of `view` into `new`, `COPY_CHUNK_BYTES` per transaction.
 fn copy_all(view: &ReadTransaction, new: &Database) -> Result<(), BackendError> {
     for t in Table::ALL {
         let src = view.open_table(def(t))?;
         let mut iter = src.range::<&[u8]>(..)?;
-        loop {
-            let mut tx = new.begin_write()?;
-            tx.set_durability(Durability::None)?;
-            let mut n = 0;
+        let mut more = true;
+        while more {
+            let tx = new.begin_write()?;
+            more = false;
             {
                 let mut dst = tx.open_table(def(t))?;
-                for item in iter.by_ref().take(COPY_CHUNK) {
+                let mut bytes = 0;
+                for item in iter.by_ref() {
                     let (k, v) = item?;
                     dst.insert(k.value(), v.value())?;
-                    n += 1;
+                    bytes += k.value().len() + v.value().len();
+                    if bytes >= COPY_CHUNK_BYTES {
+                        more = true;
+                        break;
+                    }
                 }
             }
             tx.commit()?;
-            if n < COPY_CHUNK {
-                break;
-            }
         }
     }
     Ok(())

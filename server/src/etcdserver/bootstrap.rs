@@ -176,7 +176,15 @@ impl EtcdServer {
             Applier::new(store.clone(), alarms.clone(), lessor.clone(), watch.clone(), auth.clone())
                 .map_err(|e| err(&e))?,
         );
-        let (applied, last) = (applier.consistent_index(), log.last_index());
+        let wait = Arc::new(Wait::default());
+        let w = wait.clone();
+        let notify: Notify = Arc::new(move |id, r| w.trigger(id, r));
+        let sm = StateMachine::new(applier.clone(), notify).map_err(|e| err(&e))?;
+        // What raft will resume applying after. It equals the consistent index,
+        // except after installing a leader's snapshot whose data was newer than
+        // its metadata (the consistent index is then ahead, and apply skips the
+        // entries it already holds).
+        let (applied, last) = (sm.applied_index(), log.last_index());
         if applied > last {
             // The backend holds effects of entries the WAL no longer has: acknowledged
             // records were lost from the WAL (a truncated or replaced log).
@@ -198,10 +206,6 @@ impl EtcdServer {
                 member_dir.join("wal").display()
             )));
         }
-        let wait = Arc::new(Wait::default());
-        let w = wait.clone();
-        let notify: Notify = Arc::new(move |id, r| w.trigger(id, r));
-        let sm = StateMachine::new(applier.clone(), notify).map_err(|e| err(&e))?;
 
         let rcfg = Config {
             cluster_name: cfg.initial_cluster_token.clone(),
@@ -242,7 +246,7 @@ impl EtcdServer {
         crate::metrics::get().server_id.set(me as i64);
         let quota = Quota::new(cfg.quota_backend_bytes);
         crate::metrics::get().quota_backend_bytes.set(quota.limit() as i64);
-        Ok(Arc::new(EtcdServer {
+        let server = Arc::new(EtcdServer {
             ids: IdGenerator::new(me),
             cfg,
             member_id: me,
@@ -260,6 +264,9 @@ impl EtcdServer {
             wal,
             peer_channels: Default::default(),
             learner: Default::default(),
-        }))
+            reads: Default::default(),
+        });
+        server.run_read_loop();
+        Ok(server)
     }
 }

@@ -6,7 +6,6 @@ use kvd_api::etcdserverpb::{
     DeleteRangeResponse, InternalRaftRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
     TxnResponse,
 };
-use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use prost::Message;
 use tracing::{Instrument, info_span};
@@ -170,44 +169,6 @@ impl EtcdServer {
             }
         }
         res
-    }
-
-    /// ReadIndex: confirms leadership and waits until the state machine has
-    /// applied everything committed before the read started.
-    pub async fn linearizable_read_notify(&self) -> Result<(), ServerError> {
-        let deadline = tokio::time::Instant::now() + self.request_timeout();
-        // Leadership may move while the read is in flight: ask the new leader,
-        // until the request's deadline (etcd's read loop retries the same way).
-        let index = loop {
-            let (leader, _) = self.wait_for_leader(deadline).await?;
-            let asked = if leader == self.member_id {
-                let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-                match tokio::time::timeout_at(deadline, fut).await {
-                    Ok(Ok(_)) => return Ok(()),
-                    Ok(Err(openraft::errors::RaftError::APIError(_))) => Err(ServerError::NoLeader),
-                    Ok(Err(openraft::errors::RaftError::Fatal(_))) => return Err(ServerError::Stopped),
-                    Err(_) => return Err(ServerError::Timeout),
-                }
-            } else {
-                self.remote_read_index(leader, deadline).await
-            };
-            match asked {
-                Ok(index) => break index,
-                Err(ServerError::NoLeader) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(ServerError::NoLeader) => return Err(ServerError::Timeout),
-                Err(e) => return Err(e),
-            }
-        };
-        // Serve the read once this member has applied what the leader had committed.
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.raft
-            .wait(Some(left))
-            .applied_index_at_least(Some(index), "linearizable read")
-            .await
-            .map(|_| ())
-            .map_err(|_| ServerError::Timeout)
     }
 
     pub async fn range(&self, r: RangeRequest, auth: &Credentials) -> Result<RangeResponse, ServerError> {

@@ -11,6 +11,7 @@ pub mod kv;
 mod lease;
 pub mod maintenance;
 mod peer;
+mod read_index;
 
 use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
@@ -112,6 +113,8 @@ pub struct EtcdServer {
     wal: Wal,
     /// Whether this member is a learner, kept current from raft's metrics.
     learner: std::sync::atomic::AtomicBool,
+    /// Linearizable reads waiting for a ReadIndex round.
+    reads: read_index::ReadLoop,
     /// Channels to other members' peer services (forwarding, ReadIndex), by URL.
     peer_channels: parking_lot::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
 }

@@ -42,28 +42,33 @@ pub struct KeyAt {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyIndex {
-    pub modified: Revision,
-    /// Inline while the key has one generation.
+    /// Inline while the key has one generation. (etcd also keeps the last
+    /// modification; here it is the last revision of the generations, and
+    /// not storing it saves 16 bytes per key.)
     pub generations: SmallVec<[Generation; 1]>,
 }
 
 impl Default for KeyIndex {
     fn default() -> Self {
-        Self { modified: Revision::default(), generations: smallvec::smallvec![Generation::default()] }
+        Self { generations: smallvec::smallvec![Generation::default()] }
     }
 }
 
 impl KeyIndex {
     /// Records a put at `rev`. Revisions must increase.
     pub fn put(&mut self, rev: Revision) {
-        debug_assert!(rev > self.modified, "put with a smaller revision");
+        debug_assert!(Some(rev) > self.last_revision(), "put with a smaller revision");
         let g = self.generations.last_mut().expect("at least one generation");
         if g.revs.is_empty() {
             g.created = rev;
         }
         g.revs.push(rev);
         g.ver += 1;
-        self.modified = rev;
+    }
+
+    /// The newest revision of the key (its last modification or deletion).
+    pub fn last_revision(&self) -> Option<Revision> {
+        self.generations.iter().rev().find_map(|g| g.revs.last().copied())
     }
 
     /// Records a delete at `rev`, closing the current generation. Returns false
@@ -85,7 +90,6 @@ impl KeyIndex {
         }
         g.revs.push(modified);
         g.ver = ver;
-        self.modified = modified;
     }
 
     /// Restores a tombstone from the backend at start.
@@ -97,7 +101,6 @@ impl KeyIndex {
             g.ver += 1;
         }
         g.revs.push(rev);
-        self.modified = rev;
         self.generations.push(Generation::default());
     }
 

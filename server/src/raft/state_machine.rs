@@ -54,6 +54,11 @@ impl StateMachine {
 }
 
 impl StateMachine {
+    /// The index of the last entry applied, as raft resumes from it (0 = none).
+    pub fn applied_index(&self) -> u64 {
+        self.last_applied.map(|l| l.index()).unwrap_or(0)
+    }
+
     fn backend(&self) -> &Arc<crate::backend::Backend> {
         self.applier.store().backend()
     }
