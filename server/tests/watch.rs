@@ -211,7 +211,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_watcher_blocks_nobody_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
+    // A small backend page cache, so its filling up is not mistaken for
+    // buffered events.
+    let kvd = Proc::kvd(&dir.path().join("kvd"), &["--backend-cache-size", "4194304"]);
     kvd.ready().await;
     let pid = kvd.child.as_ref().unwrap().id();
     let mut stalled = WatchStream::open(&kvd.endpoint).await;
