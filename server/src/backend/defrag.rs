@@ -77,14 +77,16 @@ impl Backend {
         let _one = self.defrag_lock.lock();
         let start = Instant::now();
         let before = self.size();
-        let mut rw = self.defrag_begin()?;
-        let res = copy_and_compact(&mut rw).and_then(|()| self.defrag_catch_up(&rw)).and_then(|()| {
-            let tmp = rw.tmp.clone();
-            self.defrag_finish(rw).inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })
+        let res = self.defrag_begin().and_then(|mut rw| {
+            copy_and_compact(&mut rw)?;
+            self.defrag_catch_up(&rw)?;
+            self.defrag_finish(rw)
         });
+        // Whatever happened, commits stop feeding the journal.
         *self.journal.lock() = None;
+        if res.is_err() {
+            let _ = std::fs::remove_file(defrag_path(&self.path));
+        }
         let pause = res?;
         let after = self.size();
         metrics::get().backend_defrag.observe(start.elapsed().as_secs_f64());
@@ -153,10 +155,13 @@ impl Backend {
         tx.commit()?;
         let io = |e: std::io::Error| BackendError::Storage(format!("defrag: {e}"));
         std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
+        // From the rename on, commits must go to the new file: swap first,
+        // then make the rename durable.
         let old = std::mem::replace(&mut *self.db.write(), new);
+        let synced = match self.path.parent() {
+            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io),
+            None => Ok(()),
+        };
         self.size_in_use.store(in_use, Ordering::Relaxed);
         *self.in_use_at.lock() = Some(Instant::now());
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
@@ -165,6 +170,7 @@ impl Backend {
         let pause = paused.elapsed();
         // Closing the old database writes to its (now unlinked) file: no lock held.
         drop(old);
+        synced?;
         Ok(pause)
     }
 }
