@@ -85,6 +85,10 @@ impl EtcdServer {
     /// Authenticate: the password is checked here (bcrypt, off the async
     /// workers), then a token is issued through raft so every member knows it.
     pub async fn authenticate(&self, name: String, password: String) -> Result<(ResponseHeader, String), ServerError> {
+        // As etcd: the password is checked against a store that has applied
+        // everything committed before the call (a lagging follower would not
+        // yet know of an `auth enable` or a new user).
+        self.linearizable_read_notify().await?;
         let store = self.auth.clone();
         let who = name.clone();
         tokio::task::spawn_blocking(move || store.check_password(&who, &password))

@@ -91,8 +91,8 @@ impl Lessor {
     }
 
     /// (Re)loads the leases from the backend and the attachments from the
-    /// live keys the store found when it (re)built its index. The primary flag is kept; a primary restarts every
-    /// lease's clock.
+    /// live keys the store found when it (re)built its index. The primary
+    /// flag is kept; a primary restarts every lease's clock.
     pub fn load(&self, backend: &Backend, store: &KvStore) -> Result<(), MvccError> {
         let mut leases = HashMap::new();
         let mut bad = None;
