@@ -144,8 +144,7 @@ async fn forged_and_expired_tokens_are_refused_as_etcd_refuses_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_loses_its_events_when_the_permission_is_revoked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    kvd.ready().await;
+    let mut kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
     let ep = kvd.endpoint.clone();
     let root = ["--user", "root:rootpw"];
     for args in [

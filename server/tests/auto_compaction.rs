@@ -11,11 +11,11 @@ use kvd_api::etcdserverpb::{PutRequest, RangeRequest};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_mode_keeps_the_retention_period_of_history() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(
+    let kvd = Proc::kvd_ready(
         &dir.path().join("kvd"),
         &["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "2s"],
-    );
-    kvd.ready().await;
+    )
+    .await;
     let mut kv = kvd.kv().await;
     let started = Instant::now();
     let mut revs = Vec::new();

@@ -23,8 +23,7 @@ async fn count(p: &Proc) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_workload_runs_and_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
     let ep = kvd.endpoint.as_str();
     let base = ["--endpoints", ep, "--clients", "4", "--val-size", "16"];
 

@@ -27,8 +27,7 @@ async fn grant(p: &Proc, id: i64, ttl: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_lock_serializes_holders() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
     let log = dir.path().join("holders.log");
     let holders: Vec<_> = (0..4)
         .map(|i| {
@@ -55,8 +54,7 @@ async fn etcdctl_lock_serializes_holders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_passes_on_when_its_lease_expires_or_a_waiter_gives_up() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
     grant(&kvd, 0xa, 2).await;
     grant(&kvd, 0xb, 60).await;
     grant(&kvd, 0xc, 60).await;
@@ -90,8 +88,7 @@ async fn a_lock_passes_on_when_its_lease_expires_or_a_waiter_gives_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_elect_and_observe() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
     let ep = format!("--endpoints={}", kvd.endpoint);
     let spawn = |args: &[&str]| {
         Command::new(common::etcdctl_bin())

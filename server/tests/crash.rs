@@ -22,8 +22,7 @@ const ROUNDS: usize = 8;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kvd = Proc::kvd(&dir.path().join("d"), &[]);
-    kvd.ready().await;
+    let mut kvd = Proc::kvd_ready(&dir.path().join("d"), &[]).await;
     let acked: Acked = Arc::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut attempted = 0usize;

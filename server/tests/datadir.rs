@@ -62,8 +62,7 @@ fn frames(seg: &Path) -> Vec<usize> {
 /// Starts kvd, writes the keys, stops it cleanly; returns the data dir and the expected keys.
 async fn prepared(dir: &Path) -> (PathBuf, RangeResponse) {
     let data = dir.join("d");
-    let mut kvd = Proc::kvd(&data, &[]);
-    kvd.ready().await;
+    let mut kvd = Proc::kvd_ready(&data, &[]).await;
     fill(&kvd).await;
     let before = all(&kvd).await;
     let status = kvd.stop().expect("kvd was running");
@@ -99,8 +98,7 @@ async fn truncated_wal_tail_is_repaired() {
     torn[12..].fill(0x5A);
     f.write_all_at(&torn, end as u64).unwrap();
     f.set_len((end + torn.len()) as u64).unwrap();
-    let kvd = Proc::kvd(&data, &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&data, &[]).await;
     let after = all(&kvd).await;
     assert_eq!(after.kvs, before.kvs, "every acknowledged key survives the repair");
     assert!(seg.with_extension("wal.broken").exists(), "the damaged segment is kept aside");
@@ -130,8 +128,7 @@ async fn deleted_backend_is_rebuilt_from_the_wal() {
     let dir = tempfile::tempdir().unwrap();
     let (data, before) = prepared(dir.path()).await;
     std::fs::remove_file(data.join("member/db.redb")).unwrap();
-    let kvd = Proc::kvd(&data, &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&data, &[]).await;
     let after = all(&kvd).await;
     assert_eq!(after.kvs, before.kvs);
     assert_eq!(after.kvs.len(), KEYS);

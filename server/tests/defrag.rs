@@ -32,8 +32,7 @@ async fn db_sizes(p: &Proc) -> (i64, i64) {
 async fn defrag_under_writes_loses_nothing_and_survives_kill9() {
     let dir = tempfile::tempdir().unwrap();
     // Short batch intervals: many backend commits land while the copy runs.
-    let mut kvd = Proc::kvd(&dir.path().join("d"), &["--backend-batch-interval", "5ms"]);
-    kvd.ready().await;
+    let mut kvd = Proc::kvd_ready(&dir.path().join("d"), &["--backend-batch-interval", "5ms"]).await;
     let mut kv = kvd.kv().await;
     // 3,000 keys of 4 KiB, two thirds deleted and compacted away: free pages.
     let big = "x".repeat(4096);
@@ -115,8 +114,7 @@ async fn defrag_under_writes_loses_nothing_and_survives_kill9() {
 async fn a_rewrite_interrupted_by_a_crash_is_removed_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
-    let mut kvd = Proc::kvd(&data, &[]);
-    kvd.ready().await;
+    let mut kvd = Proc::kvd_ready(&data, &[]).await;
     kvd.kv().await.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
     kvd.stop();
     // What a crash in the middle of a copy leaves: a partial new file.

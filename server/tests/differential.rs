@@ -281,8 +281,7 @@ fn header_rev(s: &str) -> Option<i64> {
 
 async fn differential(seed: u64, ops: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
     differential_against(&dir, &kvd, seed, ops).await;
 }
 

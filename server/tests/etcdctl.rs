@@ -19,8 +19,7 @@ fn json(ep: &str, args: &[&str]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_get_del_txn_compact_status_defrag() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("d"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("d"), &[]).await;
     let ep = kvd.endpoint.as_str();
 
     assert_eq!(ok(ep, &["put", "foo", "bar"]).trim(), "OK");
@@ -98,8 +97,7 @@ async fn put_get_del_txn_compact_status_defrag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_datascale_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
     let (ok, out, err) = etcdctl(&kvd.endpoint, &["check", "datascale", "--load=s"], None);
     assert!(ok && out.contains("PASS"), "{out}{err}");
 }
@@ -107,8 +105,7 @@ async fn check_datascale_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defrag_shrinks_the_backend_after_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("d"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("d"), &[]).await;
     let ep = kvd.endpoint.as_str();
     let mut kv = kvd.kv().await;
     let value = vec![b'x'; 4096];
@@ -136,8 +133,7 @@ async fn defrag_shrinks_the_backend_after_compaction() {
 async fn nospace_alarm_list_and_disarm() {
     let dir = tempfile::tempdir().unwrap();
     // A quota just above the empty backend's size.
-    let kvd = Proc::kvd(&dir.path().join("d"), &["--quota-backend-bytes", "300000"]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("d"), &["--quota-backend-bytes", "300000"]).await;
     let ep = kvd.endpoint.as_str();
     let value = "x".repeat(20_000);
     let mut refused = None;

@@ -42,8 +42,7 @@ const METRICS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_version_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("d"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("d"), &[]).await;
     let (ok, _, err) = etcdctl(&kvd.endpoint, &["put", "k", "v"], None);
     assert!(ok, "{err}");
     // grpc.health.v1 on the client port.

@@ -138,8 +138,7 @@ async fn revoke_and_expiry_delete_the_keys_in_one_revision_as_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kvd = Proc::kvd(&dir.path().join("kvd"), &[]);
-    kvd.ready().await;
+    let mut kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
     let mut lc = lease_client(&kvd);
     lc.lease_grant(LeaseGrantRequest { id: 42, ttl: 30 }).await.unwrap();
     lc.lease_grant(LeaseGrantRequest { id: 43, ttl: 30 }).await.unwrap();

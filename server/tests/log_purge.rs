@@ -25,8 +25,7 @@ async fn snapshots_purge_the_wal_and_restart_works() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     let flags = ["--snapshot-count", "40", "--experimental-snapshot-catchup-entries", "10"];
-    let mut kvd = Proc::kvd(&data, &flags);
-    kvd.ready().await;
+    let mut kvd = Proc::kvd_ready(&data, &flags).await;
     let mut kv = kvd.kv().await;
     // About 126 MB of entries: two 64 MB segments.
     let n = 300;
@@ -66,8 +65,7 @@ async fn snapshots_purge_the_wal_and_restart_works() {
     };
     // A clean restart, then a kill -9 restart, both from the purged log.
     assert!(kvd.stop().unwrap().success());
-    kvd = Proc::kvd(&data, &flags);
-    kvd.ready().await;
+    kvd = Proc::kvd_ready(&data, &flags).await;
     check(&kvd).await;
     kvd.kv()
         .await

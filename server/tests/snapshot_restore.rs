@@ -22,8 +22,7 @@ async fn everything(kvd: &Proc) -> RangeResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_status_restore_and_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("src"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("src"), &[]).await;
     let mut kv = kvd.kv().await;
     for i in 0..200 {
         kv.put(PutRequest {
@@ -63,8 +62,7 @@ async fn save_status_restore_and_serve() {
         kvctl(&["snapshot", "restore", snap.to_str().unwrap(), "--data-dir", restored.to_str().unwrap()]);
     assert!(!ok && err.contains("already exists"), "restoring over a data dir is refused: {err}");
 
-    let copy = Proc::kvd(&restored, &[]);
-    copy.ready().await;
+    let copy = Proc::kvd_ready(&restored, &[]).await;
     let after = everything(&copy).await;
     assert_eq!(after.kvs, before.kvs, "the restored member serves exactly the snapshot's data");
     assert_eq!(after.header.unwrap().revision, rev);
@@ -79,8 +77,7 @@ async fn save_status_restore_and_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_snapshots_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(&dir.path().join("src"), &[]);
-    kvd.ready().await;
+    let kvd = Proc::kvd_ready(&dir.path().join("src"), &[]).await;
     kvd.kv().await.put(PutRequest { key: b"a".to_vec(), value: vec![7; 3000], ..Default::default() }).await.unwrap();
     let snap = dir.path().join("backup.db");
     let (ok, _, err) = etcdctl(&kvd.endpoint, &["snapshot", "save", snap.to_str().unwrap()], None);
@@ -108,8 +105,7 @@ async fn damaged_snapshots_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restored_three_member_cluster_serves_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let src = Proc::kvd(&dir.path().join("src"), &[]);
-    src.ready().await;
+    let src = Proc::kvd_ready(&dir.path().join("src"), &[]).await;
     let mut kv = src.kv().await;
     for i in 0..100 {
         kv.put(PutRequest {

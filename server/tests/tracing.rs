@@ -48,11 +48,11 @@ async fn write_path_spans_reach_an_otlp_collector() {
             .await
     });
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd(
+    let kvd = Proc::kvd_ready(
         &dir.path().join("d"),
         &["--experimental-enable-distributed-tracing", "--experimental-distributed-tracing-address", &addr.to_string()],
-    );
-    kvd.ready().await;
+    )
+    .await;
     let mut kv = kvd.kv().await;
     for i in 0..5 {
         kv.put(PutRequest { key: format!("k{i}").into(), value: b"v".to_vec(), ..Default::default() }).await.unwrap();

@@ -55,15 +55,6 @@ pub(super) fn remove_leftover(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// What one defragmentation did.
-#[derive(Debug, Clone, Copy)]
-pub struct DefragStats {
-    pub before: u64,
-    pub after: u64,
-    /// How long the committer waited for the final replay and swap.
-    pub pause: std::time::Duration,
-}
-
 /// A defragmentation between its steps.
 struct Rewrite {
     view: Option<ReadTransaction>,
@@ -73,7 +64,7 @@ struct Rewrite {
 
 impl Backend {
     /// Rewrites the file without free pages while reads and writes go on.
-    pub fn defrag(&self) -> Result<DefragStats, BackendError> {
+    pub fn defrag(&self) -> Result<(), BackendError> {
         let _one = self.defrag_lock.lock();
         let start = Instant::now();
         let before = self.size();
@@ -97,7 +88,7 @@ impl Backend {
             pause_us = pause.as_micros() as u64,
             "defragmented backend"
         );
-        Ok(DefragStats { before, after, pause })
+        Ok(())
     }
 
     /// Step 1: the journal starts and the frozen view opens at one commit
@@ -127,10 +118,7 @@ impl Backend {
                 break;
             }
         }
-        let mut tx = rw.new.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        tx.commit()?;
-        Ok(())
+        commit_durable(&rw.new)
     }
 
     /// Step 4: the last replay, a durable commit, the rename and the swap,
@@ -140,9 +128,9 @@ impl Backend {
         // Counting the pages in use walks the whole file: before the pause.
         let in_use = {
             let tx = new.begin_write()?;
-            let stats = tx.stats()?;
+            let n = super::bytes_in_use(&tx)?;
             tx.abort()?;
-            stats.allocated_pages() * stats.page_size() as u64
+            n
         };
         let g = self.commit_lock.lock();
         let paused = Instant::now();
@@ -150,9 +138,7 @@ impl Backend {
             write_to(&new, b)?;
         }
         // One durable commit covers everything written to the new file.
-        let mut tx = new.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        tx.commit()?;
+        commit_durable(&new)?;
         let io = |e: std::io::Error| BackendError::Storage(format!("defrag: {e}"));
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         // From the rename on, commits must go to the new file: swap first,
@@ -210,6 +196,15 @@ fn copy_all(view: &ReadTransaction, new: &Database) -> Result<(), BackendError> 
             tx.commit()?;
         }
     }
+    Ok(())
+}
+
+/// An empty durable commit: makes every earlier non-durable commit of `db`
+/// durable with one fsync.
+fn commit_durable(db: &Database) -> Result<(), BackendError> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    tx.commit()?;
     Ok(())
 }
 

@@ -28,7 +28,6 @@ use redb::{Database, Durability, TableDefinition};
 use tracing::{info_span, warn};
 
 pub use buffer::{Buffer, Table};
-pub use defrag::DefragStats;
 
 use crate::metrics;
 
@@ -274,8 +273,7 @@ impl Backend {
             due
         };
         if due {
-            let stats = tx.stats()?;
-            self.size_in_use.store(stats.allocated_pages() * stats.page_size() as u64, Ordering::Relaxed);
+            self.size_in_use.store(bytes_in_use(tx)?, Ordering::Relaxed);
         }
         let in_use = self.size_in_use();
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(in_use);
@@ -319,6 +317,12 @@ impl Backend {
     pub fn size_in_use(&self) -> u64 {
         self.size_in_use.load(Ordering::Relaxed)
     }
+}
+
+/// Bytes of the file's allocated pages. Walks every page of every table.
+fn bytes_in_use(tx: &redb::WriteTransaction) -> Result<u64, BackendError> {
+    let stats = tx.stats()?;
+    Ok(stats.allocated_pages() * stats.page_size() as u64)
 }
 
 /// Writes a batch's puts and deletes into `tx`.

@@ -44,6 +44,11 @@ impl WatchHub {
                     }
                     continue;
                 }
+                if s.tx.capacity() == 0 {
+                    // A stream whose client reads nothing: reading events it
+                    // cannot take would only cost a backend scan per round.
+                    continue;
+                }
                 jobs.push(Job {
                     key: *k,
                     watch_id: w.watch_id,

@@ -87,6 +87,13 @@ impl Proc {
         Self::kvd_with_env(data_dir, extra, &[])
     }
 
+    /// Starts kvd as [`kvd`](Self::kvd) does and waits until it serves.
+    pub async fn kvd_ready(data_dir: &Path, extra: &[&str]) -> Proc {
+        let p = Self::kvd(data_dir, extra);
+        p.ready().await;
+        p
+    }
+
     /// A cluster member: client URL on a fresh port of `ip`, peer URL `peer`,
     /// bootstrapping from `initial_cluster`.
     pub fn member(data_dir: &Path, ip: &str, name: &str, peer: &str, initial_cluster: &str, extra: &[&str]) -> Proc {
