@@ -344,8 +344,7 @@ pub fn cluster_with(dir: &std::path::Path, n: usize, base: u8, extra: &[&str]) -
     let peers: Vec<(String, String)> = (0..n)
         .map(|i| {
             let ip = format!("127.0.0.{}", base as usize + i);
-            let l = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap();
-            (format!("m{i}"), format!("http://{ip}:{}", l.local_addr().unwrap().port()))
+            (format!("m{i}"), format!("http://{ip}:{}", free_port_on(&ip)))
         })
         .collect();
     let ic = peers.iter().map(|(n, u)| format!("{n}={u}")).collect::<Vec<_>>().join(",");
