@@ -24,7 +24,9 @@ impl Drop for Telemetry {
 /// Installs the global subscriber. `RUST_LOG` overrides `--log-level`.
 pub fn init(flags: &Flags) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&flags.log_level));
-    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_filter(filter);
+    // Colours only on a terminal: log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_filter(filter);
     if !flags.experimental_enable_distributed_tracing {
         tracing_subscriber::registry().with(fmt).try_init().map_err(|e| e.to_string())?;
         return Ok(Telemetry { provider: None });

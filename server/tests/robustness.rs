@@ -19,6 +19,8 @@
 #[path = "robustness/checker.rs"]
 mod checker;
 mod common;
+#[path = "robustness/diagnose.rs"]
+mod diagnose;
 #[path = "robustness/faults.rs"]
 mod faults;
 #[path = "robustness/model.rs"]
@@ -76,12 +78,93 @@ async fn hashes_at(endpoints: &[String], rev: i64) -> Vec<u32> {
     out
 }
 
+/// A failed check, with the key and revisions to show members' views of.
+struct Failure {
+    what: String,
+    key: usize,
+    revs: Vec<i64>,
+}
+
+fn show(ops: &[(usize, &workload::KvOp)]) -> String {
+    ops.iter()
+        .map(|(member, o)| {
+            let ret = if o.ret == u64::MAX { "?".to_string() } else { format!("{:.6}", o.ret as f64 / 1e9) };
+            format!(
+                "\n  client {} on m{member} [{:.6}s, {ret}s] {:?} -> {:?}",
+                o.client,
+                o.call as f64 / 1e9,
+                o.input,
+                o.output
+            )
+        })
+        .collect()
+}
+
+/// The revisions an operation's answer names.
+fn revs_of(o: &model::Output) -> Vec<i64> {
+    match o {
+        model::Output::Get { mod_rev, .. } => vec![*mod_rev],
+        model::Output::Put { rev } | model::Output::Delete { rev, .. } | model::Output::Revoke { rev } => vec![*rev],
+        model::Output::Cas { rev, seen, .. } => [Some(*rev), seen.map(|s| s.1)].into_iter().flatten().collect(),
+        model::Output::Unknown => vec![],
+    }
+}
+
+/// Checks each key's history for linearizability, then the watch.
+fn check_history(
+    history: &[workload::Recorded],
+    seen: &[watch_check::Seen],
+    first: i64,
+    last: i64,
+) -> Result<usize, Failure> {
+    let mut by_key: BTreeMap<usize, (Vec<workload::KvOp>, Vec<usize>)> = BTreeMap::new();
+    for r in history {
+        let e = by_key.entry(r.key).or_default();
+        e.0.push(r.op.clone());
+        e.1.push(r.member);
+    }
+    for (&k, (ops, members)) in &by_key {
+        let pick = |is: &[usize]| is.iter().map(|&i| (members[i], &ops[i])).collect::<Vec<_>>();
+        match checker::check::<model::Kv>(ops, 200_000_000) {
+            Verdict::Linearizable => {}
+            Verdict::Illegal(v) => {
+                let tail = pick(&v.prefix[v.prefix.len().saturating_sub(10)..]);
+                let stuck = pick(&v.stuck);
+                let revs =
+                    stuck.iter().chain(tail.last()).flat_map(|(_, o)| revs_of(&o.output)).filter(|r| *r > 0).collect();
+                return Err(Failure {
+                    what: format!(
+                        "key {k} is not linearizable ({} operations)\nlast linearized:{}\nnone of these can come next:{}",
+                        ops.len(),
+                        show(&tail),
+                        show(&stuck)
+                    ),
+                    key: k,
+                    revs,
+                });
+            }
+            Verdict::Inconclusive => {
+                return Err(Failure {
+                    what: format!("the checker gave up on key {k} ({} operations)", ops.len()),
+                    key: k,
+                    revs: vec![],
+                });
+            }
+        }
+    }
+    watch_check::check(seen, history, first, last).map_err(|e| Failure {
+        what: format!("watch: {e}"),
+        key: 0,
+        revs: vec![],
+    })
+}
+
 /// One run: a cluster of `n` on 127.0.0.`base`.., faults for `secs`, checks.
 async fn run(n: usize, base: u8, secs: u64) {
     let clients = env_or("KVD_ROBUSTNESS_CLIENTS", 8) as usize;
     let keys = env_or("KVD_ROBUSTNESS_KEYS", 10) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let members = common::cluster(dir.path(), n, base);
+    let members = common::cluster_with(dir.path(), n, base, &["--log-level", "info"]);
     for m in &members {
         m.ready().await;
     }
@@ -92,7 +175,8 @@ async fn run(n: usize, base: u8, secs: u64) {
     let start = Instant::now();
     let until = start + Duration::from_secs(secs);
     let (target_tx, target_rx) = tokio::sync::watch::channel(i64::MAX);
-    let watcher = tokio::spawn(watch_check::record(endpoints.clone(), first_rev, target_rx));
+    let progress = Arc::new(Mutex::new(String::new()));
+    let watcher = tokio::spawn(watch_check::record(endpoints.clone(), first_rev, target_rx, progress.clone()));
     let injector = tokio::spawn(faults::inject(members.clone(), until, start));
     let mut history = workload::run(endpoints.clone(), clients, keys, start, until).await;
     let faults = injector.await.unwrap();
@@ -100,53 +184,45 @@ async fn run(n: usize, base: u8, secs: u64) {
     history.extend(workload::final_reads(&endpoints, keys, start).await);
     let last_rev = current_revision(&endpoints).await;
     target_tx.send(last_rev).unwrap();
-    let (seen, resumes) = tokio::time::timeout(Duration::from_secs(60), watcher)
-        .await
-        .expect("the watcher did not reach the final revision within 60 s")
-        .unwrap();
-
-    // Linearizability, key by key.
-    let mut by_key: BTreeMap<usize, Vec<workload::KvOp>> = BTreeMap::new();
-    for r in &history {
-        by_key.entry(r.key).or_default().push(r.op.clone());
-    }
-    for (k, ops) in &by_key {
-        match checker::check::<model::Kv>(ops, 200_000_000) {
-            Verdict::Linearizable => {}
-            Verdict::Illegal(v) => {
-                let show = |is: &[usize]| {
-                    is.iter()
-                        .map(|&i| {
-                            let o = &ops[i];
-                            let ret =
-                                if o.ret == u64::MAX { "?".to_string() } else { format!("{:.6}", o.ret as f64 / 1e9) };
-                            format!(
-                                "\n  client {} [{:.6}s, {ret}s] {:?} -> {:?}",
-                                o.client,
-                                o.call as f64 / 1e9,
-                                o.input,
-                                o.output
-                            )
-                        })
-                        .collect::<String>()
-                };
-                let tail = &v.prefix[v.prefix.len().saturating_sub(10)..];
-                panic!(
-                    "key {k} is not linearizable ({} operations); faults: {:?}\nlast linearized:{}\nnone of these can come next:{}",
-                    ops.len(),
-                    faults.events,
-                    show(tail),
-                    show(&v.stuck)
-                );
-            }
-            Verdict::Inconclusive => panic!("the checker gave up on key {k} ({} operations)", ops.len()),
+    let Ok(done) = tokio::time::timeout(Duration::from_secs(60), watcher).await else {
+        let mut revs = Vec::new();
+        for e in &endpoints {
+            let mut kv = KvClient::new(Channel::from_shared(e.clone()).unwrap().connect_lazy());
+            let r = kv.range(RangeRequest { key: b"rb/".to_vec(), serializable: true, ..Default::default() }).await;
+            revs.push(r.map(|r| r.into_inner().header.unwrap().revision).map_err(|s| s.message().to_string()));
         }
-    }
-    let acknowledged = watch_check::check(&seen, &history, first_rev, last_rev)
-        .unwrap_or_else(|e| panic!("watch: {e}; faults: {:?}", faults.events));
-    let hashes = hashes_at(&endpoints, last_rev).await;
-    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members differ at revision {last_rev}: {hashes:?}");
+        drop(members);
+        panic!(
+            "the watcher did not reach revision {last_rev} within 60 s: {}; members' revisions {revs:?}; faults: {:?}; \
+             member logs and data kept in {}",
+            progress.lock().unwrap(),
+            faults.events,
+            dir.keep().display()
+        );
+    };
+    let (seen, resumes) = done.unwrap();
 
+    // Linearizability, key by key; then the watch; then the replicas.
+    let mut acknowledged = 0;
+    let failure = match check_history(&history, &seen, first_rev, last_rev) {
+        Err(f) => Some(f),
+        Ok(n) => {
+            acknowledged = n;
+            let hashes = hashes_at(&endpoints, last_rev).await;
+            (!hashes.windows(2).all(|w| w[0] == w[1])).then(|| Failure {
+                what: format!("members differ at revision {last_rev}: {hashes:?}"),
+                key: 0,
+                revs: vec![],
+            })
+        }
+    };
+    if let Some(f) = failure {
+        let report =
+            diagnose::report(&endpoints, &seen, &workload::key_name(f.key), &f.revs, first_rev, last_rev).await;
+        drop(members);
+        let kept = dir.keep();
+        panic!("{}\nfaults: {:?}\n{report}member logs and data kept in {}", f.what, faults.events, kept.display());
+    }
     let unknown = history.iter().filter(|r| matches!(r.op.output, model::Output::Unknown)).count();
     assert!(faults.total() > 0 || secs < 3, "no fault was injected");
     assert!(acknowledged > 0, "no write was acknowledged");

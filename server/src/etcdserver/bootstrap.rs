@@ -216,6 +216,14 @@ impl EtcdServer {
             max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
             purge_batch_size: 1,
             max_payload_entries: 1000,
+            // A restarted leader must win an election like any member (as in
+            // etcd's raft). openraft's default lets it resume leading at once,
+            // but its commit index is not synced to disk (the WAL's commit
+            // record is lazy) and the backend commits in batches, so it would
+            // serve linearizable reads from a stale commit index: the fault
+            // harness caught reads missing acknowledged writes right after a
+            // leader's kill -9 and restart.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

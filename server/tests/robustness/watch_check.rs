@@ -5,6 +5,7 @@
 //! no client wrote.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvd_api::etcdserverpb::watch_client::WatchClient;
@@ -28,7 +29,12 @@ pub struct Seen {
 /// Watches the workload's prefix from `from` until it has seen revision
 /// `*target` (set when the workload is over). Returns the events and how
 /// many times it had to resume on another member.
-pub async fn record(endpoints: Vec<String>, from: i64, mut target: watch::Receiver<i64>) -> (Vec<Seen>, usize) {
+pub async fn record(
+    endpoints: Vec<String>,
+    from: i64,
+    mut target: watch::Receiver<i64>,
+    progress: Arc<Mutex<String>>,
+) -> (Vec<Seen>, usize) {
     let mut seen: Vec<Seen> = Vec::new();
     let mut resumes = 0;
     let mut at = 0;
@@ -41,6 +47,8 @@ pub async fn record(endpoints: Vec<String>, from: i64, mut target: watch::Receiv
             .unwrap()
             .connect_timeout(Duration::from_millis(500))
             .connect_lazy();
+        *progress.lock().unwrap() =
+            format!("watching on {} from revision {next} ({} events so far)", endpoints[at], seen.len());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let create = WatchCreateRequest {
             key: b"rb/".to_vec(),
@@ -63,6 +71,10 @@ pub async fn record(endpoints: Vec<String>, from: i64, mut target: watch::Receiv
                 };
                 let Ok(Some(r)) = msg else { break };
                 assert!(r.compact_revision == 0 && !r.canceled, "the watch was canceled: {r:?}");
+                if let Some(e) = r.events.last() {
+                    let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    *progress.lock().unwrap() = format!("watching on {}: last event at revision {rev}", endpoints[at]);
+                }
                 for e in r.events {
                     let kv = e.kv.unwrap_or_default();
                     let put = (e.r#type == EventType::Put as i32).then(|| parse_value(&kv.value));

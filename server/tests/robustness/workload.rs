@@ -25,6 +25,8 @@ pub type KvOp = Operation<Input, Output>;
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub key: usize,
+    /// The member the client sent it to.
+    pub member: usize,
     pub op: KvOp,
 }
 
@@ -108,7 +110,7 @@ impl Client {
                 if let Output::Get { value, .. } = output {
                     self.seen[key] = value;
                 }
-                return Some(Recorded { key, op: self.op(call, now(start), Input::Get, output) });
+                return Some(Recorded { key, member: self.at, op: self.op(call, now(start), Input::Get, output) });
             }
             30..55 => {
                 let value = self.value();
@@ -225,11 +227,12 @@ impl Client {
                     (Input::Delete, _) => self.seen[key] = None,
                     _ => {}
                 }
-                Recorded { key, op: self.op(call, now(start), input, output) }
+                Recorded { key, member: self.at, op: self.op(call, now(start), input, output) }
             }
             Err(_) => {
+                let member = self.at;
                 self.next_member();
-                Recorded { key, op: self.op(call, u64::MAX, input, Output::Unknown) }
+                Recorded { key, member, op: self.op(call, u64::MAX, input, Output::Unknown) }
             }
         }
     }
@@ -279,7 +282,7 @@ pub async fn final_reads(endpoints: &[String], keys: usize, start: Instant) -> V
                         value: kv.as_ref().map(|kv| parse_value(&kv.value)),
                         mod_rev: kv.map_or(0, |kv| kv.mod_revision),
                     };
-                    out.push(Recorded { key, op: c.op(call, now(start), Input::Get, output) });
+                    out.push(Recorded { key, member: c.at, op: c.op(call, now(start), Input::Get, output) });
                     break;
                 }
                 Err(e) => {
