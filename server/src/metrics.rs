@@ -59,6 +59,9 @@ pub struct Metrics {
     pub db_total_size: Gauge,
     pub db_in_use_size: Gauge,
     pub keys_total: Gauge,
+    pub watchers: Gauge,
+    pub watch_streams: Gauge,
+    pub slow_watchers: Gauge,
     pub proposals_pending: Gauge,
     pub proposals_committed: Gauge,
     pub proposals_applied: Gauge,
@@ -107,6 +110,9 @@ impl Metrics {
             db_total_size: Gauge::default(),
             db_in_use_size: Gauge::default(),
             keys_total: Gauge::default(),
+            watchers: Gauge::default(),
+            watch_streams: Gauge::default(),
+            slow_watchers: Gauge::default(),
             proposals_pending: Gauge::default(),
             proposals_committed: Gauge::default(),
             proposals_applied: Gauge::default(),
@@ -145,6 +151,13 @@ impl Metrics {
         r.register("etcd_mvcc_db_total_size_in_bytes", "Backend file size", m.db_total_size.clone());
         r.register("etcd_mvcc_db_total_size_in_use_in_bytes", "Backend bytes in use", m.db_in_use_size.clone());
         r.register("etcd_debugging_mvcc_keys_total", "Number of live keys", m.keys_total.clone());
+        r.register("etcd_debugging_mvcc_watcher_total", "Total number of watchers", m.watchers.clone());
+        r.register("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams", m.watch_streams.clone());
+        r.register(
+            "etcd_debugging_mvcc_slow_watcher_total",
+            "Total number of unsynced slow watchers",
+            m.slow_watchers.clone(),
+        );
         r.register("etcd_server_proposals_pending", "Proposals waiting to be applied", m.proposals_pending.clone());
         r.register("etcd_server_proposals_committed_total", "Committed raft index", m.proposals_committed.clone());
         r.register("etcd_server_proposals_applied_total", "Applied raft index", m.proposals_applied.clone());

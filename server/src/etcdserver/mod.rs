@@ -184,6 +184,10 @@ impl EtcdServer {
         m.db_total_size.set(be.size() as i64);
         m.db_in_use_size.set(be.size_in_use() as i64);
         m.keys_total.set(self.store.key_count() as i64);
+        let (watchers, streams, slow) = self.watch_hub().counts();
+        m.watchers.set(watchers as i64);
+        m.watch_streams.set(streams as i64);
+        m.slow_watchers.set(slow as i64);
         let committed = rm.local_committed.map(|l| l.index()).unwrap_or(0);
         let applied = self.applier.consistent_index();
         m.proposals_committed.set(committed as i64);

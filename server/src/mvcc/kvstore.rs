@@ -85,15 +85,24 @@ impl KvStore {
         // Revisions come in order, so the last one of a key says whether its
         // live version holds a lease.
         let mut leased: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
+        let mut prev: Option<Revision> = None;
         self.backend.scan_committed(Table::Key, &[], None, |k, v| {
             let Some((rev, tomb)) = Revision::from_key(k) else {
                 bad = Some(Revision::default());
                 return false;
             };
+            // Rows come in revision order, one per revision; a revision seen
+            // twice (as a put and as a tombstone) or a row without a key can
+            // only be damage (found by fuzzing the backend rows).
             let Ok(kv) = KeyValue::decode(v) else {
                 bad = Some(rev);
                 return false;
             };
+            if prev.is_some_and(|p| rev <= p) || kv.key.is_empty() {
+                bad = Some(rev);
+                return false;
+            }
+            prev = Some(rev);
             idx.restore(&kv.key, rev, kv.create_revision, kv.version, tomb);
             cur = cur.max(rev.main);
             if tomb || kv.lease == 0 {

@@ -153,6 +153,12 @@ impl WatchHub {
         })
     }
 
+    /// Watchers, streams and unsynced (slow) watchers, for the metrics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.inner.lock();
+        (inner.watchers.len(), inner.streams.len(), inner.unsynced.len())
+    }
+
     /// True when any watcher exists (apply collects events only then).
     pub fn has_watchers(&self) -> bool {
         self.count.load(std::sync::atomic::Ordering::Relaxed) > 0

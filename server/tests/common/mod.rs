@@ -153,6 +153,18 @@ impl Proc {
         )
     }
 
+    /// Like [`kvd`](Self::kvd), run under `prlimit` with at most `files`
+    /// open file descriptors.
+    pub fn kvd_with_fd_limit(data_dir: &Path, files: u32) -> Proc {
+        let mut p = Self::kvd_with_env(data_dir, &[], &[]);
+        p.kill9();
+        p.args.insert(0, kvd_bin().display().to_string());
+        p.args.insert(0, format!("--nofile={files}:{files}"));
+        p.bin = PathBuf::from("prlimit");
+        p.spawn();
+        p
+    }
+
     /// Starts the real etcd from Debian on fresh ports.
     pub fn etcd(data_dir: &Path, extra: &[&str]) -> Proc {
         let cp = free_port();
