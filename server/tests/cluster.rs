@@ -147,7 +147,7 @@ async fn three_members_serve_every_client_and_survive_the_leader() {
     }
     assert!(at_rev.windows(2).all(|w| w[0] == w[1]), "HashKV differs at revision {rev}: {at_rev:?}");
     // Peer traffic is visible under etcd's metric names.
-    let text = reqwest_metrics(&members[new]).await;
+    let text = members[new].metrics().await;
     for name in [
         "etcd_network_peer_sent_bytes_total{To=",
         "etcd_network_peer_received_bytes_total{From=",
@@ -195,19 +195,6 @@ async fn a_member_without_quorum_says_no_leader() {
     assert!(kv.range(RangeRequest { key: b"k".to_vec(), serializable: true, ..Default::default() }).await.is_ok());
     let err = kv.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-}
-
-/// GET /metrics on a member's client port.
-async fn reqwest_metrics(m: &common::Proc) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = m.endpoint.trim_start_matches("http://").to_string();
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 /// A member that was down while the others purged their logs catches up
