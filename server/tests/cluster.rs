@@ -341,12 +341,10 @@ async fn learner_join_promote_and_remove_with_etcdctl() {
 
     // Remove one of the original members (not the one we talk through).
     let victim = (l + 2) % 3;
-    let vid = list(via)
-        .iter()
-        .find(|m| m["clientURLs"][0].as_str() == Some(members[victim].endpoint.as_str()))
-        .unwrap()["ID"]
-        .as_u64()
-        .unwrap();
+    let gone =
+        list(via).into_iter().find(|m| m["clientURLs"][0].as_str() == Some(members[victim].endpoint.as_str())).unwrap();
+    let vid = gone["ID"].as_u64().unwrap();
+    let purl = gone["peerURLs"][0].as_str().unwrap().to_string();
     let (ok, _, err) = etcdctl(via, &["member", "remove", &format!("{vid:x}")], None);
     assert!(ok, "{err}");
     let (ok, _, err) = etcdctl(via, &["member", "remove", &format!("{vid:x}")], None);
@@ -356,6 +354,13 @@ async fn learner_join_promote_and_remove_with_etcdctl() {
     assert!(after.iter().all(|m| m["isLearner"].as_bool() != Some(true)));
     let (ok, out, _) = etcdctl(&joined.endpoint, &["get", "after", "--print-value-only"], None);
     assert!(ok && out.trim() == "promote");
+
+    // Adding the removed member's peer URLs again makes a new member with a
+    // new id, as in etcd: the old incarnation can never pass for it.
+    let (ok, out, err) = etcdctl(via, &["member", "add", "again", &format!("--peer-urls={purl}"), "--learner"], None);
+    assert!(ok, "{err}");
+    let again = list(via).iter().find(|m| m["peerURLs"][0].as_str() == Some(purl.as_str())).unwrap()["ID"].as_u64();
+    assert!(again.is_some_and(|id| id != vid), "re-added member reuses the removed id {vid:x}: {out}");
     joined.kill9();
 }
 
@@ -487,9 +492,13 @@ async fn new_learner_catches_up_by_snapshot_and_foreign_data_dirs_are_refused() 
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| {
-            let name = m["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("m3");
-            format!("{name}={}", m["peerURLs"][0].as_str().unwrap())
+        .enumerate()
+        .map(|(i, m)| {
+            // A name is empty until its member has started (the learner) or
+            // published it (possibly not yet, for the others).
+            let url = m["peerURLs"][0].as_str().unwrap();
+            let name = if url == peer { "m3".to_string() } else { format!("other{i}") };
+            format!("{name}={url}")
         })
         .collect::<Vec<_>>()
         .join(",");
@@ -502,7 +511,7 @@ async fn new_learner_catches_up_by_snapshot_and_foreign_data_dirs_are_refused() 
         if ok && out.trim() == "v" {
             break;
         }
-        assert!(Instant::now() < deadline, "the learner never caught up");
+        assert!(Instant::now() < deadline, "the learner never caught up:\n{}", learner.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(learner.log_text().contains("installed snapshot from the leader"), "caught up without a snapshot?");

@@ -1,7 +1,10 @@
 //! The fault harness: real kvd clusters of 3 and 5 members, concurrent
 //! clients running a recorded mix of get, put, compare-and-swap txn, delete
 //! and lease put/revoke with unique values, while members are killed (the
-//! leader among them), restarted and paused past the election timeout.
+//! leader among them), restarted, paused past the election timeout and
+//! replaced by a fresh member; and, with each member in its own network
+//! namespace, while the leader is cut off from its peers, single links are
+//! cut and members' traffic is delayed (robustness/faults.rs).
 //!
 //! Checked afterwards: each key's history is linearizable (robustness/
 //! checker.rs, Wing & Gong with Lowe's memoization, against etcd's model in
@@ -159,12 +162,31 @@ fn check_history(
     })
 }
 
-/// One run: a cluster of `n` on 127.0.0.`base`.., faults for `secs`, checks.
-async fn run(n: usize, base: u8, secs: u64) {
+/// Where a run's members live.
+#[derive(Clone, Copy)]
+enum Place {
+    /// On 127.0.0.`base`, 127.0.0.`base+1`, ...
+    Loopback(u8),
+    /// One network namespace each, on subnet 10.77.`subnet`.0/24, so the
+    /// injector can also cut and delay their links.
+    Namespaces(u8),
+}
+
+/// One run: a cluster of `n` members at `place`, faults for `secs`, checks.
+async fn run(n: usize, place: Place, secs: u64) {
     let clients = env_or("KVD_ROBUSTNESS_CLIENTS", 8) as usize;
     let keys = env_or("KVD_ROBUSTNESS_KEYS", 10) as usize;
+    let flags = ["--log-level", "info"];
+    let net = match place {
+        Place::Namespaces(subnet) => Some(Arc::new(common::netns::Net::new(subnet, n))),
+        Place::Loopback(_) => None,
+    };
     let dir = tempfile::tempdir().unwrap();
-    let members = common::cluster_with(dir.path(), n, base, &["--log-level", "info"]);
+    let members = match (place, &net) {
+        (Place::Loopback(base), _) => common::cluster_with(dir.path(), n, base, &flags),
+        (Place::Namespaces(_), Some(net)) => common::cluster_in(net, dir.path(), &flags),
+        (Place::Namespaces(_), None) => unreachable!("namespaces were just created"),
+    };
     for m in &members {
         m.ready().await;
     }
@@ -177,7 +199,7 @@ async fn run(n: usize, base: u8, secs: u64) {
     let (target_tx, target_rx) = tokio::sync::watch::channel(i64::MAX);
     let progress = Arc::new(Mutex::new(String::new()));
     let watcher = tokio::spawn(watch_check::record(endpoints.clone(), first_rev, target_rx, progress.clone()));
-    let injector = tokio::spawn(faults::inject(members.clone(), until, start));
+    let injector = tokio::spawn(faults::inject(members.clone(), net.clone(), until, start));
     let mut history = workload::run(endpoints.clone(), clients, keys, start, until).await;
     let faults = injector.await.unwrap();
     faults::all_ready(&members).await;
@@ -227,12 +249,20 @@ async fn run(n: usize, base: u8, secs: u64) {
     assert!(faults.total() > 0 || secs < 3, "no fault was injected");
     assert!(acknowledged > 0, "no write was acknowledged");
     println!(
-        "ROBUSTNESS {{\"members\":{n},\"seconds\":{secs},\"clients\":{clients},\"keys\":{keys},\"operations\":{},\"acknowledged_writes\":{acknowledged},\"unknown_outcome\":{unknown},\"revisions_watched\":{},\"watch_resumes\":{resumes},\"kills\":{},\"leader_kills\":{},\"pauses\":{},\"anomalies\":0,\"lost_writes\":0}}",
+        "ROBUSTNESS {{\"members\":{n},\"place\":\"{}\",\"seconds\":{secs},\"clients\":{clients},\"keys\":{keys},\"operations\":{},\"acknowledged_writes\":{acknowledged},\"unknown_outcome\":{unknown},\"revisions_watched\":{},\"watch_resumes\":{resumes},\"kills\":{},\"leader_kills\":{},\"pauses\":{},\"replacements\":{},\"isolations\":{},\"link_cuts\":{},\"delays\":{},\"anomalies\":0,\"lost_writes\":0}}",
+        match place {
+            Place::Loopback(_) => "loopback",
+            Place::Namespaces(_) => "namespaces",
+        },
         history.len(),
         seen.len(),
         faults.kills,
         faults.leader_kills,
         faults.pauses,
+        faults.replacements,
+        faults.isolations,
+        faults.link_cuts,
+        faults.delays,
     );
     eprintln!("faults: {:?}", faults.events);
 }
@@ -241,7 +271,7 @@ async fn run(n: usize, base: u8, secs: u64) {
 async fn three_members_stay_linearizable_under_kills_and_pauses() {
     let secs = env_or("KVD_ROBUSTNESS_SECONDS", 20);
     for _ in 0..env_or("KVD_ROBUSTNESS_ROUNDS", 1) {
-        run(3, 60, secs).await;
+        run(3, Place::Loopback(60), secs).await;
     }
 }
 
@@ -249,6 +279,14 @@ async fn three_members_stay_linearizable_under_kills_and_pauses() {
 async fn five_members_stay_linearizable_under_kills_and_pauses() {
     let secs = env_or("KVD_ROBUSTNESS_SECONDS", 15);
     for _ in 0..env_or("KVD_ROBUSTNESS_ROUNDS", 1) {
-        run(5, 70, secs).await;
+        run(5, Place::Loopback(70), secs).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_stay_linearizable_under_partitions_and_delays() {
+    let secs = env_or("KVD_ROBUSTNESS_SECONDS", 20);
+    for _ in 0..env_or("KVD_ROBUSTNESS_ROUNDS", 1) {
+        run(3, Place::Namespaces(60), secs).await;
     }
 }

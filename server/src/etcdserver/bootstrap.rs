@@ -67,13 +67,24 @@ pub struct ServerConfig {
     pub peer_client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
-/// A member's id: from its peer URLs and the cluster token, as etcd derives it.
+/// An initial member's id: from its peer URLs and the cluster token, as
+/// etcd derives it, so every initial member computes the same ids.
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    added_member_id(peer_urls, token, 0)
+}
+
+/// The id of a member added at `unix_nanos` (MemberAdd): the time makes it
+/// new even for the peer URLs of a removed member, as in etcd, so a removed
+/// member's old incarnation and data can never pass for its replacement.
+pub fn added_member_id(peer_urls: &[String], token: &str, unix_nanos: u64) -> u64 {
     let mut urls = peer_urls.to_vec();
     urls.sort();
     let mut h = Sha256::new();
     h.update(urls.join(",").as_bytes());
     h.update(token.as_bytes());
+    if unix_nanos != 0 {
+        h.update(unix_nanos.to_be_bytes());
+    }
     nonzero(&h.finalize())
 }
 
@@ -89,36 +100,52 @@ pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
     nonzero(&h.finalize())
 }
 
-/// Asks the other members in `--initial-cluster` for the cluster's id.
-async fn discover_cluster_id(cfg: &ServerConfig, me: u64) -> Result<u64, ServerError> {
+/// Asks the other members in `--initial-cluster` for the cluster's id and
+/// for this member's id: the one MemberAdd gave the member whose peer URLs
+/// are `own` (this member's `--initial-advertise-peer-urls`), as etcd does.
+async fn discover_cluster(cfg: &ServerConfig, own: &[String]) -> Result<(u64, u64), ServerError> {
+    let mut own = own.to_vec();
+    own.sort();
     let mut last = String::from("no other member in --initial-cluster");
+    let mut others: Vec<&String> = cfg.initial_cluster.values().flatten().filter(|u| !own.contains(u)).collect();
+    others.sort();
+    others.dedup();
     for _ in 0..30 {
-        for urls in cfg.initial_cluster.values() {
-            if member_id(urls, &cfg.initial_cluster_token) == me {
-                continue;
+        for url in &others {
+            let Ok(ep) = crate::tls::endpoint(url, cfg.peer_client_tls.as_ref()) else { continue };
+            let res = async {
+                let ch = ep.connect_timeout(Duration::from_secs(1)).connect().await.map_err(|e| e.to_string())?;
+                kvd_api::kvdpeerpb::peer_client::PeerClient::new(ch)
+                    .cluster_info(kvd_api::kvdpeerpb::ClusterInfoRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| e.to_string())
             }
-            for url in urls {
-                let Ok(ep) = crate::tls::endpoint(url, cfg.peer_client_tls.as_ref()) else { continue };
-                let res = async {
-                    let ch = ep.connect_timeout(Duration::from_secs(1)).connect().await.map_err(|e| e.to_string())?;
-                    kvd_api::kvdpeerpb::peer_client::PeerClient::new(ch)
-                        .cluster_info(kvd_api::kvdpeerpb::ClusterInfoRequest {})
-                        .await
-                        .map(|r| r.into_inner().cluster_id)
-                        .map_err(|e| e.to_string())
+            .await;
+            match res {
+                Ok(info) => {
+                    let me = info.members.iter().find(|m| {
+                        let mut theirs = m.peer_urls.clone();
+                        theirs.sort();
+                        theirs == own
+                    });
+                    match me {
+                        Some(m) => return Ok((m.id, info.cluster_id)),
+                        // MemberAdd may not have reached this member yet.
+                        None => {
+                            last = format!(
+                                "{url}: the cluster has no member with peer URLs {own:?}; \
+                                     add this member (etcdctl member add) before starting it"
+                            )
+                        }
+                    }
                 }
-                .await;
-                match res {
-                    Ok(id) => return Ok(id),
-                    Err(e) => last = format!("{url}: {e}"),
-                }
+                Err(e) => last = format!("{url}: {e}"),
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Err(ServerError::Internal(format!(
-        "--initial-cluster-state existing: cannot reach any running member to join ({last})"
-    )))
+    Err(ServerError::Internal(format!("--initial-cluster-state existing: cannot join ({last})")))
 }
 
 fn nonzero(digest: &[u8]) -> u64 {
@@ -137,19 +164,23 @@ impl EtcdServer {
 
         // The member's id comes from its own --initial-cluster entry, so every
         // member computes the same ids for everyone.
-        let me = member_id(cfg.initial_cluster.get(&cfg.name).unwrap_or(&cfg.peer_urls), &cfg.initial_cluster_token);
+        let mut me =
+            member_id(cfg.initial_cluster.get(&cfg.name).unwrap_or(&cfg.peer_urls), &cfg.initial_cluster_token);
         let mut ids: Vec<u64> =
             cfg.initial_cluster.values().map(|urls| member_id(urls, &cfg.initial_cluster_token)).collect();
         if ids.is_empty() {
             ids.push(me);
         }
         let cid = if cfg.join_existing {
-            // A joining member belongs to the cluster it joins: its id is in the
-            // WAL after the first start, and asked of a running member before.
-            match crate::wal::read_metadata(&member_dir.join("wal")).map_err(|e| err(&e))? {
-                Some(m) => m.cluster_id,
-                None => discover_cluster_id(&cfg, me).await?,
-            }
+            // A joining member belongs to the cluster it joins: its own and the
+            // cluster's ids are in the WAL after the first start, and asked of
+            // a running member before (MemberAdd chose the member's id).
+            let (id, cid) = match crate::wal::read_metadata(&member_dir.join("wal")).map_err(|e| err(&e))? {
+                Some(m) => (m.node_id, m.cluster_id),
+                None => discover_cluster(&cfg, &cfg.peer_urls).await?,
+            };
+            me = id;
+            cid
         } else {
             cluster_id(&ids, &cfg.initial_cluster_token)
         };

@@ -14,7 +14,7 @@ use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
 use prost::Message;
 
-use super::{EtcdServer, ServerError, member_id};
+use super::{EtcdServer, ServerError, added_member_id};
 use crate::raft::Member;
 
 /// A learner is promoted only with at least this share of the leader's log.
@@ -164,7 +164,8 @@ impl EtcdServer {
         if current.iter().any(|m| m.peer_ur_ls.iter().any(|u| peer_urls.contains(u))) {
             return Err(ServerError::PeerUrlExists);
         }
-        let id = member_id(&peer_urls, &self.cfg.initial_cluster_token);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let id = added_member_id(&peer_urls, &self.cfg.initial_cluster_token, now.as_nanos() as u64);
         if current.iter().any(|m| m.id == id) {
             return Err(ServerError::MemberIdExists);
         }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use kvd_api::etcdserverpb::ResponseHeader;
 
-pub use bootstrap::{ServerConfig, cluster_id, member_id};
+pub use bootstrap::{ServerConfig, added_member_id, cluster_id, member_id};
 pub use compactor::AutoCompaction;
 
 use crate::apply::{AlarmStore, Applier, ApplyError};

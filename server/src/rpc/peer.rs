@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use kvd_api::kvdpeerpb::peer_server::{Peer, PeerServer};
 use kvd_api::kvdpeerpb::{
-    ClusterInfoRequest, ClusterInfoResponse, ClusterOpRequest, ClusterOpResponse, ForwardRequest, ForwardResponse,
-    LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, RaftPayload,
-    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    ClusterInfoRequest, ClusterInfoResponse, ClusterMember, ClusterOpRequest, ClusterOpResponse, ForwardRequest,
+    ForwardResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};
@@ -101,7 +101,13 @@ impl Peer for PeerService {
     }
 
     async fn cluster_info(&self, _req: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoResponse>, Status> {
-        Ok(Response::new(ClusterInfoResponse { cluster_id: self.server.cluster_id }))
+        let members = self
+            .server
+            .member_list()
+            .into_iter()
+            .map(|m| ClusterMember { id: m.id, peer_urls: m.peer_ur_ls })
+            .collect();
+        Ok(Response::new(ClusterInfoResponse { cluster_id: self.server.cluster_id, members }))
     }
 
     async fn lease_renew(&self, req: Request<LeaseRenewRequest>) -> Result<Response<LeaseRenewResponse>, Status> {

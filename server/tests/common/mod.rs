@@ -1,6 +1,7 @@
 //! Test harness: real kvd and etcd processes on loopback ports, and clients.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod watch;
 
 use std::net::TcpListener;
@@ -99,31 +100,34 @@ impl Proc {
     pub fn member(data_dir: &Path, ip: &str, name: &str, peer: &str, initial_cluster: &str, extra: &[&str]) -> Proc {
         let cp = free_port_on(ip);
         let client = format!("http://{ip}:{cp}");
-        let args: Vec<String> = [
-            "--name",
-            name,
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-            "--initial-cluster",
-            initial_cluster,
-            "--heartbeat-interval",
-            "50",
-            "--election-timeout",
-            "500",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
+        let args = member_args(data_dir, name, &client, peer, initial_cluster, extra);
         Proc::start(kvd_bin(), client, cp, data_dir, args, Vec::new())
+    }
+
+    /// A cluster member inside network namespace `ns` (common/netns.rs),
+    /// serving clients on `ip`:2379 and peers on `ip`:2380.
+    pub fn member_in_ns(
+        ns: &str,
+        data_dir: &Path,
+        ip: &str,
+        name: &str,
+        initial_cluster: &str,
+        extra: &[&str],
+    ) -> Proc {
+        let client = format!("http://{ip}:2379");
+        let peer = format!("http://{ip}:2380");
+        let mut args = vec!["netns".to_string(), "exec".into(), ns.into(), kvd_bin().display().to_string()];
+        args.extend(member_args(data_dir, name, &client, &peer, initial_cluster, extra));
+        // `ip netns exec` execs kvd in place, so signals reach kvd itself.
+        Proc::start(PathBuf::from("ip"), client, 2379, data_dir, args, Vec::new())
+    }
+
+    /// Sets `flag`'s value for the next start, adding the flag if missing.
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.args.len() => self.args[i + 1] = value.to_string(),
+            _ => self.args.extend([flag.to_string(), value.to_string()]),
+        }
     }
 
     /// Like [`kvd`](Self::kvd), with extra environment variables.
@@ -357,6 +361,49 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, Str
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// kvd's flags for a cluster member with the test's short timeouts.
+fn member_args(
+    data_dir: &Path,
+    name: &str,
+    client: &str,
+    peer: &str,
+    initial_cluster: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        initial_cluster,
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A cluster of one member per namespace of `net`, named m0, m1, ...
+pub fn cluster_in(net: &netns::Net, dir: &Path, extra: &[&str]) -> Vec<Proc> {
+    let ic = (0..net.len()).map(|i| format!("m{i}=http://{}:2380", net.addr(i))).collect::<Vec<_>>().join(",");
+    (0..net.len())
+        .map(|i| Proc::member_in_ns(&net.ns(i), &dir.join(format!("m{i}")), &net.addr(i), &format!("m{i}"), &ic, extra))
+        .collect()
 }
 
 /// A cluster of `n` members on 127.0.0.(base+i), fresh ports.

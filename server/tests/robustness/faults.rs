@@ -1,14 +1,27 @@
-//! The fault injector: SIGKILL and restart of a random member or of the
-//! leader, and SIGSTOP/SIGCONT pauses longer than the election timeout, one
-//! at a time with a few seconds of calm between them. Never more than a
-//! minority is down, so the cluster stays available.
+//! The fault injector, one fault at a time with a few seconds of calm
+//! between them, never more than a minority affected, so the cluster stays
+//! available:
+//! - SIGKILL and restart of a random member or of the leader;
+//! - SIGSTOP/SIGCONT pauses longer than the election timeout;
+//! - member replacement: MemberRemove, wipe its data, MemberAdd as a
+//!   learner, start it with `--initial-cluster-state existing`, promote;
+//! - with a [`Net`] (members in network namespaces): the leader or a random
+//!   member cut off from every peer while clients still reach it, one
+//!   peer-to-peer path cut, and a member's outgoing link throttled so its
+//!   messages queue (delays) and overflow (losses).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kvd_api::etcdserverpb::cluster_client::ClusterClient;
+use kvd_api::etcdserverpb::{
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+};
 use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
 
 use crate::common::Proc;
+use crate::common::netns::Net;
 
 /// The faults one run injected, for the report.
 #[derive(Debug, Default, Clone)]
@@ -16,12 +29,22 @@ pub struct FaultLog {
     pub kills: usize,
     pub leader_kills: usize,
     pub pauses: usize,
+    pub replacements: usize,
+    pub isolations: usize,
+    pub link_cuts: usize,
+    pub delays: usize,
     pub events: Vec<String>,
 }
 
 impl FaultLog {
     pub fn total(&self) -> usize {
-        self.kills + self.leader_kills + self.pauses
+        self.kills
+            + self.leader_kills
+            + self.pauses
+            + self.replacements
+            + self.isolations
+            + self.link_cuts
+            + self.delays
     }
 }
 
@@ -57,44 +80,166 @@ async fn find_leader(members: &Arc<Mutex<Vec<Proc>>>) -> Option<usize> {
     None
 }
 
-/// Injects faults until `until`, then leaves every member running.
-pub async fn inject(members: Arc<Mutex<Vec<Proc>>>, until: Instant, start: Instant) -> FaultLog {
+/// Injects faults until `until`, then leaves every member running and every
+/// link healed.
+pub async fn inject(members: Arc<Mutex<Vec<Proc>>>, net: Option<Arc<Net>>, until: Instant, start: Instant) -> FaultLog {
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut log = FaultLog::default();
     let n = members.lock().unwrap().len();
+    let kinds = if net.is_some() { 7 } else { 4 };
     // Let the clients get going first.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     while Instant::now() < until {
         let at = start.elapsed().as_secs_f64();
-        let pick = rng.random_range(0..3);
+        let pick = rng.random_range(0..kinds);
         let victim = match pick {
-            0 => find_leader(&members).await.unwrap_or_else(|| rng.random_range(0..n)),
+            0 | 4 => find_leader(&members).await.unwrap_or_else(|| rng.random_range(0..n)),
             _ => rng.random_range(0..n),
         };
         let down = Duration::from_millis(rng.random_range(600..1800));
-        if pick == 2 {
-            signal(&members.lock().unwrap()[victim], libc::SIGSTOP);
-            log.pauses += 1;
-            log.events.push(format!("{at:.1}s pause m{victim} {down:?}"));
-            tokio::time::sleep(down).await;
-            signal(&members.lock().unwrap()[victim], libc::SIGCONT);
-        } else {
-            members.lock().unwrap()[victim].kill9();
-            if pick == 0 {
-                log.leader_kills += 1;
-            } else {
-                log.kills += 1;
+        match pick {
+            0 | 1 => {
+                members.lock().unwrap()[victim].kill9();
+                let leader = if pick == 0 { " (leader)" } else { "" };
+                log.events.push(format!("{at:.1}s kill -9 m{victim}{leader} for {down:?}"));
+                tokio::time::sleep(down).await;
+                members.lock().unwrap()[victim].restart();
+                *(if pick == 0 { &mut log.leader_kills } else { &mut log.kills }) += 1;
             }
-            log.events
-                .push(format!("{at:.1}s kill -9 m{victim}{} for {down:?}", if pick == 0 { " (leader)" } else { "" }));
-            tokio::time::sleep(down).await;
-            members.lock().unwrap()[victim].restart();
+            2 => {
+                signal(&members.lock().unwrap()[victim], libc::SIGSTOP);
+                log.pauses += 1;
+                log.events.push(format!("{at:.1}s pause m{victim} {down:?}"));
+                tokio::time::sleep(down).await;
+                signal(&members.lock().unwrap()[victim], libc::SIGCONT);
+            }
+            3 => {
+                log.events.push(format!("{at:.1}s replace m{victim}"));
+                let took = replace(&members, victim).await;
+                log.events.push(format!("  m{victim} replaced and promoted in {took:?}"));
+                log.replacements += 1;
+            }
+            _ => {
+                let net = net.as_ref().expect("network faults need namespaces");
+                let down = down * 2;
+                match pick {
+                    4 => {
+                        log.events.push(format!("{at:.1}s isolate m{victim} (leader) from its peers for {down:?}"));
+                        (0..n).filter(|&j| j != victim).for_each(|j| net.cut(victim, j, true));
+                        log.isolations += 1;
+                    }
+                    5 => {
+                        let other = (victim + rng.random_range(1..n)) % n;
+                        log.events.push(format!("{at:.1}s cut m{victim} <-> m{other} for {down:?}"));
+                        net.cut(victim, other, true);
+                        log.link_cuts += 1;
+                    }
+                    _ => {
+                        let (kbit, queue) = (rng.random_range(64..512), rng.random_range(50..400));
+                        log.events.push(format!(
+                            "{at:.1}s throttle m{victim} to {kbit} kbit/s, {queue} ms queue, for {down:?}"
+                        ));
+                        net.throttle(victim, kbit, queue);
+                        log.delays += 1;
+                    }
+                }
+                tokio::time::sleep(down).await;
+                net.heal();
+            }
         }
         // Calm: the restarted member catches up before the next fault.
         let calm = Duration::from_millis(rng.random_range(800..2500));
         tokio::time::sleep(calm.min(until.saturating_duration_since(Instant::now()))).await;
     }
     log
+}
+
+/// Calls `f` on a Cluster client of each member but `skip` in turn until one
+/// succeeds, for up to 30 s; panics with the last error after that.
+async fn cluster_call<T, F, Fut>(endpoints: &[String], skip: usize, what: &str, mut f: F) -> T
+where
+    F: FnMut(ClusterClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut last = String::new();
+        for (i, e) in endpoints.iter().enumerate().filter(|(i, _)| *i != skip) {
+            let ch = Channel::from_shared(e.clone()).unwrap().timeout(Duration::from_secs(3)).connect_lazy();
+            match f(ClusterClient::new(ch)).await {
+                Ok(r) => return r.into_inner(),
+                Err(s) => last = format!("m{i}: {}", s.message()),
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} failed for 30 s: {last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Replaces member `victim` by a new member with the same name and peer URL
+/// and an empty data dir, as an operator replaces a failed member.
+async fn replace(members: &Arc<Mutex<Vec<Proc>>>, victim: usize) -> Duration {
+    let started = Instant::now();
+    let endpoints: Vec<String> = members.lock().unwrap().iter().map(|m| m.endpoint.clone()).collect();
+    let name = format!("m{victim}");
+    let list = cluster_call(&endpoints, victim, "MemberList", |mut c| async move {
+        c.member_list(MemberListRequest { linearizable: true }).await
+    })
+    .await;
+    let old = list.members.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} is not a member"));
+    let (old_id, peer_urls) = (old.id, old.peer_ur_ls.clone());
+    // A retried remove whose first answer was lost finds the member gone.
+    cluster_call(&endpoints, victim, "MemberRemove", |mut c| async move {
+        match c.member_remove(MemberRemoveRequest { id: old_id }).await {
+            Err(s) if s.message() == "etcdserver: member not found" => Ok(tonic::Response::new(Default::default())),
+            r => r,
+        }
+    })
+    .await;
+    {
+        let mut m = members.lock().unwrap();
+        m[victim].kill9();
+        std::fs::remove_dir_all(&m[victim].data_dir).unwrap();
+    }
+    // A retried add whose first answer was lost finds the peer URL taken:
+    // the member list then names the new member.
+    let added = cluster_call(&endpoints, victim, "MemberAdd", |mut c| {
+        let peer_ur_ls = peer_urls.clone();
+        async move {
+            match c.member_add(MemberAddRequest { peer_ur_ls: peer_ur_ls.clone(), is_learner: true }).await {
+                Err(s) if s.message() == "etcdserver: Peer URLs already exists" => {
+                    let list = c.member_list(MemberListRequest { linearizable: true }).await?.into_inner();
+                    let member = list.members.iter().find(|m| m.peer_ur_ls == peer_ur_ls).cloned();
+                    Ok(tonic::Response::new(MemberAddResponse { member, members: list.members, header: None }))
+                }
+                r => r,
+            }
+        }
+    })
+    .await;
+    let new_id = added.member.as_ref().expect("MemberAdd names the new member").id;
+    assert_ne!(new_id, old_id, "the replacement kept the removed member's id");
+    let ic = added
+        .members
+        .iter()
+        .flat_map(|m| {
+            let n = if m.id == new_id { name.clone() } else { m.name.clone() };
+            m.peer_ur_ls.iter().map(move |u| format!("{n}={u}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    {
+        let mut m = members.lock().unwrap();
+        m[victim].set_flag("--initial-cluster", &ic);
+        m[victim].set_flag("--initial-cluster-state", "existing");
+        m[victim].restart();
+    }
+    // Promotion fails ("learner not ready") until the learner has caught up.
+    cluster_call(&endpoints, victim, "MemberPromote", |mut c| async move {
+        c.member_promote(MemberPromoteRequest { id: new_id }).await
+    })
+    .await;
+    started.elapsed()
 }
 
 /// Waits until every member serves linearizable reads again.
