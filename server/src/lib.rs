@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod etcdserver;
+pub mod failpoints;
 pub mod fuzzing;
 pub mod lease;
 pub mod metrics;

@@ -70,6 +70,7 @@ impl Backend {
         let before = self.size();
         let res = self.defrag_begin().and_then(|mut rw| {
             copy_and_compact(&mut rw)?;
+            crate::failpoints::crash_point("defrag_mid_copy");
             self.defrag_catch_up(&rw)?;
             self.defrag_finish(rw)
         });
@@ -141,6 +142,7 @@ impl Backend {
         commit_durable(&new)?;
         let io = |e: std::io::Error| BackendError::Storage(format!("defrag: {e}"));
         std::fs::rename(&tmp, &self.path).map_err(io)?;
+        crate::failpoints::crash_point("defrag_after_rename");
         // From the rename on, commits must go to the new file: swap first,
         // then make the rename durable.
         let old = std::mem::replace(&mut *self.db.write(), new);

@@ -177,6 +177,7 @@ impl Backend {
             b.committing = Some(p.clone());
             p
         };
+        crate::failpoints::crash_point("backend_before_commit");
         let _span = info_span!("backend_commit", ops = batch.ops()).entered();
         let start = Instant::now();
         let res = self.write_batch(&batch);
@@ -243,6 +244,7 @@ impl Backend {
             }
         }
         self.refresh_sizes(&tx, true)?;
+        crate::failpoints::crash_point("snapshot_install_mid");
         // The old content and the new one never mix: one atomic, durable commit.
         tx.commit()?;
         Ok(())

@@ -142,6 +142,7 @@ impl Writer {
         self.offset += buf.len() as u64;
         let start = Instant::now();
         // fdatasync: the records are durable once this returns; callers ack only after it.
+        crate::failpoints::crash_point("wal_before_fsync");
         let synced = {
             let _s = info_span!("wal_fsync").entered();
             self.file.fdatasync()
@@ -156,6 +157,7 @@ impl Writer {
             self.failed = Some(format!("fdatasync {}: {e}", path.display()));
             return Err(WalError::io(&path, e));
         }
+        crate::failpoints::crash_point("wal_after_fsync");
         Ok(())
     }
 

@@ -122,6 +122,14 @@ impl Proc {
         Proc::start(PathBuf::from("ip"), client, 2379, data_dir, args, Vec::new())
     }
 
+    /// Sets (or with `None` removes) an environment variable for the next start.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.envs.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            self.envs.push((name.to_string(), v.to_string()));
+        }
+    }
+
     /// Sets `flag`'s value for the next start, adding the flag if missing.
     pub fn set_flag(&mut self, flag: &str, value: &str) {
         match self.args.iter().position(|a| a == flag) {

@@ -1,0 +1,42 @@
+//! Crash points for the failpoint tests (server/tests/failpoints.rs).
+//!
+//! With the `failpoints` cargo feature, kvd reads `FAILPOINTS` at start (the
+//! `fail` crate's syntax, e.g. `wal_after_fsync=20*off->return`), and a crash
+//! point set to `return` ends the process on the spot, without flushing or
+//! unwinding, as a power cut or kill -9 would. Without the feature (the
+//! default, and every release build) [`crash_point`] is empty and `FAILPOINTS`
+//! is ignored.
+//!
+//! The points, each where a crash tests a durability argument:
+//! - `wal_before_fsync`, `wal_after_fsync`: around the WAL's fdatasync
+//!   (wal/writer.rs);
+//! - `backend_before_commit`: entries applied in memory, their backend batch
+//!   not committed (backend/mod.rs);
+//! - `snapshot_install_mid`: a leader's snapshot loaded into the backend's
+//!   transaction, not committed (backend/mod.rs);
+//! - `defrag_mid_copy`, `defrag_after_rename`: a defragmentation after the
+//!   copy, and after the new file replaced the old one but before the swap
+//!   (backend/defrag.rs).
+
+/// The exit status of a process ended by a crash point.
+pub const CRASH_EXIT_CODE: i32 = 97;
+
+/// Ends the process at once if failpoint `name` is set to `return`.
+#[inline(always)]
+pub fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if fail::eval(name, |_| ()).is_some() {
+        eprintln!("kvd: failpoint {name}: crashing");
+        // SAFETY: _exit(2) ends the process without running any destructor
+        // or flushing anything, which is the crash being simulated.
+        unsafe { libc::_exit(CRASH_EXIT_CODE) }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// Reads `FAILPOINTS`; keep the guard for the life of the process.
+#[cfg(feature = "failpoints")]
+pub fn setup() -> fail::FailScenario<'static> {
+    fail::FailScenario::setup()
+}

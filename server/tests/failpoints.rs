@@ -1,0 +1,234 @@
+//! Crashes at kvd's failpoints (server/src/failpoints.rs): kvd started with
+//! `FAILPOINTS` ends itself at the named point, is restarted without it, and
+//! must have kept every acknowledged write, a consistent store and a usable
+//! data dir:
+//! - before and after the WAL's fdatasync, and after apply but before the
+//!   backend commit, under concurrent writers;
+//! - in the middle of a defragmentation (after the copy; after the rename);
+//! - in the middle of installing a leader's snapshot on a lagging member.
+//!
+//! Built only with the `failpoints` feature (scripts/test turns it on).
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Proc;
+use kvd_api::etcdserverpb::{
+    CompactionRequest, DefragmentRequest, DeleteRangeRequest, HashKvRequest, PutRequest, RangeRequest,
+};
+
+/// kvd's exit status at a crash point (kvd::failpoints::CRASH_EXIT_CODE).
+const CRASHED: i32 = 97;
+
+/// Waits for `p` to end at its crash point.
+fn expect_crash(p: &mut Proc, point: &str) {
+    let st = p.wait_exit(Duration::from_secs(60)).unwrap_or_else(|| panic!("kvd never reached {point}"));
+    assert_eq!(st.code(), Some(CRASHED), "kvd did not end at {point}: {st:?}\n{}", p.log_text());
+    assert!(p.log_text().contains(&format!("failpoint {point}: crashing")), "{}", p.log_text());
+}
+
+/// Every key's value, read linearizably from `p`.
+async fn contents(p: &Proc, prefix: &[u8]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut end = prefix.to_vec();
+    *end.last_mut().unwrap() += 1;
+    let r = p.kv().await.range(RangeRequest { key: prefix.to_vec(), range_end: end, ..Default::default() }).await;
+    r.unwrap().into_inner().kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
+}
+
+/// Four writers put distinct keys until kvd stops answering; returns what
+/// was acknowledged.
+async fn write_until_down(p: &Proc) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (mut kv, acked) = (p.kv().await, acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let (key, value) = (format!("w/{w}/{i:06}").into_bytes(), format!("{w}:{i}").into_bytes());
+                let put = PutRequest { key: key.clone(), value: value.clone(), ..Default::default() };
+                match tokio::time::timeout(Duration::from_secs(5), kv.put(put)).await {
+                    Ok(Ok(_)) => {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    std::mem::take(&mut *acked.lock().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_around_the_wal_fsync_and_the_backend_commit_lose_no_acknowledged_write() {
+    for point in ["wal_before_fsync", "wal_after_fsync", "backend_before_commit"] {
+        let dir = tempfile::tempdir().unwrap();
+        // Let a few hundred writes through first, so there is history to keep.
+        let spec = format!("{point}=200*off->return");
+        let mut p = Proc::kvd_with_env(&dir.path().join("d"), &[], &[("FAILPOINTS", &spec)]);
+        p.ready().await;
+        let acked = write_until_down(&p).await;
+        expect_crash(&mut p, point);
+        assert!(!acked.is_empty(), "{point}: nothing was acknowledged before the crash");
+
+        p.set_env("FAILPOINTS", None);
+        p.restart();
+        p.ready().await;
+        let have = contents(&p, b"w/").await;
+        for (k, v) in &acked {
+            assert_eq!(have.get(k), Some(v), "{point}: acknowledged {} lost", String::from_utf8_lossy(k));
+        }
+        // Unacknowledged writes may have landed; nothing else may have.
+        for (k, v) in &have {
+            let (w, i) = String::from_utf8_lossy(k)
+                .trim_start_matches("w/")
+                .split_once('/')
+                .map(|(w, i)| (w.to_string(), i.parse::<u64>().unwrap()))
+                .unwrap();
+            assert_eq!(
+                v,
+                &format!("{w}:{i}").into_bytes(),
+                "{point}: {} has a value nobody wrote",
+                String::from_utf8_lossy(k)
+            );
+        }
+        // Revisions count every write once: one per key, from revision 2.
+        let r = p
+            .kv()
+            .await
+            .range(RangeRequest {
+                key: b"w/".to_vec(),
+                range_end: b"w0".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.header.unwrap().revision, 1 + r.count, "{point}: revisions and keys disagree");
+        p.kv()
+            .await
+            .put(PutRequest { key: b"after".to_vec(), value: b"crash".to_vec(), ..Default::default() })
+            .await
+            .unwrap();
+        eprintln!("{point}: {} acknowledged, {} present after restart", acked.len(), have.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_in_the_middle_of_a_defrag_keep_the_data() {
+    for point in ["defrag_mid_copy", "defrag_after_rename"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        let mut p = Proc::kvd_with_env(&data, &[], &[("FAILPOINTS", &format!("{point}=return"))]);
+        p.ready().await;
+        let mut kv = p.kv().await;
+        for i in 0..2000 {
+            let put =
+                PutRequest { key: format!("k/{i:05}").into_bytes(), value: vec![b'x'; 1024], ..Default::default() };
+            kv.put(put).await.unwrap();
+        }
+        kv.delete_range(DeleteRangeRequest { key: b"k/0".to_vec(), range_end: b"k/1".to_vec(), ..Default::default() })
+            .await
+            .unwrap();
+        let rev = kv
+            .range(RangeRequest { key: b"k/".to_vec(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+        kv.compact(CompactionRequest { revision: rev, physical: true }).await.unwrap();
+        let before = contents(&p, b"k/").await;
+        let hash = p.maintenance().await.hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner().hash;
+
+        let defrag = p.maintenance().await.defragment(DefragmentRequest {}).await;
+        assert!(defrag.is_err(), "{point}: defrag answered although kvd crashed in it");
+        expect_crash(&mut p, point);
+
+        p.set_env("FAILPOINTS", None);
+        p.restart();
+        p.ready().await;
+        assert_eq!(contents(&p, b"k/").await, before, "{point}: the data changed");
+        let again = p.maintenance().await.hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner().hash;
+        assert_eq!(again, hash, "{point}: HashKV changed");
+        // The data dir is whole: a defrag now finishes and leaves no leftover.
+        p.maintenance().await.defragment(DefragmentRequest {}).await.unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(data.join("member"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".defrag"))
+            .collect();
+        assert!(leftovers.is_empty(), "{point}: leftover files {leftovers:?}");
+        assert_eq!(contents(&p, b"k/").await, before, "{point}: the data changed after a defrag");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_snapshot_install_recovers_and_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--snapshot-count", "20", "--experimental-snapshot-catchup-entries", "5", "--log-level", "info"];
+    let mut members = common::cluster_with(dir.path(), 3, 131, &flags);
+    for m in &members {
+        m.ready().await;
+    }
+    let l = common::leader(&members).await;
+    let lagging = (l + 1) % 3;
+    members[lagging].kill9();
+    let mut kv = members[l].kv().await;
+    for i in 0..200 {
+        kv.put(PutRequest { key: format!("s/{i:03}").into_bytes(), value: b"v".to_vec(), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    // The lagging member is now behind the purged log: it needs a snapshot,
+    // and crashes while installing it.
+    members[lagging].set_env("FAILPOINTS", Some("snapshot_install_mid=return"));
+    members[lagging].restart();
+    expect_crash(&mut members[lagging], "snapshot_install_mid");
+
+    members[lagging].set_env("FAILPOINTS", None);
+    members[lagging].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut kv = members[lagging].kv().await;
+        let r = kv.range(RangeRequest { key: b"s/199".to_vec(), serializable: true, ..Default::default() }).await;
+        if r.is_ok_and(|r| r.into_inner().count == 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lagging member never caught up:\n{}", members[lagging].log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        members[lagging].log_text().contains("installed snapshot from the leader"),
+        "caught up without a snapshot?"
+    );
+    let rev = kv
+        .range(RangeRequest { key: b"s/".to_vec(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    let mut hashes = Vec::new();
+    for m in &members {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match m.maintenance().await.hash_kv(HashKvRequest { revision: rev }).await {
+                Ok(h) => break hashes.push(h.into_inner().hash),
+                Err(s) => assert!(Instant::now() < deadline, "HashKV at {rev}: {s}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members differ at {rev}: {hashes:?}");
+}
