@@ -34,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .emit_rerun_if_changed(false)
+        // prost's codec, but a too-deep request gets etcd's error (src/codec.rs).
+        .codec_path("crate::codec::EtcdCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

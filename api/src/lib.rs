@@ -6,6 +6,8 @@
 //! kvd's services. Each module contains the prost messages, plus `*_server` and
 //! `*_client` modules for every service of that package.
 
+pub mod codec;
+
 /// `mvccpb`: `KeyValue` and watch `Event`.
 #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all)]
 pub mod mvccpb {

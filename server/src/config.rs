@@ -101,6 +101,9 @@ pub struct Flags {
     /// Seconds an unused simple auth token stays valid.
     #[arg(long, env = "KVD_AUTH_TOKEN_TTL", default_value_t = 300)]
     pub auth_token_ttl: u64,
+    /// bcrypt's cost for hashing passwords (4 to 31, as etcd's).
+    #[arg(long, env = "KVD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// How often watchers that asked for progress notifications get one.
     #[arg(long, env = "KVD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub experimental_watch_progress_notify_interval: Duration,
@@ -277,6 +280,10 @@ impl Flags {
             )
             .map_err(|e| ferr("auto-compaction-retention", e))?,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
+            bcrypt_cost: match self.bcrypt_cost {
+                c @ 4..=31 => c,
+                c => return Err(ferr("bcrypt-cost", format!("{c} is not between 4 and 31"))),
+            },
             client_cert_auth: self.client_cert_auth,
             peer_client_tls: match self.peer_tls()? {
                 Some(f) => Some(crate::tls::client_config(&f).map_err(|e| ferr("peer-cert-file", e.to_string()))?),

@@ -39,3 +39,9 @@ fn apply_requests_corpus() {
     let n = replay("apply_requests", kvd::fuzzing::apply_requests);
     assert!(n > 0, "no kept inputs for apply_requests");
 }
+
+#[test]
+fn grpc_requests_corpus() {
+    let n = replay("grpc_requests", kvd::fuzzing::grpc_requests);
+    assert!(n > 0, "no kept inputs for grpc_requests");
+}

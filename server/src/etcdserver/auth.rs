@@ -15,9 +15,6 @@ use super::{EtcdServer, ServerError};
 use crate::apply::ApplyOutput;
 use crate::auth::TokenStore;
 
-/// etcd's default `--bcrypt-cost`.
-const BCRYPT_COST: u32 = 10;
-
 /// One auth change, as a raft request.
 pub enum AuthChange {
     Enable,
@@ -33,8 +30,8 @@ pub enum AuthChange {
     RoleRevokePermission(AuthRoleRevokePermissionRequest),
 }
 
-async fn hash(password: String) -> Result<String, ServerError> {
-    tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST))
+async fn hash(password: String, cost: u32) -> Result<String, ServerError> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
         .await
         .map_err(|e| ServerError::Internal(e.to_string()))?
         .map_err(|e| ServerError::Internal(format!("hashing the password: {e}")))
@@ -59,14 +56,14 @@ impl EtcdServer {
             AuthChange::Disable => req.auth_disable = Some(Default::default()),
             AuthChange::UserAdd(mut r) => {
                 if !r.options.is_some_and(|o| o.no_password) {
-                    r.hashed_password = hash(std::mem::take(&mut r.password)).await?;
+                    r.hashed_password = hash(std::mem::take(&mut r.password), self.cfg.bcrypt_cost).await?;
                 }
                 r.password.clear();
                 req.auth_user_add = Some(r);
             }
             AuthChange::UserDelete(r) => req.auth_user_delete = Some(r),
             AuthChange::UserChangePassword(mut r) => {
-                r.hashed_password = hash(std::mem::take(&mut r.password)).await?;
+                r.hashed_password = hash(std::mem::take(&mut r.password), self.cfg.bcrypt_cost).await?;
                 req.auth_user_change_password = Some(r);
             }
             AuthChange::UserGrantRole(r) => req.auth_user_grant_role = Some(r),

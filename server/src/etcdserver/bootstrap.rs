@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub auto_compaction: super::AutoCompaction,
     /// How long an unused simple auth token stays valid.
     pub auth_token_ttl: Duration,
+    /// bcrypt's cost for the passwords of UserAdd and UserChangePassword.
+    pub bcrypt_cost: u32,
     /// `--client-cert-auth`: a client certificate's common name is the user.
     pub client_cert_auth: bool,
     /// TLS for connections to other members' https peer URLs.

@@ -4,6 +4,9 @@
 //! leave the state it works on inconsistent; the invariants it checks panic
 //! on purpose, so the fuzzer reports them.
 
+mod grpc;
+pub use grpc::grpc_requests;
+
 use std::sync::Arc;
 
 use kvd_api::etcdserverpb::{
@@ -26,7 +29,7 @@ use crate::wal::{Metadata, Record};
 use crate::watch::WatchHub;
 
 /// Splits the input into length-prefixed chunks (one byte of length each).
-fn chunks(mut data: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn chunks(mut data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     while let Some((&n, rest)) = data.split_first() {
         let n = (n as usize).min(rest.len());
