@@ -5,6 +5,7 @@
 //! on purpose, so the fuzzer reports them.
 
 mod grpc;
+mod grpc_build;
 pub use grpc::grpc_requests;
 
 use std::sync::Arc;
