@@ -42,6 +42,11 @@ pub struct Flags {
     /// `new` or `existing`.
     #[arg(long, env = "KVD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
+    /// Restart this member as the only member of its cluster, keeping its
+    /// data: recovery after the loss of quorum. Add the others back as new
+    /// members afterwards, and start without this flag from then on.
+    #[arg(long, env = "KVD_FORCE_NEW_CLUSTER", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
     /// Token that makes cluster and member ids unique per cluster.
     #[arg(long, env = "KVD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
@@ -84,7 +89,7 @@ pub struct Flags {
     pub trusted_ca_file: Option<PathBuf>,
     /// Require client certificates signed by --trusted-ca-file; with auth
     /// enabled, a certificate's common name is the user.
-    #[arg(long, env = "KVD_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "KVD_CLIENT_CERT_AUTH", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub client_cert_auth: bool,
     /// Certificate of the peer listener, also presented to other members.
     #[arg(long, env = "KVD_PEER_CERT_FILE")]
@@ -96,7 +101,7 @@ pub struct Flags {
     #[arg(long, env = "KVD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// Require peers to present certificates signed by --peer-trusted-ca-file.
-    #[arg(long, env = "KVD_PEER_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "KVD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
     /// Seconds an unused simple auth token stays valid.
     #[arg(long, env = "KVD_AUTH_TOKEN_TTL", default_value_t = 300)]
@@ -263,6 +268,7 @@ impl Flags {
             initial_cluster,
             initial_cluster_token: self.initial_cluster_token.clone(),
             join_existing: self.initial_cluster_state == "existing",
+            force_new_cluster: self.force_new_cluster,
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use openraft::{Config, SnapshotPolicy};
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{EtcdServer, ServerError};
 use crate::apply::{AlarmStore, Applier};
@@ -42,6 +42,8 @@ pub struct ServerConfig {
     /// `--initial-cluster-state existing`: join a running cluster instead of
     /// bootstrapping one.
     pub join_existing: bool,
+    /// `--force-new-cluster`: restart as the only member, keeping the data.
+    pub force_new_cluster: bool,
     pub quota_backend_bytes: i64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -191,6 +193,16 @@ impl EtcdServer {
             Wal::open(&member_dir.join("wal"), Metadata { node_id: me, cluster_id: cid }).map_err(|e| err(&e))?;
         let fresh = replay.entries.is_empty() && replay.state.is_none();
         let log = LogStore::new(wal.clone(), replay).map_err(|e| err(&format!("WAL entries: {e}")))?;
+        if cfg.force_new_cluster {
+            let node = Member {
+                name: cfg.name.clone(),
+                peer_urls: cfg.peer_urls.clone(),
+                client_urls: cfg.client_urls.clone(),
+            };
+            if log.force_single_member(me, node).await.map_err(|e| err(&e))? {
+                warn!(member_id = %format!("{me:x}"), "--force-new-cluster: this member is now the only member of its cluster; add the others back as new members");
+            }
+        }
 
         let backend = Backend::open(&member_dir.join("db.redb"), cfg.backend_batch_limit, cfg.backend_cache_size)
             .map_err(|e| err(&e))?;

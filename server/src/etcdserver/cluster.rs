@@ -95,6 +95,20 @@ impl EtcdServer {
     }
 
     /// Every member, voters and learners, as etcd lists them.
+    /// The member list once it shows a change (`done`) this member made or
+    /// passed to the leader: a follower applies it a moment after the leader
+    /// answered. Gives up after the request timeout and returns what it has.
+    pub async fn member_list_showing(&self, done: impl Fn(&[PbMember]) -> bool) -> Vec<PbMember> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            let list = self.member_list();
+            if done(&list) || tokio::time::Instant::now() >= deadline {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn member_list(&self) -> Vec<PbMember> {
         let m = self.raft.metrics().borrow_watched().membership_config.clone();
         let voters: BTreeSet<u64> = m.membership().voter_ids().collect();
@@ -134,7 +148,15 @@ impl EtcdServer {
     /// etcd's strict reconfiguration check: the started members must form a
     /// quorum of the voters after the change.
     fn check_quorum_after(&self, voters_after: &BTreeSet<u64>) -> Result<(), ServerError> {
-        let started = self.started_voters().intersection(voters_after).count();
+        self.check_quorum_with(voters_after, None)
+    }
+
+    /// [`check_quorum_after`](Self::check_quorum_after), counting `promoted`
+    /// as started: a learner that is promoted has caught up, as etcd counts it.
+    fn check_quorum_with(&self, voters_after: &BTreeSet<u64>, promoted: Option<u64>) -> Result<(), ServerError> {
+        let mut started = self.started_voters();
+        started.extend(promoted);
+        let started = started.intersection(voters_after).count();
         if started < voters_after.len() / 2 + 1 {
             return Err(ServerError::NotEnoughStartedMembers);
         }
@@ -225,7 +247,7 @@ impl EtcdServer {
         }
         let mut after: BTreeSet<u64> = current.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
         after.insert(id);
-        self.check_quorum_after(&after)?;
+        self.check_quorum_with(&after, Some(id))?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await

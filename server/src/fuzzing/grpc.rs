@@ -235,7 +235,7 @@ pub fn grpc_requests(data: &[u8]) {
         // short while. Everything else must answer within kvd's timeouts.
         let wait = match kind {
             Kind::Unary => Duration::from_secs(15),
-            _ => Duration::from_millis(300),
+            _ => Duration::from_millis(100),
         };
         if let Err(None) = call(&member.channel, path, kind, frames, wait).await {
             assert!(kind != Kind::Unary, "{path} did not answer within {wait:?}");

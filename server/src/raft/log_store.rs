@@ -71,6 +71,45 @@ impl LogStore {
         self.inner.lock().last_purged.map(|l| l.index())
     }
 
+    /// `--force-new-cluster`: appends (durably) a membership entry naming
+    /// this member as the only voter, after the last entry. Raft then starts
+    /// with that membership, elects this member and commits the entry with
+    /// everything before it, as etcd's force-new-cluster commits a
+    /// configuration that removes every other member. Nothing is appended
+    /// when the last membership in the log is already this member alone.
+    /// Returns whether it appended.
+    pub async fn force_single_member(&self, me: u64, node: super::Member) -> io::Result<bool> {
+        use openraft::EntryPayload;
+        use openraft::Membership;
+        let entry = {
+            let g = self.inner.lock();
+            let last_membership = g.log.values().rev().find_map(|e| match &e.payload {
+                EntryPayload::Membership(m) => Some(m.clone()),
+                _ => None,
+            });
+            if let Some(m) = last_membership
+                && m.voter_ids().eq([me])
+                && m.nodes().count() == 1
+            {
+                return Ok(false);
+            }
+            let Some(last) = g.log.values().next_back().map(|e| e.log_id()).or(g.last_purged) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "--force-new-cluster needs the data dir of a member that has been part of a cluster",
+                ));
+            };
+            let members = Membership::new(vec![[me].into()], BTreeMap::from([(me, node)]))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            let log_id = LogId::new(*last.committed_leader_id(), last.index() + 1);
+            Entry::new_membership(log_id, members)
+        };
+        let index = entry.index();
+        self.wal.append_sync(vec![Record::Entry { index, data: encode(&entry) }]).await.map_err(wal_err)?;
+        self.inner.lock().log.insert(index, entry);
+        Ok(true)
+    }
+
     /// Last log index, for Status.
     pub fn last_index(&self) -> u64 {
         let g = self.inner.lock();

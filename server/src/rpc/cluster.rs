@@ -24,29 +24,26 @@ impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         self.server.require_admin(&auth_info(&req))?;
         let member = self.server.cluster_op(Op::MemberAdd(req.into_inner().encode_to_vec())).await?;
-        Ok(Response::new(MemberAddResponse {
-            header: Some(self.server.header(0)),
-            member,
-            members: self.server.member_list(),
-        }))
+        let id = member.as_ref().map(|m| m.id);
+        let members = self.server.member_list_showing(|l| l.iter().any(|m| Some(m.id) == id)).await;
+        Ok(Response::new(MemberAddResponse { header: Some(self.server.header(0)), member, members }))
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
         self.server.require_admin(&auth_info(&req))?;
-        self.server.cluster_op(Op::MemberRemove(req.into_inner().id)).await?;
-        Ok(Response::new(MemberRemoveResponse {
-            header: Some(self.server.header(0)),
-            members: self.server.member_list(),
-        }))
+        let id = req.into_inner().id;
+        self.server.cluster_op(Op::MemberRemove(id)).await?;
+        let members = self.server.member_list_showing(|l| l.iter().all(|m| m.id != id)).await;
+        Ok(Response::new(MemberRemoveResponse { header: Some(self.server.header(0)), members }))
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
         self.server.require_admin(&auth_info(&req))?;
-        self.server.cluster_op(Op::MemberUpdate(req.into_inner().encode_to_vec())).await?;
-        Ok(Response::new(MemberUpdateResponse {
-            header: Some(self.server.header(0)),
-            members: self.server.member_list(),
-        }))
+        let r = req.into_inner();
+        self.server.cluster_op(Op::MemberUpdate(r.encode_to_vec())).await?;
+        let members =
+            self.server.member_list_showing(|l| l.iter().any(|m| m.id == r.id && m.peer_ur_ls == r.peer_ur_ls)).await;
+        Ok(Response::new(MemberUpdateResponse { header: Some(self.server.header(0)), members }))
     }
 
     async fn member_list(&self, req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
@@ -64,10 +61,9 @@ impl Cluster for ClusterService {
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         self.server.require_admin(&auth_info(&req))?;
-        self.server.cluster_op(Op::MemberPromote(req.into_inner().id)).await?;
-        Ok(Response::new(MemberPromoteResponse {
-            header: Some(self.server.header(0)),
-            members: self.server.member_list(),
-        }))
+        let id = req.into_inner().id;
+        self.server.cluster_op(Op::MemberPromote(id)).await?;
+        let members = self.server.member_list_showing(|l| l.iter().any(|m| m.id == id && !m.is_learner)).await;
+        Ok(Response::new(MemberPromoteResponse { header: Some(self.server.header(0)), members }))
     }
 }

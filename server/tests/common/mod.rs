@@ -122,6 +122,12 @@ impl Proc {
         Proc::start(PathBuf::from("ip"), client, 2379, data_dir, args, Vec::new())
     }
 
+    /// The value `flag` is started with, if it is given.
+    pub fn flag(&self, flag: &str) -> Option<&str> {
+        let i = self.args.iter().position(|a| a == flag)?;
+        self.args.get(i + 1).map(String::as_str)
+    }
+
     /// Sets (or with `None` removes) an environment variable for the next start.
     pub fn set_env(&mut self, name: &str, value: Option<&str>) {
         self.envs.retain(|(k, _)| k != name);

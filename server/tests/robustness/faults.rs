@@ -155,8 +155,8 @@ pub async fn inject(members: Arc<Mutex<Vec<Proc>>>, net: Option<Arc<Net>>, until
 }
 
 /// Calls `f` on a Cluster client of each member but `skip` in turn until one
-/// succeeds, for up to 30 s; panics with the last error after that.
-async fn cluster_call<T, F, Fut>(endpoints: &[String], skip: usize, what: &str, mut f: F) -> T
+/// succeeds, for up to 30 s; returns the last error after that.
+async fn try_cluster_call<T, F, Fut>(endpoints: &[String], skip: usize, what: &str, mut f: F) -> Result<T, String>
 where
     F: FnMut(ClusterClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -167,13 +167,24 @@ where
         for (i, e) in endpoints.iter().enumerate().filter(|(i, _)| *i != skip) {
             let ch = Channel::from_shared(e.clone()).unwrap().timeout(Duration::from_secs(3)).connect_lazy();
             match f(ClusterClient::new(ch)).await {
-                Ok(r) => return r.into_inner(),
+                Ok(r) => return Ok(r.into_inner()),
                 Err(s) => last = format!("m{i}: {}", s.message()),
             }
         }
-        assert!(Instant::now() < deadline, "{what} failed for 30 s: {last}");
+        if Instant::now() > deadline {
+            return Err(format!("{what} failed for 30 s: {last}"));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// [`try_cluster_call`], panicking on failure.
+async fn cluster_call<T, F, Fut>(endpoints: &[String], skip: usize, what: &str, f: F) -> T
+where
+    F: FnMut(ClusterClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    try_cluster_call(endpoints, skip, what, f).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Replaces member `victim` by a new member with the same name and peer URL
@@ -186,7 +197,13 @@ async fn replace(members: &Arc<Mutex<Vec<Proc>>>, victim: usize) -> Duration {
         c.member_list(MemberListRequest { linearizable: true }).await
     })
     .await;
-    let old = list.members.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} is not a member"));
+    // By peer URL: a member publishes its name only some time after it starts.
+    let peer = members.lock().unwrap()[victim].flag("--initial-advertise-peer-urls").unwrap_or_default().to_string();
+    let old = list
+        .members
+        .iter()
+        .find(|m| m.peer_ur_ls.contains(&peer))
+        .unwrap_or_else(|| panic!("{name} ({peer}) is not a member: {:?}", list.members));
     let (old_id, peer_urls) = (old.id, old.peer_ur_ls.clone());
     // A retried remove whose first answer was lost finds the member gone.
     cluster_call(&endpoints, victim, "MemberRemove", |mut c| async move {
@@ -219,12 +236,22 @@ async fn replace(members: &Arc<Mutex<Vec<Proc>>>, victim: usize) -> Duration {
     .await;
     let new_id = added.member.as_ref().expect("MemberAdd names the new member").id;
     assert_ne!(new_id, old_id, "the replacement kept the removed member's id");
+    // Names by peer URL, from the members' own flags: MemberList shows a
+    // name only once its member has published it.
+    let names: Vec<(String, String)> = members
+        .lock()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.flag("--initial-advertise-peer-urls").unwrap_or_default().to_string(), format!("m{i}")))
+        .collect();
     let ic = added
         .members
         .iter()
-        .flat_map(|m| {
-            let n = if m.id == new_id { name.clone() } else { m.name.clone() };
-            m.peer_ur_ls.iter().map(move |u| format!("{n}={u}"))
+        .flat_map(|m| m.peer_ur_ls.iter())
+        .map(|u| {
+            let n = names.iter().find(|(p, _)| p == u).map_or("unknown", |(_, n)| n.as_str());
+            format!("{n}={u}")
         })
         .collect::<Vec<_>>()
         .join(",");
@@ -235,10 +262,15 @@ async fn replace(members: &Arc<Mutex<Vec<Proc>>>, victim: usize) -> Duration {
         m[victim].restart();
     }
     // Promotion fails ("learner not ready") until the learner has caught up.
-    cluster_call(&endpoints, victim, "MemberPromote", |mut c| async move {
+    let promoted = try_cluster_call(&endpoints, victim, "MemberPromote", |mut c| async move {
         c.member_promote(MemberPromoteRequest { id: new_id }).await
     })
     .await;
+    if let Err(e) = promoted {
+        let log = members.lock().unwrap()[victim].log_text();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        panic!("{e}\nthe new m{victim}'s log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
     started.elapsed()
 }
 
