@@ -1,0 +1,81 @@
+//! Controller scenarios against the `fixtures` API-server stand-in.
+
+use kube::Resource;
+
+use super::*;
+use crate::fixtures::{Expect, Reply, as_json, empty_list, finalized, finish, kvcluster};
+
+const NS: &str = "/apis/kvd.io/v1alpha1/namespaces/ns/kvclusters";
+
+#[tokio::test]
+async fn new_kvcluster_gets_a_finalizer() {
+    let (ctx, server) = Context::test();
+    let kc = kvcluster("demo", 3);
+    let done = server.run(vec![Expect {
+        reply: Reply::Json(as_json(&finalized(kc.clone()))),
+        ..Expect::patch(format!("{NS}/demo?"), &["\"add\"", "kvd.io/finalizer"])
+    }]);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+}
+
+#[tokio::test]
+async fn first_reconcile_bootstraps_and_writes_status() {
+    let (ctx, server) = Context::test();
+    let kc = finalized(kvcluster("demo", 3));
+    let core = "/api/v1/namespaces/ns";
+    let done = server.run(vec![
+        Expect::get("/apis/apps/v1/namespaces/ns/statefulsets/demo", Reply::NotFound),
+        Expect::get(format!("{core}/pods?&labelSelector=app.kubernetes.io%2Finstance%3Ddemo"), empty_list()),
+        Expect::get(format!("{core}/persistentvolumeclaims?&labelSelector="), empty_list()),
+        Expect::get(format!("{core}/services/demo-peer"), Reply::NotFound),
+        Expect::get(format!("{core}/services/demo-client"), Reply::NotFound),
+        Expect::get(format!("{core}/configmaps/demo-config"), Reply::NotFound),
+        Expect::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", Reply::NotFound),
+        Expect::patch(
+            format!("{core}/configmaps/demo-config?&force=true&fieldManager=kvd-operator"),
+            &["\"initial-cluster-state\":\"new\"", "demo-2=http://demo-2.demo-peer.ns.svc:2380"],
+        ),
+        Expect::patch(format!("{core}/services/demo-peer?"), &["\"publishNotReadyAddresses\":true"]),
+        Expect::patch(format!("{core}/services/demo-client?"), &["\"port\":2379"]),
+        Expect::patch("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo?", &["\"minAvailable\":2"]),
+        Expect::patch(
+            "/apis/apps/v1/namespaces/ns/statefulsets/demo?",
+            &["\"replicas\":3", "\"podManagementPolicy\":\"Parallel\"", "\"kind\":\"KvCluster\""],
+        ),
+        Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["Bootstrapping"]),
+        Expect {
+            reply: Reply::Json(as_json(&kc)),
+            ..Expect::patch(
+                format!("{NS}/demo/status?&force=true&fieldManager=kvd-operator"),
+                &["\"phase\":\"Creating\"", "\"type\":\"Progressing\""],
+            )
+        },
+    ]);
+    let requeue = reconcile(Arc::new(kc), ctx.clone()).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
+    finish(done).await;
+    let metrics = ctx.metrics.encode().expect("metrics");
+    assert!(metrics.contains(r#"kvd_operator_reconcile_actions_total{action="bootstrap"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn deleted_kvcluster_runs_cleanup_and_drops_the_finalizer() {
+    let (ctx, server) = Context::test();
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+    let mut gone = kc.clone();
+    gone.meta_mut().finalizers = None;
+    let done = server.run(vec![
+        Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["DeleteRequested"]),
+        Expect { reply: Reply::Json(as_json(&gone)), ..Expect::patch(format!("{NS}/demo?"), &["\"remove\""]) },
+    ]);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+}
+
+#[test]
+fn requeue_depends_on_the_step() {
+    assert_eq!(requeue_after(&Action::Idle), Duration::from_secs(60));
+    assert_eq!(requeue_after(&Action::DisarmNospace), Duration::from_secs(5));
+}
