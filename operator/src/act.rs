@@ -19,7 +19,7 @@ use crate::crd::{CompactionRecord, DefragRecord, KvCluster};
 use crate::etcd::EtcdClient;
 use crate::naming::{self, MANAGER};
 use crate::observe::{AlarmKind, Observation, Owned};
-use crate::planner::{Action, RemoveReason};
+use crate::planner::{Action, RemoveReason, Why};
 use crate::resources;
 use crate::{Error, Result};
 
@@ -29,6 +29,8 @@ pub struct Outcome {
     pub last_compaction: Option<CompactionRecord>,
     pub last_defrag: Option<DefragRecord>,
     pub defrag_run_finished: bool,
+    /// Current revision at a scheduled compaction (for time-based retention).
+    pub compaction_checkpoint: Option<CompactionRecord>,
 }
 
 /// Everything `act` needs.
@@ -187,10 +189,17 @@ impl Actor<'_> {
                 self.event(kc, EventType::Normal, "PodRestarted", note).await;
             }
             Action::Compact { revision, why } => {
-                if *revision > 0 {
+                if *revision > obs.last_compacted_revision {
                     self.etcd.compact(&eps, *revision).await?;
                 }
-                out.last_compaction = Some(CompactionRecord { revision: *revision, time: Time(Timestamp::now()) });
+                // The record never goes backwards (a run may have nothing to compact).
+                let recorded = (*revision).max(obs.last_compacted_revision);
+                out.last_compaction = Some(CompactionRecord { revision: recorded, time: Time(Timestamp::now()) });
+                if *why == Why::Scheduled {
+                    let current = obs.members.iter().flatten().filter_map(|m| m.health.as_ref()).map(|h| h.revision);
+                    let revision = current.max().unwrap_or(0);
+                    out.compaction_checkpoint = Some(CompactionRecord { revision, time: Time(Timestamp::now()) });
+                }
                 self.event(kc, EventType::Normal, "Compacted", format!("revision {revision} ({why:?})")).await;
             }
             Action::Defragment { id, ordinal, why } => {

@@ -142,9 +142,11 @@ pub struct CompactionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub retention_revisions: Option<i64>,
-    /// Keep this much history (e.g. `"1h"`): compact to the revision observed
-    /// at least this long ago.
+    /// Keep this much history (Go-style duration, e.g. `"1h"` or `"90m"`): each
+    /// run compacts to the revision the previous run saw, once that is this old.
+    /// Wins over `retentionRevisions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub retention_duration: Option<String>,
 }
 
@@ -256,6 +258,9 @@ pub struct KvClusterStatus {
     /// When the last scheduled defragmentation run finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_defrag_run: Option<Time>,
+    /// Revision seen by the last scheduled compaction (for `retentionDuration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_checkpoint: Option<CompactionRecord>,
 }
 
 /// One member as the cluster reports it.

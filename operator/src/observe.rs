@@ -15,7 +15,7 @@ use crate::crd::KvCluster;
 use crate::etcd::{ClusterView, EtcdClient};
 use crate::naming;
 use crate::resources::{self, TEMPLATE_HASH};
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, parse_duration};
 use crate::{Error, Result};
 
 /// Owned objects besides the StatefulSet.
@@ -41,6 +41,8 @@ pub struct Desired {
     pub defrag_threshold: f64,
     /// Revisions kept below the current one when compacting for NOSPACE.
     pub retention_revisions: i64,
+    /// `spec.tls` is set (not implemented yet: the planner refuses it).
+    pub tls_requested: bool,
 }
 
 impl Default for Desired {
@@ -54,6 +56,7 @@ impl Default for Desired {
             quota_bytes: crate::crd::DEFAULT_QUOTA_BYTES,
             defrag_threshold: 0.2,
             retention_revisions: 0,
+            tls_requested: false,
         }
     }
 }
@@ -201,8 +204,20 @@ pub fn build(
     let last_compaction = status.last_compaction.as_ref();
     let compaction_due = kc.spec.compaction.as_ref().and_then(|c| {
         let since = last_compaction.map(|l| l.time.0).or(kc.creation_timestamp().map(|t| t.0))?;
-        let due = Schedule::parse(&c.schedule).ok()?.due(since, now);
-        due.then(|| (leader_rev - c.retention_revisions.unwrap_or(0)).max(0))
+        if !Schedule::parse(&c.schedule).ok()?.due(since, now) {
+            return None;
+        }
+        Some(match c.retention_duration.as_deref().map(parse_duration) {
+            // Compact to what the previous run saw, once that is old enough.
+            Some(Some(keep)) => status
+                .compaction_checkpoint
+                .as_ref()
+                .filter(|cp| now.duration_since(cp.time.0).as_secs() >= keep.as_secs() as i64)
+                .map(|cp| cp.revision)
+                .unwrap_or(0),
+            Some(None) => 0,
+            None => (leader_rev - c.retention_revisions.unwrap_or(0)).max(0),
+        })
     });
     let defrag_due = kc.spec.defrag.as_ref().is_some_and(|d| {
         let since = status.last_defrag_run.as_ref().map(|t| t.0).or(kc.creation_timestamp().map(|t| t.0));
@@ -238,6 +253,10 @@ pub fn desired(kc: &KvCluster) -> Desired {
         quota_bytes: spec.quota_bytes(),
         defrag_threshold: spec.defrag.as_ref().map(|d| d.free_threshold).unwrap_or(0.2),
         retention_revisions: spec.compaction.as_ref().and_then(|c| c.retention_revisions).unwrap_or(0),
+        tls_requested: spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_secret_name.is_some() || t.peer_secret_name.is_some()),
     }
 }
 
@@ -256,4 +275,71 @@ fn pod_obs(p: &Pod, update_revision: Option<&str>, now: jiff::Timestamp) -> PodO
     let rev = p.labels().get("controller-revision-hash").map(String::as_str);
     let outdated = matches!((rev, update_revision), (Some(r), Some(u)) if r != u);
     PodObs { ready, failing_for, outdated }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    use super::*;
+    use crate::crd::{CompactionRecord, CompactionSpec, KvClusterStatus};
+    use crate::fixtures::kvcluster;
+
+    fn now() -> jiff::Timestamp {
+        "2026-01-01T12:30:00Z".parse().expect("ts")
+    }
+
+    fn ago(mins: i64) -> Time {
+        Time(now() - jiff::SignedDuration::from_mins(mins))
+    }
+
+    fn pod(name: &str, ready: bool, since_mins: i64, hash: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "controller-revision-hash": hash } },
+            "status": { "conditions": [ { "type": "Ready", "status": if ready { "True" } else { "False" },
+                                           "lastTransitionTime": ago(since_mins) } ] }
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn builds_pods_claims_and_schedules() {
+        let mut kc = kvcluster("demo", 3);
+        kc.spec.compaction = Some(CompactionSpec {
+            schedule: "0 * * * *".into(),
+            retention_revisions: None,
+            retention_duration: Some("1h".into()),
+        });
+        kc.status = Some(KvClusterStatus {
+            last_compaction: Some(CompactionRecord { revision: 10, time: ago(90) }),
+            compaction_checkpoint: Some(CompactionRecord { revision: 500, time: ago(90) }),
+            ..KvClusterStatus::default()
+        });
+        let mut sts = resources::statefulset(&kc, 3);
+        sts.status = Some(serde_json::from_value(json!({ "replicas": 3, "updateRevision": "r1" })).expect("status"));
+        let pods = [pod("demo-0", true, 60, "r1"), pod("demo-1", false, 10, "r0"), pod("other-0", true, 1, "r1")];
+        let pvcs: Vec<PersistentVolumeClaim> =
+            vec![serde_json::from_value(json!({ "metadata": { "name": "data-demo-4" } })).expect("pvc")];
+        let obs = build(&kc, Some(&sts), &pods, &pvcs, vec![Owned::Pdb], None, now());
+        assert_eq!(
+            obs.statefulset,
+            Some(StsObs { replicas: 3, template_hash: Some(obs.desired.template_hash.clone()) })
+        );
+        assert_eq!(obs.pods.len(), 2);
+        assert_eq!(obs.pods[&0], PodObs { ready: true, failing_for: None, outdated: false });
+        assert_eq!(obs.pods[&1].failing_for, Some(Duration::from_secs(600)));
+        assert!(obs.pods[&1].outdated);
+        assert_eq!(obs.pvcs, BTreeSet::from([4]));
+        assert_eq!(obs.missing, vec![Owned::Pdb]);
+        assert_eq!(obs.compaction_due, Some(500), "checkpoint is older than 1h");
+        assert_eq!(obs.last_compacted_revision, 10);
+        assert!(!obs.bootstrapped && obs.members.is_none());
+        // A checkpoint younger than the retention compacts nothing yet.
+        if let Some(s) = kc.status.as_mut() {
+            s.compaction_checkpoint = Some(CompactionRecord { revision: 500, time: ago(30) });
+        }
+        let obs = build(&kc, Some(&sts), &pods, &pvcs, vec![], None, now());
+        assert_eq!(obs.compaction_due, Some(0));
+    }
 }

@@ -160,6 +160,9 @@ fn even_replicas_need_opt_in() {
     assert_eq!(plan(&obs), Action::Idle);
     obs.desired.replicas = 0;
     assert!(matches!(plan(&obs), Action::Degraded { reason: "InvalidSpec", .. }));
+    let mut obs = cluster(3);
+    obs.desired.tls_requested = true;
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "TLSUnsupported", .. }));
 }
 
 #[test]

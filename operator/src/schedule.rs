@@ -92,9 +92,46 @@ impl Schedule {
     }
 }
 
+/// Parses Go-style durations made of `<digits><unit>` pairs (`ms`, `s`, `m`, `h`), e.g. `"1h30m"`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return None;
+        };
+        total += std::time::Duration::from_millis(n.checked_mul(unit_ms)?);
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m"), Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(std::time::Duration::from_millis(250)));
+        for bad in ["", "h", "1", "1d", "1h-"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
 
     fn ts(s: &str) -> Timestamp {
         s.parse().expect("timestamp")

@@ -141,6 +141,7 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
         conditions,
         last_compaction: out.last_compaction.clone().or(prev.last_compaction),
         last_defrag: out.last_defrag.clone().or(prev.last_defrag),
+        compaction_checkpoint: out.compaction_checkpoint.clone().or(prev.compaction_checkpoint),
         last_defrag_run: if out.defrag_run_finished { Some(Time(Timestamp::now())) } else { prev.last_defrag_run },
     }
 }
