@@ -245,6 +245,10 @@ pub struct KvClusterStatus {
     pub ready_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The cluster has had a leader at least once (quorum loss is only
+    /// reported after that; before it the cluster is still forming).
+    #[serde(default)]
+    pub formed: bool,
     #[serde(default)]
     pub members: Vec<MemberStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

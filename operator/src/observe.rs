@@ -127,7 +127,7 @@ pub struct Observation {
     /// None when no member answered MemberList.
     pub members: Option<Vec<MemberObs>>,
     pub alarms: Vec<AlarmObs>,
-    /// The cluster formed before (members were recorded in status).
+    /// The cluster has had a leader before (`status.formed`).
     pub bootstrapped: bool,
     /// Target revision of a scheduled compaction that is due.
     pub compaction_due: Option<i64>,
@@ -234,7 +234,7 @@ pub fn build(
         pvcs,
         members,
         alarms: view.map(|v| v.alarms.clone()).unwrap_or_default(),
-        bootstrapped: !status.members.is_empty(),
+        bootstrapped: status.formed,
         compaction_due,
         defrag_due,
         last_compacted_revision: last_compaction.map(|l| l.revision).unwrap_or(0),

@@ -3,7 +3,8 @@
 //! `planner_tests.rs`. Rules, in priority order:
 //! invalid spec → bootstrap → missing objects → unreachable/quorum loss →
 //! NOSPACE remediation → failed members → learner in flight → template drift →
-//! StatefulSet shrink → rolling restart → scale up → scale down → scheduled
+//! StatefulSet shrink → scale up (learner add) → [every member healthy] rolling
+//! restart → scale down → scheduled
 //! compaction → scheduled defragmentation → idle.
 
 use crate::FAILED_MEMBER_AFTER;
@@ -157,6 +158,9 @@ pub fn plan(obs: &Observation) -> Action {
         return wait("Bootstrapping", "waiting for the first members to answer".into());
     };
     let v = View::new(members);
+    if !obs.bootstrapped && v.leader.is_none() {
+        return wait("Bootstrapping", "waiting for the first leader".into());
+    }
     if v.leader.is_none() || v.healthy_voters() < quorum(v.voters.len()) {
         let msg =
             format!("{} of {} voters healthy, leader {:?}", v.healthy_voters(), v.voters.len(), v.leader.map(|l| l.id));

@@ -143,6 +143,11 @@ fn bootstrap_and_objects() {
     obs.members = None;
     obs.bootstrapped = false;
     assert!(matches!(plan(&obs), Action::Wait { reason: "Bootstrapping", .. }));
+    // Members answer but none has a leader yet: still forming, not quorum loss.
+    let mut obs = cluster(3);
+    obs.bootstrapped = false;
+    set_leader(&mut obs, 0);
+    assert!(matches!(plan(&obs), Action::Wait { reason: "Bootstrapping", .. }));
 }
 
 #[test]

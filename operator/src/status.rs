@@ -135,6 +135,7 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
         },
         ready_replicas: obs.pods.values().filter(|p| p.ready).count() as i32,
         selector: Some(naming::selector_string(&name)),
+        formed: prev.formed || leader.is_some(),
         // Keep the last known members while none answers, so quorum loss stays detectable.
         members: if obs.members.is_some() { member_status } else { prev.members.clone() },
         leader: leader.map(|l| if l.name.is_empty() { format!("{:x}", l.id) } else { l.name.clone() }),
