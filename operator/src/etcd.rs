@@ -226,3 +226,7 @@ impl EtcdClient {
         .await
     }
 }
+
+#[cfg(test)]
+#[path = "etcd_tests.rs"]
+mod tests;
