@@ -74,6 +74,70 @@ async fn deleted_kvcluster_runs_cleanup_and_drops_the_finalizer() {
     finish(done).await;
 }
 
+/// Everything exists, but no member answers (DNS names do not resolve here).
+fn existing_objects(kc: &KvCluster) -> Vec<Expect> {
+    let core = "/api/v1/namespaces/ns";
+    let mut sts = serde_json::to_value(crate::resources::statefulset(kc, 3)).expect("sts");
+    sts["status"] = serde_json::json!({ "replicas": 3, "updateRevision": "r1" });
+    let json = |v: &dyn erased::Ser| Reply::Json(v.value());
+    vec![
+        Expect::get("/apis/apps/v1/namespaces/ns/statefulsets/demo", Reply::Json(sts)),
+        Expect::get(format!("{core}/pods?"), empty_list()),
+        Expect::get(format!("{core}/persistentvolumeclaims?"), empty_list()),
+        Expect::get(format!("{core}/services/demo-peer"), json(&crate::resources::peer_service(kc))),
+        Expect::get(format!("{core}/services/demo-client"), json(&crate::resources::client_service(kc))),
+        Expect::get(
+            format!("{core}/configmaps/demo-config"),
+            json(&crate::resources::config_map(kc, &[0, 1, 2], true)),
+        ),
+        Expect::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", json(&crate::resources::pdb(kc, 3))),
+    ]
+}
+
+mod erased {
+    /// Lets `existing_objects` serialize objects of different types.
+    pub trait Ser {
+        fn value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("json")
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_members_of_a_forming_cluster_mean_wait() {
+    let (ctx, server) = Context::test();
+    let kc = finalized(kvcluster("demo", 3));
+    let mut calls = existing_objects(&kc);
+    calls.push(Expect {
+        reply: Reply::Json(as_json(&kc)),
+        ..Expect::patch(format!("{NS}/demo/status?"), &["\"phase\":\"Creating\"", "\"reason\":\"Bootstrapping\""])
+    });
+    let done = server.run(calls);
+    let requeue = reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(10)));
+    finish(done).await;
+}
+
+#[tokio::test]
+async fn unreachable_members_of_a_formed_cluster_mean_quorum_lost() {
+    let (ctx, server) = Context::test();
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.status = Some(crate::crd::KvClusterStatus { formed: true, ..Default::default() });
+    let mut calls = existing_objects(&kc);
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["QuorumLost", "\"type\":\"Warning\""]));
+    calls.push(Expect {
+        reply: Reply::Json(as_json(&kc)),
+        ..Expect::patch(format!("{NS}/demo/status?"), &["\"phase\":\"Degraded\"", "\"reason\":\"QuorumLost\""])
+    });
+    let done = server.run(calls);
+    let requeue = reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(30)));
+    finish(done).await;
+}
+
 #[test]
 fn requeue_depends_on_the_step() {
     assert_eq!(requeue_after(&Action::Idle), Duration::from_secs(60));
