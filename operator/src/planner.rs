@@ -176,7 +176,7 @@ pub fn plan(obs: &Observation) -> Action {
         return a;
     }
     if let Some(l) = v.learners.first() {
-        return learner_step(obs, &v, l, sts.replicas);
+        return learner_step(&v, l, sts.replicas);
     }
     if sts.template_hash.as_deref() != Some(d.template_hash.as_str()) {
         return Action::UpdateStatefulSet;
@@ -277,7 +277,7 @@ fn failed_member(obs: &Observation, v: &View) -> Option<Action> {
     })
 }
 
-fn learner_step(obs: &Observation, v: &View, l: &MemberObs, sts_replicas: u32) -> Action {
+fn learner_step(v: &View, l: &MemberObs, sts_replicas: u32) -> Action {
     let Some(ordinal) = l.ordinal else {
         return degraded("ForeignLearner", format!("learner {:x} has a peer URL this operator did not make", l.id));
     };
@@ -286,8 +286,9 @@ fn learner_step(obs: &Observation, v: &View, l: &MemberObs, sts_replicas: u32) -
     }
     let leader_index = v.leader.and_then(|m| m.health.as_ref()).map(|h| h.raft_index).unwrap_or(0);
     let caught_up = l.health.as_ref().is_some_and(|h| h.raft_index as f64 >= leader_index as f64 * PROMOTE_AT);
-    let pod_ready = obs.pods.get(&ordinal).is_some_and(|p| p.ready);
-    if !caught_up || !pod_ready {
+    // Readiness of the learner's pod is not required: MemberPromote itself
+    // refuses a learner that is not in sync, and that error is retried.
+    if !caught_up {
         return wait("LearnerCatchingUp", format!("learner {} is not in sync with the leader yet", l.name));
     }
     if v.healthy_voters() + 1 < quorum(v.voters.len() + 1) {
