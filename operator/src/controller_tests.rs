@@ -143,3 +143,41 @@ fn requeue_depends_on_the_step() {
     assert_eq!(requeue_after(&Action::Idle), Duration::from_secs(60));
     assert_eq!(requeue_after(&Action::DisarmNospace), Duration::from_secs(5));
 }
+
+/// A whole reconcile against the stand-in API server and a fake member:
+/// one voter of three wanted, so the step is MemberAdd as learner for ordinal 1.
+#[tokio::test]
+async fn scale_up_adds_a_learner_through_the_etcd_api() {
+    let (ctx, server) = Context::test();
+    let (endpoint, fake) =
+        crate::etcd::tests::serve_with(0x10, 0x10, vec![crate::etcd::tests::member(0, false)], vec![]).await;
+    let etcd = ctx.etcd.clone().with_overrides([(crate::naming::client_url("demo", "ns", 0), endpoint)].into());
+    let ctx = Arc::new(Context { etcd, ..(*ctx).clone() });
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.status = Some(crate::crd::KvClusterStatus { formed: true, ..Default::default() });
+    let mut calls = existing_objects(&kc);
+    let mut sts = crate::resources::statefulset(&kc, 1);
+    sts.status =
+        Some(serde_json::from_value(serde_json::json!({ "replicas": 1, "updateRevision": "r1" })).expect("st"));
+    calls[0] = Expect::get(
+        "/apis/apps/v1/namespaces/ns/statefulsets/demo",
+        Reply::Json(serde_json::to_value(&sts).expect("sts")),
+    );
+    calls.push(Expect::patch(
+        "/api/v1/namespaces/ns/configmaps/demo-config?",
+        &["\"initial-cluster-state\":\"existing\"", "demo-1=http://demo-1.demo-peer.ns.svc:2380"],
+    ));
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["MemberAdded"]));
+    calls.push(Expect {
+        reply: Reply::Json(as_json(&kc)),
+        ..Expect::patch(format!("{NS}/demo/status?"), &["\"phase\":\"Scaling\"", "\"leader\":\"demo-0\""])
+    });
+    let done = server.run(calls);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+    let asked = fake.calls.lock().expect("lock").clone();
+    assert_eq!(
+        asked,
+        vec!["alarm 0 0 0".to_string(), "add http://demo-1.demo-peer.ns.svc:2380 learner=true".to_string()]
+    );
+}

@@ -35,6 +35,9 @@ pub struct EtcdClient {
     defrag_timeout: Duration,
     cluster: String,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Address overrides (member URL -> reachable URL), for tests and for
+    /// running the operator outside the cluster through port-forwards.
+    overrides: Arc<HashMap<String, String>>,
 }
 
 fn etcd_err(endpoint: &str, e: impl std::fmt::Display) -> Error {
@@ -44,7 +47,18 @@ fn etcd_err(endpoint: &str, e: impl std::fmt::Display) -> Error {
 impl EtcdClient {
     /// `cluster` is the KvCluster name, used to map peer URLs to ordinals.
     pub fn new(cluster: &str, timeout: Duration) -> Self {
-        EtcdClient { timeout, defrag_timeout: timeout * 20, cluster: cluster.to_string(), channels: Arc::default() }
+        EtcdClient {
+            timeout,
+            defrag_timeout: timeout * 20,
+            cluster: cluster.to_string(),
+            channels: Arc::default(),
+            overrides: Arc::default(),
+        }
+    }
+
+    /// The same client, dialing `to` whenever a member URL `from` is asked for.
+    pub fn with_overrides(self, overrides: HashMap<String, String>) -> Self {
+        EtcdClient { overrides: Arc::new(overrides), ..self }
     }
 
     /// The same client (sharing channels) for another KvCluster.
@@ -57,7 +71,8 @@ impl EtcdClient {
         if let Some(c) = channels.get(endpoint) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(endpoint.to_string())
+        let target = self.overrides.get(endpoint).map(String::as_str).unwrap_or(endpoint);
+        let ep = Endpoint::from_shared(target.to_string())
             .map_err(|e| etcd_err(endpoint, e))?
             .connect_timeout(timeout)
             .timeout(timeout);
@@ -229,4 +244,4 @@ impl EtcdClient {
 
 #[cfg(test)]
 #[path = "etcd_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -13,13 +13,14 @@ use tonic::{Request, Response, Status};
 
 use super::*;
 
-struct Fake {
+/// A fake member: answers from fixed data and logs the changes asked of it.
+pub(crate) struct Fake {
     id: u64,
     leader: u64,
     members: Vec<Member>,
     alarms: Vec<AlarmMember>,
     compacted: Mutex<i64>,
-    calls: Mutex<Vec<String>>,
+    pub(crate) calls: Mutex<Vec<String>>,
 }
 
 type R<T> = std::result::Result<Response<T>, Status>;
@@ -126,7 +127,7 @@ impl Kv for Fake {
     }
 }
 
-fn member(o: u32, learner: bool) -> Member {
+pub(crate) fn member(o: u32, learner: bool) -> Member {
     Member {
         id: 0x10 + o as u64,
         name: format!("demo-{o}"),
@@ -138,14 +139,19 @@ fn member(o: u32, learner: bool) -> Member {
 
 /// Serves a fake member; returns its endpoint and the shared state.
 async fn serve(id: u64) -> (String, Arc<Fake>) {
-    let fake = Arc::new(Fake {
-        id,
-        leader: 0x10,
-        members: vec![member(0, false), member(1, false), member(2, true)],
-        alarms: vec![AlarmMember { member_id: 0x11, alarm: AlarmType::Nospace as i32 }],
-        compacted: Mutex::new(5),
-        calls: Mutex::default(),
-    });
+    let members = vec![member(0, false), member(1, false), member(2, true)];
+    let alarms = vec![AlarmMember { member_id: 0x11, alarm: AlarmType::Nospace as i32 }];
+    serve_with(id, 0x10, members, alarms).await
+}
+
+/// Serves a fake member `id` that names `leader` and reports `members` and `alarms`.
+pub(crate) async fn serve_with(
+    id: u64,
+    leader: u64,
+    members: Vec<Member>,
+    alarms: Vec<AlarmMember>,
+) -> (String, Arc<Fake>) {
+    let fake = Arc::new(Fake { id, leader, members, alarms, compacted: Mutex::new(5), calls: Mutex::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
