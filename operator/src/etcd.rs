@@ -119,8 +119,12 @@ impl EtcdClient {
 
     /// MemberList, Status of every endpoint and the alarm list, merged.
     pub async fn view(&self, endpoints: &[String]) -> ClusterView {
-        let statuses = futures::future::join_all(endpoints.iter().map(|e| self.status(e))).await;
-        let statuses: Vec<StatusResponse> = statuses.into_iter().filter_map(|s| s.ok()).collect();
+        let answers = futures::future::join_all(endpoints.iter().map(|e| self.status(e))).await;
+        // Ask members that just answered first, so dead ones cost no timeouts.
+        let (up, down): (Vec<_>, Vec<_>) = endpoints.iter().zip(&answers).partition(|(_, a)| a.is_ok());
+        let endpoints: Vec<String> = up.into_iter().chain(down).map(|(e, _)| e.clone()).collect();
+        let endpoints = endpoints.as_slice();
+        let statuses: Vec<StatusResponse> = answers.into_iter().filter_map(|s| s.ok()).collect();
         let list = self
             .any(endpoints, |c, ep| async move {
                 let mut c = ClusterClient::new(c);

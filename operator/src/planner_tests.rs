@@ -423,3 +423,28 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// From any healthy cluster, any odd size, a template change, a NOSPACE
+    /// alarm and a due defragmentation, the steps reach Idle with the desired
+    /// voters and never leave a removal below quorum.
+    #[test]
+    fn converges_from_healthy_states(n in 1u32..=7, want in 0u32..=3, leader in 0u32..7, roll: bool, nospace: bool) {
+        let mut obs = cluster(n);
+        obs.desired.replicas = want * 2 + 1;
+        set_leader(&mut obs, id(leader % n));
+        if roll {
+            obs.desired.template_hash = "h2".into();
+        }
+        if nospace {
+            obs.alarms = vec![AlarmObs { member_id: id(0), kind: AlarmKind::Nospace }];
+        }
+        let steps = run(&mut obs);
+        let voters = obs.members.as_deref().unwrap_or_default().iter().filter(|m| !m.is_learner).count();
+        prop_assert_eq!(voters as u32, want * 2 + 1);
+        prop_assert!(obs.alarms.is_empty());
+        prop_assert!(obs.pods.values().all(|p| !p.outdated));
+        let adds = steps.iter().filter(|a| matches!(a, Action::AddLearner { .. })).count();
+        prop_assert_eq!(adds as u32, (want * 2 + 1).saturating_sub(n));
+    }
+}

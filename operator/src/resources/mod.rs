@@ -11,7 +11,7 @@ mod statefulset;
 pub use configmap::{INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, config_map};
 pub use monitor::monitor;
 pub use pdb::pdb;
-pub use service::{client_service, peer_service};
+pub use service::{SERVICE_ROLE, client_service, peer_service};
 pub use statefulset::{pod_template, statefulset};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};

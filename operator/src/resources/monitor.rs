@@ -20,9 +20,14 @@ pub fn monitor(kc: &KvCluster) -> Option<(ApiResource, DynamicObject)> {
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind));
     let mut obj = DynamicObject::new(&name, &ar);
     obj.metadata = meta(kc, name.clone());
+    let mut labels = naming::selector_labels(&name);
+    if kc.spec.metrics.monitor == MonitorKind::ServiceMonitor {
+        // Pods carry no such label; Services do, and only the client one should be scraped.
+        labels.insert(super::SERVICE_ROLE.into(), "client".into());
+    }
     obj.data = json!({
         "spec": {
-            "selector": { "matchLabels": naming::selector_labels(&name) },
+            "selector": { "matchLabels": labels },
             endpoints_key: [ { "port": port, "path": "/metrics" } ],
         }
     });
@@ -42,5 +47,9 @@ mod tests {
         let (ar, obj) = monitor(&kc).expect("monitor");
         assert_eq!(ar.kind, "PodMonitor");
         assert_eq!(obj.data["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+        kc.spec.metrics.monitor = MonitorKind::ServiceMonitor;
+        let (_, obj) = monitor(&kc).expect("monitor");
+        assert_eq!(obj.data["spec"]["selector"]["matchLabels"]["kvd.io/service"], "client");
+        assert_eq!(obj.data["spec"]["endpoints"][0]["port"], "client");
     }
 }

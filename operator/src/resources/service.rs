@@ -18,11 +18,20 @@ fn port(name: &str, port: i32) -> ServicePort {
     }
 }
 
+/// Label telling the two Services apart (the ServiceMonitor picks `client`).
+pub const SERVICE_ROLE: &str = "kvd.io/service";
+
+fn svc_meta(kc: &KvCluster, name: String, role: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    let mut m = meta(kc, name);
+    m.labels.get_or_insert_default().insert(SERVICE_ROLE.into(), role.into());
+    m
+}
+
 /// Headless Service behind `<pod>.<cluster>-peer.<ns>.svc`.
 pub fn peer_service(kc: &KvCluster) -> Service {
     let name = kc.name_any();
     Service {
-        metadata: meta(kc, naming::peer_service(&name)),
+        metadata: svc_meta(kc, naming::peer_service(&name), "peer"),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
@@ -38,7 +47,7 @@ pub fn peer_service(kc: &KvCluster) -> Service {
 pub fn client_service(kc: &KvCluster) -> Service {
     let name = kc.name_any();
     Service {
-        metadata: meta(kc, naming::client_service(&name)),
+        metadata: svc_meta(kc, naming::client_service(&name), "client"),
         spec: Some(ServiceSpec {
             selector: Some(naming::selector_labels(&name)),
             ports: Some(vec![port("client", CLIENT_PORT)]),
