@@ -97,12 +97,16 @@ pub enum Retention {
     Delete,
 }
 
-/// Member storage.
+/// Member storage. Claim templates of a StatefulSet cannot change, so size
+/// and class are immutable (volume resize is not implemented yet).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName)")
+    .message("storageClassName cannot be added or removed"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Requested size of each member's volume.
+    /// Requested size of each member's volume; immutable.
     #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage size is immutable (resize is not supported yet)"))]
     pub size: String,
     /// StorageClass of the claims; immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,6 +350,8 @@ mod tests {
         let y = crd_yaml().expect("yaml");
         for needle in [
             "self == oldSelf",
+            "storage size is immutable",
+            "has(self.storageClassName) == has(oldSelf.storageClassName)",
             "self.replicas % 2 == 1",
             "specReplicasPath: .spec.replicas",
             "labelSelectorPath: .status.selector",
