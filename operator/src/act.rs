@@ -1,0 +1,231 @@
+//! Executes one planned `Action`: server-side apply of owned objects (field
+//! manager "kvd-operator"), etcd API calls through `EtcdClient`, deletes of
+//! pods and claims, and an Event for every change.
+
+use std::fmt::Debug;
+
+use jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::crd::{CompactionRecord, DefragRecord, KvCluster};
+use crate::etcd::EtcdClient;
+use crate::naming::{self, MANAGER};
+use crate::observe::{AlarmKind, Observation, Owned};
+use crate::planner::{Action, RemoveReason, Why};
+use crate::resources;
+use crate::{Error, Result};
+
+/// What an action changed that the status must remember.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub last_compaction: Option<CompactionRecord>,
+    pub last_defrag: Option<DefragRecord>,
+    pub defrag_run_finished: bool,
+    /// Current revision at a scheduled compaction (for time-based retention).
+    pub compaction_checkpoint: Option<CompactionRecord>,
+}
+
+/// Everything `act` needs.
+pub struct Actor<'a> {
+    pub client: &'a Client,
+    pub etcd: &'a EtcdClient,
+    pub recorder: &'a Recorder,
+}
+
+struct Target<'a> {
+    kc: &'a KvCluster,
+    name: String,
+    ns: String,
+}
+
+impl Target<'_> {
+    fn endpoints(&self, obs: &Observation) -> Vec<String> {
+        let n = obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0);
+        (0..n).map(|i| naming::client_url(&self.name, &self.ns, i)).collect()
+    }
+
+    fn member_endpoint(&self, obs: &Observation, id: u64) -> Result<String> {
+        let o = obs.members.iter().flatten().find(|m| m.id == id).and_then(|m| m.ordinal);
+        let o = o.ok_or_else(|| Error::Invalid(format!("member {id:x} has no ordinal")))?;
+        Ok(naming::client_url(&self.name, &self.ns, o))
+    }
+
+    fn member_ordinals(&self, obs: &Observation) -> Vec<u32> {
+        obs.members.iter().flatten().filter_map(|m| m.ordinal).collect()
+    }
+}
+
+/// Server-side apply of one namespaced object.
+pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+    K::DynamicType: Default,
+{
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    api.patch(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await?;
+    Ok(())
+}
+
+impl Actor<'_> {
+    async fn event(&self, kc: &KvCluster, type_: EventType, reason: &str, note: String) {
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &kc.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// Services, PDB and the optional monitor: applied on every structural step.
+    async fn apply_static(&self, t: &Target<'_>, members: u32) -> Result<()> {
+        apply(self.client, &t.ns, &resources::peer_service(t.kc)).await?;
+        apply(self.client, &t.ns, &resources::client_service(t.kc)).await?;
+        apply(self.client, &t.ns, &resources::pdb(t.kc, members)).await?;
+        if let Some((ar, obj)) = resources::monitor(t.kc) {
+            let api = Api::<kube::api::DynamicObject>::namespaced_with(self.client.clone(), &t.ns, &ar);
+            api.patch(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&obj)).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete<K>(&self, ns: &str, name: &str) -> Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        match Api::<K>::namespaced(self.client.clone(), ns).delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs `action`; returns what the status must record.
+    pub async fn act(&self, kc: &KvCluster, obs: &Observation, action: &Action) -> Result<Outcome> {
+        let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
+        let t = Target { kc, name: kc.name_any(), ns };
+        let sts_replicas = obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0);
+        let eps = t.endpoints(obs);
+        let mut out = Outcome::default();
+        match action {
+            Action::Bootstrap { replicas } => {
+                let ordinals: Vec<u32> = (0..*replicas).collect();
+                apply(self.client, &t.ns, &resources::config_map(kc, &ordinals, true)).await?;
+                self.apply_static(&t, *replicas).await?;
+                apply(self.client, &t.ns, &resources::statefulset(kc, *replicas)).await?;
+                self.event(kc, EventType::Normal, "Bootstrapping", format!("creating {replicas} members")).await;
+            }
+            Action::EnsureObjects { missing } => {
+                if missing.contains(&Owned::ConfigMap) {
+                    let cm = match &obs.members {
+                        Some(_) => resources::config_map(kc, &t.member_ordinals(obs), false),
+                        None => resources::config_map(kc, &(0..sts_replicas).collect::<Vec<_>>(), !obs.bootstrapped),
+                    };
+                    apply(self.client, &t.ns, &cm).await?;
+                }
+                self.apply_static(&t, sts_replicas).await?;
+                self.event(kc, EventType::Normal, "ObjectsRestored", format!("re-created {missing:?}")).await;
+            }
+            Action::UpdateStatefulSet => {
+                self.apply_static(&t, sts_replicas).await?;
+                apply(self.client, &t.ns, &resources::statefulset(kc, sts_replicas)).await?;
+                self.event(kc, EventType::Normal, "TemplateUpdated", "pods restart one at a time".into()).await;
+            }
+            Action::ResizeStatefulSet { replicas } => {
+                if *replicas > sts_replicas {
+                    apply(self.client, &t.ns, &resources::config_map(kc, &t.member_ordinals(obs), false)).await?;
+                }
+                apply(self.client, &t.ns, &resources::statefulset(kc, *replicas)).await?;
+                self.apply_static(&t, *replicas).await?;
+                let note = format!("StatefulSet {sts_replicas} -> {replicas}");
+                self.event(kc, EventType::Normal, "Resized", note).await;
+            }
+            Action::AddLearner { ordinal } => {
+                let id = self.etcd.add_learner(&eps, &naming::peer_url(&t.name, &t.ns, *ordinal)).await?;
+                let mut ordinals = t.member_ordinals(obs);
+                ordinals.push(*ordinal);
+                apply(self.client, &t.ns, &resources::config_map(kc, &ordinals, false)).await?;
+                let note = format!("added {} as learner {id:x}", naming::member_name(&t.name, *ordinal));
+                self.event(kc, EventType::Normal, "MemberAdded", note).await;
+            }
+            Action::PromoteLearner { id, ordinal } => match self.etcd.promote(&eps, *id).await {
+                Ok(()) => {
+                    let note = format!("promoted {}", naming::member_name(&t.name, *ordinal));
+                    self.event(kc, EventType::Normal, "MemberPromoted", note).await;
+                }
+                Err(Error::Etcd { message, .. }) if message.contains("in sync") || message.contains("not ready") => {
+                    info!(member = %format!("{id:x}"), %message, "learner not ready for promotion; retrying");
+                }
+                Err(e) => return Err(e),
+            },
+            Action::RemoveMember { id, ordinal, reason } => {
+                self.etcd.remove(&eps, *id).await?;
+                let (type_, why) = match reason {
+                    RemoveReason::ScaleDown => (EventType::Normal, "scale down"),
+                    RemoveReason::Failed => (EventType::Warning, "failed; it will be re-added with a fresh volume"),
+                };
+                self.event(kc, type_, "MemberRemoved", format!("removed member {id:x} (ordinal {ordinal:?}): {why}"))
+                    .await;
+            }
+            Action::MoveLeader { from, to, why } => {
+                self.etcd.move_leader(&t.member_endpoint(obs, *from)?, *to).await?;
+                self.event(kc, EventType::Normal, "LeaderMoved", format!("{from:x} -> {to:x} ({why:?})")).await;
+            }
+            Action::RecycleMember { ordinal } => {
+                self.delete::<PersistentVolumeClaim>(&t.ns, &naming::pvc_name(&t.name, *ordinal)).await?;
+                self.delete::<Pod>(&t.ns, &naming::member_name(&t.name, *ordinal)).await?;
+                let note = format!("{} restarts with a fresh volume", naming::member_name(&t.name, *ordinal));
+                self.event(kc, EventType::Warning, "VolumeRecycled", note).await;
+            }
+            Action::RestartPod { ordinal } => {
+                self.delete::<Pod>(&t.ns, &naming::member_name(&t.name, *ordinal)).await?;
+                let note = format!("{} restarts with the new template", naming::member_name(&t.name, *ordinal));
+                self.event(kc, EventType::Normal, "PodRestarted", note).await;
+            }
+            Action::Compact { revision, why } => {
+                if *revision > obs.last_compacted_revision {
+                    self.etcd.compact(&eps, *revision).await?;
+                }
+                // The record never goes backwards (a run may have nothing to compact).
+                let recorded = (*revision).max(obs.last_compacted_revision);
+                out.last_compaction = Some(CompactionRecord { revision: recorded, time: Time(Timestamp::now()) });
+                if *why == Why::Scheduled {
+                    let current = obs.members.iter().flatten().filter_map(|m| m.health.as_ref()).map(|h| h.revision);
+                    let revision = current.max().unwrap_or(0);
+                    out.compaction_checkpoint = Some(CompactionRecord { revision, time: Time(Timestamp::now()) });
+                }
+                self.event(kc, EventType::Normal, "Compacted", format!("revision {revision} ({why:?})")).await;
+            }
+            Action::Defragment { id, ordinal, why } => {
+                let ep = t.member_endpoint(obs, *id)?;
+                let before = obs.members.iter().flatten().find(|m| m.id == *id).and_then(|m| m.health.as_ref());
+                let before = before.map(|h| h.db_size).unwrap_or(0);
+                self.etcd.defragment(&ep).await?;
+                let after = self.etcd.status(&ep).await.map(|s| s.db_size).unwrap_or(before);
+                let member = ordinal.map(|o| naming::member_name(&t.name, o)).unwrap_or_else(|| format!("{id:x}"));
+                let freed = (before - after).max(0);
+                let note = format!("{member}: freed {freed} bytes ({why:?})");
+                out.last_defrag = Some(DefragRecord { member, time: Time(Timestamp::now()), bytes_freed: freed });
+                self.event(kc, EventType::Normal, "Defragmented", note).await;
+            }
+            Action::DisarmNospace => {
+                for a in obs.alarms.iter().filter(|a| a.kind == AlarmKind::Nospace) {
+                    self.etcd.disarm_nospace(&eps, a.member_id).await?;
+                }
+                self.event(kc, EventType::Normal, "AlarmDisarmed", "NOSPACE cleared".into()).await;
+            }
+            Action::FinishDefragRun => out.defrag_run_finished = true,
+            Action::Degraded { reason, message } => {
+                self.event(kc, EventType::Warning, reason, message.clone()).await;
+            }
+            Action::Wait { .. } | Action::Idle => {}
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,182 @@
+//! The controller: `Context` (client, event recorder, diagnostics, metrics,
+//! etcd client), `reconcile` wrapped in kube's `finalizer()`, `error_policy`,
+//! status written by server-side apply, and `run`, which watches KvClusters
+//! and the objects they own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::RwLock;
+use tracing::{Span, field, info, instrument, warn};
+
+use crate::act::Actor;
+use crate::crd::KvCluster;
+use crate::etcd::EtcdClient;
+use crate::metrics::{Metrics, action_kind};
+use crate::naming::{FINALIZER, MANAGER};
+use crate::planner::{Action, plan};
+use crate::{Error, Result, observe, status};
+
+/// Shared with every reconcile.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub diagnostics: Arc<RwLock<Diagnostics>>,
+    pub metrics: Arc<Metrics>,
+    pub etcd: EtcdClient,
+}
+
+/// What `/` of the HTTP server reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Diagnostics {
+    pub last_event: Timestamp,
+    #[serde(skip)]
+    pub reporter: Reporter,
+}
+
+impl Default for Diagnostics {
+    fn default() -> Self {
+        Diagnostics {
+            last_event: Timestamp::now(),
+            reporter: Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+        }
+    }
+}
+
+/// State shared between the controller and the HTTP server.
+#[derive(Clone, Default)]
+pub struct State {
+    pub diagnostics: Arc<RwLock<Diagnostics>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl State {
+    /// Text metrics.
+    pub fn metrics(&self) -> String {
+        self.metrics.encode().unwrap_or_default()
+    }
+
+    /// Diagnostics snapshot.
+    pub async fn diagnostics(&self) -> Diagnostics {
+        self.diagnostics.read().await.clone()
+    }
+
+    /// A reconcile context for `client`.
+    pub async fn to_context(&self, client: Client, etcd_timeout: Duration) -> Arc<Context> {
+        let reporter = self.diagnostics.read().await.reporter.clone();
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics: self.metrics.clone(),
+            diagnostics: self.diagnostics.clone(),
+            etcd: EtcdClient::new("", etcd_timeout),
+        })
+    }
+}
+
+/// How soon to look again after `a`.
+pub fn requeue_after(a: &Action) -> Duration {
+    match a {
+        Action::Idle => Duration::from_secs(60),
+        Action::Degraded { .. } => Duration::from_secs(30),
+        Action::Wait { .. } => Duration::from_secs(10),
+        _ => Duration::from_secs(5),
+    }
+}
+
+#[instrument(skip(ctx, kc), fields(kvcluster = %kc.name_any(), trace_id))]
+async fn reconcile(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    Span::current().record("trace_id", field::display(&kc.uid().unwrap_or_default()));
+    let _timer = ctx.metrics.count_and_measure();
+    ctx.diagnostics.write().await.last_event = Timestamp::now();
+    let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
+    let api: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, kc, |event| async {
+        match event {
+            Finalizer::Apply(kc) => apply(kc, ctx.clone()).await,
+            Finalizer::Cleanup(kc) => cleanup(kc, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Observe → plan → act → status; one step per reconcile.
+async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    let name = kc.name_any();
+    let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
+    let etcd = ctx.etcd.for_cluster(&name);
+    let obs = observe::gather(&kc, &ctx.client, &etcd).await?;
+    let action = plan(&obs);
+    info!(action = action_kind(&action), detail = ?action, "planned");
+    ctx.metrics.action(&action);
+    let actor = Actor { client: &ctx.client, etcd: &etcd, recorder: &ctx.recorder };
+    let outcome = actor.act(&kc, &obs, &action).await?;
+    let st = status::build(&kc, &obs, &action, &outcome);
+    let patch = json!({ "apiVersion": "kvd.io/v1alpha1", "kind": "KvCluster", "status": st });
+    let api: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(Requeue::requeue(requeue_after(&action)))
+}
+
+/// Owned objects go with the KvCluster (owner references); claims follow
+/// the StatefulSet's `whenDeleted` policy.
+async fn cleanup(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    let ev = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Normal,
+        reason: "DeleteRequested".into(),
+        note: Some(format!("deleting KvCluster {}", kc.name_any())),
+        action: "Deleting".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &kube::Resource::object_ref(kc.as_ref(), &())).await {
+        warn!(error = %e, "could not publish event");
+    }
+    Ok(Requeue::await_change())
+}
+
+/// Logs, counts and requeues.
+fn error_policy(kc: Arc<KvCluster>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    warn!(kvcluster = %kc.name_any(), error = %error, "reconcile failed");
+    ctx.metrics.reconcile_failure(&kc, error);
+    Requeue::requeue(Duration::from_secs(30))
+}
+
+/// Runs the controller until a shutdown signal.
+pub async fn run(state: State, client: Client, etcd_timeout: Duration) -> Result<()> {
+    let kcs = Api::<KvCluster>::all(client.clone());
+    kcs.list(&ListParams::default().limit(1)).await?;
+    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(kcs, watcher::Config::default().any_semantic())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, state.to_context(client, etcd_timeout).await)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "controller event");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

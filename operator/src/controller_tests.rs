@@ -1,0 +1,183 @@
+//! Controller scenarios against the `fixtures` API-server stand-in.
+
+use kube::Resource;
+
+use super::*;
+use crate::fixtures::{Expect, Reply, as_json, empty_list, finalized, finish, kvcluster};
+
+const NS: &str = "/apis/kvd.io/v1alpha1/namespaces/ns/kvclusters";
+
+#[tokio::test]
+async fn new_kvcluster_gets_a_finalizer() {
+    let (ctx, server) = Context::test();
+    let kc = kvcluster("demo", 3);
+    let done = server.run(vec![Expect {
+        reply: Reply::Json(as_json(&finalized(kc.clone()))),
+        ..Expect::patch(format!("{NS}/demo?"), &["\"add\"", "kvd.io/finalizer"])
+    }]);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+}
+
+#[tokio::test]
+async fn first_reconcile_bootstraps_and_writes_status() {
+    let (ctx, server) = Context::test();
+    let kc = finalized(kvcluster("demo", 3));
+    let core = "/api/v1/namespaces/ns";
+    let done = server.run(vec![
+        Expect::get("/apis/apps/v1/namespaces/ns/statefulsets/demo", Reply::NotFound),
+        Expect::get(format!("{core}/pods?&labelSelector=app.kubernetes.io%2Finstance%3Ddemo"), empty_list()),
+        Expect::get(format!("{core}/persistentvolumeclaims?&labelSelector="), empty_list()),
+        Expect::get(format!("{core}/services/demo-peer"), Reply::NotFound),
+        Expect::get(format!("{core}/services/demo-client"), Reply::NotFound),
+        Expect::get(format!("{core}/configmaps/demo-config"), Reply::NotFound),
+        Expect::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", Reply::NotFound),
+        Expect::patch(
+            format!("{core}/configmaps/demo-config?&force=true&fieldManager=kvd-operator"),
+            &["\"initial-cluster-state\":\"new\"", "demo-2=http://demo-2.demo-peer.ns.svc:2380"],
+        ),
+        Expect::patch(format!("{core}/services/demo-peer?"), &["\"publishNotReadyAddresses\":true"]),
+        Expect::patch(format!("{core}/services/demo-client?"), &["\"port\":2379"]),
+        Expect::patch("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo?", &["\"minAvailable\":2"]),
+        Expect::patch(
+            "/apis/apps/v1/namespaces/ns/statefulsets/demo?",
+            &["\"replicas\":3", "\"podManagementPolicy\":\"Parallel\"", "\"kind\":\"KvCluster\""],
+        ),
+        Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["Bootstrapping"]),
+        Expect {
+            reply: Reply::Json(as_json(&kc)),
+            ..Expect::patch(
+                format!("{NS}/demo/status?&force=true&fieldManager=kvd-operator"),
+                &["\"phase\":\"Creating\"", "\"type\":\"Progressing\""],
+            )
+        },
+    ]);
+    let requeue = reconcile(Arc::new(kc), ctx.clone()).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
+    finish(done).await;
+    let metrics = ctx.metrics.encode().expect("metrics");
+    assert!(metrics.contains(r#"kvd_operator_reconcile_actions_total{action="bootstrap"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn deleted_kvcluster_runs_cleanup_and_drops_the_finalizer() {
+    let (ctx, server) = Context::test();
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+    let mut gone = kc.clone();
+    gone.meta_mut().finalizers = None;
+    let done = server.run(vec![
+        Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["DeleteRequested"]),
+        Expect { reply: Reply::Json(as_json(&gone)), ..Expect::patch(format!("{NS}/demo?"), &["\"remove\""]) },
+    ]);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+}
+
+/// Everything exists, but no member answers (DNS names do not resolve here).
+fn existing_objects(kc: &KvCluster) -> Vec<Expect> {
+    let core = "/api/v1/namespaces/ns";
+    let mut sts = serde_json::to_value(crate::resources::statefulset(kc, 3)).expect("sts");
+    sts["status"] = serde_json::json!({ "replicas": 3, "updateRevision": "r1" });
+    let json = |v: &dyn erased::Ser| Reply::Json(v.value());
+    vec![
+        Expect::get("/apis/apps/v1/namespaces/ns/statefulsets/demo", Reply::Json(sts)),
+        Expect::get(format!("{core}/pods?"), empty_list()),
+        Expect::get(format!("{core}/persistentvolumeclaims?"), empty_list()),
+        Expect::get(format!("{core}/services/demo-peer"), json(&crate::resources::peer_service(kc))),
+        Expect::get(format!("{core}/services/demo-client"), json(&crate::resources::client_service(kc))),
+        Expect::get(
+            format!("{core}/configmaps/demo-config"),
+            json(&crate::resources::config_map(kc, &[0, 1, 2], true)),
+        ),
+        Expect::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", json(&crate::resources::pdb(kc, 3))),
+    ]
+}
+
+mod erased {
+    /// Lets `existing_objects` serialize objects of different types.
+    pub trait Ser {
+        fn value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("json")
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_members_of_a_forming_cluster_mean_wait() {
+    let (ctx, server) = Context::test();
+    let kc = finalized(kvcluster("demo", 3));
+    let mut calls = existing_objects(&kc);
+    calls.push(Expect {
+        reply: Reply::Json(as_json(&kc)),
+        ..Expect::patch(format!("{NS}/demo/status?"), &["\"phase\":\"Creating\"", "\"reason\":\"Bootstrapping\""])
+    });
+    let done = server.run(calls);
+    let requeue = reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(10)));
+    finish(done).await;
+}
+
+#[tokio::test]
+async fn unreachable_members_of_a_formed_cluster_mean_quorum_lost() {
+    let (ctx, server) = Context::test();
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.status = Some(crate::crd::KvClusterStatus { formed: true, ..Default::default() });
+    let mut calls = existing_objects(&kc);
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["QuorumLost", "\"type\":\"Warning\""]));
+    calls.push(Expect {
+        reply: Reply::Json(as_json(&kc)),
+        ..Expect::patch(format!("{NS}/demo/status?"), &["\"phase\":\"Degraded\"", "\"reason\":\"QuorumLost\""])
+    });
+    let done = server.run(calls);
+    let requeue = reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(30)));
+    finish(done).await;
+}
+
+#[test]
+fn requeue_depends_on_the_step() {
+    assert_eq!(requeue_after(&Action::Idle), Duration::from_secs(60));
+    assert_eq!(requeue_after(&Action::DisarmNospace), Duration::from_secs(5));
+}
+
+/// A whole reconcile against the stand-in API server and a fake member:
+/// one voter of three wanted, so the step is MemberAdd as learner for ordinal 1.
+#[tokio::test]
+async fn scale_up_adds_a_learner_through_the_etcd_api() {
+    let (ctx, server) = Context::test();
+    let (endpoint, fake) =
+        crate::etcd::tests::serve_with(0x10, 0x10, vec![crate::etcd::tests::member(0, false)], vec![]).await;
+    let etcd = ctx.etcd.clone().with_overrides([(crate::naming::client_url("demo", "ns", 0), endpoint)].into());
+    let ctx = Arc::new(Context { etcd, ..(*ctx).clone() });
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.status = Some(crate::crd::KvClusterStatus { formed: true, ..Default::default() });
+    let mut calls = existing_objects(&kc);
+    let mut sts = crate::resources::statefulset(&kc, 1);
+    sts.status =
+        Some(serde_json::from_value(serde_json::json!({ "replicas": 1, "updateRevision": "r1" })).expect("st"));
+    calls[0] = Expect::get(
+        "/apis/apps/v1/namespaces/ns/statefulsets/demo",
+        Reply::Json(serde_json::to_value(&sts).expect("sts")),
+    );
+    calls.push(Expect::patch(
+        "/api/v1/namespaces/ns/configmaps/demo-config?",
+        &["\"initial-cluster-state\":\"existing\"", "demo-1=http://demo-1.demo-peer.ns.svc:2380"],
+    ));
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["MemberAdded"]));
+    calls.push(Expect {
+        reply: Reply::Json(as_json(&kc)),
+        ..Expect::patch(format!("{NS}/demo/status?"), &["\"phase\":\"Scaling\"", "\"leader\":\"demo-0\""])
+    });
+    let done = server.run(calls);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+    let asked = fake.calls.lock().expect("lock").clone();
+    assert_eq!(
+        asked,
+        vec!["alarm 0 0 0".to_string(), "add http://demo-1.demo-peer.ns.svc:2380 learner=true".to_string()]
+    );
+}

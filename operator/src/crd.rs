@@ -1,0 +1,377 @@
+//! The `KvCluster` custom resource (`kvd.io/v1alpha1`): spec with defaults and
+//! CEL validation rules, and the status the controller writes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Image used when neither `image` nor `version` is set.
+pub const DEFAULT_IMAGE_REPO: &str = "ghcr.io/kvd-io/kvd";
+/// Tag used when neither `image` nor `version` is set.
+pub const DEFAULT_VERSION: &str = "latest";
+/// etcd's default backend quota (2 GiB), used when `quotaBackendBytes` is unset or 0.
+pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
+
+/// Desired state of a kvd cluster.
+// Several printcolumns repeat `type_`, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kvd.io",
+    version = "v1alpha1",
+    kind = "KvCluster",
+    namespaced,
+    shortname = "kvc",
+    status = "KvClusterStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.replicas % 2 == 1 || (has(self.allowEvenReplicas) && self.allowEvenReplicas)")
+    .message("replicas must be odd unless allowEvenReplicas is true"))]
+#[serde(rename_all = "camelCase")]
+pub struct KvClusterSpec {
+    /// Number of voting members.
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+    /// Full container image (wins over `version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// kvd version: the tag of the default image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Persistent storage of each member.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Container resources of each member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Backend quota in bytes (`--quota-backend-bytes`; 0 or unset = 2 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<i64>,
+    /// Scheduled compaction, run by the operator through the etcd API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<CompactionSpec>,
+    /// Scheduled defragmentation, run by the operator through the etcd API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defrag: Option<DefragSpec>,
+    /// Alarm handling.
+    #[serde(default)]
+    pub alarms: AlarmsSpec,
+    /// Overrides merged into the member pods.
+    #[serde(default)]
+    pub pod_template: PodTemplateOverrides,
+    /// TLS secrets for client and peer traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Prometheus Operator monitor objects.
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+    /// Allow an even number of replicas (no fault-tolerance gain over n-1).
+    #[serde(default)]
+    pub allow_even_replicas: bool,
+    /// Opt in to force-new-cluster recovery after quorum loss (kvd lacks the mode
+    /// today: the operator reports Degraded/QuorumLost either way).
+    #[serde(default)]
+    pub quorum_loss_recovery: bool,
+}
+
+/// What happens to a member's PersistentVolumeClaim.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Retention {
+    /// Keep the claim (and its data).
+    #[default]
+    Retain,
+    /// Delete the claim.
+    Delete,
+}
+
+/// Member storage. Claim templates of a StatefulSet cannot change, so size
+/// and class are immutable (volume resize is not implemented yet).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName)")
+    .message("storageClassName cannot be added or removed"))]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size of each member's volume; immutable.
+    #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage size is immutable (resize is not supported yet)"))]
+    pub size: String,
+    /// StorageClass of the claims; immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storageClassName is immutable"))]
+    pub storage_class_name: Option<String>,
+    /// Claim retention when the cluster scales down.
+    #[serde(default)]
+    pub when_scaled: Retention,
+    /// Claim retention when the KvCluster is deleted.
+    #[serde(default)]
+    pub when_deleted: Retention,
+}
+
+fn default_storage_size() -> String {
+    "8Gi".to_string()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+            when_scaled: Retention::Retain,
+            when_deleted: Retention::Retain,
+        }
+    }
+}
+
+/// Scheduled compaction.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompactionSpec {
+    /// Five-field cron schedule (UTC), e.g. `"0 * * * *"`.
+    #[schemars(length(min = 1))]
+    pub schedule: String,
+    /// Keep this many revisions below the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub retention_revisions: Option<i64>,
+    /// Keep this much history (Go-style duration, e.g. `"1h"` or `"90m"`): each
+    /// run compacts to the revision the previous run saw, once that is this old.
+    /// Wins over `retentionRevisions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub retention_duration: Option<String>,
+}
+
+/// Scheduled defragmentation.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefragSpec {
+    /// Five-field cron schedule (UTC).
+    #[schemars(length(min = 1))]
+    pub schedule: String,
+    /// Skip members whose free fraction `(dbSize - dbSizeInUse) / dbSize` is below this.
+    #[serde(default = "default_defrag_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub free_threshold: f64,
+}
+
+fn default_defrag_threshold() -> f64 {
+    0.2
+}
+
+/// Alarm handling.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmsSpec {
+    /// Compact, defragment and disarm on NOSPACE.
+    #[serde(default = "default_true")]
+    pub auto_remediate: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for AlarmsSpec {
+    fn default() -> Self {
+        AlarmsSpec { auto_remediate: true }
+    }
+}
+
+/// Pod overrides.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// TLS secrets (each with `tls.crt`, `tls.key` and `ca.crt`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_secret_name: Option<String>,
+}
+
+/// Which Prometheus Operator object to create, if any.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum MonitorKind {
+    #[default]
+    None,
+    PodMonitor,
+    ServiceMonitor,
+}
+
+/// Metrics scraping.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    #[serde(default)]
+    pub monitor: MonitorKind,
+}
+
+/// Observed state, written by the controller.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KvClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The cluster has had a leader at least once (quorum loss is only
+    /// reported after that; before it the cluster is still forming).
+    #[serde(default)]
+    pub formed: bool,
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_compaction: Option<CompactionRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_defrag: Option<DefragRecord>,
+    /// When the last scheduled defragmentation run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_defrag_run: Option<Time>,
+    /// Revision seen by the last scheduled compaction (for `retentionDuration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_checkpoint: Option<CompactionRecord>,
+}
+
+/// One member as the cluster reports it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub name: String,
+    /// Member id in hex.
+    pub id: String,
+    #[serde(rename = "peerURL")]
+    pub peer_url: String,
+    #[serde(rename = "clientURL")]
+    pub client_url: String,
+    pub is_learner: bool,
+    pub healthy: bool,
+    pub db_size: i64,
+    pub db_size_in_use: i64,
+    pub revision: i64,
+    #[serde(default)]
+    pub alarms: Vec<String>,
+}
+
+/// The last compaction the operator made.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct CompactionRecord {
+    pub revision: i64,
+    pub time: Time,
+}
+
+/// The last defragmentation the operator made.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefragRecord {
+    pub member: String,
+    pub time: Time,
+    pub bytes_freed: i64,
+}
+
+impl KvClusterSpec {
+    /// The member image.
+    pub fn image(&self) -> String {
+        match (&self.image, &self.version) {
+            (Some(image), _) => image.clone(),
+            (None, Some(v)) => format!("{DEFAULT_IMAGE_REPO}:{v}"),
+            (None, None) => format!("{DEFAULT_IMAGE_REPO}:{DEFAULT_VERSION}"),
+        }
+    }
+
+    /// The effective backend quota in bytes.
+    pub fn quota_bytes(&self) -> i64 {
+        match self.quota_backend_bytes {
+            Some(q) if q != 0 => q,
+            _ => DEFAULT_QUOTA_BYTES,
+        }
+    }
+}
+
+/// The CRD as YAML, as committed in `crds/kvcluster.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&<KvCluster as kube::CustomResourceExt>::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_matches_generated() {
+        let committed = include_str!("../../crds/kvcluster.yaml");
+        let generated = crd_yaml().expect("yaml");
+        assert!(
+            committed == generated,
+            "crds/kvcluster.yaml is stale: cargo run -p kvd-operator --bin crdgen > crds/kvcluster.yaml"
+        );
+    }
+
+    #[test]
+    fn crd_has_rules_scale_and_columns() {
+        let y = crd_yaml().expect("yaml");
+        for needle in [
+            "self == oldSelf",
+            "storage size is immutable",
+            "has(self.storageClassName) == has(oldSelf.storageClassName)",
+            "self.replicas % 2 == 1",
+            "specReplicasPath: .spec.replicas",
+            "labelSelectorPath: .status.selector",
+            "shortNames:\n    - kvc",
+            "jsonPath: .status.leader",
+        ] {
+            assert!(y.contains(needle), "missing {needle:?}");
+        }
+    }
+
+    #[test]
+    fn image_and_quota_defaults() {
+        let spec: KvClusterSpec = serde_json::from_str(r#"{"replicas":3}"#).expect("spec");
+        assert_eq!(spec.image(), "ghcr.io/kvd-io/kvd:latest");
+        assert_eq!(spec.quota_bytes(), 2 << 30);
+        assert!(spec.alarms.auto_remediate);
+        assert_eq!(spec.storage.size, "8Gi");
+        let spec: KvClusterSpec =
+            serde_json::from_str(r#"{"replicas":3,"version":"0.2.0","quotaBackendBytes":1024}"#).expect("spec");
+        assert_eq!(spec.image(), "ghcr.io/kvd-io/kvd:0.2.0");
+        assert_eq!(spec.quota_bytes(), 1024);
+    }
+}

@@ -1,0 +1,72 @@
+//! kvd-operator: reconciles `KvCluster` resources (group `kvd.io`) into running
+//! kvd clusters. Layout follows kube-rs/controller-rs: `controller` drives
+//! `observe` → `planner::plan` (pure) → `act`, one safe step per reconcile.
+
+use std::time::Duration;
+
+pub mod act;
+pub mod controller;
+pub mod crd;
+pub mod etcd;
+pub mod metrics;
+pub mod naming;
+pub mod observe;
+pub mod planner;
+pub mod resources;
+pub mod schedule;
+pub mod status;
+pub mod telemetry;
+
+#[cfg(test)]
+pub mod fixtures;
+
+/// Everything that can fail while reconciling a `KvCluster`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kube error: {0}")]
+    Kube(#[source] kube::Error),
+    /// The finalizer helper failed (wraps the reconcile or cleanup error).
+    #[error("finalizer error: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// An etcd API call to a member failed.
+    #[error("etcd error on {endpoint}: {message}")]
+    Etcd { endpoint: String, message: String },
+    /// No member endpoint answered.
+    #[error("no kvd member reachable: {0}")]
+    Unreachable(String),
+    /// An object could not be serialized for a patch.
+    #[error("serialization error: {0}")]
+    Serialization(#[source] serde_json::Error),
+    /// The object lacks something the controller needs (namespace, name, ...).
+    #[error("invalid object: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// A short, bounded label for the failures metric.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Etcd { .. } => "etcd",
+            Error::Unreachable(_) => "unreachable",
+            Error::Serialization(_) => "serialization",
+            Error::Invalid(_) => "invalid",
+        }
+        .to_string()
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error::Kube(e)
+    }
+}
+
+/// Result of operator functions.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long a member's pod may fail (crash-loop, unreachable) before the
+/// planner treats the member as failed and replaces it.
+pub const FAILED_MEMBER_AFTER: Duration = Duration::from_secs(300);

@@ -1,0 +1,132 @@
+//! Names of owned objects, labels, and the address scheme of members: every
+//! URL the operator or a member uses is built here.
+
+use std::collections::BTreeMap;
+
+/// Client (gRPC and HTTP) port.
+pub const CLIENT_PORT: i32 = 2379;
+/// Peer (raft) port.
+pub const PEER_PORT: i32 = 2380;
+/// Data directory inside the member container.
+pub const DATA_DIR: &str = "/var/lib/kvd";
+/// Field manager for server-side apply.
+pub const MANAGER: &str = "kvd-operator";
+/// Finalizer on KvCluster objects.
+pub const FINALIZER: &str = "kvd.io/finalizer";
+
+/// Headless Service that gives members stable DNS names.
+pub fn peer_service(cluster: &str) -> String {
+    format!("{cluster}-peer")
+}
+
+/// ClusterIP Service for clients.
+pub fn client_service(cluster: &str) -> String {
+    format!("{cluster}-client")
+}
+
+/// ConfigMap holding `initial-cluster` and `initial-cluster-state`.
+pub fn config_map(cluster: &str) -> String {
+    format!("{cluster}-config")
+}
+
+/// PodDisruptionBudget.
+pub fn pdb(cluster: &str) -> String {
+    cluster.to_string()
+}
+
+/// StatefulSet.
+pub fn statefulset(cluster: &str) -> String {
+    cluster.to_string()
+}
+
+/// Member (and pod) name of ordinal `i`.
+pub fn member_name(cluster: &str, i: u32) -> String {
+    format!("{cluster}-{i}")
+}
+
+/// The claim the StatefulSet creates for ordinal `i` (template `data`).
+pub fn pvc_name(cluster: &str, i: u32) -> String {
+    format!("data-{cluster}-{i}")
+}
+
+/// Stable DNS name of ordinal `i` (through the headless peer Service).
+pub fn member_host(cluster: &str, ns: &str, i: u32) -> String {
+    format!("{}.{}.{ns}.svc", member_name(cluster, i), peer_service(cluster))
+}
+
+/// Peer URL of ordinal `i`.
+pub fn peer_url(cluster: &str, ns: &str, i: u32) -> String {
+    format!("http://{}:{PEER_PORT}", member_host(cluster, ns, i))
+}
+
+/// Client URL of ordinal `i`.
+pub fn client_url(cluster: &str, ns: &str, i: u32) -> String {
+    format!("http://{}:{CLIENT_PORT}", member_host(cluster, ns, i))
+}
+
+/// The ordinal encoded in a member's peer URL, if it is one of ours.
+pub fn ordinal_from_peer_url(cluster: &str, url: &str) -> Option<u32> {
+    let host = url.split("://").nth(1)?;
+    let pod = host.split('.').next()?;
+    ordinal_from_name(cluster, pod)
+}
+
+/// The ordinal of a pod, member or claim suffix named `<cluster>-<i>`.
+pub fn ordinal_from_name(cluster: &str, name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(cluster)?.strip_prefix('-')?;
+    rest.parse().ok()
+}
+
+/// `--initial-cluster` value for the given ordinals.
+pub fn initial_cluster(cluster: &str, ns: &str, ordinals: impl IntoIterator<Item = u32>) -> String {
+    ordinals
+        .into_iter()
+        .map(|i| format!("{}={}", member_name(cluster, i), peer_url(cluster, ns, i)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Labels that select a cluster's pods.
+pub fn selector_labels(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "kvd".to_string()),
+        ("app.kubernetes.io/instance".to_string(), cluster.to_string()),
+    ])
+}
+
+/// Labels on every owned object.
+pub fn labels(cluster: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(cluster);
+    l.insert("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string());
+    l
+}
+
+/// `selector_labels` as a label selector string.
+pub fn selector_string(cluster: &str) -> String {
+    selector_labels(cluster).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_round_trip_ordinals() {
+        let u = peer_url("demo", "ns1", 3);
+        assert_eq!(u, "http://demo-3.demo-peer.ns1.svc:2380");
+        assert_eq!(ordinal_from_peer_url("demo", &u), Some(3));
+        assert_eq!(client_url("demo", "ns1", 0), "http://demo-0.demo-peer.ns1.svc:2379");
+        assert_eq!(ordinal_from_peer_url("other", &u), None);
+        assert_eq!(ordinal_from_name("demo", "demo-x"), None);
+        assert_eq!(ordinal_from_name("demo", "demo-peer-1"), None);
+    }
+
+    #[test]
+    fn initial_cluster_lists_members() {
+        assert_eq!(
+            initial_cluster("a", "n", 0..2),
+            "a-0=http://a-0.a-peer.n.svc:2380,a-1=http://a-1.a-peer.n.svc:2380"
+        );
+        assert_eq!(selector_string("a"), "app.kubernetes.io/instance=a,app.kubernetes.io/name=kvd");
+    }
+}

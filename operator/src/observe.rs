@@ -1,0 +1,345 @@
+//! Observation: plain data describing what exists (Kubernetes objects) and what
+//! the members themselves report (MemberList, Status, alarms). `gather` reads
+//! the world; the planner only ever sees an `Observation`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use crate::crd::KvCluster;
+use crate::etcd::{ClusterView, EtcdClient};
+use crate::naming;
+use crate::resources::{self, TEMPLATE_HASH};
+use crate::schedule::{Schedule, parse_duration};
+use crate::{Error, Result};
+
+/// Owned objects besides the StatefulSet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Owned {
+    PeerService,
+    ClientService,
+    ConfigMap,
+    Pdb,
+}
+
+/// The spec, reduced to what the planner needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub replicas: u32,
+    /// Hash of the pod template the StatefulSet should carry.
+    pub template_hash: String,
+    pub allow_even: bool,
+    pub auto_remediate: bool,
+    pub quorum_loss_recovery: bool,
+    pub quota_bytes: i64,
+    /// Free fraction under which scheduled defragmentation skips a member.
+    pub defrag_threshold: f64,
+    /// Revisions kept below the current one when compacting for NOSPACE.
+    pub retention_revisions: i64,
+    /// `spec.tls` is set (not implemented yet: the planner refuses it).
+    pub tls_requested: bool,
+}
+
+impl Default for Desired {
+    fn default() -> Self {
+        Desired {
+            replicas: 3,
+            template_hash: "h1".into(),
+            allow_even: false,
+            auto_remediate: true,
+            quorum_loss_recovery: false,
+            quota_bytes: crate::crd::DEFAULT_QUOTA_BYTES,
+            defrag_threshold: 0.2,
+            retention_revisions: 0,
+            tls_requested: false,
+        }
+    }
+}
+
+/// The StatefulSet as it is.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StsObs {
+    pub replicas: u32,
+    pub template_hash: Option<String>,
+}
+
+/// One member pod.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PodObs {
+    pub ready: bool,
+    /// How long the pod has been not ready (crash-looping, unreachable, pending).
+    pub failing_for: Option<Duration>,
+    /// The pod runs an older template than the StatefulSet's update revision.
+    pub outdated: bool,
+}
+
+/// What one member reports about itself through Status.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct MemberHealth {
+    /// Member id of the leader this member knows (0 = none).
+    pub leader: u64,
+    pub revision: i64,
+    pub raft_index: u64,
+    pub db_size: i64,
+    pub db_size_in_use: i64,
+}
+
+/// One member from MemberList, merged with its own Status.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct MemberObs {
+    pub id: u64,
+    pub name: String,
+    pub ordinal: Option<u32>,
+    pub peer_url: String,
+    pub client_url: String,
+    pub is_learner: bool,
+    /// None when the member did not answer Status.
+    pub health: Option<MemberHealth>,
+}
+
+/// Alarm types the planner acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlarmKind {
+    Nospace,
+    Corrupt,
+}
+
+/// One raised alarm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlarmObs {
+    pub member_id: u64,
+    pub kind: AlarmKind,
+}
+
+/// Everything the planner looks at.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Observation {
+    pub desired: Desired,
+    pub statefulset: Option<StsObs>,
+    pub missing: Vec<Owned>,
+    pub pods: BTreeMap<u32, PodObs>,
+    pub pvcs: BTreeSet<u32>,
+    /// None when no member answered MemberList.
+    pub members: Option<Vec<MemberObs>>,
+    pub alarms: Vec<AlarmObs>,
+    /// The cluster has had a leader before (`status.formed`).
+    pub bootstrapped: bool,
+    /// Target revision of a scheduled compaction that is due.
+    pub compaction_due: Option<i64>,
+    /// A scheduled defragmentation run is due.
+    pub defrag_due: bool,
+    pub last_compacted_revision: i64,
+}
+
+/// Reads the Kubernetes objects and asks the members; never fails because a
+/// member is down (that is data for the planner), only on API errors.
+pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) -> Result<Observation> {
+    let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
+    let name = kc.name_any();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(&naming::statefulset(&name)).await?;
+    let lp = ListParams::default().labels(&naming::selector_string(&name));
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await?.items;
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns).list(&lp).await?.items;
+    let mut missing = Vec::new();
+    let svcs = Api::<Service>::namespaced(client.clone(), &ns);
+    if svcs.get_opt(&naming::peer_service(&name)).await?.is_none() {
+        missing.push(Owned::PeerService);
+    }
+    if svcs.get_opt(&naming::client_service(&name)).await?.is_none() {
+        missing.push(Owned::ClientService);
+    }
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    if cms.get_opt(&naming::config_map(&name)).await?.is_none() {
+        missing.push(Owned::ConfigMap);
+    }
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
+    if pdbs.get_opt(&naming::pdb(&name)).await?.is_none() {
+        missing.push(Owned::Pdb);
+    }
+    let view = match &sts {
+        Some(s) => {
+            let n = s.spec.replicas.unwrap_or(0).max(0) as u32;
+            let endpoints: Vec<String> = (0..n).map(|i| naming::client_url(&name, &ns, i)).collect();
+            Some(etcd.view(&endpoints).await)
+        }
+        None => None,
+    };
+    let now = jiff::Timestamp::now();
+    Ok(build(kc, sts.as_ref(), &pods, &pvcs, missing, view.as_ref(), now))
+}
+
+/// Pure part of `gather`: turns the fetched objects into an `Observation`.
+pub fn build(
+    kc: &KvCluster,
+    sts: Option<&StatefulSet>,
+    pods: &[Pod],
+    pvcs: &[PersistentVolumeClaim],
+    missing: Vec<Owned>,
+    view: Option<&ClusterView>,
+    now: jiff::Timestamp,
+) -> Observation {
+    let name = kc.name_any();
+    let status = kc.status.clone().unwrap_or_default();
+    let desired = desired(kc);
+    let statefulset = sts.map(|s| StsObs {
+        replicas: s.spec.replicas.unwrap_or(0).max(0) as u32,
+        template_hash: s.metadata.annotations.as_ref().and_then(|a| a.get(TEMPLATE_HASH)).cloned(),
+    });
+    let update_revision = sts.and_then(|s| s.status.as_ref()).and_then(|s| s.update_revision.clone());
+    let pods = pods
+        .iter()
+        .filter_map(|p| {
+            Some((naming::ordinal_from_name(&name, &p.name_any())?, pod_obs(p, update_revision.as_deref(), now)))
+        })
+        .collect();
+    let pvcs =
+        pvcs.iter().filter_map(|p| naming::ordinal_from_name(&name, p.name_any().strip_prefix("data-")?)).collect();
+    let members = view.and_then(|v| v.members.clone());
+    let leader_rev = members.iter().flatten().filter_map(|m| m.health.as_ref()).map(|h| h.revision).max().unwrap_or(0);
+    let last_compaction = status.last_compaction.as_ref();
+    let compaction_due = kc.spec.compaction.as_ref().and_then(|c| {
+        let since = last_compaction.map(|l| l.time.0).or(kc.creation_timestamp().map(|t| t.0))?;
+        if !Schedule::parse(&c.schedule).ok()?.due(since, now) {
+            return None;
+        }
+        Some(match c.retention_duration.as_deref().map(parse_duration) {
+            // Compact to what the previous run saw, once that is old enough.
+            Some(Some(keep)) => status
+                .compaction_checkpoint
+                .as_ref()
+                .filter(|cp| now.duration_since(cp.time.0).as_secs() >= keep.as_secs() as i64)
+                .map(|cp| cp.revision)
+                .unwrap_or(0),
+            Some(None) => 0,
+            None => (leader_rev - c.retention_revisions.unwrap_or(0)).max(0),
+        })
+    });
+    let defrag_due = kc.spec.defrag.as_ref().is_some_and(|d| {
+        let since = status.last_defrag_run.as_ref().map(|t| t.0).or(kc.creation_timestamp().map(|t| t.0));
+        match (Schedule::parse(&d.schedule), since) {
+            (Ok(s), Some(since)) => s.due(since, now),
+            _ => false,
+        }
+    });
+    Observation {
+        desired,
+        statefulset,
+        missing,
+        pods,
+        pvcs,
+        members,
+        alarms: view.map(|v| v.alarms.clone()).unwrap_or_default(),
+        bootstrapped: status.formed,
+        compaction_due,
+        defrag_due,
+        last_compacted_revision: last_compaction.map(|l| l.revision).unwrap_or(0),
+    }
+}
+
+/// The spec as the planner needs it.
+pub fn desired(kc: &KvCluster) -> Desired {
+    let spec = &kc.spec;
+    Desired {
+        replicas: spec.replicas.max(0) as u32,
+        template_hash: resources::template_hash(kc),
+        allow_even: spec.allow_even_replicas,
+        auto_remediate: spec.alarms.auto_remediate,
+        quorum_loss_recovery: spec.quorum_loss_recovery,
+        quota_bytes: spec.quota_bytes(),
+        defrag_threshold: spec.defrag.as_ref().map(|d| d.free_threshold).unwrap_or(0.2),
+        retention_revisions: spec.compaction.as_ref().and_then(|c| c.retention_revisions).unwrap_or(0),
+        tls_requested: spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_secret_name.is_some() || t.peer_secret_name.is_some()),
+    }
+}
+
+fn pod_obs(p: &Pod, update_revision: Option<&str>, now: jiff::Timestamp) -> PodObs {
+    let ready_cond =
+        p.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    let ready = ready_cond.is_some_and(|c| c.status == "True");
+    let failing_for = if ready {
+        None
+    } else {
+        let since = ready_cond
+            .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
+            .or(p.creation_timestamp().map(|t| t.0));
+        since.map(|s| Duration::from_secs(now.duration_since(s).as_secs().max(0) as u64))
+    };
+    let rev = p.labels().get("controller-revision-hash").map(String::as_str);
+    let outdated = matches!((rev, update_revision), (Some(r), Some(u)) if r != u);
+    PodObs { ready, failing_for, outdated }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    use super::*;
+    use crate::crd::{CompactionRecord, CompactionSpec, KvClusterStatus};
+    use crate::fixtures::kvcluster;
+
+    fn now() -> jiff::Timestamp {
+        "2026-01-01T12:30:00Z".parse().expect("ts")
+    }
+
+    fn ago(mins: i64) -> Time {
+        Time(now() - jiff::SignedDuration::from_mins(mins))
+    }
+
+    fn pod(name: &str, ready: bool, since_mins: i64, hash: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "controller-revision-hash": hash } },
+            "status": { "conditions": [ { "type": "Ready", "status": if ready { "True" } else { "False" },
+                                           "lastTransitionTime": ago(since_mins) } ] }
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn builds_pods_claims_and_schedules() {
+        let mut kc = kvcluster("demo", 3);
+        kc.spec.compaction = Some(CompactionSpec {
+            schedule: "0 * * * *".into(),
+            retention_revisions: None,
+            retention_duration: Some("1h".into()),
+        });
+        kc.status = Some(KvClusterStatus {
+            last_compaction: Some(CompactionRecord { revision: 10, time: ago(90) }),
+            compaction_checkpoint: Some(CompactionRecord { revision: 500, time: ago(90) }),
+            ..KvClusterStatus::default()
+        });
+        let mut sts = resources::statefulset(&kc, 3);
+        sts.status = Some(serde_json::from_value(json!({ "replicas": 3, "updateRevision": "r1" })).expect("status"));
+        let pods = [pod("demo-0", true, 60, "r1"), pod("demo-1", false, 10, "r0"), pod("other-0", true, 1, "r1")];
+        let pvcs: Vec<PersistentVolumeClaim> =
+            vec![serde_json::from_value(json!({ "metadata": { "name": "data-demo-4" } })).expect("pvc")];
+        let obs = build(&kc, Some(&sts), &pods, &pvcs, vec![Owned::Pdb], None, now());
+        assert_eq!(
+            obs.statefulset,
+            Some(StsObs { replicas: 3, template_hash: Some(obs.desired.template_hash.clone()) })
+        );
+        assert_eq!(obs.pods.len(), 2);
+        assert_eq!(obs.pods[&0], PodObs { ready: true, failing_for: None, outdated: false });
+        assert_eq!(obs.pods[&1].failing_for, Some(Duration::from_secs(600)));
+        assert!(obs.pods[&1].outdated);
+        assert_eq!(obs.pvcs, BTreeSet::from([4]));
+        assert_eq!(obs.missing, vec![Owned::Pdb]);
+        assert_eq!(obs.compaction_due, Some(500), "checkpoint is older than 1h");
+        assert_eq!(obs.last_compacted_revision, 10);
+        assert!(!obs.bootstrapped && obs.members.is_none());
+        // A checkpoint younger than the retention compacts nothing yet.
+        if let Some(s) = kc.status.as_mut() {
+            s.compaction_checkpoint = Some(CompactionRecord { revision: 500, time: ago(30) });
+        }
+        let obs = build(&kc, Some(&sts), &pods, &pvcs, vec![], None, now());
+        assert_eq!(obs.compaction_due, Some(0));
+    }
+}

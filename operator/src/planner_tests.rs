@@ -1,0 +1,450 @@
+//! Table and property tests for the planner, plus a tiny simulator that
+//! applies each planned step to the observation to check whole sequences.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::observe::{AlarmObs, Desired, MemberHealth, PodObs, StsObs};
+
+fn id(o: u32) -> u64 {
+    0x10 + o as u64
+}
+
+fn member(o: u32, leader: u64) -> MemberObs {
+    MemberObs {
+        id: id(o),
+        name: format!("c-{o}"),
+        ordinal: Some(o),
+        peer_url: format!("http://c-{o}.c-peer.ns.svc:2380"),
+        client_url: format!("http://c-{o}.c-peer.ns.svc:2379"),
+        is_learner: false,
+        health: Some(MemberHealth {
+            leader,
+            revision: 1000,
+            raft_index: 5000,
+            db_size: 100 << 20,
+            db_size_in_use: 90 << 20,
+        }),
+    }
+}
+
+/// `n` healthy voters, leader ordinal 0, desired = n.
+fn cluster(n: u32) -> Observation {
+    Observation {
+        desired: Desired { replicas: n, ..Desired::default() },
+        statefulset: Some(StsObs { replicas: n, template_hash: Some("h1".into()) }),
+        pods: (0..n).map(|o| (o, PodObs { ready: true, ..PodObs::default() })).collect(),
+        pvcs: (0..n).collect(),
+        members: Some((0..n).map(|o| member(o, id(0))).collect()),
+        bootstrapped: true,
+        ..Observation::default()
+    }
+}
+
+fn members(obs: &mut Observation) -> &mut Vec<MemberObs> {
+    obs.members.as_mut().expect("members")
+}
+
+fn fail(obs: &mut Observation, o: u32, for_: Duration) {
+    let p = obs.pods.get_mut(&o).expect("pod");
+    p.ready = false;
+    p.failing_for = Some(for_);
+    members(obs)[o as usize].health = None;
+}
+
+fn set_leader(obs: &mut Observation, leader: u64) {
+    for h in members(obs).iter_mut().filter_map(|m| m.health.as_mut()) {
+        h.leader = leader;
+    }
+}
+
+/// Applies a step as the real world would (instantly and successfully).
+fn simulate(obs: &mut Observation, a: &Action) {
+    let leader = members(obs).iter().filter_map(|m| m.health.as_ref()).map(|h| h.leader).max().unwrap_or(0);
+    match a {
+        Action::AddLearner { ordinal } => {
+            let mut m = member(*ordinal, leader);
+            m.is_learner = true;
+            m.health = None;
+            members(obs).push(m);
+        }
+        Action::ResizeStatefulSet { replicas } => {
+            obs.statefulset.as_mut().expect("sts").replicas = *replicas;
+            obs.pods.retain(|o, _| o < replicas);
+            obs.pvcs.extend(0..*replicas);
+            for o in 0..*replicas {
+                obs.pods.entry(o).or_insert(PodObs { ready: true, ..PodObs::default() });
+            }
+            for m in members(obs).iter_mut().filter(|m| m.ordinal < Some(*replicas) && m.health.is_none()) {
+                m.health = member(0, leader).health;
+            }
+        }
+        Action::PromoteLearner { id, .. } => {
+            members(obs).iter_mut().filter(|m| m.id == *id).for_each(|m| m.is_learner = false)
+        }
+        Action::RemoveMember { id, .. } => members(obs).retain(|m| m.id != *id),
+        Action::MoveLeader { to, .. } => set_leader(obs, *to),
+        Action::RestartPod { ordinal } => obs.pods.get_mut(ordinal).expect("pod").outdated = false,
+        Action::UpdateStatefulSet => {
+            obs.statefulset.as_mut().expect("sts").template_hash = Some(obs.desired.template_hash.clone());
+            obs.pods.values_mut().for_each(|p| p.outdated = true);
+        }
+        Action::Compact { revision, why } => {
+            obs.last_compacted_revision = *revision;
+            if *why == Why::Scheduled {
+                obs.compaction_due = None;
+            }
+            for h in members(obs).iter_mut().filter_map(|m| m.health.as_mut()) {
+                h.db_size_in_use /= 2;
+            }
+        }
+        Action::Defragment { id, .. } => {
+            for m in members(obs).iter_mut().filter(|m| m.id == *id) {
+                let h = m.health.as_mut().expect("health");
+                h.db_size = h.db_size_in_use;
+            }
+        }
+        Action::DisarmNospace => obs.alarms.clear(),
+        Action::FinishDefragRun => obs.defrag_due = false,
+        Action::RecycleMember { ordinal } => {
+            obs.pods.insert(*ordinal, PodObs { ready: true, ..PodObs::default() });
+            let h = member(0, leader).health;
+            members(obs).iter_mut().filter(|m| m.ordinal == Some(*ordinal)).for_each(|m| m.health = h.clone());
+        }
+        other => panic!("simulator cannot apply {other:?}"),
+    }
+}
+
+/// Plans and applies until Idle; returns the steps.
+fn run(obs: &mut Observation) -> Vec<Action> {
+    let mut steps = Vec::new();
+    for _ in 0..50 {
+        let a = plan(obs);
+        if a == Action::Idle {
+            return steps;
+        }
+        simulate(obs, &a);
+        steps.push(a);
+    }
+    panic!("no convergence: {steps:?}");
+}
+
+#[test]
+fn bootstrap_and_objects() {
+    let mut obs = cluster(3);
+    obs.statefulset = None;
+    assert_eq!(plan(&obs), Action::Bootstrap { replicas: 3 });
+    let mut obs = cluster(3);
+    obs.missing = vec![Owned::Pdb];
+    assert_eq!(plan(&obs), Action::EnsureObjects { missing: vec![Owned::Pdb] });
+    obs.missing.clear();
+    obs.members = None;
+    obs.bootstrapped = false;
+    assert!(matches!(plan(&obs), Action::Wait { reason: "Bootstrapping", .. }));
+    // Members answer but none has a leader yet: still forming, not quorum loss.
+    let mut obs = cluster(3);
+    obs.bootstrapped = false;
+    set_leader(&mut obs, 0);
+    assert!(matches!(plan(&obs), Action::Wait { reason: "Bootstrapping", .. }));
+}
+
+#[test]
+fn steady_state_is_idle() {
+    for n in [1, 3, 5] {
+        assert_eq!(plan(&cluster(n)), Action::Idle);
+    }
+}
+
+#[test]
+fn even_replicas_need_opt_in() {
+    let mut obs = cluster(4);
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "EvenReplicas", .. }));
+    obs.desired.allow_even = true;
+    assert_eq!(plan(&obs), Action::Idle);
+    obs.desired.replicas = 0;
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "InvalidSpec", .. }));
+    let mut obs = cluster(3);
+    obs.desired.tls_requested = true;
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "TLSUnsupported", .. }));
+}
+
+#[test]
+fn quorum_loss_is_reported() {
+    let mut obs = cluster(3);
+    fail(&mut obs, 1, Duration::from_secs(1));
+    fail(&mut obs, 2, Duration::from_secs(1));
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "QuorumLost", .. }));
+    obs.desired.quorum_loss_recovery = true;
+    let Action::Degraded { message, .. } = plan(&obs) else { panic!("not degraded") };
+    assert!(message.contains("no force-new-cluster mode"), "{message}");
+    // Nobody answers at all after the cluster formed.
+    let mut obs = cluster(3);
+    obs.members = None;
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "QuorumLost", .. }));
+    // No leader although members answer.
+    let mut obs = cluster(3);
+    set_leader(&mut obs, 0);
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "QuorumLost", .. }));
+}
+
+#[test]
+fn scale_up_one_learner_at_a_time() {
+    let mut obs = cluster(3);
+    obs.desired.replicas = 5;
+    assert_eq!(plan(&obs), Action::AddLearner { ordinal: 3 });
+    simulate(&mut obs, &Action::AddLearner { ordinal: 3 });
+    assert_eq!(plan(&obs), Action::ResizeStatefulSet { replicas: 4 });
+    simulate(&mut obs, &Action::ResizeStatefulSet { replicas: 4 });
+    // Learner behind the leader: wait, and never add another member meanwhile.
+    members(&mut obs)[3].health.as_mut().expect("h").raft_index = 100;
+    assert!(matches!(plan(&obs), Action::Wait { reason: "LearnerCatchingUp", .. }));
+    members(&mut obs)[3].health.as_mut().expect("h").raft_index = 4600;
+    assert_eq!(plan(&obs), Action::PromoteLearner { id: id(3), ordinal: 3 });
+    let steps = run(&mut obs);
+    assert_eq!(
+        steps,
+        vec![
+            Action::PromoteLearner { id: id(3), ordinal: 3 },
+            Action::AddLearner { ordinal: 4 },
+            Action::ResizeStatefulSet { replicas: 5 },
+            Action::PromoteLearner { id: id(4), ordinal: 4 },
+        ]
+    );
+}
+
+#[test]
+fn scale_down_moves_leadership_first() {
+    let mut obs = cluster(5);
+    set_leader(&mut obs, id(4));
+    obs.desired.replicas = 3;
+    let steps = run(&mut obs);
+    assert_eq!(
+        steps,
+        vec![
+            Action::MoveLeader { from: id(4), to: id(0), why: Why::ScaleDown },
+            Action::RemoveMember { id: id(4), ordinal: Some(4), reason: RemoveReason::ScaleDown },
+            Action::ResizeStatefulSet { replicas: 4 },
+            Action::RemoveMember { id: id(3), ordinal: Some(3), reason: RemoveReason::ScaleDown },
+            Action::ResizeStatefulSet { replicas: 3 },
+        ]
+    );
+}
+
+#[test]
+fn scale_down_waits_for_health() {
+    let mut obs = cluster(5);
+    obs.desired.replicas = 3;
+    fail(&mut obs, 1, Duration::from_secs(10));
+    assert!(matches!(plan(&obs), Action::Wait { reason: "MembersNotReady", .. }));
+}
+
+#[test]
+fn failed_member_is_replaced_with_a_fresh_volume() {
+    let mut obs = cluster(3);
+    fail(&mut obs, 1, Duration::from_secs(30));
+    assert!(matches!(plan(&obs), Action::Wait { .. }), "too early to replace");
+    fail(&mut obs, 1, FAILED_MEMBER_AFTER);
+    let steps = run(&mut obs);
+    assert_eq!(
+        steps,
+        vec![
+            Action::RemoveMember { id: id(1), ordinal: Some(1), reason: RemoveReason::Failed },
+            Action::AddLearner { ordinal: 1 },
+            Action::RecycleMember { ordinal: 1 },
+            Action::PromoteLearner { id: id(1), ordinal: 1 },
+        ]
+    );
+}
+
+#[test]
+fn failed_members_replaced_one_at_a_time() {
+    let mut obs = cluster(5);
+    fail(&mut obs, 3, FAILED_MEMBER_AFTER * 2);
+    fail(&mut obs, 4, FAILED_MEMBER_AFTER * 2);
+    assert_eq!(plan(&obs), Action::RemoveMember { id: id(3), ordinal: Some(3), reason: RemoveReason::Failed });
+    let a = plan(&obs);
+    simulate(&mut obs, &a);
+    // Four voters (three healthy) while five are wanted: add back before removing more.
+    assert_eq!(plan(&obs), Action::AddLearner { ordinal: 3 });
+}
+
+#[test]
+fn failed_member_never_breaks_quorum() {
+    // Two voters, one failed: removing it would leave 1 of quorum(1)=1, fine;
+    // but with allowEvenReplicas=4 and two failed, quorum is lost before any removal.
+    let mut obs = cluster(4);
+    obs.desired.allow_even = true;
+    fail(&mut obs, 2, FAILED_MEMBER_AFTER);
+    fail(&mut obs, 3, FAILED_MEMBER_AFTER);
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "QuorumLost", .. }));
+}
+
+#[test]
+fn stale_volume_blocks_scale_up_with_retain() {
+    let mut obs = cluster(3);
+    obs.desired.replicas = 5;
+    obs.pvcs.insert(3);
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "StaleVolume", .. }));
+}
+
+#[test]
+fn nospace_remediation_defrags_leader_last() {
+    let mut obs = cluster(3);
+    obs.alarms = vec![AlarmObs { member_id: id(1), kind: AlarmKind::Nospace }];
+    obs.desired.retention_revisions = 100;
+    let steps = run(&mut obs);
+    assert_eq!(
+        steps,
+        vec![
+            Action::Compact { revision: 900, why: Why::Nospace },
+            Action::Defragment { id: id(2), ordinal: Some(2), why: Why::Nospace },
+            Action::Defragment { id: id(1), ordinal: Some(1), why: Why::Nospace },
+            Action::MoveLeader { from: id(0), to: id(1), why: Why::Nospace },
+            Action::Defragment { id: id(0), ordinal: Some(0), why: Why::Nospace },
+            Action::DisarmNospace,
+        ]
+    );
+}
+
+#[test]
+fn nospace_without_room_or_opt_in() {
+    let mut obs = cluster(3);
+    obs.alarms = vec![AlarmObs { member_id: id(0), kind: AlarmKind::Nospace }];
+    obs.last_compacted_revision = 1000;
+    obs.desired.quota_bytes = 50 << 20;
+    for h in members(&mut obs).iter_mut().filter_map(|m| m.health.as_mut()) {
+        h.db_size_in_use = h.db_size;
+    }
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "QuotaExhausted", .. }));
+    obs.desired.auto_remediate = false;
+    assert_eq!(plan(&obs), Action::Idle);
+    obs.alarms = vec![AlarmObs { member_id: id(0), kind: AlarmKind::Corrupt }];
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "CorruptAlarm", .. }));
+}
+
+#[test]
+fn image_change_rolls_followers_then_leader() {
+    let mut obs = cluster(3);
+    set_leader(&mut obs, id(1));
+    obs.desired.template_hash = "h2".into();
+    let steps = run(&mut obs);
+    assert_eq!(
+        steps,
+        vec![
+            Action::UpdateStatefulSet,
+            Action::RestartPod { ordinal: 2 },
+            Action::RestartPod { ordinal: 0 },
+            Action::MoveLeader { from: id(1), to: id(0), why: Why::Rolling },
+            Action::RestartPod { ordinal: 1 },
+        ]
+    );
+    let mut one = cluster(1);
+    one.desired.template_hash = "h2".into();
+    assert_eq!(run(&mut one), vec![Action::UpdateStatefulSet, Action::RestartPod { ordinal: 0 }]);
+}
+
+#[test]
+fn scheduled_maintenance() {
+    let mut obs = cluster(3);
+    obs.compaction_due = Some(500);
+    obs.defrag_due = true;
+    obs.desired.defrag_threshold = 0.05;
+    let steps = run(&mut obs);
+    assert_eq!(steps[0], Action::Compact { revision: 500, why: Why::Scheduled });
+    assert_eq!(steps.last(), Some(&Action::FinishDefragRun));
+    assert_eq!(steps.len(), 6, "{steps:?}");
+    // Nothing over the threshold: the run just finishes.
+    let mut obs = cluster(3);
+    obs.defrag_due = true;
+    obs.desired.defrag_threshold = 0.5;
+    assert_eq!(plan(&obs), Action::FinishDefragRun);
+}
+
+fn arb_obs() -> impl Strategy<Value = Observation> {
+    (
+        1u32..=7,
+        0u32..=7,
+        proptest::collection::vec((any::<bool>(), any::<bool>(), 0u64..5000), 7),
+        any::<bool>(),
+        0u32..7,
+    )
+        .prop_map(|(n, want, flags, learner, leader)| {
+            let mut obs = cluster(n);
+            obs.desired.replicas = want.max(1);
+            obs.desired.allow_even = true;
+            set_leader(&mut obs, id(leader % n));
+            for (o, (sick, long, idx)) in flags.into_iter().take(n as usize).enumerate() {
+                let o = o as u32;
+                if sick && o != leader % n {
+                    fail(&mut obs, o, if long { FAILED_MEMBER_AFTER } else { Duration::from_secs(1) });
+                } else if let Some(h) = members(&mut obs)[o as usize].health.as_mut() {
+                    h.raft_index = idx;
+                }
+            }
+            if learner && n > 1 {
+                members(&mut obs)[n as usize - 1].is_learner = true;
+            }
+            obs
+        })
+}
+
+proptest! {
+    #[test]
+    fn never_removes_a_voter_below_quorum(obs in arb_obs()) {
+        if let Action::RemoveMember { id, .. } = plan(&obs) {
+            let ms = obs.members.as_deref().unwrap_or_default();
+            let rest: Vec<_> = ms.iter().filter(|m| !m.is_learner && m.id != id).collect();
+            let healthy = rest.iter().filter(|m| m.health.as_ref().is_some_and(|h| h.leader != 0)).count();
+            prop_assert!(healthy >= quorum(rest.len()));
+        }
+    }
+
+    #[test]
+    fn never_adds_while_a_learner_exists(obs in arb_obs()) {
+        let has_learner = obs.members.as_deref().unwrap_or_default().iter().any(|m| m.is_learner);
+        if has_learner {
+            let adds = matches!(plan(&obs), Action::AddLearner { .. });
+            prop_assert!(!adds);
+        }
+    }
+
+    #[test]
+    fn never_restarts_or_defrags_the_leader_of_many(obs in arb_obs()) {
+        let ms = obs.members.as_deref().unwrap_or_default();
+        let voters = ms.iter().filter(|m| !m.is_learner).count();
+        let leader = ms.iter().filter_map(|m| m.health.as_ref()).map(|h| h.leader).max().unwrap_or(0);
+        let leader_ordinal = ms.iter().find(|m| m.id == leader).and_then(|m| m.ordinal);
+        match plan(&obs) {
+            Action::RestartPod { ordinal } if voters > 1 => prop_assert_ne!(Some(ordinal), leader_ordinal),
+            Action::Defragment { id, .. } if voters > 1 => prop_assert_ne!(id, leader),
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    /// From any healthy cluster, any odd size, a template change, a NOSPACE
+    /// alarm and a due defragmentation, the steps reach Idle with the desired
+    /// voters and never leave a removal below quorum.
+    #[test]
+    fn converges_from_healthy_states(n in 1u32..=7, want in 0u32..=3, leader in 0u32..7, roll: bool, nospace: bool) {
+        let mut obs = cluster(n);
+        obs.desired.replicas = want * 2 + 1;
+        set_leader(&mut obs, id(leader % n));
+        if roll {
+            obs.desired.template_hash = "h2".into();
+        }
+        if nospace {
+            obs.alarms = vec![AlarmObs { member_id: id(0), kind: AlarmKind::Nospace }];
+        }
+        let steps = run(&mut obs);
+        let voters = obs.members.as_deref().unwrap_or_default().iter().filter(|m| !m.is_learner).count();
+        prop_assert_eq!(voters as u32, want * 2 + 1);
+        prop_assert!(obs.alarms.is_empty());
+        prop_assert!(obs.pods.values().all(|p| !p.outdated));
+        let adds = steps.iter().filter(|a| matches!(a, Action::AddLearner { .. })).count();
+        prop_assert_eq!(adds as u32, (want * 2 + 1).saturating_sub(n));
+    }
+}

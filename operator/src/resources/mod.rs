@@ -1,0 +1,75 @@
+//! Pure builders for the objects a KvCluster owns: headless peer and client
+//! Services, the ConfigMap with `initial-cluster`, the quorum-aware PDB, the
+//! StatefulSet, and the optional Prometheus Operator monitor.
+
+mod configmap;
+mod monitor;
+mod pdb;
+mod service;
+mod statefulset;
+
+pub use configmap::{INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, config_map};
+pub use monitor::monitor;
+pub use pdb::pdb;
+pub use service::{SERVICE_ROLE, client_service, peer_service};
+pub use statefulset::{pod_template, statefulset};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::KvCluster;
+use crate::naming;
+
+/// Annotation on the StatefulSet carrying the hash of its pod template.
+pub const TEMPLATE_HASH: &str = "kvd.io/template-hash";
+
+/// Metadata of an owned object: name, namespace, labels and a controller owner reference.
+pub fn meta(kc: &KvCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: kc.namespace(),
+        labels: Some(naming::labels(&kc.name_any())),
+        owner_references: owner_ref(kc).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner_ref(kc: &KvCluster) -> Option<OwnerReference> {
+    kc.controller_owner_ref(&())
+}
+
+/// FNV-1a over the pod template's JSON: stable across builds and Rust versions.
+pub fn template_hash(kc: &KvCluster) -> String {
+    let json = serde_json::to_vec(&pod_template(kc)).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::kvcluster;
+
+    #[test]
+    fn hash_changes_with_the_image_only() {
+        let a = kvcluster("demo", 3);
+        let mut b = a.clone();
+        b.spec.replicas = 5;
+        assert_eq!(template_hash(&a), template_hash(&b));
+        b.spec.version = Some("9.9.9".into());
+        assert_ne!(template_hash(&a), template_hash(&b));
+    }
+
+    #[test]
+    fn owned_objects_point_at_the_cluster() {
+        let kc = kvcluster("demo", 3);
+        let m = meta(&kc, "x".into());
+        let o = &m.owner_references.expect("owner")[0];
+        assert_eq!((o.kind.as_str(), o.name.as_str(), o.controller), ("KvCluster", "demo", Some(true)));
+        assert_eq!(m.namespace.as_deref(), Some("ns"));
+    }
+}

@@ -1,0 +1,205 @@
+//! The StatefulSet of members: Parallel pod management (all initial members
+//! must start together to form a quorum), OnDelete updates (the operator
+//! restarts pods one at a time, leader last), claim templates with the spec's
+//! retention, probes on `/readyz` and `/livez`, and etcd-style flags.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, TEMPLATE_HASH, meta, template_hash};
+use crate::crd::{KvCluster, Retention};
+use crate::naming::{self, CLIENT_PORT, DATA_DIR, PEER_PORT};
+
+fn env_from_config(name: &str, cm: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: cm.to_string(),
+                key: key.to_string(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn probe(path: &str, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(CLIENT_PORT),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// kvd's command line; `$(VAR)` is expanded by the kubelet from `env`.
+fn args(kc: &KvCluster) -> Vec<String> {
+    let name = kc.name_any();
+    let ns = kc.namespace().unwrap_or_default();
+    let host = format!("$(POD_NAME).{}.{ns}.svc", naming::peer_service(&name));
+    vec![
+        "--name=$(POD_NAME)".into(),
+        format!("--data-dir={DATA_DIR}"),
+        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+        "--initial-cluster=$(INITIAL_CLUSTER)".into(),
+        "--initial-cluster-state=$(INITIAL_CLUSTER_STATE)".into(),
+        format!("--initial-cluster-token={ns}-{name}"),
+        format!("--quota-backend-bytes={}", kc.spec.quota_bytes()),
+    ]
+}
+
+/// The member pod template (also the input of the template hash).
+pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
+    let name = kc.name_any();
+    let o = &kc.spec.pod_template;
+    let mut labels = o.labels.clone();
+    labels.extend(naming::selector_labels(&name));
+    let cm = naming::config_map(&name);
+    let container = Container {
+        name: "kvd".into(),
+        image: Some(kc.spec.image()),
+        command: Some(vec!["kvd".into()]),
+        args: Some(args(kc)),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), api_version: None }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            env_from_config("INITIAL_CLUSTER", &cm, INITIAL_CLUSTER),
+            env_from_config("INITIAL_CLUSTER_STATE", &cm, INITIAL_CLUSTER_STATE),
+        ]),
+        ports: Some(vec![
+            ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..ContainerPort::default() },
+            ContainerPort { name: Some("peer".into()), container_port: PEER_PORT, ..ContainerPort::default() },
+        ]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/livez", 15)),
+        resources: kc.spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: (!o.annotations.is_empty()).then(|| o.annotations.clone()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            affinity: o.affinity.clone(),
+            tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
+            node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
+            priority_class_name: o.priority_class_name.clone(),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn retention(r: Retention) -> String {
+    match r {
+        Retention::Retain => "Retain".into(),
+        Retention::Delete => "Delete".into(),
+    }
+}
+
+/// StatefulSet with `replicas` pods.
+pub fn statefulset(kc: &KvCluster, replicas: u32) -> StatefulSet {
+    let name = kc.name_any();
+    let storage = &kc.spec.storage;
+    let mut metadata = meta(kc, naming::statefulset(&name));
+    metadata.annotations = Some(BTreeMap::from([(TEMPLATE_HASH.to_string(), template_hash(kc))]));
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some("data".into()), ..ObjectMeta::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(storage.size.clone()))])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    StatefulSet {
+        metadata,
+        spec: StatefulSetSpec {
+            replicas: Some(replicas as i32),
+            service_name: Some(naming::peer_service(&name)),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy { type_: Some("OnDelete".into()), rolling_update: None }),
+            selector: LabelSelector { match_labels: Some(naming::selector_labels(&name)), ..LabelSelector::default() },
+            template: pod_template(kc),
+            volume_claim_templates: Some(vec![claim]),
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_scaled: Some(retention(storage.when_scaled)),
+                when_deleted: Some(retention(storage.when_deleted)),
+            }),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::kvcluster;
+
+    #[test]
+    fn statefulset_shape() {
+        let mut kc = kvcluster("demo", 3);
+        kc.spec.storage.when_scaled = Retention::Delete;
+        kc.spec.pod_template.priority_class_name = Some("critical".into());
+        let sts = statefulset(&kc, 4);
+        let spec = sts.spec;
+        assert_eq!(spec.replicas, Some(4));
+        assert_eq!(spec.service_name.as_deref(), Some("demo-peer"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let policy = spec.persistent_volume_claim_retention_policy.expect("policy");
+        assert_eq!(policy.when_scaled.as_deref(), Some("Delete"));
+        let pod = spec.template.spec.expect("pod");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("critical"));
+        let c = &pod.containers[0];
+        let args = c.args.clone().expect("args").join(" ");
+        assert!(args.contains("--initial-advertise-peer-urls=http://$(POD_NAME).demo-peer.ns.svc:2380"), "{args}");
+        assert!(args.contains("--data-dir=/var/lib/kvd"));
+        assert!(args.contains("--quota-backend-bytes=2147483648"));
+        let ready = c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("readiness");
+        assert_eq!((ready.path.as_deref(), &ready.port), (Some("/readyz"), &IntOrString::Int(2379)));
+        let live = c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("liveness");
+        assert_eq!(live.path.as_deref(), Some("/livez"));
+        assert_eq!(sts.metadata.annotations.expect("annotations")[TEMPLATE_HASH], template_hash(&kc));
+    }
+}

@@ -1,0 +1,189 @@
+//! Builds the KvCluster status from the observation, the planned action and
+//! its outcome: phase, members, leader and the five conditions (Available,
+//! Progressing, Degraded, QuotaAlarm, Reconfiguring), keeping each
+//! condition's lastTransitionTime while its status does not change.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::act::Outcome;
+use crate::crd::{KvCluster, KvClusterStatus, MemberStatus};
+use crate::naming;
+use crate::observe::{AlarmKind, Observation};
+use crate::planner::{Action, Why};
+
+/// Phase shown in `kubectl get kvc`.
+pub fn phase(obs: &Observation, action: &Action) -> &'static str {
+    match action {
+        Action::Bootstrap { .. } | Action::Wait { reason: "Bootstrapping", .. } => "Creating",
+        Action::Degraded { .. } => "Degraded",
+        Action::AddLearner { .. }
+        | Action::PromoteLearner { .. }
+        | Action::RemoveMember { .. }
+        | Action::ResizeStatefulSet { .. }
+        | Action::RecycleMember { .. }
+        | Action::MoveLeader { why: Why::ScaleDown, .. } => "Scaling",
+        Action::UpdateStatefulSet | Action::RestartPod { .. } | Action::MoveLeader { why: Why::Rolling, .. } => {
+            "Upgrading"
+        }
+        _ if obs.alarms.iter().any(|a| a.kind == AlarmKind::Nospace) => "Remediating",
+        _ => "Running",
+    }
+}
+
+fn is_change(a: &Action) -> bool {
+    !matches!(a, Action::Idle | Action::Degraded { .. } | Action::Wait { .. } | Action::FinishDefragRun)
+}
+
+fn cond(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: String, gen_: Option<i64>) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: gen_,
+        last_transition_time: since,
+    }
+}
+
+/// The status to write after this reconcile.
+pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) -> KvClusterStatus {
+    let prev = kc.status.clone().unwrap_or_default();
+    let name = kube::ResourceExt::name_any(kc);
+    let gen_ = kc.metadata.generation;
+    let members = obs.members.as_deref().unwrap_or_default();
+    let leader_id = members.iter().filter_map(|m| m.health.as_ref()).map(|h| h.leader).find(|l| *l != 0);
+    let leader = leader_id.and_then(|l| members.iter().find(|m| m.id == l));
+    let voters = members.iter().filter(|m| !m.is_learner).count() as i32;
+    let nospace = obs.alarms.iter().any(|a| a.kind == AlarmKind::Nospace);
+    let member_status = members
+        .iter()
+        .map(|m| {
+            let h = m.health.clone().unwrap_or_default();
+            let alarms =
+                obs.alarms.iter().filter(|a| a.member_id == m.id).map(|a| format!("{:?}", a.kind).to_uppercase());
+            MemberStatus {
+                name: if m.name.is_empty() {
+                    m.ordinal.map(|o| naming::member_name(&name, o)).unwrap_or_default()
+                } else {
+                    m.name.clone()
+                },
+                id: format!("{:x}", m.id),
+                peer_url: m.peer_url.clone(),
+                client_url: m.client_url.clone(),
+                is_learner: m.is_learner,
+                healthy: m.health.as_ref().is_some_and(|h| h.leader != 0),
+                db_size: h.db_size,
+                db_size_in_use: h.db_size_in_use,
+                revision: h.revision,
+                alarms: alarms.collect(),
+            }
+        })
+        .collect::<Vec<_>>();
+    let (deg_reason, deg_msg) = match action {
+        Action::Degraded { reason, message } => (*reason, message.clone()),
+        _ => ("AsExpected", String::new()),
+    };
+    let available = leader.is_some() && !matches!(action, Action::Degraded { reason: "QuorumLost", .. });
+    let reconfiguring = matches!(phase(obs, action), "Scaling") || members.iter().any(|m| m.is_learner);
+    let (wait_reason, wait_msg) = match action {
+        Action::Wait { reason, message } => (*reason, message.clone()),
+        a => (crate::metrics::action_kind(a), format!("{a:?}")),
+    };
+    let progressing = is_change(action) || matches!(action, Action::Wait { .. });
+    let conditions = vec![
+        cond(
+            &prev.conditions,
+            "Available",
+            available,
+            if available { "QuorumHealthy" } else { "NoQuorum" },
+            String::new(),
+            gen_,
+        ),
+        cond(
+            &prev.conditions,
+            "Progressing",
+            progressing,
+            if progressing { wait_reason } else { "Idle" },
+            if progressing { wait_msg } else { String::new() },
+            gen_,
+        ),
+        cond(&prev.conditions, "Degraded", matches!(action, Action::Degraded { .. }), deg_reason, deg_msg, gen_),
+        cond(&prev.conditions, "QuotaAlarm", nospace, if nospace { "NOSPACE" } else { "NoAlarm" }, String::new(), gen_),
+        cond(
+            &prev.conditions,
+            "Reconfiguring",
+            reconfiguring,
+            if reconfiguring { "MembershipChange" } else { "Stable" },
+            String::new(),
+            gen_,
+        ),
+    ];
+    KvClusterStatus {
+        phase: Some(phase(obs, action).into()),
+        observed_generation: gen_,
+        replicas: if obs.members.is_some() {
+            voters
+        } else {
+            obs.statefulset.as_ref().map(|s| s.replicas as i32).unwrap_or(0)
+        },
+        ready_replicas: obs.pods.values().filter(|p| p.ready).count() as i32,
+        selector: Some(naming::selector_string(&name)),
+        formed: prev.formed || leader.is_some(),
+        // Keep the last known members while none answers, so quorum loss stays detectable.
+        members: if obs.members.is_some() { member_status } else { prev.members.clone() },
+        leader: leader.map(|l| if l.name.is_empty() { format!("{:x}", l.id) } else { l.name.clone() }),
+        conditions,
+        last_compaction: out.last_compaction.clone().or(prev.last_compaction),
+        last_defrag: out.last_defrag.clone().or(prev.last_defrag),
+        compaction_checkpoint: out.compaction_checkpoint.clone().or(prev.compaction_checkpoint),
+        last_defrag_run: if out.defrag_run_finished { Some(Time(Timestamp::now())) } else { prev.last_defrag_run },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::kvcluster;
+
+    #[test]
+    fn fresh_cluster_status() {
+        let kc = kvcluster("demo", 3);
+        let obs = Observation::default();
+        let st = build(&kc, &obs, &Action::Bootstrap { replicas: 3 }, &Outcome::default());
+        assert_eq!(st.phase.as_deref(), Some("Creating"));
+        assert_eq!(st.selector.as_deref(), Some("app.kubernetes.io/instance=demo,app.kubernetes.io/name=kvd"));
+        let types: Vec<_> = st.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(
+            types,
+            vec![
+                ("Available", "False"),
+                ("Progressing", "True"),
+                ("Degraded", "False"),
+                ("QuotaAlarm", "False"),
+                ("Reconfiguring", "False")
+            ]
+        );
+    }
+
+    #[test]
+    fn transition_time_kept_while_unchanged() {
+        let mut kc = kvcluster("demo", 3);
+        let obs = Observation::default();
+        let a = Action::Degraded { reason: "QuorumLost", message: "x".into() };
+        let st = build(&kc, &obs, &a, &Outcome::default());
+        let mut old = st.clone();
+        let t0 = Time("2020-01-01T00:00:00Z".parse().expect("ts"));
+        old.conditions.iter_mut().for_each(|c| c.last_transition_time = t0.clone());
+        kc.status = Some(old);
+        let st2 = build(&kc, &obs, &a, &Outcome::default());
+        assert!(st2.conditions.iter().all(|c| c.last_transition_time == t0));
+        assert_eq!(st2.phase.as_deref(), Some("Degraded"));
+    }
+}
