@@ -1,9 +1,8 @@
 //! `EtcdClient` against a real kvd process: the wire assumptions the operator
 //! makes (Status fields, MemberList, learner add/promote/remove, compact,
-//! defragment, alarms). Ignored by default because it needs a kvd binary:
-//!
-//!   cargo build -p kvd --bin kvd
-//!   KVD_BIN=$PWD/target/debug/kvd cargo test -p kvd-operator --test kvd_member -- --ignored
+//! defragment, alarms). Needs a kvd binary: `KVD_BIN`, or the workspace's
+//! `target/debug/kvd`, which scripts/test builds before the tests run
+//! (`cargo build -p kvd --bin kvd` by hand).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -26,10 +25,17 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
+fn kvd_bin() -> std::path::PathBuf {
+    let bin = std::env::var_os("KVD_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kvd"));
+    assert!(bin.exists(), "no kvd binary at {}: build it (cargo build -p kvd --bin kvd) or set KVD_BIN", bin.display());
+    bin
+}
+
 #[tokio::test]
-#[ignore = "needs a kvd binary in KVD_BIN"]
 async fn operator_calls_work_against_kvd() {
-    let bin = std::env::var("KVD_BIN").expect("set KVD_BIN to a kvd binary");
+    let bin = kvd_bin();
     let dir = tempfile::tempdir().expect("tempdir");
     let (client, peer) = (free_port(), free_port());
     let client_url = format!("http://127.0.0.1:{client}");
