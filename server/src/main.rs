@@ -85,11 +85,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     }
     info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting kvd");
     let server = EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
-    server.watch_leader();
-    server.run_lease_expiry();
-    server.run_auto_compaction();
-    server.watch_hub().start(server.cfg.watch_progress_notify_interval);
-    server.publish_attributes();
+    server.run_background();
     let mut tasks = tokio::task::JoinSet::new();
     for (l, kind, tls) in listeners {
         let router = match kind {

@@ -196,6 +196,17 @@ impl EtcdServer {
         m.refresh_process();
     }
 
+    /// Starts the member's background work once it has started: leader
+    /// tracking (lease clocks, metrics), lease expiry, auto-compaction, watch
+    /// syncing and progress notifications, and publishing its attributes.
+    pub fn run_background(self: &Arc<Self>) {
+        self.watch_leader();
+        self.run_lease_expiry();
+        self.run_auto_compaction();
+        self.watch_hub().start(self.cfg.watch_progress_notify_interval);
+        self.publish_attributes();
+    }
+
     /// Counts leader changes, as etcd's `leader_changes_seen_total`, and stops
     /// the process when raft has stopped on a fatal error.
     pub fn watch_leader(self: &Arc<Self>) {

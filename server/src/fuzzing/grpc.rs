@@ -165,8 +165,7 @@ async fn start() -> Result<Channel, String> {
     .map_err(|e| e.to_string())?;
     let cfg = flags.server_config().map_err(|e| e.to_string())?;
     let server = crate::etcdserver::EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
-    server.run_lease_expiry();
-    server.watch_hub().start(Duration::from_secs(600));
+    server.run_background();
     let router = crate::rpc::client_router(server);
     tokio::spawn(async move { axum::serve(listener, router).await });
     let channel = Channel::from_shared(url).map_err(|e| e.to_string())?.connect_lazy();
