@@ -326,9 +326,27 @@ impl KvClusterSpec {
     }
 }
 
-/// The CRD as YAML, as committed in `crds/kvcluster.yaml`.
+/// The CRD as YAML, as committed in `crds/kvcluster.yaml`, with every
+/// mapping's keys sorted: the same text whether or not serde_json keeps
+/// insertion order (its `preserve_order` feature, which another crate of
+/// the workspace may turn on in a shared build).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&<KvCluster as kube::CustomResourceExt>::crd())
+    let crd = <KvCluster as kube::CustomResourceExt>::crd();
+    let value = serde_json::to_value(&crd).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+    serde_yaml::to_string(&sorted(value))
+}
+
+/// `v` with the keys of every object in sorted order.
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -142,9 +142,7 @@ fn member() -> &'static Member {
 /// Starts a single member on loopback with its data on tmpfs where there is
 /// one; returns a channel to its client port.
 async fn start() -> Result<Channel, String> {
-    let shm = std::path::Path::new("/dev/shm");
-    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.map_err(|e| e.to_string())?;
-    let data = dir.keep();
+    let data = scratch_dir().map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
     let flags = <crate::config::Flags as clap::Parser>::try_parse_from([
@@ -179,6 +177,26 @@ async fn start() -> Result<Channel, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(format!("the member never served a read: {last:?}"))
+}
+
+/// The member's data dir, `kvd-fuzz-<pid>` on tmpfs where there is one. It
+/// outlives the process (the member is never stopped), so the dirs of
+/// processes that are gone are removed first.
+fn scratch_dir() -> std::io::Result<std::path::PathBuf> {
+    let shm = std::path::Path::new("/dev/shm");
+    let root = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    for e in std::fs::read_dir(&root)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("kvd-fuzz-")
+            && !std::path::Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let dir = root.join(format!("kvd-fuzz-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// Calls `path` with `frames`; `Err(None)` when it did not finish within `wait`.

@@ -41,7 +41,7 @@ pub enum WalError {
     #[error("wal: corrupt log in {file} at offset {offset}: {reason}")]
     Corrupt { file: PathBuf, offset: u64, reason: String },
     #[error(
-        "wal: data dir belongs to member {found_member:x} of cluster {found_cluster:x}, not member {member:x} of cluster {cluster:x}"
+        "wal: data dir belongs to member {found_member:x} of cluster {found_cluster:x}, not member {member:x} of cluster {cluster:x} (a member that joined a running cluster restarts with --initial-cluster-state existing)"
     )]
     ClusterMismatch { found_member: u64, found_cluster: u64, member: u64, cluster: u64 },
     #[error("wal: failed earlier and refuses writes: {0}")]
