@@ -61,12 +61,12 @@ pub fn substitute_grafana_vars(expr: &str) -> String {
                     continue;
                 }
             }
-        } else if expr[i..].starts_with("[[") {
-            if let Some(end) = expr[i + 2..].find("]]") {
-                out.push_str(&value(&expr[i + 2..i + 2 + end]));
-                i += end + 4;
-                continue;
-            }
+        } else if expr[i..].starts_with("[[")
+            && let Some(end) = expr[i + 2..].find("]]")
+        {
+            out.push_str(&value(&expr[i + 2..i + 2 + end]));
+            i += end + 4;
+            continue;
         }
         let ch = expr[i..].chars().next().expect("in bounds");
         out.push(ch);
