@@ -77,54 +77,94 @@ pub fn substitute_grafana_vars(expr: &str) -> String {
 
 /// The metric names `expr` (Grafana variables allowed) reads, or the parse error.
 pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
-    let promql = substitute_grafana_vars(expr);
-    let ast = parser::parse(&promql).map_err(|e| format!("{e} in `{promql}`"))?;
+    let ast = parse(expr)?;
     let mut names = BTreeSet::new();
-    walk(&ast, &mut names)?;
+    for vs in selectors(&ast)? {
+        names.insert(selector_name(vs)?);
+    }
     Ok(names)
 }
 
-fn walk(e: &Expr, names: &mut BTreeSet<String>) -> Result<(), String> {
-    match e {
-        Expr::Aggregate(a) => {
-            walk(&a.expr, names)?;
-            if let Some(p) = &a.param {
-                walk(p, names)?;
+/// One label matcher of a selector, with the metric it selects.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LabelMatch {
+    pub metric: String,
+    pub label: String,
+    /// `=`, `!=`, `=~` or `!~`.
+    pub op: &'static str,
+    pub value: String,
+}
+
+/// The label matchers (other than `__name__`) of every selector in `expr`.
+pub fn label_matches(expr: &str) -> Result<Vec<LabelMatch>, String> {
+    let ast = parse(expr)?;
+    let mut out = Vec::new();
+    for vs in selectors(&ast)? {
+        let metric = selector_name(vs)?;
+        for m in vs.matchers.matchers.iter().chain(vs.matchers.or_matchers.iter().flatten()) {
+            if m.name == "__name__" {
+                continue;
             }
+            let op = match m.op {
+                MatchOp::Equal => "=",
+                MatchOp::NotEqual => "!=",
+                MatchOp::Re(_) => "=~",
+                MatchOp::NotRe(_) => "!~",
+            };
+            out.push(LabelMatch { metric: metric.clone(), label: m.name.clone(), op, value: m.value.clone() });
         }
-        Expr::Unary(u) => walk(&u.expr, names)?,
-        Expr::Binary(b) => {
-            walk(&b.lhs, names)?;
-            walk(&b.rhs, names)?;
-        }
-        Expr::Paren(p) => walk(&p.expr, names)?,
-        Expr::Subquery(s) => walk(&s.expr, names)?,
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
-        Expr::VectorSelector(vs) => selector_name(vs, names)?,
-        Expr::MatrixSelector(ms) => selector_name(&ms.vs, names)?,
-        Expr::Call(c) => {
-            for a in &c.args.args {
-                walk(a, names)?;
-            }
-        }
-        Expr::Extension(_) => return Err("extension node in a parsed expression".into()),
     }
-    Ok(())
+    Ok(out)
+}
+
+fn parse(expr: &str) -> Result<Expr, String> {
+    let promql = substitute_grafana_vars(expr);
+    parser::parse(&promql).map_err(|e| format!("{e} in `{promql}`"))
+}
+
+/// Every vector selector in `e` (those inside range selectors included).
+fn selectors(e: &Expr) -> Result<Vec<&VectorSelector>, String> {
+    fn walk<'a>(e: &'a Expr, out: &mut Vec<&'a VectorSelector>) -> Result<(), String> {
+        match e {
+            Expr::Aggregate(a) => {
+                walk(&a.expr, out)?;
+                if let Some(p) = &a.param {
+                    walk(p, out)?;
+                }
+            }
+            Expr::Unary(u) => walk(&u.expr, out)?,
+            Expr::Binary(b) => {
+                walk(&b.lhs, out)?;
+                walk(&b.rhs, out)?;
+            }
+            Expr::Paren(p) => walk(&p.expr, out)?,
+            Expr::Subquery(s) => walk(&s.expr, out)?,
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+            Expr::VectorSelector(vs) => out.push(vs),
+            Expr::MatrixSelector(ms) => out.push(&ms.vs),
+            Expr::Call(c) => {
+                for a in &c.args.args {
+                    walk(a, out)?;
+                }
+            }
+            Expr::Extension(_) => return Err("extension node in a parsed expression".into()),
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(e, &mut out)?;
+    Ok(out)
 }
 
 /// A selector must name its metric exactly (`foo{..}` or `{__name__="foo"}`):
 /// a regex over names could not be checked.
-fn selector_name(vs: &VectorSelector, names: &mut BTreeSet<String>) -> Result<(), String> {
+fn selector_name(vs: &VectorSelector) -> Result<String, String> {
     if let Some(n) = &vs.name {
-        names.insert(n.clone());
-        return Ok(());
+        return Ok(n.clone());
     }
     let by_name: Vec<_> = vs.matchers.matchers.iter().filter(|m| m.name == "__name__").collect();
     match by_name.as_slice() {
-        [m] if matches!(m.op, MatchOp::Equal) => {
-            names.insert(m.value.clone());
-            Ok(())
-        }
+        [m] if matches!(m.op, MatchOp::Equal) => Ok(m.value.clone()),
         _ => Err(format!("selector `{vs}` does not name one metric exactly")),
     }
 }
@@ -138,6 +178,70 @@ pub fn scraped_names(text: &str) -> BTreeSet<String> {
         .filter(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':'))
         .map(str::to_string)
         .collect()
+}
+
+/// `(metric, label, value)` of every label of every sample in a text exposition.
+pub fn scraped_labels(text: &str) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else { continue };
+        let mut rest = rest;
+        // label="value", ... } with \\, \" and \n escapes in values
+        while let Some((label, after)) = rest.split_once("=\"") {
+            let label = label.trim_start_matches([',', ' ']).to_string();
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let mut end = after.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, e)) = chars.next() {
+                            value.push(if e == 'n' { '\n' } else { e });
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            out.insert((name.to_string(), label, value));
+            rest = &after[end..];
+            if rest.starts_with('}') {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The `=` and `!=` matchers among `matches` that no sample in `labels`
+/// carries (a misspelt label or value); regex matchers are not checked.
+pub fn missing_label_values(
+    matches: &[(LabelMatch, String)],
+    labels: &BTreeSet<(String, String, String)>,
+) -> Vec<String> {
+    let mut out: Vec<String> = matches
+        .iter()
+        .filter(|(m, _)| matches!(m.op, "=" | "!="))
+        .filter(|(m, _)| !labels.contains(&(m.metric.clone(), m.label.clone(), m.value.clone())))
+        .map(|(m, at)| format!("{}{{{}{}\"{}\"}} (used by {at})", m.metric, m.label, m.op, m.value))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Each label matcher of `queries` on a metric that `wanted` selects, with
+/// where it is used; panics on an expression that does not parse.
+pub fn matchers_used(queries: &[Query], wanted: impl Fn(&str) -> bool) -> Vec<(LabelMatch, String)> {
+    let mut out = Vec::new();
+    for q in queries {
+        let ms = label_matches(&q.expr).unwrap_or_else(|e| panic!("{}: {e}", q.source));
+        out.extend(ms.into_iter().filter(|m| wanted(&m.metric)).map(|m| (m, q.source.clone())));
+    }
+    out
 }
 
 /// A PromQL expression found in a dashboard or rule file, with where it is.
@@ -335,8 +439,14 @@ pub fn self_test() {
     assert!(metric_names(r#"{__name__=~"foo.*"}"#).is_err(), "a name regex cannot be checked");
     assert_eq!(substitute_grafana_vars("x[$__rate_interval] ${a:csv} [[b]]"), "x[5m] x x");
 
-    let scrape = "# TYPE foo_bar counter\nfoo_bar_total{a=\"1\"} 3\nbaz 1\n# EOF\n";
+    let scrape = "# TYPE foo_bar counter\nfoo_bar_total{a=\"1\",b=\"x,\\\"y\\\"\"} 3\nbaz 1\n# EOF\n";
     assert_eq!(scraped_names(scrape), BTreeSet::from(["foo_bar_total".into(), "baz".into()]));
+    let labels = scraped_labels(scrape);
+    let t = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(labels, BTreeSet::from([t("foo_bar_total", "a", "1"), t("foo_bar_total", "b", "x,\"y\"")]));
+    let q = [Query { source: "q".into(), expr: r#"foo_bar_total{a="1"} + foo_bar_total{a!="2",b=~"$v"}"#.into() }];
+    let m = missing_label_values(&matchers_used(&q, |_| true), &labels);
+    assert_eq!(m, vec![r#"foo_bar_total{a!="2"} (used by q)"#.to_string()]);
 
     let board = r#"{"title": "t", "uid": "u",
         "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus"}]},

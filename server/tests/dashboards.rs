@@ -112,6 +112,13 @@ async fn every_kvd_metric_in_dashboards_and_alerts_is_exported() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Label values the queries test for equality must occur in the scrapes
+    // (grpc_type="unary", grpc_method!="Defragment", alarm_type="NOSPACE" ...).
+    let labels: BTreeSet<_> = texts.iter().flat_map(|t| check::scraped_labels(t)).collect();
+    let matchers = check::matchers_used(&queries, |n| !n.starts_with(check::OPERATOR_PREFIX));
+    let bad_labels = check::missing_label_values(&matchers, &labels);
+    assert!(bad_labels.is_empty(), "label values no kvd sample carries:\n{}", bad_labels.join("\n"));
+
     let missing = check::missing(&used, &exported);
     assert!(
         missing.is_empty(),
