@@ -249,7 +249,7 @@ async fn run(n: usize, place: Place, secs: u64) {
     assert!(faults.total() > 0 || secs < 3, "no fault was injected");
     assert!(acknowledged > 0, "no write was acknowledged");
     println!(
-        "ROBUSTNESS {{\"members\":{n},\"place\":\"{}\",\"seconds\":{secs},\"clients\":{clients},\"keys\":{keys},\"operations\":{},\"acknowledged_writes\":{acknowledged},\"unknown_outcome\":{unknown},\"revisions_watched\":{},\"watch_resumes\":{resumes},\"kills\":{},\"leader_kills\":{},\"pauses\":{},\"replacements\":{},\"isolations\":{},\"link_cuts\":{},\"delays\":{},\"anomalies\":0,\"lost_writes\":0}}",
+        "ROBUSTNESS {{\"members\":{n},\"place\":\"{}\",\"seconds\":{secs},\"clients\":{clients},\"keys\":{keys},\"operations\":{},\"acknowledged_writes\":{acknowledged},\"unknown_outcome\":{unknown},\"revisions_watched\":{},\"watch_resumes\":{resumes},\"kills\":{},\"leader_kills\":{},\"pauses\":{},\"replacements\":{},\"crash_points\":{},\"isolations\":{},\"link_cuts\":{},\"delays\":{},\"anomalies\":0,\"lost_writes\":0}}",
         match place {
             Place::Loopback(_) => "loopback",
             Place::Namespaces(_) => "namespaces",
@@ -260,6 +260,7 @@ async fn run(n: usize, place: Place, secs: u64) {
         faults.leader_kills,
         faults.pauses,
         faults.replacements,
+        faults.crash_points,
         faults.isolations,
         faults.link_cuts,
         faults.delays,

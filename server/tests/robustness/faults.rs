@@ -5,6 +5,9 @@
 //! - SIGSTOP/SIGCONT pauses longer than the election timeout;
 //! - member replacement: MemberRemove, wipe its data, MemberAdd as a
 //!   learner, start it with `--initial-cluster-state existing`, promote;
+//! - with kvd's crash points compiled in (the `failpoints` feature, as the
+//!   test suite builds it): a restart that makes a member crash itself
+//!   before or after a WAL fsync or before a backend commit;
 //! - with a [`Net`] (members in network namespaces): the leader or a random
 //!   member cut off from every peer while clients still reach it, one
 //!   peer-to-peer path cut, and a member's outgoing link throttled so its
@@ -33,6 +36,7 @@ pub struct FaultLog {
     pub isolations: usize,
     pub link_cuts: usize,
     pub delays: usize,
+    pub crash_points: usize,
     pub events: Vec<String>,
 }
 
@@ -42,6 +46,7 @@ impl FaultLog {
             + self.leader_kills
             + self.pauses
             + self.replacements
+            + self.crash_points
             + self.isolations
             + self.link_cuts
             + self.delays
@@ -80,55 +85,85 @@ async fn find_leader(members: &Arc<Mutex<Vec<Proc>>>) -> Option<usize> {
     None
 }
 
+/// The kinds of fault the injector picks from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    LeaderKill,
+    Kill,
+    Pause,
+    Replace,
+    /// kvd restarted to crash itself at one of its crash points.
+    CrashPoint,
+    Isolate,
+    Cut,
+    Throttle,
+}
+
+/// Crash points on the write path (server/src/failpoints.rs).
+const CRASH_POINTS: [&str; 3] = ["wal_before_fsync", "wal_after_fsync", "backend_before_commit"];
+
 /// Injects faults until `until`, then leaves every member running and every
 /// link healed.
 pub async fn inject(members: Arc<Mutex<Vec<Proc>>>, net: Option<Arc<Net>>, until: Instant, start: Instant) -> FaultLog {
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut log = FaultLog::default();
     let n = members.lock().unwrap().len();
-    let kinds = if net.is_some() { 7 } else { 4 };
+    let mut menu = vec![Fault::LeaderKill, Fault::Kill, Fault::Pause, Fault::Replace];
+    if cfg!(feature = "failpoints") {
+        menu.push(Fault::CrashPoint);
+    }
+    if net.is_some() {
+        menu.extend([Fault::Isolate, Fault::Cut, Fault::Throttle]);
+    }
     // Let the clients get going first.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     while Instant::now() < until {
         let at = start.elapsed().as_secs_f64();
-        let pick = rng.random_range(0..kinds);
-        let victim = match pick {
-            0 | 4 => find_leader(&members).await.unwrap_or_else(|| rng.random_range(0..n)),
+        let fault = menu[rng.random_range(0..menu.len())];
+        let victim = match fault {
+            Fault::LeaderKill | Fault::Isolate => find_leader(&members).await.unwrap_or_else(|| rng.random_range(0..n)),
             _ => rng.random_range(0..n),
         };
         let down = Duration::from_millis(rng.random_range(600..1800));
-        match pick {
-            0 | 1 => {
+        match fault {
+            Fault::LeaderKill | Fault::Kill => {
                 members.lock().unwrap()[victim].kill9();
-                let leader = if pick == 0 { " (leader)" } else { "" };
+                let leader = if fault == Fault::LeaderKill { " (leader)" } else { "" };
                 log.events.push(format!("{at:.1}s kill -9 m{victim}{leader} for {down:?}"));
                 tokio::time::sleep(down).await;
                 members.lock().unwrap()[victim].restart();
-                *(if pick == 0 { &mut log.leader_kills } else { &mut log.kills }) += 1;
+                *(if fault == Fault::LeaderKill { &mut log.leader_kills } else { &mut log.kills }) += 1;
             }
-            2 => {
+            Fault::Pause => {
                 signal(&members.lock().unwrap()[victim], libc::SIGSTOP);
                 log.pauses += 1;
                 log.events.push(format!("{at:.1}s pause m{victim} {down:?}"));
                 tokio::time::sleep(down).await;
                 signal(&members.lock().unwrap()[victim], libc::SIGCONT);
             }
-            3 => {
+            Fault::Replace => {
                 log.events.push(format!("{at:.1}s replace m{victim}"));
                 let took = replace(&members, victim).await;
                 log.events.push(format!("  m{victim} replaced and promoted in {took:?}"));
                 log.replacements += 1;
             }
-            _ => {
+            Fault::CrashPoint => {
+                let point = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
+                let after = rng.random_range(5..60);
+                let outcome = crash_at(&members, victim, &format!("{point}={after}*off->return")).await;
+                log.events.push(format!("{at:.1}s crash m{victim} at {point} after {after}: {outcome}"));
+                log.crash_points += 1;
+            }
+            Fault::Isolate | Fault::Cut | Fault::Throttle => {
                 let net = net.as_ref().expect("network faults need namespaces");
                 let down = down * 2;
-                match pick {
-                    4 => {
+                match fault {
+                    Fault::Isolate => {
                         log.events.push(format!("{at:.1}s isolate m{victim} (leader) from its peers for {down:?}"));
                         (0..n).filter(|&j| j != victim).for_each(|j| net.cut(victim, j, true));
                         log.isolations += 1;
                     }
-                    5 => {
+                    Fault::Cut => {
                         let other = (victim + rng.random_range(1..n)) % n;
                         log.events.push(format!("{at:.1}s cut m{victim} <-> m{other} for {down:?}"));
                         net.cut(victim, other, true);
@@ -152,6 +187,31 @@ pub async fn inject(members: Arc<Mutex<Vec<Proc>>>, net: Option<Arc<Net>>, until
         tokio::time::sleep(calm.min(until.saturating_duration_since(Instant::now()))).await;
     }
     log
+}
+
+/// Restarts member `victim` with `FAILPOINTS=spec`, waits up to 5 s for it
+/// to crash there (kill -9 if it has not), and restarts it without.
+async fn crash_at(members: &Arc<Mutex<Vec<Proc>>>, victim: usize, spec: &str) -> &'static str {
+    {
+        let mut m = members.lock().unwrap();
+        m[victim].set_env("FAILPOINTS", Some(spec));
+        m[victim].restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut outcome = "not reached in 5 s, killed";
+    while Instant::now() < deadline {
+        let exited =
+            members.lock().unwrap()[victim].child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited {
+            outcome = "crashed there";
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut m = members.lock().unwrap();
+    m[victim].set_env("FAILPOINTS", None);
+    m[victim].restart();
+    outcome
 }
 
 /// Calls `f` on a Cluster client of each member but `skip` in turn until one
