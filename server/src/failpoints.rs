@@ -3,7 +3,8 @@
 //! With the `failpoints` cargo feature, kvd reads `FAILPOINTS` at start (the
 //! `fail` crate's syntax, e.g. `wal_after_fsync=20*off->return`), and a crash
 //! point set to `return` ends the process on the spot, without flushing or
-//! unwinding, as a power cut or kill -9 would. Without the feature (the
+//! unwinding, as kill -9 would (what was written survives in the page cache;
+//! a power cut is the WAL tests' simulated disk). Without the feature (the
 //! default, and every release build) [`crash_point`] is empty and `FAILPOINTS`
 //! is ignored.
 //!
