@@ -38,9 +38,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use checker::Verdict;
+use kvd_api::etcdserverpb::RangeRequest;
 use kvd_api::etcdserverpb::kv_client::KvClient;
-use kvd_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use kvd_api::etcdserverpb::{HashKvRequest, RangeRequest};
 use tonic::transport::Channel;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -59,26 +58,6 @@ async fn current_revision(endpoints: &[String]) -> i64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no member answers a linearizable read")
-}
-
-/// Every member's HashKV at `rev`, once each has applied it.
-async fn hashes_at(endpoints: &[String], rev: i64) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in endpoints {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut m = MaintenanceClient::new(Channel::from_shared(e.clone()).unwrap().connect_lazy());
-            match m.hash_kv(HashKvRequest { revision: rev }).await {
-                Ok(r) => {
-                    out.push(r.into_inner().hash);
-                    break;
-                }
-                Err(s) => assert!(Instant::now() < deadline, "{e}: HashKV at {rev}: {s}"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    out
 }
 
 /// A failed check, with the key and revisions to show members' views of.
@@ -230,7 +209,7 @@ async fn run(n: usize, place: Place, secs: u64) {
         Err(f) => Some(f),
         Ok(n) => {
             acknowledged = n;
-            let hashes = hashes_at(&endpoints, last_rev).await;
+            let hashes = common::hashes_at(&endpoints, last_rev).await;
             (!hashes.windows(2).all(|w| w[0] == w[1])).then(|| Failure {
                 what: format!("members differ at revision {last_rev}: {hashes:?}"),
                 key: 0,

@@ -281,14 +281,9 @@ async fn disarm(ch: &Channel) {
 
 /// The member's Status; panics when it does not answer.
 async fn status(ch: &Channel) -> pb::StatusResponse {
-    let mut grpc = tonic::client::Grpc::new(ch.clone());
-    let work = async {
-        grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let path = PathAndQuery::from_static("/etcdserverpb.Maintenance/Status");
-        grpc.unary(Request::new(Bytes::new()), path, RawCodec).await
-    };
-    match tokio::time::timeout(Duration::from_secs(5), work).await {
-        Ok(Ok(r)) => pb::StatusResponse::decode(r.into_inner()).expect("Status answers a StatusResponse"),
+    let mut m = pb::maintenance_client::MaintenanceClient::new(ch.clone());
+    match tokio::time::timeout(Duration::from_secs(5), m.status(pb::StatusRequest {})).await {
+        Ok(Ok(r)) => r.into_inner(),
         Ok(Err(s)) if s.code() == Code::Unavailable => panic!("the member is gone: {s}"),
         Ok(Err(s)) => panic!("Status failed: {s}"),
         Err(_) => panic!("the member did not answer Status within 5 s"),

@@ -460,3 +460,23 @@ pub async fn leader(members: &[Proc]) -> usize {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Every member's HashKV at `rev`, once each has applied it.
+pub async fn hashes_at(endpoints: &[String], rev: i64) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in endpoints {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut m = MaintenanceClient::new(Channel::from_shared(e.clone()).unwrap().connect_lazy());
+            match m.hash_kv(kvd_api::etcdserverpb::HashKvRequest { revision: rev }).await {
+                Ok(r) => {
+                    out.push(r.into_inner().hash);
+                    break;
+                }
+                Err(s) => assert!(Instant::now() < deadline, "{e}: HashKV at {rev}: {s}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out
+}
