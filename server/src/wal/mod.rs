@@ -110,6 +110,7 @@ impl Wal {
                 last_index: last_index.unwrap_or(0),
                 last_state: replay.state.clone().map(Record::State),
                 last_commit: replay.commit.clone().map(Record::Commit),
+                unsynced: false,
                 failed: None,
             };
             (w, replay)
@@ -132,6 +133,7 @@ impl Wal {
                 last_index: 0,
                 last_state: None,
                 last_commit: None,
+                unsynced: false,
                 failed: None,
             };
             let replay = Replay { metadata: Some(meta), ..Default::default() };
