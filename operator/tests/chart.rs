@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kvd_operator::crd::DEFAULT_IMAGE_REPO;
-use kvd_operator::naming::{CLIENT_PORT, DATA_DIR, PEER_PORT};
+use kvd_operator::naming::{CLIENT_PORT, DATA_DIR, MEMBER_UID, PEER_PORT};
 use serde_yaml::Value;
 
 const REFRESH: &str = "scripts/sync-chart";
@@ -118,8 +118,8 @@ fn image_names_are_the_operators() {
 }
 
 /// The member image serves what the operator's StatefulSet expects: `kvd` on
-/// PATH, the client and peer ports, the data directory; the operator image
-/// the chart's default port.
+/// PATH, the client and peer ports, the data directory, the user the pods run
+/// as; the operator image the chart's default port and user.
 #[test]
 fn dockerfiles_match_the_operator() {
     let root = root();
@@ -129,16 +129,18 @@ fn dockerfiles_match_the_operator() {
         format!("VOLUME [\"{DATA_DIR}\"]"),
         "/usr/local/bin/".to_string(),
         "--bin kvd --bin kvctl".to_string(),
-        "USER 65532:65532".to_string(),
+        format!("USER {MEMBER_UID}:{MEMBER_UID}"),
     ] {
         assert!(server.contains(&want), "server/Dockerfile lacks {want:?}");
     }
     let operator = read(&root.join("operator/Dockerfile"));
     let values = yaml(&root.join("charts/kvd-operator/values.yaml"));
     let port = values["port"].as_u64().expect("port");
-    for want in [format!("EXPOSE {port}"), "--bin kvd-operator".to_string(), "USER 65532:65532".to_string()] {
+    for want in [format!("EXPOSE {port}"), "--bin kvd-operator".to_string(), format!("USER {MEMBER_UID}:{MEMBER_UID}")]
+    {
         assert!(operator.contains(&want), "operator/Dockerfile lacks {want:?}");
     }
+    assert_eq!(values["podSecurityContext"]["runAsUser"].as_i64(), Some(MEMBER_UID), "chart's runAsUser");
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {
