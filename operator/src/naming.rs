@@ -9,6 +9,9 @@ pub const CLIENT_PORT: i32 = 2379;
 pub const PEER_PORT: i32 = 2380;
 /// Data directory inside the member container.
 pub const DATA_DIR: &str = "/var/lib/kvd";
+/// User and group of the kvd image (distroless `nonroot`, server/Dockerfile);
+/// the member pods run as it and own their volume through `fsGroup`.
+pub const MEMBER_UID: i64 = 65532;
 /// Field manager for server-side apply.
 pub const MANAGER: &str = "kvd-operator";
 /// Finalizer on KvCluster objects.

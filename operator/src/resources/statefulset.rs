@@ -1,7 +1,8 @@
 //! The StatefulSet of members: Parallel pod management (all initial members
 //! must start together to form a quorum), OnDelete updates (the operator
 //! restarts pods one at a time, leader last), claim templates with the spec's
-//! retention, probes on `/readyz` and `/livez`, and etcd-style flags.
+//! retention, probes on `/readyz` and `/livez`, etcd-style flags, and the
+//! image's non-root user with `fsGroup` on the data volume.
 
 use std::collections::BTreeMap;
 
@@ -9,9 +10,9 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, VolumeMount,
-    VolumeResourceRequirements,
+    Capabilities, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -20,7 +21,7 @@ use kube::ResourceExt;
 
 use super::{INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, TEMPLATE_HASH, meta, template_hash};
 use crate::crd::{KvCluster, Retention};
-use crate::naming::{self, CLIENT_PORT, DATA_DIR, PEER_PORT};
+use crate::naming::{self, CLIENT_PORT, DATA_DIR, MEMBER_UID, PEER_PORT};
 
 fn env_from_config(name: &str, cm: &str, key: &str) -> EnvVar {
     EnvVar {
@@ -49,6 +50,28 @@ fn probe(path: &str, initial_delay: i32) -> Probe {
         timeout_seconds: Some(5),
         failure_threshold: Some(3),
         ..Probe::default()
+    }
+}
+
+/// Members run as the image's non-root user; `fsGroup` makes the claim
+/// mounted at the data directory writable by it (volumes start root-owned).
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(MEMBER_UID),
+        run_as_group: Some(MEMBER_UID),
+        fs_group: Some(MEMBER_UID),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        ..SecurityContext::default()
     }
 }
 
@@ -102,6 +125,7 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/livez", 15)),
         resources: kc.spec.resources.clone(),
+        security_context: Some(container_security()),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".into(),
             mount_path: DATA_DIR.into(),
@@ -121,6 +145,7 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
             tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
             node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
             priority_class_name: o.priority_class_name.clone(),
+            security_context: Some(pod_security()),
             ..PodSpec::default()
         }),
     }
@@ -191,6 +216,8 @@ mod tests {
         assert_eq!(policy.when_scaled.as_deref(), Some("Delete"));
         let pod = spec.template.spec.expect("pod");
         assert_eq!(pod.priority_class_name.as_deref(), Some("critical"));
+        let sc = pod.security_context.as_ref().expect("pod security context");
+        assert_eq!((sc.run_as_user, sc.fs_group, sc.run_as_non_root), (Some(65532), Some(65532), Some(true)));
         let c = &pod.containers[0];
         let args = c.args.clone().expect("args").join(" ");
         assert!(args.contains("--initial-advertise-peer-urls=http://$(POD_NAME).demo-peer.ns.svc:2380"), "{args}");
