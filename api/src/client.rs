@@ -98,6 +98,11 @@ impl Client {
         Client { timeout, defrag_timeout: timeout * 20, channels: Arc::default(), overrides: Arc::default() }
     }
 
+    /// The timeout of every call but Defragment.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The same client with another Defragment timeout.
     pub fn with_defrag_timeout(self, defrag_timeout: Duration) -> Self {
         Client { defrag_timeout, ..self }
