@@ -191,4 +191,42 @@ mod tests {
             assert_eq!(parse_compaction(bad), None, "{bad:?}");
         }
     }
+
+    #[test]
+    fn maintenance_jobs_carry_their_pods_termination_messages() {
+        let mut kc2 = crate::fixtures::kvcluster("demo", 3);
+        kc2.spec.defrag = Some(crate::crd::DefragSpec { schedule: "0 3 * * *".into(), free_threshold: 0.2 });
+        let cj = crate::resources::cronjob(&kc2, Task::Defrag).expect("cronjob");
+        let labels = crate::naming::maintenance_labels("demo", "defrag");
+        let job = |name: &str, uid: &str, succeeded: i32| -> Job {
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "uid": uid, "labels": labels },
+                "status": { "succeeded": succeeded, "completionTime": "2026-01-01T10:00:00Z" }
+            }))
+            .expect("job")
+        };
+        let job_pod = |uid: &str, exit: i32, msg: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": { "name": format!("p-{uid}"), "labels": labels,
+                              "ownerReferences": [ { "apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": uid } ] },
+                "status": { "containerStatuses": [ { "name": "kvctl", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": { "terminated": { "exitCode": exit, "message": msg } } } ] }
+            }))
+            .expect("pod")
+        };
+        let (crons, jobs) = observe(
+            &[cj],
+            &[job("demo-defrag-1", "u1", 1), job("demo-defrag-2", "u2", 0)],
+            &[job_pod("u1", 0, "{\"ok\":1}"), job_pod("u2", 1, "boom")],
+        );
+        assert_eq!(crons.keys().copied().collect::<Vec<_>>(), vec![Task::Defrag]);
+        assert!(crons[&Task::Defrag].is_some(), "spec hash read");
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(
+            (jobs[0].task, jobs[0].succeeded, jobs[0].message.as_deref()),
+            (Task::Defrag, true, Some("{\"ok\":1}"))
+        );
+        assert_eq!((jobs[1].succeeded, jobs[1].message.as_deref()), (false, None), "failed pods give no result");
+        assert_eq!(jobs[0].completed, Some("2026-01-01T10:00:00Z".parse().expect("ts")));
+    }
 }
