@@ -6,6 +6,7 @@
 //! kvd's services. Each module contains the prost messages, plus `*_server` and
 //! `*_client` modules for every service of that package.
 
+pub mod client;
 pub mod codec;
 
 /// `mvccpb`: `KeyValue` and watch `Event`.

@@ -1,11 +1,13 @@
 //! Executes one planned `Action`: server-side apply of owned objects (field
-//! manager "kvd-operator"), etcd API calls through `EtcdClient`, deletes of
-//! pods and claims, and an Event for every change.
+//! manager "kvd-operator", the maintenance CronJobs included), etcd API calls
+//! through `EtcdClient`, deletes of pods, claims and CronJobs, and an Event
+//! for every change.
 
 use std::fmt::Debug;
 
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -19,7 +21,7 @@ use crate::crd::{CompactionRecord, DefragRecord, KvCluster};
 use crate::etcd::EtcdClient;
 use crate::naming::{self, MANAGER};
 use crate::observe::{AlarmKind, Observation, Owned};
-use crate::planner::{Action, RemoveReason, Why};
+use crate::planner::{Action, RemoveReason};
 use crate::resources;
 use crate::{Error, Result};
 
@@ -28,9 +30,6 @@ use crate::{Error, Result};
 pub struct Outcome {
     pub last_compaction: Option<CompactionRecord>,
     pub last_defrag: Option<DefragRecord>,
-    pub defrag_run_finished: bool,
-    /// Current revision at a scheduled compaction (for time-based retention).
-    pub compaction_checkpoint: Option<CompactionRecord>,
 }
 
 /// Everything `act` needs.
@@ -132,6 +131,24 @@ impl Actor<'_> {
                 self.apply_static(&t, sts_replicas).await?;
                 self.event(kc, EventType::Normal, "ObjectsRestored", format!("re-created {missing:?}")).await;
             }
+            Action::EnsureCronJob { task } => {
+                let cj = resources::cronjob(kc, *task)
+                    .ok_or_else(|| Error::Invalid(format!("no {} schedule in the spec", task.as_str())))?;
+                apply(self.client, &t.ns, &cj).await?;
+                let note = format!("{} runs kvctl {} on {:?} (UTC)", cj.name_any(), task.as_str(), cj.spec.schedule);
+                self.event(kc, EventType::Normal, "CronJobApplied", note).await;
+            }
+            Action::DeleteCronJob { task } => {
+                let name = naming::cronjob(&t.name, task.as_str());
+                let api = Api::<CronJob>::namespaced(self.client.clone(), &t.ns);
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let note = format!("{name} deleted: no {} schedule in the spec", task.as_str());
+                self.event(kc, EventType::Normal, "CronJobDeleted", note).await;
+            }
             Action::UpdateStatefulSet => {
                 self.apply_static(&t, sts_replicas).await?;
                 apply(self.client, &t.ns, &resources::statefulset(kc, sts_replicas)).await?;
@@ -195,11 +212,6 @@ impl Actor<'_> {
                 // The record never goes backwards (a run may have nothing to compact).
                 let recorded = (*revision).max(obs.last_compacted_revision);
                 out.last_compaction = Some(CompactionRecord { revision: recorded, time: Time(Timestamp::now()) });
-                if *why == Why::Scheduled {
-                    let current = obs.members.iter().flatten().filter_map(|m| m.health.as_ref()).map(|h| h.revision);
-                    let revision = current.max().unwrap_or(0);
-                    out.compaction_checkpoint = Some(CompactionRecord { revision, time: Time(Timestamp::now()) });
-                }
                 self.event(kc, EventType::Normal, "Compacted", format!("revision {revision} ({why:?})")).await;
             }
             Action::Defragment { id, ordinal, why } => {
@@ -220,7 +232,6 @@ impl Actor<'_> {
                 }
                 self.event(kc, EventType::Normal, "AlarmDisarmed", "NOSPACE cleared".into()).await;
             }
-            Action::FinishDefragRun => out.defrag_run_finished = true,
             Action::Degraded { reason, message } => {
                 self.event(kc, EventType::Warning, reason, message.clone()).await;
             }

@@ -1,7 +1,7 @@
 //! The controller: `Context` (client, event recorder, diagnostics, metrics,
 //! etcd client), `reconcile` wrapped in kube's `finalizer()`, `error_policy`,
-//! status written by server-side apply, and `run`, which watches KvClusters
-//! and the objects they own.
+//! status written by server-side apply, and `run`, which watches KvClusters,
+//! the objects they own and the Jobs of their maintenance CronJobs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +9,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
@@ -165,7 +167,13 @@ pub async fn run(state: State, client: Client, etcd_timeout: Duration) -> Result
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<CronJob>::all(client.clone()), owned.clone())
+        // Jobs belong to a CronJob, not to the KvCluster: map them by their instance label.
+        .watches(Api::<Job>::all(client.clone()), owned, |job: Job| {
+            let instance = job.labels().get("app.kubernetes.io/instance").cloned();
+            instance.map(|name| ObjectRef::<KvCluster>::new(&name).within(&job.namespace().unwrap_or_default()))
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, state.to_context(client, etcd_timeout).await)
         .for_each(|r| async move {

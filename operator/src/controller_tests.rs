@@ -1,11 +1,17 @@
 //! Controller scenarios against the `fixtures` API-server stand-in.
 
 use kube::Resource;
+use serde_json::{Value, json};
+
+use crate::resources::Task;
 
 use super::*;
 use crate::fixtures::{Expect, Reply, as_json, empty_list, finalized, finish, kvcluster};
 
 const NS: &str = "/apis/kvd.io/v1alpha1/namespaces/ns/kvclusters";
+const BATCH: &str = "/apis/batch/v1/namespaces/ns";
+/// The maintenance Jobs' and pods' label selector, URL-encoded.
+const KVCTL: &str = "app.kubernetes.io%2Finstance%3Ddemo%2Capp.kubernetes.io%2Fname%3Dkvctl";
 
 #[tokio::test]
 async fn new_kvcluster_gets_a_finalizer() {
@@ -32,6 +38,10 @@ async fn first_reconcile_bootstraps_and_writes_status() {
         Expect::get(format!("{core}/services/demo-client"), Reply::NotFound),
         Expect::get(format!("{core}/configmaps/demo-config"), Reply::NotFound),
         Expect::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", Reply::NotFound),
+        Expect::get(format!("{BATCH}/cronjobs/demo-compact"), Reply::NotFound),
+        Expect::get(format!("{BATCH}/cronjobs/demo-defrag"), Reply::NotFound),
+        Expect::get(format!("{BATCH}/jobs?&labelSelector={KVCTL}"), empty_list()),
+        Expect::get(format!("{core}/pods?&labelSelector={KVCTL}"), empty_list()),
         Expect::patch(
             format!("{core}/configmaps/demo-config?&force=true&fieldManager=kvd-operator"),
             &["\"initial-cluster-state\":\"new\"", "demo-2=http://demo-2.demo-peer.ns.svc:2380"],
@@ -94,6 +104,28 @@ fn existing_objects(kc: &KvCluster) -> Vec<Expect> {
     ]
 }
 
+/// The maintenance objects: the CronJobs the spec asks for exist as built
+/// (unless `stale`), and `jobs`/`pods` are the Jobs and pods found.
+fn maintenance_objects(kc: &KvCluster, stale: bool, jobs: Vec<Value>, pods: Vec<Value>) -> Vec<Expect> {
+    let list =
+        |items: Vec<Value>| Reply::Json(json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items }));
+    let cron = |task: Task| match crate::resources::cronjob(kc, task) {
+        Some(mut cj) => {
+            if stale {
+                cj.metadata.annotations = Some([(crate::resources::SPEC_HASH.to_string(), "old".to_string())].into());
+            }
+            Reply::Json(serde_json::to_value(cj).expect("json"))
+        }
+        None => Reply::NotFound,
+    };
+    vec![
+        Expect::get(format!("{BATCH}/cronjobs/demo-compact"), cron(Task::Compact)),
+        Expect::get(format!("{BATCH}/cronjobs/demo-defrag"), cron(Task::Defrag)),
+        Expect::get(format!("{BATCH}/jobs?&labelSelector={KVCTL}"), list(jobs)),
+        Expect::get(format!("/api/v1/namespaces/ns/pods?&labelSelector={KVCTL}"), list(pods)),
+    ]
+}
+
 mod erased {
     /// Lets `existing_objects` serialize objects of different types.
     pub trait Ser {
@@ -111,6 +143,7 @@ async fn unreachable_members_of_a_forming_cluster_mean_wait() {
     let (ctx, server) = Context::test();
     let kc = finalized(kvcluster("demo", 3));
     let mut calls = existing_objects(&kc);
+    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
     calls.push(Expect {
         reply: Reply::Json(as_json(&kc)),
         ..Expect::patch(format!("{NS}/demo/status?"), &["\"phase\":\"Creating\"", "\"reason\":\"Bootstrapping\""])
@@ -127,6 +160,7 @@ async fn unreachable_members_of_a_formed_cluster_mean_quorum_lost() {
     let mut kc = finalized(kvcluster("demo", 3));
     kc.status = Some(crate::crd::KvClusterStatus { formed: true, ..Default::default() });
     let mut calls = existing_objects(&kc);
+    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
     calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["QuorumLost", "\"type\":\"Warning\""]));
     calls.push(Expect {
         reply: Reply::Json(as_json(&kc)),
@@ -163,6 +197,7 @@ async fn scale_up_adds_a_learner_through_the_etcd_api() {
         "/apis/apps/v1/namespaces/ns/statefulsets/demo",
         Reply::Json(serde_json::to_value(&sts).expect("sts")),
     );
+    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
     calls.push(Expect::patch(
         "/api/v1/namespaces/ns/configmaps/demo-config?",
         &["\"initial-cluster-state\":\"existing\"", "demo-1=http://demo-1.demo-peer.ns.svc:2380"],
@@ -180,4 +215,133 @@ async fn scale_up_adds_a_learner_through_the_etcd_api() {
         asked,
         vec!["alarm 0 0 0".to_string(), "add http://demo-1.demo-peer.ns.svc:2380 learner=true".to_string()]
     );
+}
+
+/// A KvCluster with both maintenance schedules.
+fn scheduled() -> KvCluster {
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.spec.version = Some("1.2.3".into());
+    kc.spec.compaction = Some(crate::crd::CompactionSpec {
+        schedule: "*/5 * * * *".into(),
+        retention_revisions: None,
+        retention_duration: Some("1h".into()),
+    });
+    kc.spec.defrag = Some(crate::crd::DefragSpec { schedule: "0 3 * * *".into(), free_threshold: 0.3 });
+    kc
+}
+
+fn status_patch(kc: &KvCluster, contains: &[&str]) -> Expect {
+    Expect { reply: Reply::Json(as_json(kc)), ..Expect::patch(format!("{NS}/demo/status?"), contains) }
+}
+
+#[tokio::test]
+async fn cronjobs_are_created_with_the_spec() {
+    let (ctx, server) = Context::test();
+    let kc = scheduled();
+    let mut calls = existing_objects(&kc);
+    calls.extend(maintenance_objects(&kvcluster("demo", 3), false, vec![], vec![]));
+    calls.push(Expect::patch(
+        format!("{BATCH}/cronjobs/demo-compact?&force=true&fieldManager=kvd-operator"),
+        &[
+            "\"schedule\":\"*/5 * * * *\"",
+            "\"concurrencyPolicy\":\"Forbid\"",
+            "\"image\":\"ghcr.io/kvd-io/kvd:1.2.3\"",
+            "\"command\":[\"kvctl\"]",
+            "\"args\":[\"compact\",\"--endpoints\",\"http://demo-client.ns.svc:2379\",\"--retain-duration\",\"1h\"]",
+            "\"terminationMessagePolicy\":\"FallbackToLogsOnError\"",
+            "\"restartPolicy\":\"Never\"",
+            "\"kind\":\"KvCluster\"",
+            "\"app.kubernetes.io/name\":\"kvctl\"",
+        ],
+    ));
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["CronJobApplied", "demo-compact"]));
+    calls.push(status_patch(&kc, &["\"type\":\"Progressing\""]));
+    let done = server.run(calls);
+    let requeue = reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
+    finish(done).await;
+}
+
+#[tokio::test]
+async fn cronjobs_are_updated_when_the_spec_changes() {
+    let (ctx, server) = Context::test();
+    let kc = scheduled();
+    let mut calls = existing_objects(&kc);
+    // The compact CronJob is current, the defrag one was built from an older spec.
+    let mut m = maintenance_objects(&kc, false, vec![], vec![]);
+    m[1] = maintenance_objects(&kc, true, vec![], vec![]).swap_remove(1);
+    calls.extend(m);
+    calls.push(Expect::patch(
+        format!("{BATCH}/cronjobs/demo-defrag?&force=true&fieldManager=kvd-operator"),
+        &["\"args\":[\"defrag\",\"--endpoints\",\"http://demo-client.ns.svc:2379\",\"--rolling\",\"--skip-if-free-below\",\"0.3\"]"],
+    ));
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["CronJobApplied", "demo-defrag"]));
+    calls.push(status_patch(&kc, &["\"type\":\"Progressing\""]));
+    let done = server.run(calls);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+}
+
+#[tokio::test]
+async fn cronjobs_are_deleted_when_their_schedule_goes() {
+    let (ctx, server) = Context::test();
+    let mut kc = scheduled();
+    let mut calls = existing_objects(&kc);
+    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
+    kc.spec.compaction = None;
+    calls.push(Expect::delete(format!("{BATCH}/cronjobs/demo-compact?"), &["\"propagationPolicy\":\"Background\""]));
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["CronJobDeleted"]));
+    calls.push(status_patch(&kc, &["\"type\":\"Progressing\""]));
+    let done = server.run(calls);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+}
+
+#[tokio::test]
+async fn status_records_the_finished_jobs_termination_messages() {
+    let (ctx, server) = Context::test();
+    let kc = scheduled();
+    let mut calls = existing_objects(&kc);
+    let job = |task: &str, uid: &str, done: &str| {
+        json!({ "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": { "name": format!("demo-{task}-{uid}"), "uid": uid,
+                              "labels": crate::naming::maintenance_labels("demo", task) },
+                "status": { "succeeded": 1, "completionTime": done } })
+    };
+    let pod = |uid: &str, message: &str| {
+        json!({ "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": format!("p-{uid}"),
+                              "ownerReferences": [ { "apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": uid } ] },
+                "status": { "containerStatuses": [ { "name": "kvctl", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": { "terminated": { "exitCode": 0, "message": message } } } ] } })
+    };
+    let compact =
+        r#"{"compactedRevision":1234,"targetRevision":1234,"currentRevision":1300,"time":"2026-01-01T10:00:00Z"}"#;
+    let defrag = r#"{"members":[{"name":"demo-1","id":"a","bytesFreed":700},{"name":"demo-0","id":"b","bytesFreed":300}],"skipped":[],"leaderMovedTo":"demo-1","time":"2026-01-01T10:05:00Z"}"#;
+    calls.extend(maintenance_objects(
+        &kc,
+        false,
+        vec![
+            job("compact", "c1", "2026-01-01T10:00:01Z"),
+            job("defrag", "d1", "2026-01-01T10:05:01Z"),
+            job("defrag", "d0", "2026-01-01T09:05:01Z"),
+        ],
+        vec![pod("c1", compact), pod("d1", defrag), pod("d0", "not json at all")],
+    ));
+    calls.push(status_patch(
+        &kc,
+        &[
+            // (key order depends on serde_json's preserve_order, which another crate may turn on)
+            "\"lastCompaction\":{",
+            "\"revision\":1234",
+            "\"time\":\"2026-01-01T10:00:00Z\"",
+            "\"lastDefrag\":{",
+            "\"bytesFreed\":1000",
+            "\"member\":\"demo-1,demo-0\"",
+            "\"time\":\"2026-01-01T10:05:00Z\"",
+        ],
+    ));
+    let done = server.run(calls);
+    reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
 }

@@ -60,10 +60,10 @@ pub struct KvClusterSpec {
     /// Backend quota in bytes (`--quota-backend-bytes`; 0 or unset = 2 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_backend_bytes: Option<i64>,
-    /// Scheduled compaction, run by the operator through the etcd API.
+    /// Scheduled compaction: a CronJob `<name>-compact` running `kvctl compact`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compaction: Option<CompactionSpec>,
-    /// Scheduled defragmentation, run by the operator through the etcd API.
+    /// Scheduled rolling defragmentation: a CronJob `<name>-defrag` running `kvctl defrag --rolling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defrag: Option<DefragSpec>,
     /// Alarm handling.
@@ -146,9 +146,10 @@ pub struct CompactionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub retention_revisions: Option<i64>,
-    /// Keep this much history (Go-style duration, e.g. `"1h"` or `"90m"`): each
-    /// run compacts to the revision the previous run saw, once that is this old.
-    /// Wins over `retentionRevisions`.
+    /// Keep at least this much history (Go-style duration, e.g. `"1h"` or
+    /// `"90m"`): each run compacts to the revision that was current this long
+    /// ago, from (time, revision) checkpoints kvctl keeps in the cluster under
+    /// the key `kvd.io/kvctl/compaction-checkpoints`. Wins over `retentionRevisions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub retention_duration: Option<String>,
@@ -263,12 +264,6 @@ pub struct KvClusterStatus {
     pub last_compaction: Option<CompactionRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_defrag: Option<DefragRecord>,
-    /// When the last scheduled defragmentation run finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_defrag_run: Option<Time>,
-    /// Revision seen by the last scheduled compaction (for `retentionDuration`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compaction_checkpoint: Option<CompactionRecord>,
 }
 
 /// One member as the cluster reports it.
@@ -291,14 +286,16 @@ pub struct MemberStatus {
     pub alarms: Vec<String>,
 }
 
-/// The last compaction the operator made.
+/// The last compaction: by the compaction CronJob or the NOSPACE remediation.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct CompactionRecord {
     pub revision: i64,
     pub time: Time,
 }
 
-/// The last defragmentation the operator made.
+/// The last defragmentation: by the defrag CronJob (`member` lists the members
+/// defragmented, comma-separated, empty if all were under `freeThreshold`;
+/// `bytesFreed` is their total) or by the NOSPACE remediation (one member).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DefragRecord {

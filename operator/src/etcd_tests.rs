@@ -2,7 +2,7 @@
 //! (kvd-api's generated server traits): merging MemberList with each member's
 //! Status, alarm mapping, endpoint fallback and error tolerance.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvd_api::etcdserverpb::cluster_server::{Cluster, ClusterServer};

@@ -68,6 +68,12 @@ impl Expect {
     pub fn post(path: impl Into<String>, contains: &[&str]) -> Self {
         Expect { method: http::Method::POST, reply: Reply::Echo, ..Expect::patch(path, contains) }
     }
+
+    /// A DELETE answered with a success Status.
+    pub fn delete(path: impl Into<String>, contains: &[&str]) -> Self {
+        let ok = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 200 });
+        Expect { method: http::Method::DELETE, reply: Reply::Json(ok), ..Expect::patch(path, contains) }
+    }
 }
 
 /// An empty list answer.

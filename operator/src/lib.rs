@@ -8,12 +8,12 @@ pub mod act;
 pub mod controller;
 pub mod crd;
 pub mod etcd;
+pub mod maintenance;
 pub mod metrics;
 pub mod naming;
 pub mod observe;
 pub mod planner;
 pub mod resources;
-pub mod schedule;
 pub mod status;
 pub mod telemetry;
 

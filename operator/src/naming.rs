@@ -27,6 +27,16 @@ pub fn client_service(cluster: &str) -> String {
     format!("{cluster}-client")
 }
 
+/// Address of the client Service (what the maintenance CronJobs dial).
+pub fn client_service_url(cluster: &str, ns: &str) -> String {
+    format!("http://{}.{ns}.svc:{CLIENT_PORT}", client_service(cluster))
+}
+
+/// CronJob running `kvctl <task>` ("compact" or "defrag").
+pub fn cronjob(cluster: &str, task: &str) -> String {
+    format!("{cluster}-{task}")
+}
+
 /// ConfigMap holding `initial-cluster` and `initial-cluster-state`.
 pub fn config_map(cluster: &str) -> String {
     format!("{cluster}-config")
@@ -102,6 +112,23 @@ pub fn labels(cluster: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(cluster);
     l.insert("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string());
     l
+}
+
+/// Labels of the maintenance CronJobs, their Jobs and pods: not the members'
+/// selector (`app.kubernetes.io/name` is `kvctl`), so the PDB and the
+/// operator's member pod list never see them.
+pub fn maintenance_labels(cluster: &str, task: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "kvctl".to_string()),
+        ("app.kubernetes.io/instance".to_string(), cluster.to_string()),
+        ("app.kubernetes.io/component".to_string(), task.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
+    ])
+}
+
+/// Selects every maintenance Job and pod of `cluster`.
+pub fn maintenance_selector(cluster: &str) -> String {
+    format!("app.kubernetes.io/instance={cluster},app.kubernetes.io/name=kvctl")
 }
 
 /// `selector_labels` as a label selector string.

@@ -1,11 +1,13 @@
-//! Observation: plain data describing what exists (Kubernetes objects) and what
-//! the members themselves report (MemberList, Status, alarms). `gather` reads
-//! the world; the planner only ever sees an `Observation`.
+//! Observation: plain data describing what exists (Kubernetes objects,
+//! including the maintenance CronJobs and their Jobs) and what the members
+//! themselves report (MemberList, Status, alarms). `gather` reads the world;
+//! the planner only ever sees an `Observation`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
@@ -13,9 +15,9 @@ use kube::{Api, ResourceExt};
 
 use crate::crd::KvCluster;
 use crate::etcd::{ClusterView, EtcdClient};
+use crate::maintenance::{self, JobObs};
 use crate::naming;
-use crate::resources::{self, TEMPLATE_HASH};
-use crate::schedule::{Schedule, parse_duration};
+use crate::resources::{self, SPEC_HASH, TEMPLATE_HASH, Task};
 use crate::{Error, Result};
 
 /// Owned objects besides the StatefulSet.
@@ -37,8 +39,8 @@ pub struct Desired {
     pub auto_remediate: bool,
     pub quorum_loss_recovery: bool,
     pub quota_bytes: i64,
-    /// Free fraction under which scheduled defragmentation skips a member.
-    pub defrag_threshold: f64,
+    /// Spec hash of each maintenance CronJob the spec asks for.
+    pub cronjobs: BTreeMap<Task, String>,
     /// Revisions kept below the current one when compacting for NOSPACE.
     pub retention_revisions: i64,
     /// `spec.tls` is set (not implemented yet: the planner refuses it).
@@ -54,7 +56,7 @@ impl Default for Desired {
             auto_remediate: true,
             quorum_loss_recovery: false,
             quota_bytes: crate::crd::DEFAULT_QUOTA_BYTES,
-            defrag_threshold: 0.2,
+            cronjobs: BTreeMap::new(),
             retention_revisions: 0,
             tls_requested: false,
         }
@@ -129,11 +131,11 @@ pub struct Observation {
     pub alarms: Vec<AlarmObs>,
     /// The cluster has had a leader before (`status.formed`).
     pub bootstrapped: bool,
-    /// Target revision of a scheduled compaction that is due.
-    pub compaction_due: Option<i64>,
-    /// A scheduled defragmentation run is due.
-    pub defrag_due: bool,
     pub last_compacted_revision: i64,
+    /// The maintenance CronJobs that exist, with their spec hash.
+    pub cronjobs: BTreeMap<Task, Option<String>>,
+    /// The Jobs they left (CronJob history), with their termination messages.
+    pub jobs: Vec<JobObs>,
 }
 
 /// Reads the Kubernetes objects and asks the members; never fails because a
@@ -170,7 +172,17 @@ pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) ->
         None => None,
     };
     let now = jiff::Timestamp::now();
-    Ok(build(kc, sts.as_ref(), &pods, &pvcs, missing, view.as_ref(), now))
+    let mut obs = build(kc, sts.as_ref(), &pods, &pvcs, missing, view.as_ref(), now);
+    let cjs = Api::<CronJob>::namespaced(client.clone(), &ns);
+    let mut cronjobs = Vec::new();
+    for task in Task::ALL {
+        cronjobs.extend(cjs.get_opt(&naming::cronjob(&name, task.as_str())).await?);
+    }
+    let lp = ListParams::default().labels(&naming::maintenance_selector(&name));
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns).list(&lp).await?.items;
+    let job_pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await?.items;
+    (obs.cronjobs, obs.jobs) = maintenance::observe(&cronjobs, &jobs, &job_pods);
+    Ok(obs)
 }
 
 /// Pure part of `gather`: turns the fetched objects into an `Observation`.
@@ -200,32 +212,7 @@ pub fn build(
     let pvcs =
         pvcs.iter().filter_map(|p| naming::ordinal_from_name(&name, p.name_any().strip_prefix("data-")?)).collect();
     let members = view.and_then(|v| v.members.clone());
-    let leader_rev = members.iter().flatten().filter_map(|m| m.health.as_ref()).map(|h| h.revision).max().unwrap_or(0);
     let last_compaction = status.last_compaction.as_ref();
-    let compaction_due = kc.spec.compaction.as_ref().and_then(|c| {
-        let since = last_compaction.map(|l| l.time.0).or(kc.creation_timestamp().map(|t| t.0))?;
-        if !Schedule::parse(&c.schedule).ok()?.due(since, now) {
-            return None;
-        }
-        Some(match c.retention_duration.as_deref().map(parse_duration) {
-            // Compact to what the previous run saw, once that is old enough.
-            Some(Some(keep)) => status
-                .compaction_checkpoint
-                .as_ref()
-                .filter(|cp| now.duration_since(cp.time.0).as_secs() >= keep.as_secs() as i64)
-                .map(|cp| cp.revision)
-                .unwrap_or(0),
-            Some(None) => 0,
-            None => (leader_rev - c.retention_revisions.unwrap_or(0)).max(0),
-        })
-    });
-    let defrag_due = kc.spec.defrag.as_ref().is_some_and(|d| {
-        let since = status.last_defrag_run.as_ref().map(|t| t.0).or(kc.creation_timestamp().map(|t| t.0));
-        match (Schedule::parse(&d.schedule), since) {
-            (Ok(s), Some(since)) => s.due(since, now),
-            _ => false,
-        }
-    });
     Observation {
         desired,
         statefulset,
@@ -235,9 +222,9 @@ pub fn build(
         members,
         alarms: view.map(|v| v.alarms.clone()).unwrap_or_default(),
         bootstrapped: status.formed,
-        compaction_due,
-        defrag_due,
         last_compacted_revision: last_compaction.map(|l| l.revision).unwrap_or(0),
+        cronjobs: BTreeMap::new(),
+        jobs: Vec::new(),
     }
 }
 
@@ -251,7 +238,13 @@ pub fn desired(kc: &KvCluster) -> Desired {
         auto_remediate: spec.alarms.auto_remediate,
         quorum_loss_recovery: spec.quorum_loss_recovery,
         quota_bytes: spec.quota_bytes(),
-        defrag_threshold: spec.defrag.as_ref().map(|d| d.free_threshold).unwrap_or(0.2),
+        cronjobs: Task::ALL
+            .into_iter()
+            .filter_map(|t| {
+                let cj = resources::cronjob(kc, t)?;
+                Some((t, cj.metadata.annotations?.get(SPEC_HASH)?.clone()))
+            })
+            .collect(),
         retention_revisions: spec.compaction.as_ref().and_then(|c| c.retention_revisions).unwrap_or(0),
         tls_requested: spec
             .tls
@@ -313,7 +306,6 @@ mod tests {
         });
         kc.status = Some(KvClusterStatus {
             last_compaction: Some(CompactionRecord { revision: 10, time: ago(90) }),
-            compaction_checkpoint: Some(CompactionRecord { revision: 500, time: ago(90) }),
             ..KvClusterStatus::default()
         });
         let mut sts = resources::statefulset(&kc, 3);
@@ -332,14 +324,9 @@ mod tests {
         assert!(obs.pods[&1].outdated);
         assert_eq!(obs.pvcs, BTreeSet::from([4]));
         assert_eq!(obs.missing, vec![Owned::Pdb]);
-        assert_eq!(obs.compaction_due, Some(500), "checkpoint is older than 1h");
         assert_eq!(obs.last_compacted_revision, 10);
         assert!(!obs.bootstrapped && obs.members.is_none());
-        // A checkpoint younger than the retention compacts nothing yet.
-        if let Some(s) = kc.status.as_mut() {
-            s.compaction_checkpoint = Some(CompactionRecord { revision: 500, time: ago(30) });
-        }
-        let obs = build(&kc, Some(&sts), &pods, &pvcs, vec![], None, now());
-        assert_eq!(obs.compaction_due, Some(0));
+        // The spec schedules compaction only.
+        assert_eq!(obs.desired.cronjobs.keys().copied().collect::<Vec<_>>(), vec![Task::Compact]);
     }
 }

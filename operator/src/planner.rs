@@ -1,14 +1,16 @@
 //! The planner: a pure function from an `Observation` to the ONE next safe
 //! step. No I/O; every rule is exercised by table tests and property tests in
 //! `planner_tests.rs`. Rules, in priority order:
-//! invalid spec → bootstrap → missing objects → unreachable/quorum loss →
-//! NOSPACE remediation → failed members → learner in flight → template drift →
-//! StatefulSet shrink → scale up (learner add) → [every member healthy] rolling
-//! restart → scale down → scheduled
-//! compaction → scheduled defragmentation → idle.
+//! invalid spec → bootstrap → missing objects → maintenance CronJobs to
+//! create, update or delete → unreachable/quorum loss → NOSPACE remediation →
+//! failed members → learner in flight → template drift → StatefulSet shrink →
+//! scale up (learner add) → [every member healthy] rolling restart → scale
+//! down → idle. Scheduled compaction and defragmentation are not steps: the
+//! CronJobs run them (`maintenance.rs`).
 
 use crate::FAILED_MEMBER_AFTER;
 use crate::observe::{AlarmKind, MemberObs, Observation, Owned};
+use crate::resources::Task;
 
 /// Smallest free fraction worth a defragmentation while remediating NOSPACE.
 pub const NOSPACE_MIN_FREE_FRACTION: f64 = 0.05;
@@ -26,7 +28,6 @@ pub enum RemoveReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Why {
     Nospace,
-    Scheduled,
     Rolling,
     ScaleDown,
 }
@@ -38,6 +39,10 @@ pub enum Action {
     Bootstrap { replicas: u32 },
     /// Re-create missing Services, ConfigMap or PDB.
     EnsureObjects { missing: Vec<Owned> },
+    /// Create or update the CronJob of a scheduled maintenance task.
+    EnsureCronJob { task: Task },
+    /// Delete the CronJob of a task no longer scheduled (its Jobs go with it).
+    DeleteCronJob { task: Task },
     /// Apply the StatefulSet's new pod template (pods restart one by one later).
     UpdateStatefulSet,
     /// Set the StatefulSet's replicas (one more or one less).
@@ -60,8 +65,6 @@ pub enum Action {
     Defragment { id: u64, ordinal: Option<u32>, why: Why },
     /// AlarmRequest DEACTIVATE NOSPACE.
     DisarmNospace,
-    /// Record that the scheduled defragmentation run is over.
-    FinishDefragRun,
     /// Nothing safe to do yet; look again soon.
     Wait { reason: &'static str, message: String },
     /// Something needs a human or cannot be done safely.
@@ -151,6 +154,9 @@ pub fn plan(obs: &Observation) -> Action {
     if !obs.missing.is_empty() {
         return Action::EnsureObjects { missing: obs.missing.clone() };
     }
+    if let Some(a) = crate::maintenance::cronjob_step(obs) {
+        return a;
+    }
     let Some(members) = obs.members.as_deref() else {
         if obs.bootstrapped {
             return quorum_lost(obs, "no member answers MemberList");
@@ -211,12 +217,6 @@ pub fn plan(obs: &Observation) -> Action {
             return Action::Idle;
         };
         return remove_voter(&v, victim, RemoveReason::ScaleDown);
-    }
-    if let Some(revision) = obs.compaction_due {
-        return Action::Compact { revision, why: Why::Scheduled };
-    }
-    if obs.defrag_due {
-        return defrag_step(&v, members, d.defrag_threshold, Why::Scheduled).unwrap_or(Action::FinishDefragRun);
     }
     Action::Idle
 }

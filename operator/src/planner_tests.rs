@@ -1,12 +1,14 @@
 //! Table and property tests for the planner, plus a tiny simulator that
 //! applies each planned step to the observation to check whole sequences.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::*;
 use crate::observe::{AlarmObs, Desired, MemberHealth, PodObs, StsObs};
+use crate::resources::Task;
 
 fn id(o: u32) -> u64 {
     0x10 + o as u64
@@ -91,11 +93,8 @@ fn simulate(obs: &mut Observation, a: &Action) {
             obs.statefulset.as_mut().expect("sts").template_hash = Some(obs.desired.template_hash.clone());
             obs.pods.values_mut().for_each(|p| p.outdated = true);
         }
-        Action::Compact { revision, why } => {
+        Action::Compact { revision, .. } => {
             obs.last_compacted_revision = *revision;
-            if *why == Why::Scheduled {
-                obs.compaction_due = None;
-            }
             for h in members(obs).iter_mut().filter_map(|m| m.health.as_mut()) {
                 h.db_size_in_use /= 2;
             }
@@ -107,7 +106,13 @@ fn simulate(obs: &mut Observation, a: &Action) {
             }
         }
         Action::DisarmNospace => obs.alarms.clear(),
-        Action::FinishDefragRun => obs.defrag_due = false,
+        Action::EnsureCronJob { task } => {
+            let want = obs.desired.cronjobs.get(task).cloned();
+            obs.cronjobs.insert(*task, want);
+        }
+        Action::DeleteCronJob { task } => {
+            obs.cronjobs.remove(task);
+        }
         Action::RecycleMember { ordinal } => {
             obs.pods.insert(*ordinal, PodObs { ready: true, ..PodObs::default() });
             let h = member(0, leader).health;
@@ -346,20 +351,64 @@ fn image_change_rolls_followers_then_leader() {
 }
 
 #[test]
-fn scheduled_maintenance() {
+fn maintenance_cronjobs_follow_the_spec() {
+    let spec = |c: Option<&str>, d: Option<&str>| -> BTreeMap<Task, String> {
+        [(Task::Compact, c), (Task::Defrag, d)].into_iter().filter_map(|(t, h)| Some((t, h?.to_string()))).collect()
+    };
+    let have = |c: Option<Option<&str>>, d: Option<Option<&str>>| -> BTreeMap<Task, Option<String>> {
+        [(Task::Compact, c), (Task::Defrag, d)]
+            .into_iter()
+            .filter_map(|(t, h)| Some((t, h?.map(String::from))))
+            .collect()
+    };
+    let cases = [
+        ("nothing scheduled", spec(None, None), have(None, None), Action::Idle),
+        ("create", spec(Some("a"), None), have(None, None), Action::EnsureCronJob { task: Task::Compact }),
+        ("in sync", spec(Some("a"), Some("b")), have(Some(Some("a")), Some(Some("b"))), Action::Idle),
+        (
+            "spec changed",
+            spec(Some("a"), Some("c")),
+            have(Some(Some("a")), Some(Some("b"))),
+            Action::EnsureCronJob { task: Task::Defrag },
+        ),
+        (
+            "no hash annotation",
+            spec(Some("a"), None),
+            have(Some(None), None),
+            Action::EnsureCronJob { task: Task::Compact },
+        ),
+        (
+            "schedule removed",
+            spec(None, Some("b")),
+            have(Some(Some("a")), Some(Some("b"))),
+            Action::DeleteCronJob { task: Task::Compact },
+        ),
+    ];
+    for (name, want, exist, action) in cases {
+        let mut obs = cluster(3);
+        obs.desired.cronjobs = want;
+        obs.cronjobs = exist;
+        assert_eq!(plan(&obs), action, "{name}");
+    }
+    // They come before member work (a rolling restart waits one step) and after missing objects.
     let mut obs = cluster(3);
-    obs.compaction_due = Some(500);
-    obs.defrag_due = true;
-    obs.desired.defrag_threshold = 0.05;
+    obs.desired.cronjobs = spec(Some("a"), Some("b"));
+    obs.desired.template_hash = "h2".into();
     let steps = run(&mut obs);
-    assert_eq!(steps[0], Action::Compact { revision: 500, why: Why::Scheduled });
-    assert_eq!(steps.last(), Some(&Action::FinishDefragRun));
-    assert_eq!(steps.len(), 6, "{steps:?}");
-    // Nothing over the threshold: the run just finishes.
+    assert_eq!(
+        steps[..2],
+        [Action::EnsureCronJob { task: Task::Compact }, Action::EnsureCronJob { task: Task::Defrag }]
+    );
+    assert_eq!(steps[2], Action::UpdateStatefulSet);
     let mut obs = cluster(3);
-    obs.defrag_due = true;
-    obs.desired.defrag_threshold = 0.5;
-    assert_eq!(plan(&obs), Action::FinishDefragRun);
+    obs.desired.cronjobs = spec(Some("a"), None);
+    obs.missing = vec![Owned::Pdb];
+    assert_eq!(plan(&obs), Action::EnsureObjects { missing: vec![Owned::Pdb] });
+    // Quorum loss does not stop them being kept in line with the spec.
+    let mut obs = cluster(3);
+    obs.desired.cronjobs = spec(Some("a"), None);
+    obs.members = None;
+    assert_eq!(plan(&obs), Action::EnsureCronJob { task: Task::Compact });
 }
 
 fn arb_obs() -> impl Strategy<Value = Observation> {

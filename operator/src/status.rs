@@ -1,13 +1,16 @@
 //! Builds the KvCluster status from the observation, the planned action and
 //! its outcome: phase, members, leader and the five conditions (Available,
 //! Progressing, Degraded, QuotaAlarm, Reconfiguring), keeping each
-//! condition's lastTransitionTime while its status does not change.
+//! condition's lastTransitionTime while its status does not change, and
+//! `lastCompaction`/`lastDefrag`: the newest of the NOSPACE remediation's,
+//! the maintenance Jobs' and the recorded ones.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::act::Outcome;
 use crate::crd::{KvCluster, KvClusterStatus, MemberStatus};
+use crate::maintenance::{newest, records};
 use crate::naming;
 use crate::observe::{AlarmKind, Observation};
 use crate::planner::{Action, Why};
@@ -32,7 +35,7 @@ pub fn phase(obs: &Observation, action: &Action) -> &'static str {
 }
 
 fn is_change(a: &Action) -> bool {
-    !matches!(a, Action::Idle | Action::Degraded { .. } | Action::Wait { .. } | Action::FinishDefragRun)
+    !matches!(a, Action::Idle | Action::Degraded { .. } | Action::Wait { .. })
 }
 
 fn cond(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: String, gen_: Option<i64>) -> Condition {
@@ -62,6 +65,7 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
     let leader = leader_id.and_then(|l| members.iter().find(|m| m.id == l));
     let voters = members.iter().filter(|m| !m.is_learner).count() as i32;
     let nospace = obs.alarms.iter().any(|a| a.kind == AlarmKind::Nospace);
+    let jobs = records(&obs.jobs);
     let member_status = members
         .iter()
         .map(|m| {
@@ -140,10 +144,12 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
         members: if obs.members.is_some() { member_status } else { prev.members.clone() },
         leader: leader.map(|l| if l.name.is_empty() { format!("{:x}", l.id) } else { l.name.clone() }),
         conditions,
-        last_compaction: out.last_compaction.clone().or(prev.last_compaction),
-        last_defrag: out.last_defrag.clone().or(prev.last_defrag),
-        compaction_checkpoint: out.compaction_checkpoint.clone().or(prev.compaction_checkpoint),
-        last_defrag_run: if out.defrag_run_finished { Some(Time(Timestamp::now())) } else { prev.last_defrag_run },
+        // The newest of: this step (NOSPACE remediation), the CronJobs' Jobs, what was recorded.
+        last_compaction: newest(
+            &[out.last_compaction.as_ref(), jobs.compaction.as_ref(), prev.last_compaction.as_ref()],
+            |r| r.time.0,
+        ),
+        last_defrag: newest(&[out.last_defrag.as_ref(), jobs.defrag.as_ref(), prev.last_defrag.as_ref()], |r| r.time.0),
     }
 }
 

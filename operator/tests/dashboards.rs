@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use kvd_operator::metrics::{ErrorLabels, Metrics, action_kind};
 use kvd_operator::observe::Owned;
 use kvd_operator::planner::{Action, RemoveReason, Why};
+use kvd_operator::resources::Task;
 
 #[test]
 fn checker_finds_names_and_reports_missing_ones() {
@@ -46,7 +47,7 @@ fn every_operator_metric_in_dashboards_and_alerts_is_exported() {
 /// Every `action` the dashboards and alerts filter on is a kind the operator counts.
 #[test]
 fn action_filters_name_real_action_kinds() {
-    let why = Why::Scheduled;
+    let why = Why::Nospace;
     let kinds: BTreeSet<&str> = [
         Action::Bootstrap { replicas: 3 },
         Action::EnsureObjects { missing: vec![Owned::Pdb] },
@@ -61,7 +62,8 @@ fn action_filters_name_real_action_kinds() {
         Action::Compact { revision: 1, why },
         Action::Defragment { id: 1, ordinal: None, why },
         Action::DisarmNospace,
-        Action::FinishDefragRun,
+        Action::EnsureCronJob { task: Task::Compact },
+        Action::DeleteCronJob { task: Task::Defrag },
         Action::Wait { reason: "r", message: String::new() },
         Action::Degraded { reason: "r", message: String::new() },
         Action::Idle,

@@ -1,14 +1,17 @@
 //! Pure builders for the objects a KvCluster owns: headless peer and client
 //! Services, the ConfigMap with `initial-cluster`, the quorum-aware PDB, the
-//! StatefulSet, and the optional Prometheus Operator monitor.
+//! StatefulSet, the maintenance CronJobs and the optional Prometheus
+//! Operator monitor.
 
 mod configmap;
+mod cronjob;
 mod monitor;
 mod pdb;
 mod service;
 mod statefulset;
 
 pub use configmap::{INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, config_map};
+pub use cronjob::{SPEC_HASH, Task, cronjob};
 pub use monitor::monitor;
 pub use pdb::pdb;
 pub use service::{SERVICE_ROLE, client_service, peer_service};
@@ -38,12 +41,16 @@ fn owner_ref(kc: &KvCluster) -> Option<OwnerReference> {
     kc.controller_owner_ref(&())
 }
 
-/// FNV-1a over the pod template's JSON: stable across builds and Rust versions.
+/// Hash of the pod template's JSON: stable across builds and Rust versions.
 pub fn template_hash(kc: &KvCluster) -> String {
-    let json = serde_json::to_vec(&pod_template(kc)).unwrap_or_default();
+    fnv(&serde_json::to_vec(&pod_template(kc)).unwrap_or_default())
+}
+
+/// FNV-1a of `bytes`, as 16 hex digits.
+fn fnv(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in json {
-        h ^= u64::from(b);
+    for b in bytes {
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")

@@ -5,8 +5,12 @@
 //! - `kvctl snapshot status FILE` and `kvctl snapshot restore FILE ...`: read
 //!   a snapshot saved with `etcdctl snapshot save` from kvd, and create a new
 //!   member's data dir from it, as `etcdutl snapshot` does.
+//! - `kvctl compact` and `kvctl defrag [--rolling]`: scheduled maintenance
+//!   (what kvd-operator's CronJobs run), printing one JSON result line that
+//!   also becomes the pod's termination message.
 
 mod bench;
+mod maintenance;
 mod snapshot;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +37,12 @@ enum Cmd {
         #[command(subcommand)]
         workload: Workload,
     },
+    /// Compact the keyspace to the current revision minus a retention
+    /// (`--retain-revisions N` or `--retain-duration 1h`); nothing to compact is success.
+    Compact(maintenance::compact::CompactArgs),
+    /// Defragment members one at a time; `--rolling`: followers first, then
+    /// MoveLeader and the former leader, refusing unless every member is healthy.
+    Defrag(maintenance::defrag::DefragArgs),
     /// Snapshot files.
     Snapshot {
         #[command(subcommand)]
@@ -52,6 +62,8 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Bench { workload } => bench::run(workload).await,
+            Cmd::Compact(a) => maintenance::compact::run(a).await.map_err(|e| e.to_string()),
+            Cmd::Defrag(a) => maintenance::defrag::run(a).await.map_err(|e| e.to_string()),
             Cmd::Snapshot { cmd } => snapshot_cmd(cmd),
         }
     });

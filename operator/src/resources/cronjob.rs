@@ -1,0 +1,164 @@
+//! The maintenance CronJobs: `<name>-compact` runs `kvctl compact`,
+//! `<name>-defrag` runs `kvctl defrag --rolling`, on the spec's schedules
+//! (UTC), in the cluster's own kvd image (which ships kvctl), against the
+//! client Service. concurrencyPolicy Forbid, so runs never overlap; the
+//! result line kvctl writes to `/dev/termination-log` is how the operator
+//! learns what a run did (`crate::maintenance::records`).
+
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+use super::meta;
+use crate::crd::KvCluster;
+use crate::naming;
+
+/// Annotation on a CronJob carrying the hash of the rest of it.
+pub const SPEC_HASH: &str = "kvd.io/spec-hash";
+
+/// A scheduled maintenance task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Task {
+    Compact,
+    Defrag,
+}
+
+impl Task {
+    pub const ALL: [Task; 2] = [Task::Compact, Task::Defrag];
+
+    /// The kvctl subcommand, the CronJob name suffix and the component label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Compact => "compact",
+            Task::Defrag => "defrag",
+        }
+    }
+
+    /// The task named `s` (a component label).
+    pub fn parse(s: &str) -> Option<Task> {
+        Task::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+fn kvctl_args(kc: &KvCluster, task: Task) -> Option<(String, Vec<String>)> {
+    let endpoints = naming::client_service_url(&kc.name_any(), &kc.namespace().unwrap_or_default());
+    let mut args = vec![task.as_str().to_string(), "--endpoints".into(), endpoints];
+    let schedule = match task {
+        Task::Compact => {
+            let c = kc.spec.compaction.as_ref()?;
+            match (&c.retention_duration, c.retention_revisions) {
+                (Some(d), _) => args.extend(["--retain-duration".into(), d.clone()]),
+                (None, Some(n)) => args.extend(["--retain-revisions".into(), n.to_string()]),
+                (None, None) => {}
+            }
+            c.schedule.clone()
+        }
+        Task::Defrag => {
+            let d = kc.spec.defrag.as_ref()?;
+            args.extend(["--rolling".into(), "--skip-if-free-below".into(), d.free_threshold.to_string()]);
+            d.schedule.clone()
+        }
+    };
+    Some((schedule, args))
+}
+
+/// The CronJob for `task`, or None when the spec has no schedule for it.
+pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
+    let (schedule, args) = kvctl_args(kc, task)?;
+    let cluster = kc.name_any();
+    let labels = naming::maintenance_labels(&cluster, task.as_str());
+    let over = &kc.spec.pod_template;
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        containers: vec![Container {
+            name: "kvctl".into(),
+            image: Some(kc.spec.image()),
+            command: Some(vec!["kvctl".into()]),
+            args: Some(args),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Container::default()
+        }],
+        tolerations: (!over.tolerations.is_empty()).then(|| over.tolerations.clone()),
+        node_selector: (!over.node_selector.is_empty()).then(|| over.node_selector.clone()),
+        ..PodSpec::default()
+    };
+    let job_meta = ObjectMeta { labels: Some(labels.clone()), ..ObjectMeta::default() };
+    let mut m = meta(kc, naming::cronjob(&cluster, task.as_str()));
+    m.labels = Some(labels);
+    let mut cj = CronJob {
+        metadata: m,
+        spec: CronJobSpec {
+            schedule,
+            time_zone: Some("Etc/UTC".into()),
+            concurrency_policy: Some("Forbid".into()),
+            successful_jobs_history_limit: Some(1),
+            failed_jobs_history_limit: Some(1),
+            job_template: JobTemplateSpec {
+                metadata: Some(job_meta.clone()),
+                spec: Some(JobSpec {
+                    backoff_limit: Some(1),
+                    template: PodTemplateSpec { metadata: Some(job_meta), spec: Some(pod) },
+                    ..JobSpec::default()
+                }),
+            },
+            ..CronJobSpec::default()
+        },
+        status: None,
+    };
+    let hash = super::fnv(&serde_json::to_vec(&cj).unwrap_or_default());
+    cj.metadata.annotations = Some([(SPEC_HASH.to_string(), hash)].into());
+    Some(cj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CompactionSpec, DefragSpec};
+    use crate::fixtures::kvcluster;
+
+    #[test]
+    fn cronjobs_follow_the_spec() {
+        let mut kc = kvcluster("demo", 3);
+        assert!(cronjob(&kc, Task::Compact).is_none() && cronjob(&kc, Task::Defrag).is_none());
+        kc.spec.version = Some("1.2.3".into());
+        kc.spec.compaction = Some(CompactionSpec {
+            schedule: "*/5 * * * *".into(),
+            retention_revisions: Some(1000),
+            retention_duration: None,
+        });
+        kc.spec.defrag = Some(DefragSpec { schedule: "0 3 * * *".into(), free_threshold: 0.3 });
+        let cj = cronjob(&kc, Task::Compact).expect("compact");
+        assert_eq!(cj.metadata.name.as_deref(), Some("demo-compact"));
+        let spec = &cj.spec;
+        assert_eq!(spec.schedule, "*/5 * * * *");
+        assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+        let job = spec.job_template.spec.as_ref().expect("job");
+        let pod = job.template.spec.as_ref().expect("pod");
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("ghcr.io/kvd-io/kvd:1.2.3"));
+        assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+        let args = c.args.clone().expect("args").join(" ");
+        assert_eq!(args, "compact --endpoints http://demo-client.ns.svc:2379 --retain-revisions 1000");
+        // Job pods must not match the members' selector (PDB, member pod list).
+        let pod_labels = job.template.metadata.as_ref().and_then(|m| m.labels.clone()).expect("labels");
+        assert_eq!(pod_labels.get("app.kubernetes.io/name").map(String::as_str), Some("kvctl"));
+        let owner = &cj.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("KvCluster", "demo"));
+        let d = cronjob(&kc, Task::Defrag).expect("defrag");
+        let args = d.spec.job_template.spec.expect("job").template.spec.expect("pod").containers[0]
+            .args
+            .clone()
+            .expect("args");
+        assert_eq!(args[3..], ["--rolling", "--skip-if-free-below", "0.3"]);
+        // The hash moves with the spec.
+        let h =
+            |kc: &KvCluster| cronjob(kc, Task::Compact).and_then(|c| c.metadata.annotations?.get(SPEC_HASH).cloned());
+        let before = h(&kc);
+        if let Some(c) = kc.spec.compaction.as_mut() {
+            c.retention_duration = Some("1h".into());
+        }
+        assert_ne!(h(&kc), before);
+    }
+}
