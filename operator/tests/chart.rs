@@ -185,3 +185,22 @@ fn cluster_values_are_the_kvcluster_spec() {
         assert!(in_values.is_subset(&crd_fields), "values.yaml {field}: {in_values:?} not in {crd_fields:?}");
     }
 }
+
+/// The `rules:` block of the first ClusterRole in `text` (a manifest or a
+/// template: the block itself has no template expressions).
+fn cluster_role_rules(text: &str) -> String {
+    let from = text.find("kind: ClusterRole\n").expect("a ClusterRole");
+    let rest = &text[from..];
+    let start = rest.find("rules:\n").expect("rules:") + "rules:\n".len();
+    let end = rest[start..].find("\n---").map_or(rest.len(), |e| start + e);
+    rest[start..end].trim_end().to_string()
+}
+
+#[test]
+fn plain_manifest_grants_what_the_chart_grants() {
+    let root = root();
+    let chart = cluster_role_rules(&read(&root.join("charts/kvd-operator/templates/rbac.yaml")));
+    let plain = cluster_role_rules(&read(&root.join("operator/deploy/operator.yaml")));
+    assert!(!chart.contains("{{"), "the chart's ClusterRole rules are plain YAML");
+    assert_eq!(plain, chart, "operator/deploy/operator.yaml's ClusterRole differs from the chart's");
+}

@@ -2,9 +2,9 @@
 //! (`--experimental-enable-distributed-tracing`, etcd's flag names).
 
 use opentelemetry::trace::TracerProvider as _;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::Flags;
@@ -33,10 +33,8 @@ pub fn init(flags: &Flags) -> Result<Telemetry, String> {
     // happen inside a request. Without an exporter no layer wants a span, so
     // the span macros cost a cached callsite check.
     let events_only = tracing_subscriber::filter::filter_fn(|m| m.is_event());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_filter(filter().and(events_only));
+    let fmt =
+        tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_filter(filter().and(events_only));
     if !flags.experimental_enable_distributed_tracing {
         tracing_subscriber::registry().with(fmt).try_init().map_err(|e| e.to_string())?;
         return Ok(Telemetry { provider: None });
