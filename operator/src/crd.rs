@@ -81,10 +81,15 @@ pub struct KvClusterSpec {
     /// Allow an even number of replicas (no fault-tolerance gain over n-1).
     #[serde(default)]
     pub allow_even_replicas: bool,
-    /// Opt in to force-new-cluster recovery after quorum loss (kvd lacks the mode
-    /// today: the operator reports Degraded/QuorumLost either way).
+    /// Opt in to force-new-cluster recovery after quorum loss (not performed by
+    /// this operator version yet: it reports Degraded/QuorumLost either way).
     #[serde(default)]
     pub quorum_loss_recovery: bool,
+    /// Seconds a member's pod may fail (crash-loop, stay unready or
+    /// unreachable) before the member is replaced with a fresh volume; default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30))]
+    pub failed_member_timeout_seconds: Option<u32>,
 }
 
 /// What happens to a member's PersistentVolumeClaim.

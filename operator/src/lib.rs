@@ -8,6 +8,7 @@ pub mod act;
 pub mod controller;
 pub mod crd;
 pub mod etcd;
+pub mod leader;
 pub mod maintenance;
 pub mod metrics;
 pub mod naming;
@@ -41,6 +42,9 @@ pub enum Error {
     /// The object lacks something the controller needs (namespace, name, ...).
     #[error("invalid object: {0}")]
     Invalid(String),
+    /// The leader election Lease was lost (taken over, or not renewed in time).
+    #[error("leadership lost: the lease was not renewed in time or was taken over")]
+    LeadershipLost,
 }
 
 impl Error {
@@ -53,6 +57,7 @@ impl Error {
             Error::Unreachable(_) => "unreachable",
             Error::Serialization(_) => "serialization",
             Error::Invalid(_) => "invalid",
+            Error::LeadershipLost => "leadership_lost",
         }
         .to_string()
     }
@@ -68,5 +73,6 @@ impl From<kube::Error> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How long a member's pod may fail (crash-loop, unreachable) before the
-/// planner treats the member as failed and replaces it.
+/// planner treats the member as failed and replaces it, unless the spec's
+/// `failedMemberTimeoutSeconds` says otherwise.
 pub const FAILED_MEMBER_AFTER: Duration = Duration::from_secs(300);

@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
 use kvd_operator::controller::{self, State};
+use kvd_operator::leader;
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -28,6 +29,34 @@ struct Args {
     /// Timeout of each etcd API call to a member, in seconds.
     #[arg(long, env = "KVD_OPERATOR_ETCD_TIMEOUT", default_value_t = 3)]
     etcd_timeout: u64,
+    /// Run the controller only while holding a coordination Lease, so that
+    /// several replicas can run and one reconciles.
+    #[arg(long, env = "KVD_OPERATOR_LEADER_ELECT", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "KVD_OPERATOR_LEADER_ELECT_LEASE", default_value = "kvd-operator")]
+    leader_elect_lease: String,
+    /// Namespace of the Lease (default: the pod's, else "default").
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_elect_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: the pod's name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+/// The namespace a pod runs in, from its service-account mount.
+fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// A unique enough identity outside a pod: host name and process id.
+fn host_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
@@ -64,6 +93,7 @@ async fn main() -> std::process::ExitCode {
         .route("/", get(diagnostics))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
+        .route("/healthz", get(health))
         .route("/ready", get(health))
         .with_state(state.clone());
     let addr = SocketAddr::from(([0, 0, 0, 0], args.port));
@@ -78,9 +108,29 @@ async fn main() -> std::process::ExitCode {
     let server = axum::serve(listener, app).with_graceful_shutdown(async {
         let _ = tokio::signal::ctrl_c().await;
     });
-    let ctrl = controller::run(state, client, Duration::from_secs(args.etcd_timeout));
+    let elector = args.leader_elect.then(|| leader::Elector {
+        api: kube::Api::namespaced(client.clone(), &args.leader_elect_namespace.clone().unwrap_or_else(own_namespace)),
+        name: args.leader_elect_lease.clone(),
+        identity: args.identity.clone().unwrap_or_else(host_identity),
+        timing: leader::Timing::default(),
+    });
+    // Leading: reconcile until the Lease is lost, then exit so that the pod
+    // restarts as a candidate (a stale leader must not keep acting).
+    let lead = async {
+        if let Some(e) = &elector {
+            e.acquire().await;
+        }
+        let ctrl = controller::run(state, client, Duration::from_secs(args.etcd_timeout));
+        match &elector {
+            Some(e) => tokio::select! {
+                r = ctrl => r,
+                () = e.keep() => Err(kvd_operator::Error::LeadershipLost),
+            },
+            None => ctrl.await,
+        }
+    };
     tokio::select! {
-        r = ctrl => match r {
+        r = lead => match r {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 error!(error = %e, "controller stopped (is the CRD installed?)");

@@ -38,6 +38,8 @@ pub struct Desired {
     pub allow_even: bool,
     pub auto_remediate: bool,
     pub quorum_loss_recovery: bool,
+    /// A member whose pod fails this long is replaced.
+    pub failed_member_after: Duration,
     pub quota_bytes: i64,
     /// Spec hash of each maintenance CronJob the spec asks for.
     pub cronjobs: BTreeMap<Task, String>,
@@ -55,6 +57,7 @@ impl Default for Desired {
             allow_even: false,
             auto_remediate: true,
             quorum_loss_recovery: false,
+            failed_member_after: crate::FAILED_MEMBER_AFTER,
             quota_bytes: crate::crd::DEFAULT_QUOTA_BYTES,
             cronjobs: BTreeMap::new(),
             retention_revisions: 0,
@@ -237,6 +240,9 @@ pub fn desired(kc: &KvCluster) -> Desired {
         allow_even: spec.allow_even_replicas,
         auto_remediate: spec.alarms.auto_remediate,
         quorum_loss_recovery: spec.quorum_loss_recovery,
+        failed_member_after: spec
+            .failed_member_timeout_seconds
+            .map_or(crate::FAILED_MEMBER_AFTER, |s| Duration::from_secs(s.into())),
         quota_bytes: spec.quota_bytes(),
         cronjobs: Task::ALL
             .into_iter()

@@ -8,7 +8,6 @@
 //! down → idle. Scheduled compaction and defragmentation are not steps: the
 //! CronJobs run them (`maintenance.rs`).
 
-use crate::FAILED_MEMBER_AFTER;
 use crate::observe::{AlarmKind, MemberObs, Observation, Owned};
 use crate::resources::Task;
 
@@ -231,7 +230,7 @@ fn degraded(reason: &'static str, message: String) -> Action {
 
 fn quorum_lost(obs: &Observation, detail: &str) -> Action {
     let recovery = if obs.desired.quorum_loss_recovery {
-        "quorumLossRecovery is on, but kvd has no force-new-cluster mode yet: restore from a snapshot by hand"
+        "quorumLossRecovery is on, but this operator version does not perform it yet: restart the most advanced member with --force-new-cluster by hand, or restore from a snapshot"
     } else {
         "quorumLossRecovery is off: bring members back or restore from a snapshot"
     };
@@ -256,8 +255,11 @@ fn remove_voter(v: &View, victim: &MemberObs, reason: RemoveReason) -> Action {
 }
 
 fn pod_failed(obs: &Observation, m: &MemberObs) -> bool {
-    let failing =
-        m.ordinal.and_then(|o| obs.pods.get(&o)).and_then(|p| p.failing_for).is_some_and(|f| f >= FAILED_MEMBER_AFTER);
+    let failing = m
+        .ordinal
+        .and_then(|o| obs.pods.get(&o))
+        .and_then(|p| p.failing_for)
+        .is_some_and(|f| f >= obs.desired.failed_member_after);
     failing && !healthy(m)
 }
 

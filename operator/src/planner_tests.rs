@@ -7,6 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::FAILED_MEMBER_AFTER;
 use crate::observe::{AlarmObs, Desired, MemberHealth, PodObs, StsObs};
 use crate::resources::Task;
 
@@ -183,7 +184,7 @@ fn quorum_loss_is_reported() {
     assert!(matches!(plan(&obs), Action::Degraded { reason: "QuorumLost", .. }));
     obs.desired.quorum_loss_recovery = true;
     let Action::Degraded { message, .. } = plan(&obs) else { panic!("not degraded") };
-    assert!(message.contains("no force-new-cluster mode"), "{message}");
+    assert!(message.contains("does not perform it yet") && message.contains("--force-new-cluster"), "{message}");
     // Nobody answers at all after the cluster formed.
     let mut obs = cluster(3);
     obs.members = None;
@@ -261,6 +262,17 @@ fn failed_member_is_replaced_with_a_fresh_volume() {
             Action::PromoteLearner { id: id(1), ordinal: 1 },
         ]
     );
+}
+
+#[test]
+fn failed_member_timeout_comes_from_the_spec() {
+    let mut obs = cluster(3);
+    fail(&mut obs, 1, Duration::from_secs(60));
+    assert!(matches!(plan(&obs), Action::Wait { .. }), "the default is five minutes");
+    obs.desired.failed_member_after = Duration::from_secs(45);
+    assert_eq!(plan(&obs), Action::RemoveMember { id: id(1), ordinal: Some(1), reason: RemoveReason::Failed });
+    obs.desired.failed_member_after = Duration::from_secs(61);
+    assert!(matches!(plan(&obs), Action::Wait { .. }), "not yet at 61 s");
 }
 
 #[test]

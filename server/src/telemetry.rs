@@ -24,7 +24,7 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber. `RUST_LOG` overrides `--log-level`.
 pub fn init(flags: &Flags) -> Result<Telemetry, String> {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&flags.log_level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&flags.log_level));
     // Colours only on a terminal: log files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // The log takes events only. Spans exist for the OTLP export: given to the
@@ -33,8 +33,7 @@ pub fn init(flags: &Flags) -> Result<Telemetry, String> {
     // happen inside a request. Without an exporter no layer wants a span, so
     // the span macros cost a cached callsite check.
     let events_only = tracing_subscriber::filter::filter_fn(|m| m.is_event());
-    let fmt =
-        tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_filter(filter().and(events_only));
+    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_filter(filter.and(events_only));
     if !flags.experimental_enable_distributed_tracing {
         tracing_subscriber::registry().with(fmt).try_init().map_err(|e| e.to_string())?;
         return Ok(Telemetry { provider: None });
@@ -67,7 +66,10 @@ pub fn init(flags: &Flags) -> Result<Telemetry, String> {
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("kvd");
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter());
+    // kvd's own spans, whatever the log level says (tests log at warn and
+    // still export); not the debug and trace spans of the libraries under it.
+    let spans = tracing_subscriber::filter::Targets::new().with_target("kvd", tracing::Level::INFO);
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(spans);
     tracing_subscriber::registry().with(fmt).with(otel).try_init().map_err(|e| e.to_string())?;
     Ok(Telemetry { provider: Some(provider) })
 }
