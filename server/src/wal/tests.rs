@@ -285,3 +285,59 @@ async fn purge_deletes_whole_segments_below_the_marker() {
     assert_eq!(r.entries.back().unwrap().0, 71);
     assert_eq!(r.snapshot.as_ref().map(|s| s.0), Some(second - 1));
 }
+
+/// Counts pwrites and fdatasyncs of the segments it wraps (one test uses it).
+mod counting {
+    use std::fs::File;
+    use std::io;
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::super::segment::SegmentFile;
+
+    pub static WRITES: AtomicU64 = AtomicU64::new(0);
+    pub static SYNCS: AtomicU64 = AtomicU64::new(0);
+
+    struct Counting(File);
+
+    impl SegmentFile for Counting {
+        fn pwrite(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            WRITES.fetch_add(1, Ordering::SeqCst);
+            self.0.write_all_at(buf, offset)
+        }
+        fn fdatasync(&self) -> io::Result<()> {
+            SYNCS.fetch_add(1, Ordering::SeqCst);
+            self.0.sync_data()
+        }
+    }
+
+    pub fn hook(f: File) -> Box<dyn SegmentFile> {
+        Box::new(Counting(f))
+    }
+}
+
+#[tokio::test]
+async fn lazy_records_wait_for_the_next_fdatasync() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open_with(d.path(), META, counting::hook).unwrap();
+    wal.append_sync(entries(1..=1, "a")).await.unwrap();
+    let (writes, syncs) = (counting::WRITES.load(SeqCst), counting::SYNCS.load(SeqCst));
+    assert_eq!((writes, syncs), (1, 1), "one write and one fdatasync for an awaited append");
+    // A commit record alone is written but not synced...
+    wal.append_lazy(vec![Record::Commit(Bytes::from_static(b"c1"))]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while counting::WRITES.load(SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the lazy record was never written");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(counting::SYNCS.load(SeqCst), 1, "a batch of lazy records paid its own fdatasync");
+    // ...until the next awaited append, whose fdatasync covers it.
+    wal.append_sync(entries(2..=2, "a")).await.unwrap();
+    assert_eq!(counting::SYNCS.load(SeqCst), 2);
+    wal.close();
+    let r = replayed(d.path());
+    assert_eq!(r.commit.as_deref(), Some(&b"c1"[..]));
+    assert_eq!(r.entries.len(), 2);
+}

@@ -135,8 +135,8 @@ impl Writer {
         }
     }
 
-    /// Writes `buf` at the end of the open segment, then fdatasyncs if `sync`
-    /// (or if an earlier unsynced write is waiting and `sync`).
+    /// Writes `buf` at the end of the open segment; with `sync`, then
+    /// fdatasyncs everything written so far (if anything is unsynced).
     fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), WalError> {
         if let Some(f) = &self.failed {
             return Err(WalError::Failed(f.clone()));
