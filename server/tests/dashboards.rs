@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::watch::WatchStream;
-use common::{cluster, leader};
+use common::{cluster, leader, put_retrying};
 use kvd_api::etcdserverpb::alarm_request::AlarmAction;
 use kvd_api::etcdserverpb::{
     AlarmRequest, AlarmType, DefragmentRequest, PutRequest, RangeRequest, StatusRequest, WatchCreateRequest,
@@ -64,9 +64,11 @@ async fn every_kvd_metric_in_dashboards_and_alerts_is_exported() {
     w.create(WatchCreateRequest { key: b"dash/".to_vec(), range_end: b"dash0".to_vec(), ..Default::default() }).await;
     let mut kv = p.kv().await;
     for i in 0..50 {
-        kv.put(PutRequest { key: format!("dash/{i}").into(), value: b"v".to_vec(), ..Default::default() })
-            .await
-            .unwrap();
+        put_retrying(
+            &mut kv,
+            PutRequest { key: format!("dash/{i}").into(), value: b"v".to_vec(), ..Default::default() },
+        )
+        .await;
     }
     kv.range(RangeRequest { key: b"dash/".to_vec(), range_end: b"dash0".to_vec(), ..Default::default() })
         .await

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Proc, cluster, leader};
+use common::{Proc, cluster, leader, put_retrying};
 use kvd_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, StatusRequest};
 use serde_json::Value;
 
@@ -56,7 +56,7 @@ async fn put_many(m: &Proc, prefix: &str, n: usize, value: &str) -> i64 {
     let mut rev = 0;
     for i in 0..n {
         let req = PutRequest { key: format!("{prefix}{i:05}").into(), value: value.into(), ..Default::default() };
-        rev = kv.put(req).await.unwrap().into_inner().header.unwrap().revision;
+        rev = put_retrying(&mut kv, req).await.header.unwrap().revision;
     }
     rev
 }
@@ -97,26 +97,37 @@ async fn compact_by_revisions_and_by_duration() {
     assert_eq!(r.json["targetRevision"], 0);
 
     // Duration: the first run only leaves a checkpoint of the current revision.
-    let dur = ["compact", "--endpoints", eps.as_str(), "--retain-duration", "2s"];
+    // The windows are seconds wide so that a loaded machine, where a kvctl
+    // run can take a second or two, still lands each run where it is meant to.
+    let retain = Duration::from_secs(10);
+    let dur = ["compact", "--endpoints", eps.as_str(), "--retain-duration", "10s"];
+    let t_first = std::time::Instant::now();
     let first = kvctl(&dur, &log).await;
     assert!(first.ok, "{}", first.stderr);
     assert_eq!(first.json["compactedRevision"], Value::Null);
     assert_eq!(first.json["currentRevision"], rev);
     put_many(&members[2], "d/", 10, "v").await;
-    // Checkpoints younger than 2s: nothing to compact, one more checkpoint.
+    // Checkpoints younger than 10s: nothing to compact, one more checkpoint.
     let second = kvctl(&dur, &log).await;
+    let t_second = std::time::Instant::now();
     assert!(second.ok, "{}", second.stderr);
     assert_eq!(second.json["compactedRevision"], Value::Null);
     let second_rev = second.json["currentRevision"].as_i64().unwrap();
     assert!(second_rev > rev);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let later = put_many(&members[2], "e/", 10, "v").await;
     let r = kvctl(&dur, &log).await;
     assert!(r.ok, "{}", r.stderr);
-    assert_eq!(r.json["compactedRevision"], Value::Null, "still under 2s: {}", r.json);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    // The first two checkpoints are now over 2s old, the third is not: compact
-    // to the newest old enough (the second run's), keep everything after it.
+    if t_first.elapsed() < retain {
+        assert_eq!(r.json["compactedRevision"], Value::Null, "still under 10s: {}", r.json);
+    }
+    // The first two checkpoints are then over 10s old, the third (taken at
+    // least 4 s after the second) is not: compact to the newest old enough
+    // (the second run's), keep everything after it.
+    tokio::time::sleep(
+        (t_second + retain + Duration::from_millis(500)).saturating_duration_since(std::time::Instant::now()),
+    )
+    .await;
     let r = kvctl(&dur, &log).await;
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.json["compactedRevision"], second_rev, "{}", r.json);

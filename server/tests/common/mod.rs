@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kvd_api::etcdserverpb::kv_client::KvClient;
 use kvd_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use kvd_api::etcdserverpb::{RangeRequest, StatusRequest};
+use kvd_api::etcdserverpb::{PutRequest, PutResponse, RangeRequest, StatusRequest};
 use tonic::transport::Channel;
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -479,4 +479,21 @@ pub async fn hashes_at(endpoints: &[String], rev: i64) -> Vec<u32> {
         }
     }
     out
+}
+
+/// A Put that rides out an election: a busy machine can starve a leader of
+/// its heartbeats, and a put then fails with Unavailable ("leader changed",
+/// "no leader"), which an etcd client retries. Panics on any other error, or
+/// after 20 s.
+pub async fn put_retrying(kv: &mut KvClient<Channel>, req: PutRequest) -> PutResponse {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match kv.put(req.clone()).await {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("put {:?}: {s}", String::from_utf8_lossy(&req.key)),
+        }
+    }
 }
