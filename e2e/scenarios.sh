@@ -1,12 +1,15 @@
 # shellcheck shell=bash
 # The e2e scenarios, each a function run by e2e/run in its own subshell with
-# `set -e`: a failing command or assertion fails the scenario. `kubectl` and
-# `etcdctl` (against the kvd member that stores the cluster) are functions of
-# e2e/run; $root is the repository.
+# `set -e`: a failing command or assertion fails the scenario. `kubectl`,
+# `helm` and `etcdctl` (against the kvd member that stores the cluster) are
+# functions of e2e/run; $root is the repository, $ETCDCTL the etcdctl binary,
+# $E2E_WORK/node/hosts the node agent's hosts file (the cluster's DNS).
 
 # "name:description" in the order they run.
 SCENARIOS=(
   "kubernetes_on_kvd:Kubernetes stores itself in kvd"
+  "operator_installs_cluster:helm installs the operator; a 3-member KvCluster becomes Available and serves etcdctl"
+  "member_process_killed:a killed member process is restarted and rejoins"
   "storage_log_clean:the API server logged no storage errors"
 )
 
@@ -52,7 +55,8 @@ kubernetes_on_kvd() {
     fail "resourceVersion $rev is not kvd's mod_revision"
 
   # A Deployment: the controller manager, watching through the API server,
-  # creates its ReplicaSet and two Pods (Pending: no node runs them here).
+  # creates its ReplicaSet and two Pods (bound to the node, whose agent has
+  # no binary for this image: ErrImagePull).
   kubectl -n e2e create deployment web --image=registry.invalid/web --replicas=2
   eventually 60 pods_of_web
   [ -n "$(etcdctl get /registry/replicasets/e2e/ --prefix --keys-only)" ] || fail "no ReplicaSet in kvd"
@@ -75,6 +79,69 @@ EOF
   eventually 120 namespace_gone
   eventually 30 no_e2e_keys
   kubectl delete -f "$root/crds/kvcluster.yaml"
+}
+
+# The operator scenarios share one cluster: KvCluster demo in namespace
+# kvd-e2e, from the kvd-cluster chart; the operator in kvd-system.
+OP_NS=kvd-e2e
+
+# kvc_field JSONPATH: a field of the KvCluster.
+kvc_field() { kubectl -n "$OP_NS" get kvc demo -o jsonpath="$1"; }
+kvc_available_with() {
+  [ "$(kvc_field '{.status.conditions[?(@.type=="Available")].status}')" = True ] &&
+    [ "$(kvc_field '{.status.members[*].name}' | wc -w)" -eq "$1" ] &&
+    [ "$(kvc_field '{.status.readyReplicas}')" = "$1" ]
+}
+# client_ip: the address the hosts file gives the client Service (one
+# ready member).
+client_ip() { awk -v n="demo-client.$OP_NS.svc" '$3 == n {print $1; exit}' "$E2E_WORK/node/hosts"; }
+kv() { "$ETCDCTL" --endpoints "http://$(client_ip):2379" --command-timeout 5s "$@"; }
+started_members() { [ "$(kv member list | grep -c ', started, ')" -eq "$1" ]; }
+operator_ready() {
+  [ "$(kubectl -n kvd-system get deploy kvd-operator -o jsonpath='{.status.readyReplicas}')" = 1 ]
+}
+
+# The operator chart installs the operator (its image maps to the locally
+# built kvd-operator), the kvd-cluster chart a 3-member KvCluster; the
+# operator bootstraps it through the StatefulSet, claims are provisioned,
+# members find each other by their peer names, and the cluster is
+# Available with 3 members, serving etcdctl through its client Service.
+operator_installs_cluster() {
+  helm install kvd-operator "$root/charts/kvd-operator" --namespace kvd-system --create-namespace \
+    --set image.repository=ghcr.io/kvd-io/kvd-operator --set logJson=false
+  eventually 90 operator_ready
+  helm install demo "$root/charts/kvd-cluster" --namespace "$OP_NS" --create-namespace --set storage.size=1Gi
+  eventually 240 kvc_available_with 3
+  kubectl -n "$OP_NS" get pods,pvc -o wide
+  [ "$(kubectl -n "$OP_NS" get pvc -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound" ] || fail "claims not bound"
+  [ -n "$(client_ip)" ] || fail "no address for demo-client.$OP_NS.svc"
+  kv put /e2e/greeting hello
+  [ "$(kv get /e2e/greeting --print-value-only)" = hello ] || fail "read back through the client Service"
+  kv member list
+  started_members 3 || fail "member list does not show 3 started members"
+
+}
+
+pod_restarted() { [ "$(kubectl -n "$OP_NS" get pod demo-1 -o jsonpath='{.status.containerStatuses[0].restartCount}')" -ge 1 ]; }
+pod_ready() {
+  [ "$(kubectl -n "$OP_NS" get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+
+# SIGKILL to member demo-1's process: the node agent restarts the container
+# (restartPolicy Always), the member rejoins with its data, and the cluster
+# is Available with 3 started members again; the key written before is there.
+member_process_killed() {
+  local pid
+  pid=$(pgrep -f -- "--name=demo-1( |$)" | head -1)
+  [ -n "$pid" ] || fail "no process of member demo-1"
+  kill -KILL "$pid"
+  eventually 60 pod_restarted
+  eventually 90 pod_ready demo-1
+  eventually 90 kvc_available_with 3
+  eventually 30 started_members 3
+  [ "$(kv get /e2e/greeting --print-value-only)" = hello ] || fail "key lost"
+  kubectl -n "$OP_NS" get pod demo-1 -o jsonpath='{.status.containerStatuses[0].lastState}'
+  echo
 }
 
 # Last: nothing the API server logged as an error came from its storage.
