@@ -9,6 +9,7 @@
 //! second; see e2e/README.md for what it does not do.
 
 mod container;
+mod env;
 mod error;
 mod hosts;
 mod netns;

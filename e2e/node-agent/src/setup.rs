@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::{Client, ResourceExt};
 
+use crate::env::{self, Sources};
 use crate::error::Result;
 use crate::netns;
 use crate::pods::Config;
 use crate::runtime::{Launch, Mount};
-use crate::spec::{self, Sources};
+use crate::spec;
 use crate::volumes;
 
 /// Config maps (false) and secrets (true) the container's env reads.
@@ -70,11 +71,11 @@ fn launch(
         c.command.as_deref().unwrap_or_default(),
         c.args.as_deref().unwrap_or_default(),
     )?;
-    let mut env = spec::environment(pod, c, &ip, (&cfg.api.0, cfg.api.1), src)?;
-    let args = argv.iter().map(|a| spec::expand(a, &|n| spec::lookup(&env, n))).collect();
+    let mut env = env::environment(pod, c, &ip, (&cfg.api.0, cfg.api.1), src)?;
+    let args = argv.iter().map(|a| spec::expand(a, &|n| env::lookup(&env, n))).collect();
     for (k, v) in [("HOSTNAME", pod.name_any()), ("HOME", "/".into()), ("PATH", "/usr/local/bin:/usr/bin:/bin".into())]
     {
-        if spec::lookup(&env, k).is_none() {
+        if env::lookup(&env, k).is_none() {
             env.push((k.into(), v));
         }
     }

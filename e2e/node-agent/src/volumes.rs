@@ -16,9 +16,9 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 
+use crate::env::field_ref;
 use crate::error::{Error, Result, config, io};
 use crate::runtime::Mount;
-use crate::spec::field_ref;
 
 fn write(dir: &Path, rel: &str, data: &[u8]) -> Result<()> {
     let p = dir.join(rel);
