@@ -10,6 +10,7 @@ SCENARIOS=(
   "kubernetes_on_kvd:Kubernetes stores itself in kvd"
   "operator_installs_cluster:helm installs the operator; a 3-member KvCluster becomes Available and serves etcdctl"
   "member_process_killed:a killed member process is restarted and rejoins"
+  "cluster_scales:the cluster scales 3 -> 5 -> 3; scaled-in claims are retained"
   "storage_log_clean:the API server logged no storage errors"
 )
 
@@ -142,6 +143,37 @@ member_process_killed() {
   [ "$(kv get /e2e/greeting --print-value-only)" = hello ] || fail "key lost"
   kubectl -n "$OP_NS" get pod demo-1 -o jsonpath='{.status.containerStatuses[0].lastState}'
   echo
+}
+
+no_learners() { ! kv member list | grep -q ', true$'; }
+pods_gone() {
+  local p
+  for p in "$@"; do
+    ! kubectl -n "$OP_NS" get pod "$p" >/dev/null 2>&1 || return 1
+  done
+}
+set_replicas() { kubectl -n "$OP_NS" patch kvc demo --type merge -p "{\"spec\":{\"replicas\":$1}}"; }
+
+# Scaling out adds members one at a time (learner, then promoted) until 5
+# voters serve; scaling in removes the highest ordinals again. The chart's
+# whenScaled is Retain: the claims of demo-3 and demo-4 stay Bound.
+cluster_scales() {
+  set_replicas 5
+  eventually 300 kvc_available_with 5
+  eventually 60 started_members 5
+  eventually 60 no_learners
+  kv member list
+  [ "$(kubectl -n "$OP_NS" get pvc -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound Bound Bound" ] ||
+    fail "claims after scale-out: $(kubectl -n "$OP_NS" get pvc)"
+  kv put /e2e/scaled yes
+  set_replicas 3
+  eventually 300 kvc_available_with 3
+  eventually 60 started_members 3
+  eventually 120 pods_gone demo-3 demo-4
+  kv member list
+  [ "$(kubectl -n "$OP_NS" get pvc data-demo-3 data-demo-4 -o jsonpath='{.items[*].status.phase}')" = "Bound Bound" ] ||
+    fail "retained claims: $(kubectl -n "$OP_NS" get pvc)"
+  [ "$(kv get /e2e/scaled --print-value-only)" = yes ] || fail "key lost"
 }
 
 # Last: nothing the API server logged as an error came from its storage.
