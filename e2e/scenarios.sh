@@ -11,6 +11,8 @@ SCENARIOS=(
   "operator_installs_cluster:helm installs the operator; a 3-member KvCluster becomes Available and serves etcdctl"
   "member_process_killed:a killed member process is restarted and rejoins"
   "cluster_scales:the cluster scales 3 -> 5 -> 3; scaled-in claims are retained"
+  "released_volumes_deleted:deleting the retained claims deletes their volumes and directories"
+  "claims_deleted_on_scale_in:with whenScaled Delete, scale-in deletes the claims and their volumes"
   "storage_log_clean:the API server logged no storage errors"
 )
 
@@ -173,6 +175,50 @@ cluster_scales() {
   kv member list
   [ "$(kubectl -n "$OP_NS" get pvc data-demo-3 data-demo-4 -o jsonpath='{.items[*].status.phase}')" = "Bound Bound" ] ||
     fail "retained claims: $(kubectl -n "$OP_NS" get pvc)"
+  [ "$(kv get /e2e/scaled --print-value-only)" = yes ] || fail "key lost"
+}
+
+pvs_of_claims() {
+  kubectl get pv -o jsonpath='{range .items[*]}{.spec.claimRef.name}{"\n"}{end}' | grep -cE "^data-demo-($1)$" || true
+}
+no_pvs_of() { [ "$(pvs_of_claims "$1")" -eq 0 ]; }
+volume_dirs() { find "$E2E_WORK/node/volumes" -mindepth 1 -maxdepth 1 -type d | wc -l; }
+
+# Deleting the claims retained at scale-in releases their volumes, which
+# the node agent deletes with their directories (reclaim policy Delete).
+released_volumes_deleted() {
+  [ "$(pvs_of_claims "3|4")" -eq 2 ] || fail "no volumes of the retained claims"
+  [ "$(volume_dirs)" -eq 5 ] || fail "volume directories: $(ls "$E2E_WORK/node/volumes")"
+  kubectl -n "$OP_NS" delete pvc data-demo-3 data-demo-4
+  eventually 60 no_pvs_of "3|4"
+  [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(ls "$E2E_WORK/node/volumes")"
+  [ "$(kubectl get pv -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound" ] || fail "volumes: $(kubectl get pv)"
+  kvc_available_with 3 || fail "the cluster is not Available"
+}
+
+no_claims_of() { [ -z "$(kubectl -n "$OP_NS" get pvc -o name | grep -E "data-demo-($1)$")" ]; }
+sts_retention() { kubectl -n "$OP_NS" get sts demo -o jsonpath='{.spec.persistentVolumeClaimRetentionPolicy.whenScaled}'; }
+
+# whenScaled Delete: the operator carries it into the StatefulSet with the
+# next resize (not by itself: a changed whenScaled alone leaves the
+# StatefulSet as it was), and scaling 5 -> 3 then deletes the claims of
+# demo-3 and demo-4, and the node agent their volumes and directories.
+claims_deleted_on_scale_in() {
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"storage":{"whenScaled":"Delete"}}}'
+  sleep 5
+  echo "StatefulSet whenScaled 5 s after the change, before any resize: $(sts_retention)"
+  set_replicas 5
+  eventually 300 kvc_available_with 5
+  eventually 60 no_learners
+  [ "$(sts_retention)" = Delete ] || fail "StatefulSet whenScaled is $(sts_retention) after the resize"
+  [ "$(pvs_of_claims "3|4")" -eq 2 ] || fail "no volumes for demo-3 and demo-4"
+  set_replicas 3
+  eventually 300 kvc_available_with 3
+  eventually 120 pods_gone demo-3 demo-4
+  eventually 120 no_claims_of "3|4"
+  eventually 60 no_pvs_of "3|4"
+  [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(ls "$E2E_WORK/node/volumes")"
+  eventually 30 started_members 3
   [ "$(kv get /e2e/scaled --print-value-only)" = yes ] || fail "key lost"
 }
 
