@@ -98,6 +98,7 @@ kvc_available_with() {
 # client_ip: the address the hosts file gives the client Service (one
 # ready member).
 client_ip() { awk -v n="demo-client.$OP_NS.svc" '$3 == n {print $1; exit}' "$E2E_WORK/node/hosts"; }
+client_ip_known() { [ -n "$(client_ip)" ]; }
 kv() { "$ETCDCTL" --endpoints "http://$(client_ip):2379" --command-timeout 5s "$@"; }
 started_members() { [ "$(kv member list | grep -c ', started, ')" -eq "$1" ]; }
 operator_ready() {
@@ -117,7 +118,9 @@ operator_installs_cluster() {
   eventually 240 kvc_available_with 3
   kubectl -n "$OP_NS" get pods,pvc -o wide
   [ "$(kubectl -n "$OP_NS" get pvc -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound" ] || fail "claims not bound"
-  [ -n "$(client_ip)" ] || fail "no address for demo-client.$OP_NS.svc"
+  # The EndpointSlice controller marks the members ready a moment after
+  # the pods are; then the hosts file names the client Service.
+  eventually 30 client_ip_known
   kv put /e2e/greeting hello
   [ "$(kv get /e2e/greeting --print-value-only)" = hello ] || fail "read back through the client Service"
   kv member list

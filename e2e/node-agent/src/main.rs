@@ -85,6 +85,12 @@ async fn run(args: Args) -> error::Result<()> {
     std::fs::create_dir_all(work.join("volumes")).map_err(error::io("creating the work dir"))?;
     let hosts_path = work.join("hosts");
     hosts::write_in_place(&hosts_path, &hosts::render(&[], &Default::default()))?;
+    // No DNS server: a name missing from the hosts file must fail at once
+    // (as NXDOMAIN would), not wait for the machine's resolver, which pods
+    // cannot reach (glibc would retry it for 10 s).
+    let resolv_path = work.join("resolv.conf");
+    let resolv = "# kvd-node-agent: no DNS server; names come from /etc/hosts\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n";
+    std::fs::write(&resolv_path, resolv).map_err(error::io("writing resolv.conf"))?;
     let client = Client::try_default().await?;
     node::register(&client, &args.node_name).await?;
     provisioner::ensure_class(&client).await?;
@@ -94,6 +100,7 @@ async fn run(args: Args) -> error::Result<()> {
         bin_dir: std::path::absolute(&args.bin_dir).map_err(error::io("bin dir"))?,
         work: work.clone(),
         hosts: hosts_path.clone(),
+        resolv: resolv_path,
         api: (args.gateway.to_string(), args.api_port),
         net,
     };

@@ -29,6 +29,7 @@ pub struct Config {
     pub bin_dir: PathBuf,
     pub work: PathBuf,
     pub hosts: PathBuf,
+    pub resolv: PathBuf,
     pub api: (String, u16),
     pub net: Network,
 }

@@ -1,7 +1,8 @@
 //! Turning a pod into what the runtime starts: its volumes, the config maps
 //! and secrets its env reads, and per container the binary, expanded
 //! arguments, environment and bind mounts (volumes, the cluster hosts file
-//! at `/etc/hosts`, the termination message file).
+//! at `/etc/hosts`, a resolv.conf without a reachable server at
+//! `/etc/resolv.conf`, the termination message file).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,7 @@ fn launch(
     }
     let mut mounts = volumes::mounts(c, vols)?;
     mounts.push(Mount { src: cfg.hosts.clone(), dst: "/etc/hosts".into(), read_only: false });
+    mounts.push(Mount { src: cfg.resolv.clone(), dst: "/etc/resolv.conf".into(), read_only: true });
     let term_path = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
     mounts.push(Mount {
         src: dir.join(format!("{}.termination-log", c.name)),
