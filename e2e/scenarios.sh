@@ -1,12 +1,18 @@
 # shellcheck shell=bash
 # The e2e scenarios, each a function run by e2e/run in its own subshell with
-# `set -e`: a failing command or assertion fails the scenario. `kubectl` and
-# `etcdctl` (against the kvd member that stores the cluster) are functions of
-# e2e/run; $root is the repository.
+# `set -e`: a failing command or assertion fails the scenario. `kubectl`,
+# `helm` and `etcdctl` (against the kvd member that stores the cluster) are
+# functions of e2e/run; $root is the repository, $ETCDCTL the etcdctl binary,
+# $E2E_WORK/node/hosts the node agent's hosts file (the cluster's DNS).
 
 # "name:description" in the order they run.
 SCENARIOS=(
   "kubernetes_on_kvd:Kubernetes stores itself in kvd"
+  "operator_installs_cluster:helm installs the operator; a 3-member KvCluster becomes Available and serves etcdctl"
+  "member_process_killed:a killed member process is restarted and rejoins"
+  "cluster_scales:the cluster scales 3 -> 5 -> 3; scaled-in claims are retained"
+  "released_volumes_deleted:deleting the retained claims deletes their volumes and directories"
+  "claims_deleted_on_scale_in:with whenScaled Delete, scale-in deletes the claims and their volumes"
   "storage_log_clean:the API server logged no storage errors"
 )
 
@@ -52,7 +58,8 @@ kubernetes_on_kvd() {
     fail "resourceVersion $rev is not kvd's mod_revision"
 
   # A Deployment: the controller manager, watching through the API server,
-  # creates its ReplicaSet and two Pods (Pending: no node runs them here).
+  # creates its ReplicaSet and two Pods (bound to the node, whose agent has
+  # no binary for this image: ErrImagePull).
   kubectl -n e2e create deployment web --image=registry.invalid/web --replicas=2
   eventually 60 pods_of_web
   [ -n "$(etcdctl get /registry/replicasets/e2e/ --prefix --keys-only)" ] || fail "no ReplicaSet in kvd"
@@ -75,6 +82,147 @@ EOF
   eventually 120 namespace_gone
   eventually 30 no_e2e_keys
   kubectl delete -f "$root/crds/kvcluster.yaml"
+}
+
+# The operator scenarios share one cluster: KvCluster demo in namespace
+# kvd-e2e, from the kvd-cluster chart; the operator in kvd-system.
+OP_NS=kvd-e2e
+
+# kvc_field JSONPATH: a field of the KvCluster.
+kvc_field() { kubectl -n "$OP_NS" get kvc demo -o jsonpath="$1"; }
+kvc_available_with() {
+  [ "$(kvc_field '{.status.conditions[?(@.type=="Available")].status}')" = True ] &&
+    [ "$(kvc_field '{.status.members[*].name}' | wc -w)" -eq "$1" ] &&
+    [ "$(kvc_field '{.status.readyReplicas}')" = "$1" ]
+}
+# client_ip: the address the hosts file gives the client Service (one
+# ready member).
+client_ip() { awk -v n="demo-client.$OP_NS.svc" '$3 == n {print $1; exit}' "$E2E_WORK/node/hosts"; }
+client_ip_known() { [ -n "$(client_ip)" ]; }
+kv() { "$ETCDCTL" --endpoints "http://$(client_ip):2379" --command-timeout 5s "$@"; }
+started_members() { [ "$(kv member list | grep -c ', started, ')" -eq "$1" ]; }
+operator_ready() {
+  [ "$(kubectl -n kvd-system get deploy kvd-operator -o jsonpath='{.status.readyReplicas}')" = 1 ]
+}
+
+# The operator chart installs the operator (its image maps to the locally
+# built kvd-operator), the kvd-cluster chart a 3-member KvCluster; the
+# operator bootstraps it through the StatefulSet, claims are provisioned,
+# members find each other by their peer names, and the cluster is
+# Available with 3 members, serving etcdctl through its client Service.
+operator_installs_cluster() {
+  helm install kvd-operator "$root/charts/kvd-operator" --namespace kvd-system --create-namespace \
+    --set image.repository=ghcr.io/kvd-io/kvd-operator --set logJson=false
+  eventually 90 operator_ready
+  helm install demo "$root/charts/kvd-cluster" --namespace "$OP_NS" --create-namespace --set storage.size=1Gi
+  eventually 240 kvc_available_with 3
+  kubectl -n "$OP_NS" get pods,pvc -o wide
+  [ "$(kubectl -n "$OP_NS" get pvc -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound" ] || fail "claims not bound"
+  # The EndpointSlice controller marks the members ready a moment after
+  # the pods are; then the hosts file names the client Service.
+  eventually 30 client_ip_known
+  kv put /e2e/greeting hello
+  [ "$(kv get /e2e/greeting --print-value-only)" = hello ] || fail "read back through the client Service"
+  kv member list
+  started_members 3 || fail "member list does not show 3 started members"
+
+}
+
+pod_restarted() { [ "$(kubectl -n "$OP_NS" get pod demo-1 -o jsonpath='{.status.containerStatuses[0].restartCount}')" -ge 1 ]; }
+pod_ready() {
+  [ "$(kubectl -n "$OP_NS" get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+
+# SIGKILL to member demo-1's process: the node agent restarts the container
+# (restartPolicy Always), the member rejoins with its data, and the cluster
+# is Available with 3 started members again; the key written before is there.
+member_process_killed() {
+  local pid
+  pid=$(pgrep -f -- "--name=demo-1( |$)" | head -1)
+  [ -n "$pid" ] || fail "no process of member demo-1"
+  kill -KILL "$pid"
+  eventually 60 pod_restarted
+  eventually 90 pod_ready demo-1
+  eventually 90 kvc_available_with 3
+  eventually 30 started_members 3
+  [ "$(kv get /e2e/greeting --print-value-only)" = hello ] || fail "key lost"
+  kubectl -n "$OP_NS" get pod demo-1 -o jsonpath='{.status.containerStatuses[0].lastState}'
+  echo
+}
+
+no_learners() { ! kv member list | grep -q ', true$'; }
+pods_gone() {
+  local p
+  for p in "$@"; do
+    ! kubectl -n "$OP_NS" get pod "$p" >/dev/null 2>&1 || return 1
+  done
+}
+set_replicas() { kubectl -n "$OP_NS" patch kvc demo --type merge -p "{\"spec\":{\"replicas\":$1}}"; }
+
+# Scaling out adds members one at a time (learner, then promoted) until 5
+# voters serve; scaling in removes the highest ordinals again. The chart's
+# whenScaled is Retain: the claims of demo-3 and demo-4 stay Bound.
+cluster_scales() {
+  set_replicas 5
+  eventually 300 kvc_available_with 5
+  eventually 60 started_members 5
+  eventually 60 no_learners
+  kv member list
+  [ "$(kubectl -n "$OP_NS" get pvc -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound Bound Bound" ] ||
+    fail "claims after scale-out: $(kubectl -n "$OP_NS" get pvc)"
+  kv put /e2e/scaled yes
+  set_replicas 3
+  eventually 300 kvc_available_with 3
+  eventually 60 started_members 3
+  eventually 120 pods_gone demo-3 demo-4
+  kv member list
+  [ "$(kubectl -n "$OP_NS" get pvc data-demo-3 data-demo-4 -o jsonpath='{.items[*].status.phase}')" = "Bound Bound" ] ||
+    fail "retained claims: $(kubectl -n "$OP_NS" get pvc)"
+  [ "$(kv get /e2e/scaled --print-value-only)" = yes ] || fail "key lost"
+}
+
+pvs_of_claims() {
+  kubectl get pv -o jsonpath='{range .items[*]}{.spec.claimRef.name}{"\n"}{end}' | grep -cE "^data-demo-($1)$" || true
+}
+no_pvs_of() { [ "$(pvs_of_claims "$1")" -eq 0 ]; }
+volume_dirs() { find "$E2E_WORK/node/volumes" -mindepth 1 -maxdepth 1 -type d | wc -l; }
+
+# Deleting the claims retained at scale-in releases their volumes, which
+# the node agent deletes with their directories (reclaim policy Delete).
+released_volumes_deleted() {
+  [ "$(pvs_of_claims "3|4")" -eq 2 ] || fail "no volumes of the retained claims"
+  [ "$(volume_dirs)" -eq 5 ] || fail "volume directories: $(ls "$E2E_WORK/node/volumes")"
+  kubectl -n "$OP_NS" delete pvc data-demo-3 data-demo-4
+  eventually 60 no_pvs_of "3|4"
+  [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(ls "$E2E_WORK/node/volumes")"
+  [ "$(kubectl get pv -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound" ] || fail "volumes: $(kubectl get pv)"
+  kvc_available_with 3 || fail "the cluster is not Available"
+}
+
+no_claims_of() { [ -z "$(kubectl -n "$OP_NS" get pvc -o name | grep -E "data-demo-($1)$")" ]; }
+sts_retention() { kubectl -n "$OP_NS" get sts demo -o jsonpath='{.spec.persistentVolumeClaimRetentionPolicy.whenScaled}'; }
+
+# whenScaled Delete: the operator carries it into the StatefulSet with the
+# next resize (not by itself: a changed whenScaled alone leaves the
+# StatefulSet as it was), and scaling 5 -> 3 then deletes the claims of
+# demo-3 and demo-4, and the node agent their volumes and directories.
+claims_deleted_on_scale_in() {
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"storage":{"whenScaled":"Delete"}}}'
+  sleep 5
+  echo "StatefulSet whenScaled 5 s after the change, before any resize: $(sts_retention)"
+  set_replicas 5
+  eventually 300 kvc_available_with 5
+  eventually 60 no_learners
+  [ "$(sts_retention)" = Delete ] || fail "StatefulSet whenScaled is $(sts_retention) after the resize"
+  [ "$(pvs_of_claims "3|4")" -eq 2 ] || fail "no volumes for demo-3 and demo-4"
+  set_replicas 3
+  eventually 300 kvc_available_with 3
+  eventually 120 pods_gone demo-3 demo-4
+  eventually 120 no_claims_of "3|4"
+  eventually 60 no_pvs_of "3|4"
+  [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(ls "$E2E_WORK/node/volumes")"
+  eventually 30 started_members 3
+  [ "$(kv get /e2e/scaled --print-value-only)" = yes ] || fail "key lost"
 }
 
 # Last: nothing the API server logged as an error came from its storage.
