@@ -41,9 +41,16 @@ fn owner_ref(kc: &KvCluster) -> Option<OwnerReference> {
     kc.controller_owner_ref(&())
 }
 
-/// Hash of the pod template's JSON: stable across builds and Rust versions.
+/// Hash of what the StatefulSet carries besides its replicas: the pod
+/// template's JSON and the claim retention policy (so a change of
+/// `storage.whenScaled` or `whenDeleted` is applied at once, not at the next
+/// resize; it restarts no pod, since pods follow the template's own
+/// revision). Stable across builds and Rust versions.
 pub fn template_hash(kc: &KvCluster) -> String {
-    fnv(&serde_json::to_vec(&pod_template(kc)).unwrap_or_default())
+    let mut bytes = serde_json::to_vec(&pod_template(kc)).unwrap_or_default();
+    let s = &kc.spec.storage;
+    bytes.extend_from_slice(format!("|{:?}|{:?}", s.when_scaled, s.when_deleted).as_bytes());
+    fnv(&bytes)
 }
 
 /// FNV-1a of `bytes`, as 16 hex digits.
@@ -62,13 +69,25 @@ mod tests {
     use crate::fixtures::kvcluster;
 
     #[test]
-    fn hash_changes_with_the_image_only() {
+    fn hash_ignores_replicas_and_follows_the_image() {
         let a = kvcluster("demo", 3);
         let mut b = a.clone();
         b.spec.replicas = 5;
         assert_eq!(template_hash(&a), template_hash(&b));
         b.spec.version = Some("9.9.9".into());
         assert_ne!(template_hash(&a), template_hash(&b));
+    }
+
+    #[test]
+    fn hash_changes_with_the_claim_retention() {
+        let a = kvcluster("demo", 3);
+        let mut b = a.clone();
+        b.spec.storage.when_scaled = crate::crd::Retention::Delete;
+        assert_ne!(template_hash(&a), template_hash(&b), "whenScaled");
+        let mut c = a.clone();
+        c.spec.storage.when_deleted = crate::crd::Retention::Delete;
+        assert_ne!(template_hash(&a), template_hash(&c), "whenDeleted");
+        assert_ne!(template_hash(&b), template_hash(&c));
     }
 
     #[test]
