@@ -159,6 +159,25 @@ impl Elector {
         }
     }
 
+    /// Gives the Lease up on a clean shutdown (no holder), so another replica
+    /// takes over at its next poll instead of after the lease duration, as
+    /// client-go's ReleaseOnCancel does. Best effort: errors are logged.
+    pub async fn release(&self) {
+        let res = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(()) };
+            let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            self.api.replace(&self.name, &PostParams::default(), &lease).await.map(|_| ())
+        };
+        match res.await {
+            Ok(()) => info!(lease = %self.name, "released the lease"),
+            Err(e) => warn!(error = %e, lease = %self.name, "releasing the lease failed"),
+        }
+    }
+
     /// Renews the Lease until a renewal has failed for `renew_deadline`;
     /// returns then (leadership is lost).
     pub async fn keep(&self) {

@@ -123,7 +123,10 @@ async fn main() -> std::process::ExitCode {
         let ctrl = controller::run(state, client, Duration::from_secs(args.etcd_timeout));
         match &elector {
             Some(e) => tokio::select! {
-                r = ctrl => r,
+                r = ctrl => {
+                    e.release().await;
+                    r
+                },
                 () = e.keep() => Err(kvd_operator::Error::LeadershipLost),
             },
             None => ctrl.await,
@@ -132,6 +135,10 @@ async fn main() -> std::process::ExitCode {
     tokio::select! {
         r = lead => match r {
             Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e @ kvd_operator::Error::LeadershipLost) => {
+                error!(error = %e, "stopping: another replica may lead now");
+                std::process::ExitCode::FAILURE
+            }
             Err(e) => {
                 error!(error = %e, "controller stopped (is the CRD installed?)");
                 std::process::ExitCode::FAILURE
