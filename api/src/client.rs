@@ -77,6 +77,16 @@ pub enum Compacted {
     Already,
 }
 
+/// The share of a member's backend file that defragmentation would return,
+/// `(dbSize - dbSizeInUse) / dbSize` (0 for an empty or unknown size). kvctl's
+/// `--skip-if-free-below` and the operator's NOSPACE remediation both use it.
+pub fn free_fraction(db_size: i64, db_size_in_use: i64) -> f64 {
+    if db_size <= 0 {
+        return 0.0;
+    }
+    (db_size - db_size_in_use).max(0) as f64 / db_size as f64
+}
+
 /// `host:port` as `http://host:port`; URLs are kept as they are.
 pub fn endpoint_url(e: &str) -> String {
     if e.contains("://") { e.to_string() } else { format!("http://{e}") }

@@ -314,10 +314,7 @@ fn rolling(obs: &Observation, v: &View) -> Option<Action> {
 }
 
 fn free_fraction(m: &MemberObs) -> f64 {
-    match &m.health {
-        Some(h) if h.db_size > 0 => (h.db_size - h.db_size_in_use).max(0) as f64 / h.db_size as f64,
-        _ => 0.0,
-    }
+    m.health.as_ref().map_or(0.0, |h| kvd_api::client::free_fraction(h.db_size, h.db_size_in_use))
 }
 
 /// Defragment members over `threshold`, followers first; the leader hands

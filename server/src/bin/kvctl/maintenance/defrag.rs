@@ -51,10 +51,7 @@ struct Target {
 }
 
 fn free_fraction(s: &StatusResponse) -> f64 {
-    if s.db_size <= 0 {
-        return 0.0;
-    }
-    (s.db_size - s.db_size_in_use).max(0) as f64 / s.db_size as f64
+    kvd_api::client::free_fraction(s.db_size, s.db_size_in_use)
 }
 
 /// Collects what the run reports.
