@@ -13,6 +13,11 @@ SCENARIOS=(
   "cluster_scales:the cluster scales 3 -> 5 -> 3; scaled-in claims are retained"
   "released_volumes_deleted:deleting the retained claims deletes their volumes and directories"
   "claims_deleted_on_scale_in:with whenScaled Delete, scale-in deletes the claims and their volumes"
+  "member_replaced:a member that lost its volume is removed and added back as a learner"
+  "nospace_remediated:a full quota raises NOSPACE; the operator compacts, defragments and disarms"
+  "maintenance_cronjobs:the compaction and defrag CronJobs run and record lastCompaction and lastDefrag"
+  "rolling_upgrade:a new image tag rolls through the members with no failed write"
+  "cluster_deleted:deleting a KvCluster removes its objects; claims follow whenDeleted"
   "storage_log_clean:the API server logged no storage errors"
 )
 
@@ -162,9 +167,12 @@ pods_gone() {
 set_replicas() { kubectl -n "$OP_NS" patch kvc demo --type merge -p "{\"spec\":{\"replicas\":$1}}"; }
 
 # Scaling out adds members one at a time (learner, then promoted) until 5
-# voters serve; scaling in removes the highest ordinals again. The chart's
-# whenScaled is Retain: the claims of demo-3 and demo-4 stay Bound.
+# voters serve; scaling in removes the highest ordinals again, all under a
+# light write load that sees no failed write (writer_start, in
+# scenarios_ops.sh). The chart's whenScaled is Retain: the claims of demo-3
+# and demo-4 stay Bound.
 cluster_scales() {
+  writer_start scale
   set_replicas 5
   eventually 300 kvc_available_with 5
   eventually 60 started_members 5
@@ -181,6 +189,7 @@ cluster_scales() {
   [ "$(kubectl -n "$OP_NS" get pvc data-demo-3 data-demo-4 -o jsonpath='{.items[*].status.phase}')" = "Bound Bound" ] ||
     fail "retained claims: $(kubectl -n "$OP_NS" get pvc)"
   [ "$(kv get /e2e/scaled --print-value-only)" = yes ] || fail "key lost"
+  writer_stop scale
 }
 
 pvs_of_claims() {

@@ -30,6 +30,8 @@ use crate::{Error, Result};
 pub struct Outcome {
     pub last_compaction: Option<CompactionRecord>,
     pub last_defrag: Option<DefragRecord>,
+    /// The member just defragmented, and its db size afterwards.
+    pub defragged: Option<(u64, i64)>,
 }
 
 /// Everything `act` needs.
@@ -224,6 +226,7 @@ impl Actor<'_> {
                 let freed = (before - after).max(0);
                 let note = format!("{member}: freed {freed} bytes ({why:?})");
                 out.last_defrag = Some(DefragRecord { member, time: Time(Timestamp::now()), bytes_freed: freed });
+                out.defragged = Some((*id, after));
                 self.event(kc, EventType::Normal, "Defragmented", note).await;
             }
             Action::DisarmNospace => {

@@ -3,6 +3,7 @@
 //! status written by server-side apply, and `run`, which watches KvClusters,
 //! the objects they own and the Jobs of their maintenance CronJobs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ pub struct Context {
     pub diagnostics: Arc<RwLock<Diagnostics>>,
     pub metrics: Arc<Metrics>,
     pub etcd: EtcdClient,
+    /// Per cluster ("namespace/name"): members defragmented by this process
+    /// and their db size afterwards (`Observation::defragged`). Memory only:
+    /// after a restart a member may be defragmented once more.
+    pub defragged: Arc<std::sync::Mutex<BTreeMap<String, BTreeMap<u64, i64>>>>,
 }
 
 /// What `/` of the HTTP server reports.
@@ -86,7 +91,18 @@ impl State {
             metrics: self.metrics.clone(),
             diagnostics: self.diagnostics.clone(),
             etcd: EtcdClient::new("", etcd_timeout),
+            defragged: Default::default(),
         })
+    }
+}
+
+impl Context {
+    fn defragged_of(&self, key: &str) -> BTreeMap<u64, i64> {
+        self.defragged.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default()
+    }
+
+    fn remember_defrag(&self, key: &str, id: u64, size: i64) {
+        self.defragged.lock().unwrap_or_else(|e| e.into_inner()).entry(key.to_string()).or_default().insert(id, size);
     }
 }
 
@@ -122,12 +138,17 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let name = kc.name_any();
     let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
     let etcd = ctx.etcd.for_cluster(&name);
-    let obs = observe::gather(&kc, &ctx.client, &etcd).await?;
+    let key = format!("{ns}/{name}");
+    let mut obs = observe::gather(&kc, &ctx.client, &etcd).await?;
+    obs.defragged = ctx.defragged_of(&key);
     let action = plan(&obs);
     info!(action = action_kind(&action), detail = ?action, "planned");
     ctx.metrics.action(&action);
     let actor = Actor { client: &ctx.client, etcd: &etcd, recorder: &ctx.recorder };
     let outcome = actor.act(&kc, &obs, &action).await?;
+    if let Some((id, size)) = outcome.defragged {
+        ctx.remember_defrag(&key, id, size);
+    }
     let st = status::build(&kc, &obs, &action, &outcome);
     let patch = json!({ "apiVersion": "kvd.io/v1alpha1", "kind": "KvCluster", "status": st });
     let api: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &ns);
@@ -138,6 +159,8 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
 /// Owned objects go with the KvCluster (owner references); claims follow
 /// the StatefulSet's `whenDeleted` policy.
 async fn cleanup(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    let key = format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any());
+    ctx.defragged.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     let ev = kube::runtime::events::Event {
         type_: kube::runtime::events::EventType::Normal,
         reason: "DeleteRequested".into(),

@@ -128,6 +128,7 @@ impl Context {
             diagnostics: state.diagnostics.clone(),
             metrics: state.metrics.clone(),
             etcd: crate::etcd::EtcdClient::new("", Duration::from_millis(200)),
+            defragged: Default::default(),
         };
         (Arc::new(ctx), ApiServerVerifier(handle))
     }

@@ -139,6 +139,10 @@ pub struct Observation {
     pub cronjobs: BTreeMap<Task, Option<String>>,
     /// The Jobs they left (CronJob history), with their termination messages.
     pub jobs: Vec<JobObs>,
+    /// Members this operator defragmented, with their db size right after.
+    /// A file keeps some slack no defragmentation removes, so a member is not
+    /// defragmented again for NOSPACE until its size has changed.
+    pub defragged: BTreeMap<u64, i64>,
 }
 
 /// Reads the Kubernetes objects and asks the members; never fails because a
@@ -228,6 +232,7 @@ pub fn build(
         last_compacted_revision: last_compaction.map(|l| l.revision).unwrap_or(0),
         cronjobs: BTreeMap::new(),
         jobs: Vec::new(),
+        defragged: BTreeMap::new(),
     }
 }
 

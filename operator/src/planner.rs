@@ -318,13 +318,18 @@ fn free_fraction(m: &MemberObs) -> f64 {
 }
 
 /// Defragment members over `threshold`, followers first; the leader hands
-/// leadership over before its turn.
-fn defrag_step(v: &View, members: &[MemberObs], threshold: f64, why: Why) -> Option<Action> {
+/// leadership over before its turn. A member whose size has not changed
+/// since its last defragmentation is left alone: what is free in it then is
+/// slack the file format keeps.
+fn defrag_step(obs: &Observation, v: &View, members: &[MemberObs], threshold: f64, why: Why) -> Option<Action> {
     if !v.all_healthy() {
         return Some(wait("MembersNotReady", "defragmentation waits for every member to be healthy".into()));
     }
     let leader = v.leader_id();
-    let wants = |m: &&MemberObs| m.health.is_some() && free_fraction(m) >= threshold && free_fraction(m) > 0.0;
+    let wants = |m: &&MemberObs| {
+        let Some(h) = &m.health else { return false };
+        free_fraction(m) >= threshold && free_fraction(m) > 0.0 && obs.defragged.get(&m.id) != Some(&h.db_size)
+    };
     if let Some(m) = members.iter().filter(wants).filter(|m| m.id != leader).max_by_key(|m| m.ordinal) {
         return Some(Action::Defragment { id: m.id, ordinal: m.ordinal, why });
     }
@@ -343,7 +348,7 @@ fn nospace(obs: &Observation, v: &View, members: &[MemberObs]) -> Action {
     if target > obs.last_compacted_revision {
         return Action::Compact { revision: target, why: Why::Nospace };
     }
-    if let Some(a) = defrag_step(v, members, NOSPACE_MIN_FREE_FRACTION, Why::Nospace) {
+    if let Some(a) = defrag_step(obs, v, members, NOSPACE_MIN_FREE_FRACTION, Why::Nospace) {
         return a;
     }
     let over = members.iter().filter_map(|m| m.health.as_ref()).any(|h| h.db_size >= obs.desired.quota_bytes);

@@ -156,3 +156,68 @@ async fn wal_that_lost_acknowledged_entries_is_refused() {
     f.set_len(64_000_000).unwrap();
     expect_refusal(&data, &[], &["WAL records were lost"]);
 }
+
+/// A member that has started once and comes back with an empty data dir
+/// (its volume was lost) is refused: its votes and acknowledged entries are
+/// gone, so rejoining under its old id could lose committed writes. Removed
+/// and added back, the same peer URL joins as a new learner and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_that_lost_its_data_must_be_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = common::cluster(dir.path(), 3, 191);
+    for m in &members {
+        m.ready().await;
+    }
+    let l = common::leader(&members).await;
+    let via = members[l].endpoint.clone();
+    let (ok, _, err) = common::etcdctl(&via, &["put", "before", "loss"], None);
+    assert!(ok, "{err}");
+    let victim = (l + 1) % 3;
+    let name = format!("m{victim}");
+    let member_id = |name: &str| {
+        let (ok, out, err) = common::etcdctl(&via, &["member", "list", "-w", "json"], None);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["members"].as_array().unwrap().iter().find(|m| m["name"] == name).and_then(|m| m["ID"].as_u64())
+    };
+    // Published: the member has started.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let old_id = loop {
+        if let Some(id) = member_id(&name) {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} never published its name");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let v = &mut members[victim];
+    v.kill9();
+    std::fs::remove_dir_all(&v.data_dir).unwrap();
+    v.set_flag("--initial-cluster-state", "existing");
+    v.restart();
+    let st = v.wait_exit(Duration::from_secs(30)).expect("a member that lost its data must not rejoin");
+    assert!(!st.success());
+    let log = v.log_text();
+    assert!(log.contains(&format!("member {old_id:x}")) && log.contains("its data is lost"), "{log}");
+
+    // The replacement: remove, add back as a learner, start from empty.
+    let (ok, _, err) = common::etcdctl(&via, &["member", "remove", &format!("{old_id:x}")], None);
+    assert!(ok, "{err}");
+    let peer = v.flag("--initial-advertise-peer-urls").unwrap().to_string();
+    let (ok, out, err) =
+        common::etcdctl(&via, &["member", "add", &name, "--learner", &format!("--peer-urls={peer}")], None);
+    assert!(ok && out.contains("added as learner"), "{out}{err}");
+    v.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, _) =
+            common::etcdctl(&v.endpoint, &["get", "before", "--consistency=s", "--print-value-only"], None);
+        if ok && out.trim() == "loss" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the replacement never caught up:\n{}", v.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let new_id = member_id(&name).expect("the replacement publishes its name");
+    assert_ne!(new_id, old_id);
+}

@@ -134,6 +134,17 @@ async fn discover_cluster(cfg: &ServerConfig, own: &[String]) -> Result<(u64, u6
                         theirs == own
                     });
                     match me {
+                        // Raft's promises (votes cast, entries acknowledged)
+                        // went with the lost data: rejoining under the same
+                        // id could lose committed writes. etcd refuses too.
+                        Some(m) if m.started => {
+                            return Err(ServerError::Internal(format!(
+                                "--initial-cluster-state existing: member {:x} with peer URLs {own:?} has already \
+                                 started, and this data dir is empty: its data is lost; remove the member \
+                                 (etcdctl member remove {:x}) and add it back before starting it again",
+                                m.id, m.id
+                            )));
+                        }
                         Some(m) => return Ok((m.id, info.cluster_id)),
                         // MemberAdd may not have reached this member yet.
                         None => {

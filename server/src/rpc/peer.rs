@@ -105,7 +105,7 @@ impl Peer for PeerService {
             .server
             .member_list()
             .into_iter()
-            .map(|m| ClusterMember { id: m.id, peer_urls: m.peer_ur_ls })
+            .map(|m| ClusterMember { id: m.id, started: !m.name.is_empty(), peer_urls: m.peer_ur_ls })
             .collect();
         Ok(Response::new(ClusterInfoResponse { cluster_id: self.server.cluster_id, members }))
     }
