@@ -2,8 +2,10 @@
 # The e2e scenarios, each a function run by e2e/run in its own subshell with
 # `set -e`: a failing command or assertion fails the scenario. `kubectl`,
 # `helm` and `etcdctl` (against the kvd member that stores the cluster) are
-# functions of e2e/run; $root is the repository, $ETCDCTL the etcdctl binary,
-# $E2E_WORK/node/hosts the node agent's hosts file (the cluster's DNS).
+# functions of e2e/run; $root is the repository. What depends on where the
+# pods run (how to reach a member, kill its process, count volumes, read
+# its log) are the hooks of e2e/hooks/node-agent.sh (e2e/run) or
+# e2e/hooks/kind.sh (e2e/kind/run), named in that file.
 
 # "name:description" in the order they run.
 SCENARIOS=(
@@ -100,11 +102,9 @@ kvc_available_with() {
     [ "$(kvc_field '{.status.members[*].name}' | wc -w)" -eq "$1" ] &&
     [ "$(kvc_field '{.status.readyReplicas}')" = "$1" ]
 }
-# client_ip: the address the hosts file gives the client Service (one
-# ready member).
-client_ip() { awk -v n="demo-client.$OP_NS.svc" '$3 == n {print $1; exit}' "$E2E_WORK/node/hosts"; }
 client_ip_known() { [ -n "$(client_ip)" ]; }
-kv() { "$ETCDCTL" --endpoints "http://$(client_ip):2379" --command-timeout 5s "$@"; }
+# kv ARGS: etcdctl through the client Service's address.
+kv() { ectl --endpoints "http://$(client_ip):2379" --command-timeout 5s "$@"; }
 started_members() { [ "$(kv member list | grep -c ', started, ')" -eq "$1" ]; }
 operator_ready() {
   [ "$(kubectl -n kvd-system get deploy kvd-operator -o jsonpath='{.status.readyReplicas}')" = 1 ]
@@ -117,9 +117,10 @@ operator_ready() {
 # Available with 3 members, serving etcdctl through its client Service.
 operator_installs_cluster() {
   helm install kvd-operator "$root/charts/kvd-operator" --namespace kvd-system --create-namespace \
-    --set image.repository=ghcr.io/kvd-io/kvd-operator --set logJson=false
+    --set image.repository=ghcr.io/kvd-io/kvd-operator --set logJson=false "${OPERATOR_HELM_ARGS[@]}"
   eventually 90 operator_ready
-  helm install demo "$root/charts/kvd-cluster" --namespace "$OP_NS" --create-namespace --set storage.size=1Gi
+  helm install demo "$root/charts/kvd-cluster" --namespace "$OP_NS" --create-namespace --set storage.size=1Gi \
+    "${CLUSTER_HELM_ARGS[@]}"
   eventually 240 kvc_available_with 3
   kubectl -n "$OP_NS" get pods,pvc -o wide
   [ "$(kubectl -n "$OP_NS" get pvc -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound" ] || fail "claims not bound"
@@ -144,10 +145,7 @@ pod_ready() {
 # (restartPolicy Always), the member rejoins with its data, and the cluster
 # is Available with 3 started members again; the key written before is there.
 member_process_killed() {
-  local pid
-  pid=$(pgrep -f -- "--name=demo-1( |$)" | head -1)
-  [ -n "$pid" ] || fail "no process of member demo-1"
-  kill -KILL "$pid"
+  kill_member_process demo-1
   eventually 60 pod_restarted
   eventually 90 pod_ready demo-1
   eventually 90 kvc_available_with 3
@@ -196,16 +194,15 @@ pvs_of_claims() {
   kubectl get pv -o jsonpath='{range .items[*]}{.spec.claimRef.name}{"\n"}{end}' | grep -cE "^data-demo-($1)$" || true
 }
 no_pvs_of() { [ "$(pvs_of_claims "$1")" -eq 0 ]; }
-volume_dirs() { find "$E2E_WORK/node/volumes" -mindepth 1 -maxdepth 1 -type d | wc -l; }
 
 # Deleting the claims retained at scale-in releases their volumes, which
 # the node agent deletes with their directories (reclaim policy Delete).
 released_volumes_deleted() {
   [ "$(pvs_of_claims "3|4")" -eq 2 ] || fail "no volumes of the retained claims"
-  [ "$(volume_dirs)" -eq 5 ] || fail "volume directories: $(ls "$E2E_WORK/node/volumes")"
+  [ "$(volume_dirs)" -eq 5 ] || fail "volume directories: $(volume_dirs)"
   kubectl -n "$OP_NS" delete pvc data-demo-3 data-demo-4
   eventually 60 no_pvs_of "3|4"
-  [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(ls "$E2E_WORK/node/volumes")"
+  [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(volume_dirs)"
   [ "$(kubectl get pv -o jsonpath='{.items[*].status.phase}')" = "Bound Bound Bound" ] || fail "volumes: $(kubectl get pv)"
   kvc_available_with 3 || fail "the cluster is not Available"
 }
@@ -233,7 +230,7 @@ claims_deleted_on_scale_in() {
   eventually 120 pods_gone demo-3 demo-4
   eventually 120 no_claims_of "3|4"
   eventually 60 no_pvs_of "3|4"
-  [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(ls "$E2E_WORK/node/volumes")"
+  [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(volume_dirs)"
   eventually 30 started_members 3
   [ "$(kv get /e2e/scaled --print-value-only)" = yes ] || fail "key lost"
 }

@@ -5,13 +5,9 @@
 # rolling image upgrade under load, and deletion by policy. Helpers
 # (eventually, fail, kv, kvc_field, ...) come from e2e/scenarios.sh.
 
-# member_endpoints: the client URLs of every member pod, from the hosts
-# file (pod addresses change when a pod is re-created).
-member_endpoints() {
-  awk -v re="^demo-[0-9]+\\\\.demo-peer\\\\.$OP_NS\\\\.svc$" '$3 ~ re {printf "%shttp://%s:2379", sep, $1; sep=","}' \
-    "$E2E_WORK/node/hosts"
-}
-kv_all() { "$ETCDCTL" --endpoints "$(member_endpoints)" --command-timeout 5s "$@"; }
+# kv_all ARGS: etcdctl with every member's address (read again each time:
+# pod addresses change when a pod is re-created).
+kv_all() { ectl --endpoints "$(member_endpoints)" --command-timeout 5s "$@"; }
 member_id_of() { kv_all member list -w json | python3 -c "import json,sys
 ms=[m for m in json.load(sys.stdin)['members'] if m.get('name')=='$1' and not m.get('isLearner')]
 print('%x' % ms[0]['ID'] if ms else '')"; }
@@ -87,7 +83,7 @@ member_replaced() {
   has_event MemberRemoved || fail "no MemberRemoved event"
   has_event MemberAdded || fail "no MemberAdded event"
   # The re-created pod's kvd said why it would not start.
-  grep -qs 'its data is lost' "$E2E_WORK/node/pods/${OP_NS}_demo-2_"*/*.log ||
+  [[ "$(member_logs demo-2)" == *"its data is lost"* ]] ||
     fail "kvd on the fresh volume did not refuse to rejoin"
   [ "$(kv_all get /e2e/greeting --print-value-only)" = hello ] ||
     fail "key lost"

@@ -1,0 +1,38 @@
+# shellcheck shell=bash
+# Hooks of the scenarios for e2e/run, where the node agent runs the pods as
+# local processes in network namespaces on the bridge kvde2e0, and its
+# hosts file ($E2E_WORK/node/hosts) is the cluster's DNS. e2e/kind/run has
+# the same hooks for a kind cluster (e2e/hooks/kind.sh).
+#
+#   ectl ARGS                  etcdctl (the pinned one) from where the pods are reachable
+#   client_ip                  an address of the client Service of KvCluster demo
+#   member_endpoints           client URLs of every member pod of demo, comma-separated
+#   kill_member_process NAME   SIGKILL to member NAME's kvd process
+#   volume_dirs                how many provisioned volume directories exist
+#   member_logs NAME           the logs of member NAME's containers, past and present
+
+# Helm values the scenarios add: none here (the node agent maps any tag of
+# the images to the local binaries).
+OPERATOR_HELM_ARGS=()
+CLUSTER_HELM_ARGS=()
+
+ectl() { "$ETCDCTL" "$@"; }
+
+# The hosts file names the client Service after one ready endpoint.
+client_ip() { awk -v n="demo-client.$OP_NS.svc" '$3 == n {print $1; exit}' "$E2E_WORK/node/hosts"; }
+
+member_endpoints() {
+  awk -v re="^demo-[0-9]+\\\\.demo-peer\\\\.$OP_NS\\\\.svc$" '$3 ~ re {printf "%shttp://%s:2379", sep, $1; sep=","}' \
+    "$E2E_WORK/node/hosts"
+}
+
+kill_member_process() {
+  local pid
+  pid=$(pgrep -f -- "--name=$1( |$)" | head -1)
+  [ -n "$pid" ] || fail "no process of member $1"
+  kill -KILL "$pid"
+}
+
+volume_dirs() { find "$E2E_WORK/node/volumes" -mindepth 1 -maxdepth 1 -type d | wc -l; }
+
+member_logs() { cat "$E2E_WORK/node/pods/${OP_NS}_$1_"*/*.log 2>/dev/null || true; }
