@@ -275,6 +275,11 @@ pub struct KvClusterStatus {
     /// operator (`quorumLossRecovery` waits `failedMemberTimeoutSeconds` from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_lost_since: Option<Time>,
+    /// While quorum is lost: the highest raft index a voter has reported
+    /// since `quorumLostSince`. `quorumLossRecovery` never forces a member
+    /// behind it (that member may only be slow to answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_loss_best_index: Option<RaftIndexRecord>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -301,6 +306,14 @@ pub struct MemberStatus {
     pub revision: i64,
     #[serde(default)]
     pub alarms: Vec<String>,
+}
+
+/// A member's raft index.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftIndexRecord {
+    pub member: String,
+    pub raft_index: u64,
 }
 
 /// The last compaction: by the compaction CronJob or the NOSPACE remediation.

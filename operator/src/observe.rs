@@ -149,6 +149,9 @@ pub struct Observation {
     pub uid: String,
     /// When the operator first saw this loss of quorum (`status.quorumLostSince`).
     pub quorum_lost_since: Option<jiff::Timestamp>,
+    /// The highest raft index a voter reported since then, and which member
+    /// (`status.quorumLossBestIndex`).
+    pub quorum_loss_best: Option<(String, u64)>,
     /// When each member's claim was created.
     pub claims_created: BTreeMap<u32, jiff::Timestamp>,
     /// A quorum-loss recovery under way (the ConfigMap holds its keys).
@@ -194,6 +197,10 @@ pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) ->
     obs.recovery = cm.as_ref().and_then(|c| recovery::from_config(&name, c.data.as_ref()?));
     if let Some(r) = obs.recovery.as_mut() {
         r.survivor = recovery::ask_survivor(etcd, &naming::client_url(&name, &ns, r.ordinal)).await;
+        let n = obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0);
+        let others: Vec<String> =
+            (0..n).filter(|o| *o != r.ordinal).map(|o| naming::client_url(&name, &ns, o)).collect();
+        r.others = recovery::ask_others(etcd, &others).await;
     }
     let cjs = Api::<CronJob>::namespaced(client.clone(), &ns);
     let mut cronjobs = Vec::new();
@@ -256,6 +263,7 @@ pub fn build(
         now,
         uid: kc.uid().unwrap_or_default(),
         quorum_lost_since: status.quorum_lost_since.as_ref().map(|t| t.0),
+        quorum_loss_best: status.quorum_loss_best_index.as_ref().map(|r| (r.member.clone(), r.raft_index)),
         recovery: None,
     }
 }

@@ -4,7 +4,9 @@
 //! The steps, one per reconcile, each safe to repeat:
 //! 1. quorum lost for `failedMemberTimeoutSeconds` (recorded in
 //!    `status.quorumLostSince`), recovery on: pick the voter that answers
-//!    Status with the highest raft index (tie: lowest ordinal) and
+//!    Status with the highest raft index (tie: lowest ordinal), unless
+//!    another member reported a higher one during this loss
+//!    (`status.quorumLossBestIndex`: it may only be slow to answer), and
 //!    `ForceNewCluster` it: the ConfigMap gets `force-new-cluster-member =
 //!    <member>/<token>` (kvd's `--force-new-cluster-member` through an
 //!    optional env var, so no pod template changes) and the time it was set,
@@ -50,6 +52,9 @@ pub struct RecoveryObs {
     pub key: ForceKey,
     /// What the forced member says when asked directly; None if it does not answer.
     pub survivor: Option<SurvivorObs>,
+    /// (member id, leader it names) from the Status of every other member
+    /// that answers, whether or not the MemberList `observe` got lists it.
+    pub others: Vec<(u64, u64)>,
 }
 
 /// The forced member's Status and MemberList, asked of it alone.
@@ -89,7 +94,13 @@ pub enum RecoveryEnd {
 pub fn from_config(name: &str, data: &std::collections::BTreeMap<String, String>) -> Option<RecoveryObs> {
     let key = crate::resources::force_key(data)?;
     let ordinal = naming::ordinal_from_name(name, &key.member)?;
-    Some(RecoveryObs { ordinal, key, survivor: None })
+    Some(RecoveryObs { ordinal, key, survivor: None, others: Vec::new() })
+}
+
+/// (member id, leader) from the Status of each of `endpoints` that answers.
+pub async fn ask_others(etcd: &EtcdClient, endpoints: &[String]) -> Vec<(u64, u64)> {
+    let answers = futures::future::join_all(endpoints.iter().map(|e| etcd.status(e))).await;
+    answers.into_iter().flatten().map(|s| (s.header.as_ref().map(|h| h.member_id).unwrap_or(0), s.leader)).collect()
 }
 
 /// Asks the member at `endpoint` for its own Status and MemberList.
@@ -138,10 +149,18 @@ pub fn on_quorum_loss(obs: &Observation, detail: &str) -> Action {
         .filter(|m| m.ordinal.is_some_and(|o| o < replicas))
         .filter_map(|m| Some((m, m.health.as_ref()?.raft_index)))
         .max_by_key(|(m, index)| (*index, std::cmp::Reverse(m.ordinal)));
-    match best.and_then(|(m, _)| m.ordinal) {
-        Some(ordinal) => Action::ForceNewCluster { ordinal, token: token(obs), since: obs.now },
-        None => lost(format!("{detail}; no voter answers Status: no member to recover from")),
+    let Some((m, index, ordinal)) = best.and_then(|(m, index)| Some((m, index, m.ordinal?))) else {
+        return lost(format!("{detail}; no voter answers Status: no member to recover from"));
+    };
+    // A member that was ahead earlier in this loss may only be slow to answer now.
+    if let Some((ahead, seen)) = obs.quorum_loss_best.as_ref().filter(|(who, seen)| *seen > index && *who != m.name) {
+        return lost(format!(
+            "{detail}; {ahead} reported raft index {seen} during this loss, more than {} ({index}), the best that \
+             answers now: waiting for it (quorumLossRecovery never forces a member behind another)",
+            m.name
+        ));
     }
+    Action::ForceNewCluster { ordinal, token: token(obs), since: obs.now }
 }
 
 /// The step while a recovery is under way (the ConfigMap holds the key).
@@ -152,14 +171,19 @@ pub fn step(obs: &Observation, r: &RecoveryObs) -> Action {
     let members = obs.members.as_deref().unwrap_or_default();
     let name = &r.key.member;
     let survivor = r.survivor.as_ref();
+    let replicas = obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0);
     if let Some(s) = survivor.filter(|s| s.forced()) {
-        // Any healthy member that follows another leader belongs to the old
-        // cluster, which has a quorum again: two clusters now take writes.
-        let others: BTreeSet<u64> = members
+        // Another member that leads, followed by a quorum of the old
+        // membership: the old cluster is back, and two clusters take writes.
+        // (A member that merely names a leader proves nothing: after a
+        // restart kvd names the leader of its last committed vote, dead or not.)
+        let old_size = (replicas as usize).max(members.iter().filter(|m| !m.is_learner).count());
+        let followers = |l: u64| r.others.iter().filter(|(id, leader)| *leader == l && *id != s.id).count();
+        let others: BTreeSet<u64> = r
+            .others
             .iter()
-            .filter_map(|m| m.health.as_ref())
-            .map(|h| h.leader)
-            .filter(|l| *l != 0 && *l != s.id)
+            .filter(|(id, leader)| id == leader && *id != s.id && followers(*id) >= quorum(old_size))
+            .map(|(id, _)| *id)
             .collect();
         if !others.is_empty() {
             return Action::Degraded {
@@ -174,7 +198,6 @@ pub fn step(obs: &Observation, r: &RecoveryObs) -> Action {
     }
     if survivor.is_some_and(SurvivorObs::leads_alone) {
         let since = r.key.since;
-        let replicas = obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0);
         let older = |t: Option<&jiff::Timestamp>| t.is_some_and(|t| *t < since);
         let stale = (0..replicas)
             .filter(|o| *o != r.ordinal)
@@ -186,11 +209,12 @@ pub fn step(obs: &Observation, r: &RecoveryObs) -> Action {
     }
     let forced = survivor.is_some_and(SurvivorObs::forced);
     let voters: Vec<&MemberObs> = members.iter().filter(|m| !m.is_learner).collect();
-    let healthy_voters = voters.iter().filter(|m| healthy(m)).count();
     // Called off only once the survivor itself is seen following the old
-    // cluster: while it restarts it may still pick the key up and force.
-    let follows_old = survivor.is_some_and(|s| !s.forced() && s.leader != 0);
-    if follows_old && !voters.is_empty() && healthy_voters >= quorum(voters.len()) {
+    // cluster, with a quorum of voters: while it restarts it may still pick
+    // the key up and force.
+    let follows_old = survivor.filter(|s| !s.forced() && s.leader != 0).map(|s| s.leader);
+    let with_it = members.iter().filter(|m| !m.is_learner && m.health.as_ref().map(|h| h.leader) == follows_old);
+    if follows_old.is_some() && !voters.is_empty() && with_it.count() >= quorum(voters.len()) {
         return Action::EndRecovery { ordinal: r.ordinal, outcome: RecoveryEnd::QuorumBack };
     }
     let pod_created = obs.pods.get(&r.ordinal).and_then(|p| p.created);

@@ -61,7 +61,7 @@ fn after_force(obs: &mut Observation, a: &Action, forced: bool) {
     );
     let me = id(ordinal);
     let survivor = forced.then(|| SurvivorObs { id: me, leader: me, voters: vec![me] });
-    obs.recovery = Some(RecoveryObs { ordinal, key, survivor });
+    obs.recovery = Some(RecoveryObs { ordinal, key, survivor, others: vec![] });
     if forced {
         let mut m = members(obs)[ordinal as usize].clone();
         m.health = Some(MemberHealth { leader: me, ..m.health.unwrap_or_default() });
@@ -125,6 +125,21 @@ fn it_forces_the_most_advanced_survivor() {
     // Nor a member the operator did not make, or one beyond the StatefulSet.
     members(&mut obs)[3].ordinal = None;
     assert_eq!(degraded(&plan(&obs)).0, "QuorumLost");
+}
+
+#[test]
+fn never_forces_a_member_behind_one_seen_earlier_in_the_loss() {
+    let mut obs = lost(3, &[1], 600);
+    // c-2 answered with a higher index before it stopped answering.
+    obs.quorum_loss_best = Some(("c-2".into(), 5001));
+    let (reason, message) = degraded(&plan(&obs));
+    assert_eq!(reason, "QuorumLost");
+    assert!(message.contains("c-2 reported raft index 5001") && message.contains("c-1 (5000)"), "{message}");
+    // Not ahead, or the survivor's own earlier record: no obstacle.
+    obs.quorum_loss_best = Some(("c-2".into(), 5000));
+    assert!(matches!(plan(&obs), Action::ForceNewCluster { ordinal: 1, .. }));
+    obs.quorum_loss_best = Some(("c-1".into(), 5001));
+    assert!(matches!(plan(&obs), Action::ForceNewCluster { ordinal: 1, .. }));
 }
 
 #[test]
@@ -227,7 +242,9 @@ fn quorum_back_before_the_force_calls_it_off() {
         Some(SurvivorObs { id: id(1), leader: id(0), voters: vec![id(0), id(1), id(2)] });
     assert_eq!(plan(&obs), Action::EndRecovery { ordinal: 1, outcome: RecoveryEnd::QuorumBack });
     // Forced already (not elected yet): two clusters, for a human.
-    obs.recovery.as_mut().expect("recovery").survivor = Some(SurvivorObs { id: id(1), leader: 0, voters: vec![id(1)] });
+    let r = obs.recovery.as_mut().expect("recovery");
+    r.survivor = Some(SurvivorObs { id: id(1), leader: 0, voters: vec![id(1)] });
+    r.others = vec![(id(0), id(0)), (id(2), id(0))];
     assert_eq!(degraded(&plan(&obs)).0, "SplitBrain");
 }
 
@@ -236,15 +253,18 @@ fn old_members_with_a_leader_of_their_own_are_a_split_brain() {
     let mut obs = lost(3, &[1], 600);
     let force = plan(&obs);
     after_force(&mut obs, &force, true);
-    let mut old = cluster(3).members.expect("members");
-    old[1].health.as_mut().expect("health").leader = id(1);
-    obs.members = Some(old);
+    // Whichever MemberList `observe` got: the other members' own Status counts.
+    let others = |obs: &mut Observation, o: Vec<(u64, u64)>| obs.recovery.as_mut().expect("recovery").others = o;
+    others(&mut obs, vec![(id(0), id(0)), (id(2), id(0))]);
     let (reason, message) = degraded(&plan(&obs));
     assert_eq!(reason, "SplitBrain");
     assert!(message.contains("c-1") && message.contains("force-new-cluster-member"), "{message}");
-    // Old members that answer without a leader are only stale: recycled.
-    set_leader(&mut obs, 0);
-    members(&mut obs)[1].health.as_mut().expect("health").leader = id(1);
+    // A leader without a quorum of followers cannot commit: only stale members, recycled.
+    others(&mut obs, vec![(id(0), id(0))]);
+    assert_eq!(plan(&obs), Action::RecycleMember { ordinal: 0 });
+    // Nor does a member that names a dead leader (kvd names the leader of
+    // its last committed vote after a restart), or members without a leader.
+    others(&mut obs, vec![(id(0), id(2)), (id(2), 0)]);
     assert_eq!(plan(&obs), Action::RecycleMember { ordinal: 0 });
 }
 

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::act::Outcome;
-use crate::crd::{KvCluster, KvClusterStatus, MemberStatus};
+use crate::crd::{KvCluster, KvClusterStatus, MemberStatus, RaftIndexRecord};
 use crate::maintenance::{newest, records};
 use crate::naming;
 use crate::observe::{AlarmKind, Observation};
@@ -57,6 +57,15 @@ fn cond(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: String
         observed_generation: gen_,
         last_transition_time: since,
     }
+}
+
+/// The highest raft index of a voter: answering now or recorded earlier.
+fn best_index(cluster: &str, obs: &Observation, prev: Option<RaftIndexRecord>) -> Option<RaftIndexRecord> {
+    let now = obs.members.iter().flatten().filter(|m| !m.is_learner).filter_map(|m| {
+        let member = if m.name.is_empty() { naming::member_name(cluster, m.ordinal?) } else { m.name.clone() };
+        Some(RaftIndexRecord { member, raft_index: m.health.as_ref()?.raft_index })
+    });
+    prev.into_iter().chain(now).max_by_key(|r| r.raft_index)
 }
 
 /// The status to write after this reconcile.
@@ -156,6 +165,7 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
         leader: leader.map(|l| if l.name.is_empty() { format!("{:x}", l.id) } else { l.name.clone() }),
         // Kept from the first reconcile that saw the loss until quorum is back.
         quorum_lost_since: quorum_lost.then(|| prev.quorum_lost_since.clone().unwrap_or(Time(obs.now))),
+        quorum_loss_best_index: quorum_lost.then(|| best_index(&name, obs, prev.quorum_loss_best_index)).flatten(),
         conditions,
         // The newest of: this step (NOSPACE remediation), the CronJobs' Jobs, what was recorded.
         last_compaction: newest(
@@ -232,7 +242,38 @@ mod tests {
             ..Default::default()
         };
         let healthy = Observation { members: Some(vec![me]), ..later };
-        assert_eq!(build(&kc, &healthy, &Action::Idle, &Outcome::default()).quorum_lost_since, None);
+        let st = build(&kc, &healthy, &Action::Idle, &Outcome::default());
+        assert_eq!((st.quorum_lost_since, st.quorum_loss_best_index), (None, None));
+    }
+
+    #[test]
+    fn the_best_raft_index_of_a_loss_is_kept() {
+        let mut kc = kvcluster("demo", 3);
+        let voter = |o: u32, index: Option<u64>| crate::observe::MemberObs {
+            id: u64::from(o) + 1,
+            name: format!("demo-{o}"),
+            ordinal: Some(o),
+            health: index.map(|raft_index| crate::observe::MemberHealth { raft_index, ..Default::default() }),
+            ..Default::default()
+        };
+        let lost = |ms: Vec<crate::observe::MemberObs>| Observation {
+            bootstrapped: true,
+            members: Some(ms),
+            ..Observation::default()
+        };
+        let a = Action::Degraded { reason: "QuorumLost", message: "x".into() };
+        let best = |kc: &KvCluster, obs: &Observation| build(kc, obs, &a, &Outcome::default()).quorum_loss_best_index;
+        let record = |m: &str, raft_index| Some(RaftIndexRecord { member: m.into(), raft_index });
+        let obs = lost(vec![voter(0, Some(10)), voter(1, Some(12)), voter(2, None)]);
+        assert_eq!(best(&kc, &obs), record("demo-1", 12));
+        // demo-1 stops answering: its record stays, until someone passes it.
+        kc.status = Some(build(&kc, &obs, &a, &Outcome::default()));
+        assert_eq!(best(&kc, &lost(vec![voter(0, Some(11)), voter(1, None)])), record("demo-1", 12));
+        assert_eq!(best(&kc, &lost(vec![voter(0, Some(13)), voter(1, None)])), record("demo-0", 13));
+        // A learner does not count.
+        let mut learner = voter(2, Some(99));
+        learner.is_learner = true;
+        assert_eq!(best(&kc, &lost(vec![voter(0, Some(1)), learner])), record("demo-1", 12));
     }
 
     #[test]
@@ -249,7 +290,7 @@ mod tests {
         // While the ConfigMap holds the key, every step is part of it.
         let key = crate::resources::ForceKey { member: "demo-2".into(), token: "tok".into(), since };
         let obs = Observation {
-            recovery: Some(crate::recovery::RecoveryObs { ordinal: 2, key, survivor: None }),
+            recovery: Some(crate::recovery::RecoveryObs { ordinal: 2, key, survivor: None, others: vec![] }),
             ..Observation::default()
         };
         let st = build(&kc, &obs, &Action::RecycleMember { ordinal: 0 }, &Outcome::default());
