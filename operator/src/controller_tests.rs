@@ -345,3 +345,41 @@ async fn status_records_the_finished_jobs_termination_messages() {
     reconcile(Arc::new(kc), ctx).await.expect("reconcile");
     finish(done).await;
 }
+
+/// Quorum lost for an hour with `quorumLossRecovery` on, one member of three
+/// answering: the ConfigMap gets the force key (before the pod goes), the
+/// survivor's pod is deleted, and the status says QuorumRecovery.
+#[tokio::test]
+async fn a_long_quorum_loss_forces_the_survivor_when_asked() {
+    let (ctx, server) = Context::test();
+    let members = (0..3).map(|o| crate::etcd::tests::member(o, false)).collect();
+    let (endpoint, _fake) = crate::etcd::tests::serve_with(0x11, 0, members, vec![]).await;
+    let etcd = ctx.etcd.clone().with_overrides([(crate::naming::client_url("demo", "ns", 1), endpoint)].into());
+    let ctx = Arc::new(Context { etcd, ..(*ctx).clone() });
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.spec.quorum_loss_recovery = true;
+    let an_hour_ago = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+    );
+    kc.status =
+        Some(crate::crd::KvClusterStatus { formed: true, quorum_lost_since: Some(an_hour_ago), ..Default::default() });
+    let mut calls = existing_objects(&kc);
+    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
+    calls.push(Expect::patch(
+        "/api/v1/namespaces/ns/configmaps/demo-config?",
+        &["\"force-new-cluster-member\":\"demo-1/00001111-", "\"force-new-cluster-since\":"],
+    ));
+    calls.push(Expect::delete("/api/v1/namespaces/ns/pods/demo-1?", &[]));
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["QuorumRecovery", "demo-1"]));
+    calls.push(Expect {
+        reply: Reply::Json(as_json(&kc)),
+        ..Expect::patch(
+            format!("{NS}/demo/status?"),
+            &["\"phase\":\"Recovering\"", "\"reason\":\"QuorumRecovery\"", "\"quorumLossBestIndex\""],
+        )
+    });
+    let done = server.run(calls);
+    let requeue = reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
+    finish(done).await;
+}
