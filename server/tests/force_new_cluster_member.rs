@@ -21,7 +21,11 @@ async fn members_of(p: &Proc) -> Vec<kvd_api::etcdserverpb::Member> {
 }
 
 async fn count_keys(p: &Proc) -> i64 {
-    let all = RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() };
+    count_keys_as(p, false).await
+}
+
+async fn count_keys_as(p: &Proc, serializable: bool) -> i64 {
+    let all = RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), serializable, ..Default::default() };
     p.kv().await.range(all).await.unwrap().into_inner().count
 }
 
@@ -64,6 +68,12 @@ async fn the_named_survivor_is_forced_once_per_token() {
     }
     let s = (l + 1) % 3;
     let name = format!("m{s}");
+    // A write needs only two of three: wait until the survivor has them all.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count_keys_as(&members[s], true).await != 30 {
+        assert!(Instant::now() < deadline, "m{s} never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for i in (0..3).filter(|&i| i != s) {
         members[i].kill9();
     }
