@@ -177,7 +177,14 @@ impl Actor<'_> {
                 let mut ordinals = t.member_ordinals(obs);
                 ordinals.push(*ordinal);
                 apply(self.client, &t.ns, &resources::config_map(kc, &ordinals, false)).await?;
-                let note = format!("added {} as learner {id:x}", naming::member_name(&t.name, *ordinal));
+                // A pod already there and not ready (a recycled member, after
+                // a recovery or a failure) may be in CrashLoopBackOff, up to
+                // minutes: restart it now that it can join. It is no member yet.
+                let pod = naming::member_name(&t.name, *ordinal);
+                if obs.pods.get(ordinal).is_some_and(|p| !p.ready) {
+                    self.delete::<Pod>(&t.ns, &pod).await?;
+                }
+                let note = format!("added {pod} as learner {id:x}");
                 self.event(kc, EventType::Normal, "MemberAdded", note).await;
             }
             Action::PromoteLearner { id, ordinal } => match self.etcd.promote(&eps, *id).await {
