@@ -1,7 +1,7 @@
 //! Executes one planned `Action`: server-side apply of owned objects (field
 //! manager "kvd-operator", the maintenance CronJobs included), etcd API calls
-//! through `EtcdClient`, deletes of pods, claims and CronJobs, and an Event
-//! for every change.
+//! through `EtcdClient`, deletes of pods, claims and CronJobs, the
+//! ConfigMap's recovery keys, and an Event for every change.
 
 use std::fmt::Debug;
 
@@ -22,7 +22,8 @@ use crate::etcd::EtcdClient;
 use crate::naming::{self, MANAGER};
 use crate::observe::{AlarmKind, Observation, Owned};
 use crate::planner::{Action, RemoveReason};
-use crate::resources;
+use crate::recovery::RecoveryEnd;
+use crate::resources::{self, ForceKey};
 use crate::{Error, Result};
 
 /// What an action changed that the status must remember.
@@ -61,6 +62,14 @@ impl Target<'_> {
 
     fn member_ordinals(&self, obs: &Observation) -> Vec<u32> {
         obs.members.iter().flatten().filter_map(|m| m.ordinal).collect()
+    }
+
+    /// Members' ordinals if MemberList answered, else the StatefulSet's.
+    fn known_ordinals(&self, obs: &Observation) -> Vec<u32> {
+        match &obs.members {
+            Some(_) => self.member_ordinals(obs),
+            None => (0..obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0)).collect(),
+        }
     }
 }
 
@@ -170,7 +179,14 @@ impl Actor<'_> {
                 let mut ordinals = t.member_ordinals(obs);
                 ordinals.push(*ordinal);
                 apply(self.client, &t.ns, &resources::config_map(kc, &ordinals, false)).await?;
-                let note = format!("added {} as learner {id:x}", naming::member_name(&t.name, *ordinal));
+                // A pod already there and not ready (a recycled member, after
+                // a recovery or a failure) may be in CrashLoopBackOff, up to
+                // minutes: restart it now that it can join. It is no member yet.
+                let pod = naming::member_name(&t.name, *ordinal);
+                if obs.pods.get(ordinal).is_some_and(|p| !p.ready) {
+                    self.delete::<Pod>(&t.ns, &pod).await?;
+                }
+                let note = format!("added {pod} as learner {id:x}");
                 self.event(kc, EventType::Normal, "MemberAdded", note).await;
             }
             Action::PromoteLearner { id, ordinal } => match self.etcd.promote(&eps, *id).await {
@@ -199,8 +215,54 @@ impl Actor<'_> {
             Action::RecycleMember { ordinal } => {
                 self.delete::<PersistentVolumeClaim>(&t.ns, &naming::pvc_name(&t.name, *ordinal)).await?;
                 self.delete::<Pod>(&t.ns, &naming::member_name(&t.name, *ordinal)).await?;
-                let note = format!("{} restarts with a fresh volume", naming::member_name(&t.name, *ordinal));
+                let mut note = format!("{} restarts with a fresh volume", naming::member_name(&t.name, *ordinal));
+                if obs.recovery.is_some() {
+                    note.push_str(" (it held the cluster's data from before the quorum-loss recovery)");
+                }
                 self.event(kc, EventType::Warning, "VolumeRecycled", note).await;
+            }
+            Action::ForceNewCluster { ordinal, token, since } => {
+                // The key first: it is the record of the recovery, and the
+                // pod must find it when it starts again.
+                let member = naming::member_name(&t.name, *ordinal);
+                let key = ForceKey { member: member.clone(), token: token.clone(), since: *since };
+                apply(self.client, &t.ns, &resources::recovery_config_map(kc, &t.known_ordinals(obs), &key)).await?;
+                self.delete::<Pod>(&t.ns, &member).await?;
+                let index = obs.members.iter().flatten().find(|m| m.ordinal == Some(*ordinal));
+                let index = index.and_then(|m| m.health.as_ref()).map(|h| h.raft_index);
+                warn!(member = %member, token = %token, raft_index = ?index, "quorum lost: forcing a new cluster");
+                let note = format!(
+                    "quorum lost: restarting {member} (raft index {index:?}, the most advanced member that answers) \
+                     as the only member of a new cluster with its data (token {token}); the others follow with fresh volumes"
+                );
+                self.event(kc, EventType::Warning, "QuorumRecovery", note).await;
+            }
+            Action::EndRecovery { ordinal, outcome } => {
+                let ordinals = match outcome {
+                    RecoveryEnd::Recovered => vec![*ordinal],
+                    RecoveryEnd::Disabled | RecoveryEnd::QuorumBack => t.known_ordinals(obs),
+                };
+                apply(self.client, &t.ns, &resources::config_map(kc, &ordinals, false)).await?;
+                let member = naming::member_name(&t.name, *ordinal);
+                let (type_, reason, note) = match outcome {
+                    RecoveryEnd::Recovered => (
+                        EventType::Normal,
+                        "QuorumRecovered",
+                        format!("{member} leads a new cluster alone; the others are added back as learners"),
+                    ),
+                    RecoveryEnd::Disabled => (
+                        EventType::Warning,
+                        "QuorumRecoveryStopped",
+                        format!("quorumLossRecovery was turned off: {member} is no longer to be forced"),
+                    ),
+                    RecoveryEnd::QuorumBack => (
+                        EventType::Normal,
+                        "QuorumRecoveryStopped",
+                        format!("quorum came back before {member} was forced; recovery called off"),
+                    ),
+                };
+                info!(member = %member, ?outcome, "quorum-loss recovery ended");
+                self.event(kc, type_, reason, note).await;
             }
             Action::RestartPod { ordinal } => {
                 self.delete::<Pod>(&t.ns, &naming::member_name(&t.name, *ordinal)).await?;

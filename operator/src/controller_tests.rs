@@ -1,5 +1,6 @@
 //! Controller scenarios against the `fixtures` API-server stand-in.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use serde_json::{Value, json};
 
@@ -178,10 +179,9 @@ fn requeue_depends_on_the_step() {
     assert_eq!(requeue_after(&Action::DisarmNospace), Duration::from_secs(5));
 }
 
-/// A whole reconcile against the stand-in API server and a fake member:
-/// one voter of three wanted, so the step is MemberAdd as learner for ordinal 1.
-#[tokio::test]
-async fn scale_up_adds_a_learner_through_the_etcd_api() {
+/// A whole reconcile against the stand-in API server and a fake member: one voter of three
+/// wanted, so MemberAdd as learner for ordinal 1; `pods` listed, `then` after the ConfigMap.
+async fn add_learner_scenario(pods: Reply, then: Vec<Expect>) {
     let (ctx, server) = Context::test();
     let (endpoint, fake) =
         crate::etcd::tests::serve_with(0x10, 0x10, vec![crate::etcd::tests::member(0, false)], vec![]).await;
@@ -197,11 +197,13 @@ async fn scale_up_adds_a_learner_through_the_etcd_api() {
         "/apis/apps/v1/namespaces/ns/statefulsets/demo",
         Reply::Json(serde_json::to_value(&sts).expect("sts")),
     );
+    calls[1] = Expect::get("/api/v1/namespaces/ns/pods?", pods);
     calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
     calls.push(Expect::patch(
         "/api/v1/namespaces/ns/configmaps/demo-config?",
         &["\"initial-cluster-state\":\"existing\"", "demo-1=http://demo-1.demo-peer.ns.svc:2380"],
     ));
+    calls.extend(then);
     calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["MemberAdded"]));
     calls.push(Expect {
         reply: Reply::Json(as_json(&kc)),
@@ -215,6 +217,21 @@ async fn scale_up_adds_a_learner_through_the_etcd_api() {
         asked,
         vec!["alarm 0 0 0".to_string(), "add http://demo-1.demo-peer.ns.svc:2380 learner=true".to_string()]
     );
+}
+
+#[tokio::test]
+async fn scale_up_adds_a_learner_through_the_etcd_api() {
+    add_learner_scenario(empty_list(), vec![]).await;
+}
+
+/// The new learner's pod is there already, not ready (a recycled member in
+/// CrashLoopBackOff): it is restarted so that it joins at once.
+#[tokio::test]
+async fn a_waiting_pod_of_a_new_learner_is_restarted() {
+    let pod = json!({ "metadata": { "name": "demo-1" },
+                      "status": { "conditions": [ { "type": "Ready", "status": "False" } ] } });
+    let list = json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": [pod] });
+    add_learner_scenario(Reply::Json(list), vec![Expect::delete("/api/v1/namespaces/ns/pods/demo-1?", &[])]).await;
 }
 
 /// A KvCluster with both maintenance schedules.
@@ -343,5 +360,39 @@ async fn status_records_the_finished_jobs_termination_messages() {
     ));
     let done = server.run(calls);
     reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    finish(done).await;
+}
+
+/// Quorum lost for an hour with `quorumLossRecovery` on, one member of three answering: the
+/// ConfigMap gets the force key, then the survivor's pod goes; the status says QuorumRecovery.
+#[tokio::test]
+async fn a_long_quorum_loss_forces_the_survivor_when_asked() {
+    let (ctx, server) = Context::test();
+    let members = (0..3).map(|o| crate::etcd::tests::member(o, false)).collect();
+    let (endpoint, _fake) = crate::etcd::tests::serve_with(0x11, 0, members, vec![]).await;
+    let etcd = ctx.etcd.clone().with_overrides([(crate::naming::client_url("demo", "ns", 1), endpoint)].into());
+    let ctx = Arc::new(Context { etcd, ..(*ctx).clone() });
+    let mut kc = finalized(kvcluster("demo", 3));
+    kc.spec.quorum_loss_recovery = true;
+    let since = Some(Time(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)));
+    kc.status = Some(crate::crd::KvClusterStatus { formed: true, quorum_lost_since: since, ..Default::default() });
+    let mut calls = existing_objects(&kc);
+    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
+    calls.push(Expect::patch(
+        "/api/v1/namespaces/ns/configmaps/demo-config?",
+        &["\"force-new-cluster-member\":\"demo-1/00001111-", "\"force-new-cluster-since\":"],
+    ));
+    calls.push(Expect::delete("/api/v1/namespaces/ns/pods/demo-1?", &[]));
+    calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["QuorumRecovery", "demo-1"]));
+    calls.push(Expect {
+        reply: Reply::Json(as_json(&kc)),
+        ..Expect::patch(
+            format!("{NS}/demo/status?"),
+            &["\"phase\":\"Recovering\"", "\"reason\":\"QuorumRecovery\"", "\"quorumLossBestIndex\""],
+        )
+    });
+    let done = server.run(calls);
+    let requeue = reconcile(Arc::new(kc), ctx).await.expect("reconcile");
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
     finish(done).await;
 }

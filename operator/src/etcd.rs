@@ -106,6 +106,11 @@ impl EtcdClient {
         }
     }
 
+    /// MemberList (serializable) from the first of `endpoints` that answers.
+    pub async fn member_list(&self, endpoints: &[String]) -> Result<Vec<Member>> {
+        Ok(self.inner.member_list(endpoints).await?)
+    }
+
     /// MemberAdd as a learner; returns the new member's id.
     pub async fn add_learner(&self, endpoints: &[String], peer_url: &str) -> Result<u64> {
         Ok(self.inner.add_learner(endpoints, peer_url).await?)

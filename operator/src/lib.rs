@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod naming;
 pub mod observe;
 pub mod planner;
+pub mod recovery;
 pub mod resources;
 pub mod status;
 pub mod telemetry;

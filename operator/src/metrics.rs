@@ -90,6 +90,8 @@ pub fn action_kind(a: &Action) -> &'static str {
         Action::MoveLeader { .. } => "move_leader",
         Action::RecycleMember { .. } => "recycle_member",
         Action::RestartPod { .. } => "restart_pod",
+        Action::ForceNewCluster { .. } => "force_new_cluster",
+        Action::EndRecovery { .. } => "end_recovery",
         Action::Compact { .. } => "compact",
         Action::Defragment { .. } => "defragment",
         Action::DisarmNospace => "disarm_nospace",

@@ -1,7 +1,8 @@
 //! Observation: plain data describing what exists (Kubernetes objects,
 //! including the maintenance CronJobs and their Jobs) and what the members
-//! themselves report (MemberList, Status, alarms). `gather` reads the world;
-//! the planner only ever sees an `Observation`.
+//! themselves report (MemberList, Status, alarms), with a quorum-loss
+//! recovery under way (`recovery.rs`). `gather` reads the world; the planner
+//! only ever sees an `Observation`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::crd::KvCluster;
 use crate::etcd::{ClusterView, EtcdClient};
 use crate::maintenance::{self, JobObs};
 use crate::naming;
+use crate::recovery::{self, RecoveryObs};
 use crate::resources::{self, SPEC_HASH, TEMPLATE_HASH, Task};
 use crate::{Error, Result};
 
@@ -81,6 +83,8 @@ pub struct PodObs {
     pub failing_for: Option<Duration>,
     /// The pod runs an older template than the StatefulSet's update revision.
     pub outdated: bool,
+    /// When the pod was created (API server time).
+    pub created: Option<jiff::Timestamp>,
 }
 
 /// What one member reports about itself through Status.
@@ -143,6 +147,19 @@ pub struct Observation {
     /// A file keeps some slack no defragmentation removes, so a member is not
     /// defragmented again for NOSPACE until its size has changed.
     pub defragged: BTreeMap<u64, i64>,
+    /// When this observation was made (the operator's clock).
+    pub now: jiff::Timestamp,
+    /// The KvCluster's uid.
+    pub uid: String,
+    /// When the operator first saw this loss of quorum (`status.quorumLostSince`).
+    pub quorum_lost_since: Option<jiff::Timestamp>,
+    /// The highest raft index a voter reported since then, and which member
+    /// (`status.quorumLossBestIndex`).
+    pub quorum_loss_best: Option<(String, u64)>,
+    /// When each member's claim was created.
+    pub claims_created: BTreeMap<u32, jiff::Timestamp>,
+    /// A quorum-loss recovery under way (the ConfigMap holds its keys).
+    pub recovery: Option<RecoveryObs>,
 }
 
 /// Reads the Kubernetes objects and asks the members; never fails because a
@@ -163,7 +180,8 @@ pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) ->
         missing.push(Owned::ClientService);
     }
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    if cms.get_opt(&naming::config_map(&name)).await?.is_none() {
+    let cm = cms.get_opt(&naming::config_map(&name)).await?;
+    if cm.is_none() {
         missing.push(Owned::ConfigMap);
     }
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
@@ -180,6 +198,14 @@ pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) ->
     };
     let now = jiff::Timestamp::now();
     let mut obs = build(kc, sts.as_ref(), &pods, &pvcs, missing, view.as_ref(), now);
+    obs.recovery = cm.as_ref().and_then(|c| recovery::from_config(&name, c.data.as_ref()?));
+    if let Some(r) = obs.recovery.as_mut() {
+        r.survivor = recovery::ask_survivor(etcd, &naming::client_url(&name, &ns, r.ordinal)).await;
+        let n = obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0);
+        let others: Vec<String> =
+            (0..n).filter(|o| *o != r.ordinal).map(|o| naming::client_url(&name, &ns, o)).collect();
+        r.others = recovery::ask_others(etcd, &others).await;
+    }
     let cjs = Api::<CronJob>::namespaced(client.clone(), &ns);
     let mut cronjobs = Vec::new();
     for task in Task::ALL {
@@ -216,8 +242,13 @@ pub fn build(
             Some((naming::ordinal_from_name(&name, &p.name_any())?, pod_obs(p, update_revision.as_deref(), now)))
         })
         .collect();
-    let pvcs =
-        pvcs.iter().filter_map(|p| naming::ordinal_from_name(&name, p.name_any().strip_prefix("data-")?)).collect();
+    let claims: Vec<(u32, Option<jiff::Timestamp>)> = pvcs
+        .iter()
+        .filter_map(|p| {
+            let ordinal = naming::ordinal_from_name(&name, p.name_any().strip_prefix("data-")?)?;
+            Some((ordinal, p.creation_timestamp().map(|t| t.0)))
+        })
+        .collect();
     let members = view.and_then(|v| v.members.clone());
     let last_compaction = status.last_compaction.as_ref();
     Observation {
@@ -225,7 +256,8 @@ pub fn build(
         statefulset,
         missing,
         pods,
-        pvcs,
+        pvcs: claims.iter().map(|(o, _)| *o).collect(),
+        claims_created: claims.iter().filter_map(|(o, t)| Some((*o, (*t)?))).collect(),
         members,
         alarms: view.map(|v| v.alarms.clone()).unwrap_or_default(),
         bootstrapped: status.formed,
@@ -233,6 +265,11 @@ pub fn build(
         cronjobs: BTreeMap::new(),
         jobs: Vec::new(),
         defragged: BTreeMap::new(),
+        now,
+        uid: kc.uid().unwrap_or_default(),
+        quorum_lost_since: status.quorum_lost_since.as_ref().map(|t| t.0),
+        quorum_loss_best: status.quorum_loss_best_index.as_ref().map(|r| (r.member.clone(), r.raft_index)),
+        recovery: None,
     }
 }
 
@@ -278,7 +315,7 @@ fn pod_obs(p: &Pod, update_revision: Option<&str>, now: jiff::Timestamp) -> PodO
     };
     let rev = p.labels().get("controller-revision-hash").map(String::as_str);
     let outdated = matches!((rev, update_revision), (Some(r), Some(u)) if r != u);
-    PodObs { ready, failing_for, outdated }
+    PodObs { ready, failing_for, outdated, created: p.creation_timestamp().map(|t| t.0) }
 }
 
 #[cfg(test)]
@@ -300,7 +337,8 @@ mod tests {
 
     fn pod(name: &str, ready: bool, since_mins: i64, hash: &str) -> Pod {
         serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { "controller-revision-hash": hash } },
+            "metadata": { "name": name, "labels": { "controller-revision-hash": hash },
+                          "creationTimestamp": ago(since_mins + 5) },
             "status": { "conditions": [ { "type": "Ready", "status": if ready { "True" } else { "False" },
                                            "lastTransitionTime": ago(since_mins) } ] }
         }))
@@ -317,23 +355,29 @@ mod tests {
         });
         kc.status = Some(KvClusterStatus {
             last_compaction: Some(CompactionRecord { revision: 10, time: ago(90) }),
+            quorum_lost_since: Some(ago(7)),
             ..KvClusterStatus::default()
         });
         let mut sts = resources::statefulset(&kc, 3);
         sts.status = Some(serde_json::from_value(json!({ "replicas": 3, "updateRevision": "r1" })).expect("status"));
         let pods = [pod("demo-0", true, 60, "r1"), pod("demo-1", false, 10, "r0"), pod("other-0", true, 1, "r1")];
-        let pvcs: Vec<PersistentVolumeClaim> =
-            vec![serde_json::from_value(json!({ "metadata": { "name": "data-demo-4" } })).expect("pvc")];
+        let pvcs: Vec<PersistentVolumeClaim> = vec![
+            serde_json::from_value(json!({ "metadata": { "name": "data-demo-4", "creationTimestamp": ago(30) } }))
+                .expect("pvc"),
+        ];
         let obs = build(&kc, Some(&sts), &pods, &pvcs, vec![Owned::Pdb], None, now());
         assert_eq!(
             obs.statefulset,
             Some(StsObs { replicas: 3, template_hash: Some(obs.desired.template_hash.clone()) })
         );
         assert_eq!(obs.pods.len(), 2);
-        assert_eq!(obs.pods[&0], PodObs { ready: true, failing_for: None, outdated: false });
+        assert_eq!(obs.pods[&0], PodObs { ready: true, failing_for: None, outdated: false, created: Some(ago(65).0) });
         assert_eq!(obs.pods[&1].failing_for, Some(Duration::from_secs(600)));
         assert!(obs.pods[&1].outdated);
         assert_eq!(obs.pvcs, BTreeSet::from([4]));
+        assert_eq!(obs.claims_created, BTreeMap::from([(4, ago(30).0)]));
+        assert_eq!((obs.now, obs.uid.as_str(), obs.quorum_lost_since), (now(), "0000-1111", Some(ago(7).0)));
+        assert_eq!(obs.recovery, None, "recovery comes from the ConfigMap, read by gather");
         assert_eq!(obs.missing, vec![Owned::Pdb]);
         assert_eq!(obs.last_compacted_revision, 10);
         assert!(!obs.bootstrapped && obs.members.is_none());

@@ -5,10 +5,13 @@
 //! create, update or delete → unreachable/quorum loss → NOSPACE remediation →
 //! failed members → learner in flight → template drift → StatefulSet shrink →
 //! scale up (learner add) → [every member healthy] rolling restart → scale
-//! down → idle. Scheduled compaction and defragmentation are not steps: the
-//! CronJobs run them (`maintenance.rs`).
+//! down → idle. A quorum-loss recovery under way (`recovery.rs`) comes right
+//! after the CronJobs, and quorum loss itself goes to `recovery.rs` too.
+//! Scheduled compaction and defragmentation are not steps: the CronJobs run
+//! them (`maintenance.rs`).
 
 use crate::observe::{AlarmKind, MemberObs, Observation, Owned};
+use crate::recovery::RecoveryEnd;
 use crate::resources::Task;
 
 /// Smallest free fraction worth a defragmentation while remediating NOSPACE.
@@ -58,6 +61,11 @@ pub enum Action {
     RecycleMember { ordinal: u32 },
     /// Delete a pod running an old template (StatefulSet uses OnDelete).
     RestartPod { ordinal: u32 },
+    /// Quorum-loss recovery: set the ConfigMap's `force-new-cluster-member`
+    /// to this member and `token` (and `since`), then delete its pod.
+    ForceNewCluster { ordinal: u32, token: String, since: jiff::Timestamp },
+    /// Quorum-loss recovery over: clear the ConfigMap's recovery keys.
+    EndRecovery { ordinal: u32, outcome: RecoveryEnd },
     /// Compact the keyspace at `revision`.
     Compact { revision: i64, why: Why },
     /// Defragment one member.
@@ -77,7 +85,8 @@ pub fn quorum(n: usize) -> usize {
     n / 2 + 1
 }
 
-fn healthy(m: &MemberObs) -> bool {
+/// A member that answered Status and knows a leader.
+pub(crate) fn healthy(m: &MemberObs) -> bool {
     m.health.as_ref().is_some_and(|h| h.leader != 0)
 }
 
@@ -134,6 +143,12 @@ impl<'a> View<'a> {
     }
 }
 
+/// A leader and a quorum of healthy voters.
+pub fn has_quorum(members: &[MemberObs]) -> bool {
+    let v = View::new(members);
+    v.leader.is_some() && v.healthy_voters() >= quorum(v.voters.len())
+}
+
 /// The next step for this observation.
 pub fn plan(obs: &Observation) -> Action {
     let d = &obs.desired;
@@ -156,6 +171,9 @@ pub fn plan(obs: &Observation) -> Action {
     if let Some(a) = crate::maintenance::cronjob_step(obs) {
         return a;
     }
+    if let Some(r) = &obs.recovery {
+        return crate::recovery::step(obs, r);
+    }
     let Some(members) = obs.members.as_deref() else {
         if obs.bootstrapped {
             return quorum_lost(obs, "no member answers MemberList");
@@ -166,7 +184,7 @@ pub fn plan(obs: &Observation) -> Action {
     if !obs.bootstrapped && v.leader.is_none() {
         return wait("Bootstrapping", "waiting for the first leader".into());
     }
-    if v.leader.is_none() || v.healthy_voters() < quorum(v.voters.len()) {
+    if !has_quorum(members) {
         let msg =
             format!("{} of {} voters healthy, leader {:?}", v.healthy_voters(), v.voters.len(), v.leader.map(|l| l.id));
         return quorum_lost(obs, &msg);
@@ -229,12 +247,7 @@ fn degraded(reason: &'static str, message: String) -> Action {
 }
 
 fn quorum_lost(obs: &Observation, detail: &str) -> Action {
-    let recovery = if obs.desired.quorum_loss_recovery {
-        "quorumLossRecovery is on, but this operator version does not perform it yet: restart the most advanced member with --force-new-cluster by hand, or restore from a snapshot"
-    } else {
-        "quorumLossRecovery is off: bring members back or restore from a snapshot"
-    };
-    degraded("QuorumLost", format!("{detail}; {recovery}"))
+    crate::recovery::on_quorum_loss(obs, detail)
 }
 
 /// MoveLeader first if `victim` leads; remove only when quorum survives.
@@ -363,4 +376,4 @@ fn nospace(obs: &Observation, v: &View, members: &[MemberObs]) -> Action {
 
 #[cfg(test)]
 #[path = "planner_tests.rs"]
-mod tests;
+pub(crate) mod tests;

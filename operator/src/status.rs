@@ -3,13 +3,15 @@
 //! Progressing, Degraded, QuotaAlarm, Reconfiguring), keeping each
 //! condition's lastTransitionTime while its status does not change, and
 //! `lastCompaction`/`lastDefrag`: the newest of the NOSPACE remediation's,
-//! the maintenance Jobs' and the recorded ones.
+//! the maintenance Jobs' and the recorded ones, and `quorumLostSince`. A
+//! quorum-loss recovery shows as phase Recovering and Degraded reason
+//! QuorumRecovery.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::act::Outcome;
-use crate::crd::{KvCluster, KvClusterStatus, MemberStatus};
+use crate::crd::{KvCluster, KvClusterStatus, MemberStatus, RaftIndexRecord};
 use crate::maintenance::{newest, records};
 use crate::naming;
 use crate::observe::{AlarmKind, Observation};
@@ -20,6 +22,8 @@ pub fn phase(obs: &Observation, action: &Action) -> &'static str {
     match action {
         Action::Bootstrap { .. } | Action::Wait { reason: "Bootstrapping", .. } => "Creating",
         Action::Degraded { .. } => "Degraded",
+        Action::ForceNewCluster { .. } | Action::EndRecovery { .. } => "Recovering",
+        _ if obs.recovery.is_some() => "Recovering",
         Action::AddLearner { .. }
         | Action::PromoteLearner { .. }
         | Action::RemoveMember { .. }
@@ -53,6 +57,15 @@ fn cond(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: String
         observed_generation: gen_,
         last_transition_time: since,
     }
+}
+
+/// The highest raft index of a voter: answering now or recorded earlier.
+fn best_index(cluster: &str, obs: &Observation, prev: Option<RaftIndexRecord>) -> Option<RaftIndexRecord> {
+    let now = obs.members.iter().flatten().filter(|m| !m.is_learner).filter_map(|m| {
+        let member = if m.name.is_empty() { naming::member_name(cluster, m.ordinal?) } else { m.name.clone() };
+        Some(RaftIndexRecord { member, raft_index: m.health.as_ref()?.raft_index })
+    });
+    prev.into_iter().chain(now).max_by_key(|r| r.raft_index)
 }
 
 /// The status to write after this reconcile.
@@ -90,10 +103,17 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
             }
         })
         .collect::<Vec<_>>();
-    let (deg_reason, deg_msg) = match action {
-        Action::Degraded { reason, message } => (*reason, message.clone()),
-        _ => ("AsExpected", String::new()),
+    let (degraded, deg_reason, deg_msg) = match action {
+        Action::Degraded { reason, message } => (true, *reason, message.clone()),
+        Action::ForceNewCluster { ordinal, token, .. } => {
+            let m = naming::member_name(&name, *ordinal);
+            (true, "QuorumRecovery", format!("restarting {m} as the only member of a new cluster (token {token})"))
+        }
+        Action::Wait { reason: "QuorumRecovery", message } => (true, "QuorumRecovery", message.clone()),
+        a if obs.recovery.is_some() => (true, "QuorumRecovery", format!("{a:?}")),
+        _ => (false, "AsExpected", String::new()),
     };
+    let quorum_lost = obs.bootstrapped && obs.members.as_deref().is_none_or(|m| !crate::planner::has_quorum(m));
     let available = leader.is_some() && !matches!(action, Action::Degraded { reason: "QuorumLost", .. });
     let reconfiguring = matches!(phase(obs, action), "Scaling") || members.iter().any(|m| m.is_learner);
     let (wait_reason, wait_msg) = match action {
@@ -118,7 +138,7 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
             if progressing { wait_msg } else { String::new() },
             gen_,
         ),
-        cond(&prev.conditions, "Degraded", matches!(action, Action::Degraded { .. }), deg_reason, deg_msg, gen_),
+        cond(&prev.conditions, "Degraded", degraded, deg_reason, deg_msg, gen_),
         cond(&prev.conditions, "QuotaAlarm", nospace, if nospace { "NOSPACE" } else { "NoAlarm" }, String::new(), gen_),
         cond(
             &prev.conditions,
@@ -143,6 +163,9 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
         // Keep the last known members while none answers, so quorum loss stays detectable.
         members: if obs.members.is_some() { member_status } else { prev.members.clone() },
         leader: leader.map(|l| if l.name.is_empty() { format!("{:x}", l.id) } else { l.name.clone() }),
+        // Kept from the first reconcile that saw the loss until quorum is back.
+        quorum_lost_since: quorum_lost.then(|| prev.quorum_lost_since.clone().unwrap_or(Time(obs.now))),
+        quorum_loss_best_index: quorum_lost.then(|| best_index(&name, obs, prev.quorum_loss_best_index)).flatten(),
         conditions,
         // The newest of: this step (NOSPACE remediation), the CronJobs' Jobs, what was recorded.
         last_compaction: newest(
@@ -191,5 +214,95 @@ mod tests {
         let st2 = build(&kc, &obs, &a, &Outcome::default());
         assert!(st2.conditions.iter().all(|c| c.last_transition_time == t0));
         assert_eq!(st2.phase.as_deref(), Some("Degraded"));
+    }
+
+    fn degraded(st: &KvClusterStatus) -> (&str, &str, &str) {
+        let c = st.conditions.iter().find(|c| c.type_ == "Degraded").expect("Degraded");
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+    }
+
+    #[test]
+    fn quorum_lost_since_is_kept_until_quorum_is_back() {
+        let mut kc = kvcluster("demo", 3);
+        let t = |s: &str| -> jiff::Timestamp { s.parse().expect("ts") };
+        let obs =
+            Observation { bootstrapped: true, now: t("2026-01-01T10:00:00Z"), members: None, ..Observation::default() };
+        let a = Action::Degraded { reason: "QuorumLost", message: "x".into() };
+        let st = build(&kc, &obs, &a, &Outcome::default());
+        assert_eq!(st.quorum_lost_since, Some(Time(obs.now)));
+        kc.status = Some(st);
+        let later = Observation { now: t("2026-01-01T10:05:00Z"), ..obs.clone() };
+        let st = build(&kc, &later, &a, &Outcome::default());
+        assert_eq!(st.quorum_lost_since, Some(Time(obs.now)), "the first sighting is kept");
+        // Quorum back: one member that leads alone.
+        kc.status = Some(st);
+        let me = crate::observe::MemberObs {
+            id: 7,
+            health: Some(crate::observe::MemberHealth { leader: 7, ..Default::default() }),
+            ..Default::default()
+        };
+        let healthy = Observation { members: Some(vec![me]), ..later };
+        let st = build(&kc, &healthy, &Action::Idle, &Outcome::default());
+        assert_eq!((st.quorum_lost_since, st.quorum_loss_best_index), (None, None));
+    }
+
+    #[test]
+    fn the_best_raft_index_of_a_loss_is_kept() {
+        let mut kc = kvcluster("demo", 3);
+        let voter = |o: u32, index: Option<u64>| crate::observe::MemberObs {
+            id: u64::from(o) + 1,
+            name: format!("demo-{o}"),
+            ordinal: Some(o),
+            health: index.map(|raft_index| crate::observe::MemberHealth { raft_index, ..Default::default() }),
+            ..Default::default()
+        };
+        let lost = |ms: Vec<crate::observe::MemberObs>| Observation {
+            bootstrapped: true,
+            members: Some(ms),
+            ..Observation::default()
+        };
+        let a = Action::Degraded { reason: "QuorumLost", message: "x".into() };
+        let best = |kc: &KvCluster, obs: &Observation| build(kc, obs, &a, &Outcome::default()).quorum_loss_best_index;
+        let record = |m: &str, raft_index| Some(RaftIndexRecord { member: m.into(), raft_index });
+        let obs = lost(vec![voter(0, Some(10)), voter(1, Some(12)), voter(2, None)]);
+        assert_eq!(best(&kc, &obs), record("demo-1", 12));
+        // demo-1 stops answering: its record stays, until someone passes it.
+        kc.status = Some(build(&kc, &obs, &a, &Outcome::default()));
+        assert_eq!(best(&kc, &lost(vec![voter(0, Some(11)), voter(1, None)])), record("demo-1", 12));
+        assert_eq!(best(&kc, &lost(vec![voter(0, Some(13)), voter(1, None)])), record("demo-0", 13));
+        // A learner does not count.
+        let mut learner = voter(2, Some(99));
+        learner.is_learner = true;
+        assert_eq!(best(&kc, &lost(vec![voter(0, Some(1)), learner])), record("demo-1", 12));
+    }
+
+    #[test]
+    fn a_recovery_shows_as_degraded_quorum_recovery() {
+        let kc = kvcluster("demo", 3);
+        let obs = Observation::default();
+        let since = "2026-01-01T10:00:00Z".parse().expect("ts");
+        let force = Action::ForceNewCluster { ordinal: 2, token: "tok".into(), since };
+        let st = build(&kc, &obs, &force, &Outcome::default());
+        assert_eq!(st.phase.as_deref(), Some("Recovering"));
+        let (status, reason, message) = degraded(&st);
+        assert_eq!((status, reason), ("True", "QuorumRecovery"));
+        assert!(message.contains("demo-2") && message.contains("tok"), "{message}");
+        // While the ConfigMap holds the key, every step is part of it.
+        let key = crate::resources::ForceKey { member: "demo-2".into(), token: "tok".into(), since };
+        let obs = Observation {
+            recovery: Some(crate::recovery::RecoveryObs { ordinal: 2, key, survivor: None, others: vec![] }),
+            ..Observation::default()
+        };
+        let st = build(&kc, &obs, &Action::RecycleMember { ordinal: 0 }, &Outcome::default());
+        assert_eq!(
+            (st.phase.as_deref(), degraded(&st).0, degraded(&st).1),
+            (Some("Recovering"), "True", "QuorumRecovery")
+        );
+        let split = Action::Degraded { reason: "SplitBrain", message: "two leaders".into() };
+        let st = build(&kc, &obs, &split, &Outcome::default());
+        assert_eq!((st.phase.as_deref(), degraded(&st).1), (Some("Degraded"), "SplitBrain"));
+        // Over: nothing is degraded any more.
+        let st = build(&kc, &Observation::default(), &Action::Idle, &Outcome::default());
+        assert_eq!(degraded(&st), ("False", "AsExpected", ""));
     }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use kvd_operator::metrics::{ErrorLabels, Metrics, action_kind};
 use kvd_operator::observe::Owned;
 use kvd_operator::planner::{Action, RemoveReason, Why};
+use kvd_operator::recovery::RecoveryEnd;
 use kvd_operator::resources::Task;
 
 #[test]
@@ -59,6 +60,8 @@ fn action_filters_name_real_action_kinds() {
         Action::MoveLeader { from: 1, to: 2, why },
         Action::RecycleMember { ordinal: 1 },
         Action::RestartPod { ordinal: 1 },
+        Action::ForceNewCluster { ordinal: 1, token: "t".into(), since: jiff::Timestamp::UNIX_EPOCH },
+        Action::EndRecovery { ordinal: 1, outcome: RecoveryEnd::Recovered },
         Action::Compact { revision: 1, why },
         Action::Defragment { id: 1, ordinal: None, why },
         Action::DisarmNospace,

@@ -47,6 +47,13 @@ pub struct Flags {
     /// members afterwards, and start without this flag from then on.
     #[arg(long, env = "KVD_FORCE_NEW_CLUSTER", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub force_new_cluster: bool,
+    /// `NAME/TOKEN`: act as --force-new-cluster if NAME is this member's
+    /// --name and this data dir has not acted on TOKEN yet (then record it
+    /// there), so that a value left set for a restarting pod cannot reset a
+    /// cluster that has grown back. Empty = off. For operators that set one
+    /// value for every member.
+    #[arg(long, env = "KVD_FORCE_NEW_CLUSTER_MEMBER", default_value = "")]
+    pub force_new_cluster_member: String,
     /// Token that makes cluster and member ids unique per cluster.
     #[arg(long, env = "KVD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
@@ -269,6 +276,10 @@ impl Flags {
             initial_cluster_token: self.initial_cluster_token.clone(),
             join_existing: self.initial_cluster_state == "existing",
             force_new_cluster: self.force_new_cluster,
+            force_new_cluster_token: crate::etcdserver::force::parse(&self.force_new_cluster_member)
+                .map_err(|e| ferr("force-new-cluster-member", e))?
+                .filter(|r| r.member == self.name)
+                .map(|r| r.token),
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
@@ -319,5 +330,16 @@ mod tests {
         let f = Flags::parse_from(["kvd", "--initial-cluster-state", "old"]);
         assert_eq!(f.server_config().unwrap_err().flag, "initial-cluster-state");
         assert!(listen_addrs("listen-client-urls", &["ftp://x:1".into()]).is_err());
+        let f = Flags::parse_from(["kvd", "--force-new-cluster-member", "default"]);
+        assert_eq!(f.server_config().unwrap_err().flag, "force-new-cluster-member");
+    }
+
+    #[test]
+    fn force_new_cluster_member_applies_to_the_named_member_only() {
+        let token = |args: &[&str]| Flags::parse_from(args).server_config().unwrap().force_new_cluster_token;
+        assert_eq!(token(&["kvd"]), None);
+        assert_eq!(token(&["kvd", "--force-new-cluster-member", ""]), None);
+        assert_eq!(token(&["kvd", "--force-new-cluster-member", "default/t1"]), Some("t1".into()));
+        assert_eq!(token(&["kvd", "--force-new-cluster-member", "other/t1"]), None);
     }
 }

@@ -10,12 +10,15 @@ mod pdb;
 mod service;
 mod statefulset;
 
-pub use configmap::{INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, config_map};
+pub use configmap::{
+    FORCE_MEMBER, FORCE_SINCE, ForceKey, INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, config_map, force_key,
+    recovery_config_map,
+};
 pub use cronjob::{SPEC_HASH, Task, cronjob};
 pub use monitor::monitor;
 pub use pdb::pdb;
 pub use service::{SERVICE_ROLE, client_service, peer_service};
-pub use statefulset::{pod_template, statefulset};
+pub use statefulset::{FORCE_ENV, pod_template, statefulset};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};

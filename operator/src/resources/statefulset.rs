@@ -19,18 +19,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, TEMPLATE_HASH, meta, template_hash};
+use super::{FORCE_MEMBER, INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, TEMPLATE_HASH, meta, template_hash};
 use crate::crd::{KvCluster, Retention};
 use crate::naming::{self, CLIENT_PORT, DATA_DIR, MEMBER_UID, PEER_PORT};
 
-fn env_from_config(name: &str, cm: &str, key: &str) -> EnvVar {
+/// kvd's environment variable for `--force-new-cluster-member`.
+pub const FORCE_ENV: &str = "KVD_FORCE_NEW_CLUSTER_MEMBER";
+
+/// An env var from `key` of ConfigMap `cm`; an `optional` key may be absent
+/// (the variable is then unset).
+fn env_from_config(name: &str, cm: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.to_string(),
         value_from: Some(EnvVarSource {
             config_map_key_ref: Some(ConfigMapKeySelector {
                 name: cm.to_string(),
                 key: key.to_string(),
-                optional: None,
+                optional: optional.then_some(true),
             }),
             ..EnvVarSource::default()
         }),
@@ -115,8 +120,11 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
                 }),
                 ..EnvVar::default()
             },
-            env_from_config("INITIAL_CLUSTER", &cm, INITIAL_CLUSTER),
-            env_from_config("INITIAL_CLUSTER_STATE", &cm, INITIAL_CLUSTER_STATE),
+            env_from_config("INITIAL_CLUSTER", &cm, INITIAL_CLUSTER, false),
+            env_from_config("INITIAL_CLUSTER_STATE", &cm, INITIAL_CLUSTER_STATE, false),
+            // Set only while the operator recovers from a lost quorum; kvd
+            // acts on it in the member it names, once per token.
+            env_from_config(FORCE_ENV, &cm, FORCE_MEMBER, true),
         ]),
         ports: Some(vec![
             ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..ContainerPort::default() },
@@ -228,5 +236,18 @@ mod tests {
         let live = c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("liveness");
         assert_eq!(live.path.as_deref(), Some("/livez"));
         assert_eq!(sts.metadata.annotations.expect("annotations")[TEMPLATE_HASH], template_hash(&kc));
+        let env = c.env.as_ref().expect("env");
+        let cm_key = |name: &str| {
+            let e = env.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("no env {name}"));
+            e.value_from.as_ref().and_then(|v| v.config_map_key_ref.clone()).expect("configMapKeyRef")
+        };
+        let force = cm_key(FORCE_ENV);
+        assert_eq!(
+            (force.name.as_str(), force.key.as_str(), force.optional),
+            ("demo-config", FORCE_MEMBER, Some(true))
+        );
+        // The keys every member needs are not optional.
+        assert_eq!(cm_key("INITIAL_CLUSTER").optional, None);
+        assert_eq!(cm_key("INITIAL_CLUSTER_STATE").optional, None);
     }
 }

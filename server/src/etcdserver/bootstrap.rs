@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub join_existing: bool,
     /// `--force-new-cluster`: restart as the only member, keeping the data.
     pub force_new_cluster: bool,
+    /// `--force-new-cluster-member` naming this member: its token. Acts as
+    /// `force_new_cluster` unless the data dir has acted on it already.
+    pub force_new_cluster_token: Option<String>,
     pub quota_backend_bytes: i64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -204,15 +207,31 @@ impl EtcdServer {
             Wal::open(&member_dir.join("wal"), Metadata { node_id: me, cluster_id: cid }).map_err(|e| err(&e))?;
         let fresh = replay.entries.is_empty() && replay.state.is_none();
         let log = LogStore::new(wal.clone(), replay).map_err(|e| err(&format!("WAL entries: {e}")))?;
-        if cfg.force_new_cluster {
+        let token = match &cfg.force_new_cluster_token {
+            Some(t) if super::force::acted_on(&member_dir, t).map_err(|e| err(&e))? => {
+                info!(token = %t, "--force-new-cluster-member: this data dir has acted on this token already; ignored");
+                None
+            }
+            t => t.as_deref(),
+        };
+        if cfg.force_new_cluster || (token.is_some() && !fresh) {
             let node = Member {
                 name: cfg.name.clone(),
                 peer_urls: cfg.peer_urls.clone(),
                 client_urls: cfg.client_urls.clone(),
             };
             if log.force_single_member(me, node).await.map_err(|e| err(&e))? {
-                warn!(member_id = %format!("{me:x}"), "--force-new-cluster: this member is now the only member of its cluster; add the others back as new members");
+                warn!(member_id = %format!("{me:x}"), token = token.unwrap_or_default(), "--force-new-cluster: this member is now the only member of its cluster; add the others back as new members");
             }
+        } else if token.is_some() {
+            // A member started on an empty data dir has nothing to force (its
+            // data came after the token was issued): record the token all the
+            // same, so that the data it gets from now on is never reset by it.
+            warn!("--force-new-cluster-member names this member, but its data dir is empty: nothing to force");
+        }
+        if let Some(t) = token {
+            super::force::record(&member_dir, t)
+                .map_err(|e| err(&format!("cannot record the --force-new-cluster-member token: {e}")))?;
         }
 
         let backend = Backend::open(&member_dir.join("db.redb"), cfg.backend_batch_limit, cfg.backend_cache_size)
