@@ -16,6 +16,7 @@ SCENARIOS=(
   "released_volumes_deleted:deleting the retained claims deletes their volumes and directories"
   "claims_deleted_on_scale_in:with whenScaled Delete, scale-in deletes the claims and their volumes"
   "member_replaced:a member that lost its volume is removed and added back as a learner"
+  "quorum_recovered:two of three volumes lost; with quorumLossRecovery the survivor restarts alone and the others rejoin"
   "nospace_remediated:a full quota raises NOSPACE; the operator compacts, defragments and disarms"
   "maintenance_cronjobs:the compaction and defrag CronJobs run and record lastCompaction and lastDefrag"
   "rolling_upgrade:a new image tag rolls through the members with no failed write"

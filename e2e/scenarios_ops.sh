@@ -89,6 +89,39 @@ member_replaced() {
     fail "key lost"
 }
 
+degraded_because() { [ "$(kvc_field '{.status.conditions[?(@.type=="Degraded")].reason}')" = "$1" ]; }
+
+# Members demo-1 and demo-2 lose their volumes at once: they come back
+# empty and refuse to rejoin, so quorum is lost (Degraded, QuorumLost).
+# With quorumLossRecovery, after failedMemberTimeoutSeconds the operator
+# restarts demo-0 (the most advanced survivor) as a cluster of its own
+# (kvd --force-new-cluster-member), recycles the others and adds them back
+# as learners; what demo-0 held is still there.
+quorum_recovered() {
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"quorumLossRecovery":true,"failedMemberTimeoutSeconds":30}}'
+  kv_all put /e2e/before-loss kept >/dev/null
+  local one two
+  one=$(member_id_of demo-1)
+  two=$(member_id_of demo-2)
+  kubectl -n "$OP_NS" delete pvc data-demo-1 data-demo-2 --wait=false
+  kubectl -n "$OP_NS" delete pod demo-1 demo-2 --wait=false
+  eventually 120 degraded_because QuorumLost
+  kvc_field '{.status.conditions[?(@.type=="Degraded")].message}'
+  echo
+  eventually 400 kvc_available_with 3
+  eventually 60 started_members 3
+  eventually 60 no_learners
+  kv_all member list
+  has_event QuorumRecovery || fail "no QuorumRecovery event"
+  has_event QuorumRecovered || fail "no QuorumRecovered event"
+  [ "$(member_id_of demo-1)" != "$one" ] && [ "$(member_id_of demo-2)" != "$two" ] || fail "demo-1 and demo-2 kept their ids"
+  [ "$(kv_all get /e2e/before-loss --print-value-only)" = kept ] || fail "the survivor lost a write"
+  local cm
+  cm=$(kubectl -n "$OP_NS" get cm demo-config -o json)
+  [[ "$cm" == *initial-cluster-state* && "$cm" != *force-new-cluster-member* ]] || fail "the recovery key is still set: $cm"
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"quorumLossRecovery":false}}'
+}
+
 no_nospace_alarm() { [ -z "$(kv_all alarm list)" ]; }
 
 # Fill an 8 MiB quota with overwrites of one key: NOSPACE rises and puts

@@ -237,6 +237,10 @@ impl Actor<'_> {
                 );
                 self.event(kc, EventType::Warning, "QuorumRecovery", note).await;
             }
+            Action::MarkExisting => {
+                apply(self.client, &t.ns, &resources::config_map(kc, &t.member_ordinals(obs), false)).await?;
+                info!("cluster formed: members now start with --initial-cluster-state existing");
+            }
             Action::EndRecovery { ordinal, outcome } => {
                 let ordinals = match outcome {
                     RecoveryEnd::Recovered => vec![*ordinal],

@@ -86,7 +86,9 @@ async fn deleted_kvcluster_runs_cleanup_and_drops_the_finalizer() {
 }
 
 /// Everything exists, but no member answers (DNS names do not resolve here).
+/// The ConfigMap says `new` until the cluster has formed.
 fn existing_objects(kc: &KvCluster) -> Vec<Expect> {
+    let formed = kc.status.as_ref().is_some_and(|s| s.formed);
     let core = "/api/v1/namespaces/ns";
     let mut sts = serde_json::to_value(crate::resources::statefulset(kc, 3)).expect("sts");
     sts["status"] = serde_json::json!({ "replicas": 3, "updateRevision": "r1" });
@@ -99,7 +101,7 @@ fn existing_objects(kc: &KvCluster) -> Vec<Expect> {
         Expect::get(format!("{core}/services/demo-client"), json(&crate::resources::client_service(kc))),
         Expect::get(
             format!("{core}/configmaps/demo-config"),
-            json(&crate::resources::config_map(kc, &[0, 1, 2], true)),
+            json(&crate::resources::config_map(kc, &[0, 1, 2], !formed)),
         ),
         Expect::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", json(&crate::resources::pdb(kc, 3))),
     ]

@@ -82,6 +82,7 @@ pub fn action_kind(a: &Action) -> &'static str {
     match a {
         Action::Bootstrap { .. } => "bootstrap",
         Action::EnsureObjects { .. } => "ensure_objects",
+        Action::MarkExisting => "mark_existing",
         Action::UpdateStatefulSet => "update_statefulset",
         Action::ResizeStatefulSet { .. } => "resize_statefulset",
         Action::AddLearner { .. } => "add_learner",

@@ -160,6 +160,8 @@ pub struct Observation {
     pub claims_created: BTreeMap<u32, jiff::Timestamp>,
     /// A quorum-loss recovery under way (the ConfigMap holds its keys).
     pub recovery: Option<RecoveryObs>,
+    /// The ConfigMap still says `initial-cluster-state: new`.
+    pub initial_state_new: bool,
 }
 
 /// Reads the Kubernetes objects and asks the members; never fails because a
@@ -199,6 +201,8 @@ pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) ->
     let now = jiff::Timestamp::now();
     let mut obs = build(kc, sts.as_ref(), &pods, &pvcs, missing, view.as_ref(), now);
     obs.recovery = cm.as_ref().and_then(|c| recovery::from_config(&name, c.data.as_ref()?));
+    obs.initial_state_new =
+        cm.as_ref().and_then(|c| c.data.as_ref()?.get(resources::INITIAL_CLUSTER_STATE)).is_some_and(|s| s == "new");
     if let Some(r) = obs.recovery.as_mut() {
         r.survivor = recovery::ask_survivor(etcd, &naming::client_url(&name, &ns, r.ordinal)).await;
         let n = obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0);
@@ -270,6 +274,7 @@ pub fn build(
         quorum_lost_since: status.quorum_lost_since.as_ref().map(|t| t.0),
         quorum_loss_best: status.quorum_loss_best_index.as_ref().map(|r| (r.member.clone(), r.raft_index)),
         recovery: None,
+        initial_state_new: false,
     }
 }
 

@@ -39,6 +39,10 @@ pub enum Why {
 pub enum Action {
     /// Create all objects; the StatefulSet starts with `replicas` pods forming the cluster.
     Bootstrap { replicas: u32 },
+    /// Rewrite the ConfigMap with `initial-cluster-state: existing` once the
+    /// cluster has formed, so a member that loses its volume later cannot
+    /// bootstrap a second cluster (it must join, and is refused).
+    MarkExisting,
     /// Re-create missing Services, ConfigMap or PDB.
     EnsureObjects { missing: Vec<Owned> },
     /// Create or update the CronJob of a scheduled maintenance task.
@@ -188,6 +192,9 @@ pub fn plan(obs: &Observation) -> Action {
         let msg =
             format!("{} of {} voters healthy, leader {:?}", v.healthy_voters(), v.voters.len(), v.leader.map(|l| l.id));
         return quorum_lost(obs, &msg);
+    }
+    if obs.bootstrapped && obs.initial_state_new {
+        return Action::MarkExisting;
     }
     if obs.alarms.iter().any(|a| a.kind == AlarmKind::Corrupt) {
         return degraded("CorruptAlarm", "a member raised CORRUPT; needs an operator".into());

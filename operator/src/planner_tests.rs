@@ -109,6 +109,7 @@ pub(crate) fn simulate(obs: &mut Observation, a: &Action) {
             obs.defragged.insert(*id, size.expect("health"));
         }
         Action::DisarmNospace => obs.alarms.clear(),
+        Action::MarkExisting => obs.initial_state_new = false,
         Action::EnsureCronJob { task } => {
             let want = obs.desired.cronjobs.get(task).cloned();
             obs.cronjobs.insert(*task, want);
@@ -156,6 +157,29 @@ fn bootstrap_and_objects() {
     obs.bootstrapped = false;
     set_leader(&mut obs, 0);
     assert!(matches!(plan(&obs), Action::Wait { reason: "Bootstrapping", .. }));
+}
+
+/// Once formed, members start with `existing`: a member that loses its
+/// volume then cannot bootstrap a second cluster beside the first. Found by
+/// e2e, where two members on fresh volumes formed one while the third was
+/// being forced.
+#[test]
+fn formed_cluster_switches_to_existing() {
+    let mut obs = cluster(3);
+    obs.initial_state_new = true;
+    assert_eq!(plan(&obs), Action::MarkExisting);
+    obs.bootstrapped = false;
+    set_leader(&mut obs, 0);
+    assert!(matches!(plan(&obs), Action::Wait { reason: "Bootstrapping", .. }));
+    // Quorum loss comes first (recovery does not wait for the ConfigMap).
+    let mut obs = cluster(3);
+    obs.initial_state_new = true;
+    fail(&mut obs, 1, Duration::from_secs(1));
+    fail(&mut obs, 2, Duration::from_secs(1));
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "QuorumLost", .. }));
+    let mut obs = cluster(3);
+    obs.initial_state_new = true;
+    assert_eq!(run(&mut obs), vec![Action::MarkExisting]);
 }
 
 #[test]

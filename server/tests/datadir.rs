@@ -158,9 +158,10 @@ async fn wal_that_lost_acknowledged_entries_is_refused() {
 }
 
 /// A member that has started once and comes back with an empty data dir
-/// (its volume was lost) is refused: its votes and acknowledged entries are
-/// gone, so rejoining under its old id could lose committed writes. Removed
-/// and added back, the same peer URL joins as a new learner and catches up.
+/// (its volume was lost) is refused, whether it would bootstrap (`new`) or
+/// join (`existing`): its votes and acknowledged entries are gone, so
+/// starting under its old id could lose committed writes. Removed and added
+/// back, the same peer URL joins as a new learner and catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_that_lost_its_data_must_be_replaced() {
     let dir = tempfile::tempdir().unwrap();
@@ -193,12 +194,18 @@ async fn member_that_lost_its_data_must_be_replaced() {
     let v = &mut members[victim];
     v.kill9();
     std::fs::remove_dir_all(&v.data_dir).unwrap();
-    v.set_flag("--initial-cluster-state", "existing");
-    v.restart();
-    let st = v.wait_exit(Duration::from_secs(30)).expect("a member that lost its data must not rejoin");
-    assert!(!st.success());
-    let log = v.log_text();
-    assert!(log.contains(&format!("member {old_id:x}")) && log.contains("its data is lost"), "{log}");
+    // With its first flags (`new`) it would bootstrap a second cluster under
+    // the same id; joining (`existing`) it would rejoin as the old member.
+    for state in ["new", "existing"] {
+        v.set_flag("--initial-cluster-state", state);
+        v.restart();
+        let st = v.wait_exit(Duration::from_secs(30)).expect("a member that lost its data must not start");
+        assert!(!st.success());
+        let log = v.log_text();
+        let said = format!("--initial-cluster-state {state}: member {old_id:x}");
+        assert!(log.contains(&said) && log.contains("its data is lost"), "{state}: {log}");
+        std::fs::remove_dir_all(&v.data_dir).unwrap();
+    }
 
     // The replacement: remove, add back as a learner, start from empty.
     let (ok, _, err) = common::etcdctl(&via, &["member", "remove", &format!("{old_id:x}")], None);

@@ -107,65 +107,6 @@ pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
     nonzero(&h.finalize())
 }
 
-/// Asks the other members in `--initial-cluster` for the cluster's id and
-/// for this member's id: the one MemberAdd gave the member whose peer URLs
-/// are `own` (this member's `--initial-advertise-peer-urls`), as etcd does.
-async fn discover_cluster(cfg: &ServerConfig, own: &[String]) -> Result<(u64, u64), ServerError> {
-    let mut own = own.to_vec();
-    own.sort();
-    let mut last = String::from("no other member in --initial-cluster");
-    let mut others: Vec<&String> = cfg.initial_cluster.values().flatten().filter(|u| !own.contains(u)).collect();
-    others.sort();
-    others.dedup();
-    for _ in 0..30 {
-        for url in &others {
-            let Ok(ep) = crate::tls::endpoint(url, cfg.peer_client_tls.as_ref()) else { continue };
-            let res = async {
-                let ch = ep.connect_timeout(Duration::from_secs(1)).connect().await.map_err(|e| e.to_string())?;
-                kvd_api::kvdpeerpb::peer_client::PeerClient::new(ch)
-                    .cluster_info(kvd_api::kvdpeerpb::ClusterInfoRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match res {
-                Ok(info) => {
-                    let me = info.members.iter().find(|m| {
-                        let mut theirs = m.peer_urls.clone();
-                        theirs.sort();
-                        theirs == own
-                    });
-                    match me {
-                        // Raft's promises (votes cast, entries acknowledged)
-                        // went with the lost data: rejoining under the same
-                        // id could lose committed writes. etcd refuses too.
-                        Some(m) if m.started => {
-                            return Err(ServerError::Internal(format!(
-                                "--initial-cluster-state existing: member {:x} with peer URLs {own:?} has already \
-                                 started, and this data dir is empty: its data is lost; remove the member \
-                                 (etcdctl member remove {:x}) and add it back before starting it again",
-                                m.id, m.id
-                            )));
-                        }
-                        Some(m) => return Ok((m.id, info.cluster_id)),
-                        // MemberAdd may not have reached this member yet.
-                        None => {
-                            last = format!(
-                                "{url}: the cluster has no member with peer URLs {own:?}; \
-                                     add this member (etcdctl member add) before starting it"
-                            )
-                        }
-                    }
-                }
-                Err(e) => last = format!("{url}: {e}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Err(ServerError::Internal(format!("--initial-cluster-state existing: cannot join ({last})")))
-}
-
 fn nonzero(digest: &[u8]) -> u64 {
     let v = u64::from_be_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"));
     if v == 0 { 1 } else { v }
@@ -195,11 +136,14 @@ impl EtcdServer {
             // a running member before (MemberAdd chose the member's id).
             let (id, cid) = match crate::wal::read_metadata(&member_dir.join("wal")).map_err(|e| err(&e))? {
                 Some(m) => (m.node_id, m.cluster_id),
-                None => discover_cluster(&cfg, &cfg.peer_urls).await?,
+                None => super::discovery::discover_cluster(&cfg).await?,
             };
             me = id;
             cid
         } else {
+            if crate::wal::read_metadata(&member_dir.join("wal")).map_err(|e| err(&e))?.is_none() {
+                super::discovery::refuse_if_bootstrapped(&cfg).await?;
+            }
             cluster_id(&ids, &cfg.initial_cluster_token)
         };
 

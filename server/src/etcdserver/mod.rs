@@ -7,6 +7,7 @@ mod bootstrap;
 mod cluster;
 mod compactor;
 mod concurrency;
+mod discovery;
 pub mod force;
 pub mod kv;
 mod lease;
