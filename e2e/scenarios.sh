@@ -20,6 +20,7 @@ SCENARIOS=(
   "nospace_remediated:a full quota raises NOSPACE; the operator compacts, defragments and disarms"
   "maintenance_cronjobs:the compaction and defrag CronJobs run and record lastCompaction and lastDefrag"
   "rolling_upgrade:a new image tag rolls through the members with no failed write"
+  "tls_cluster:a KvCluster with client and peer TLS serves only clients with a certificate"
   "cluster_deleted:deleting a KvCluster removes its objects; claims follow whenDeleted"
   "storage_log_clean:the API server logged no storage errors"
 )

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::etcdserverpb::alarm_request::AlarmAction;
 use crate::etcdserverpb::cluster_client::ClusterClient;
@@ -92,6 +92,16 @@ pub fn endpoint_url(e: &str) -> String {
     if e.contains("://") { e.to_string() } else { format!("http://{e}") }
 }
 
+/// TLS towards the members: the CA their certificates are signed by and,
+/// for members that require client certificates, this client's own
+/// certificate and key (all PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca: Vec<u8>,
+    /// (certificate chain, private key).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Channels per endpoint, created lazily and reused.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -100,12 +110,13 @@ pub struct Client {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Address overrides (endpoint -> reachable URL), e.g. for port-forwards.
     overrides: Arc<HashMap<String, String>>,
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl Client {
     /// Every call times out after `timeout`; Defragment after 20 times that.
     pub fn new(timeout: Duration) -> Self {
-        Client { timeout, defrag_timeout: timeout * 20, channels: Arc::default(), overrides: Arc::default() }
+        Client { timeout, defrag_timeout: timeout * 20, channels: Arc::default(), overrides: Arc::default(), tls: None }
     }
 
     /// The timeout of every call but Defragment.
@@ -123,6 +134,13 @@ impl Client {
         Client { overrides: Arc::new(overrides), ..self }
     }
 
+    /// The same client speaking TLS to every endpoint, with channels of its
+    /// own: `https://` URLs, and `http://` URLs or bare `host:port` upgraded
+    /// to `https://` (as etcdctl does with bare endpoints and a CA).
+    pub fn with_tls(self, tls: ClientTls) -> Self {
+        Client { tls: Some(Arc::new(tls)), channels: Arc::default(), ..self }
+    }
+
     /// The (cached, lazily connected) channel to `endpoint`.
     pub fn channel(&self, endpoint: &str) -> Result<Channel> {
         let bad = |message: String| ClientError::BadEndpoint { endpoint: endpoint.to_string(), message };
@@ -130,11 +148,21 @@ impl Client {
         if let Some(c) = channels.get(endpoint) {
             return Ok(c.clone());
         }
-        let target = self.overrides.get(endpoint).cloned().unwrap_or_else(|| endpoint_url(endpoint));
-        let ep = Endpoint::from_shared(target)
+        let mut target = self.overrides.get(endpoint).cloned().unwrap_or_else(|| endpoint_url(endpoint));
+        if let (Some(_), Some(rest)) = (&self.tls, target.strip_prefix("http://")) {
+            target = format!("https://{rest}");
+        }
+        let mut ep = Endpoint::from_shared(target)
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(self.timeout)
             .timeout(self.defrag_timeout.max(self.timeout));
+        if let Some(tls) = &self.tls {
+            let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                cfg = cfg.identity(Identity::from_pem(cert, key));
+            }
+            ep = ep.tls_config(cfg).map_err(|e| bad(format!("TLS: {e}")))?;
+        }
         let c = ep.connect_lazy();
         channels.insert(endpoint.to_string(), c.clone());
         Ok(c)

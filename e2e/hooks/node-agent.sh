@@ -5,6 +5,7 @@
 # the same hooks for a kind cluster (e2e/hooks/kind.sh).
 #
 #   ectl ARGS                  etcdctl (the pinned one) from where the pods are reachable
+#   ectl_by_name ARGS          the same, resolving the cluster's DNS names (for TLS)
 #   client_ip                  an address of the client Service of KvCluster demo
 #   member_endpoints           client URLs of every member pod of demo, comma-separated
 #   kill_member_process NAME   SIGKILL to member NAME's kvd process
@@ -17,6 +18,11 @@ OPERATOR_HELM_ARGS=()
 CLUSTER_HELM_ARGS=()
 
 ectl() { "$ETCDCTL" "$@"; }
+
+# In a mount namespace of its own, with the node agent's hosts file as /etc/hosts.
+ectl_by_name() {
+  unshare -m sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' _ "$E2E_WORK/node/hosts" "$ETCDCTL" "$@"
+}
 
 # The hosts file names the client Service after one ready endpoint.
 client_ip() { awk -v n="demo-client.$OP_NS.svc" '$3 == n {print $1; exit}' "$E2E_WORK/node/hosts"; }

@@ -175,7 +175,10 @@ impl Actor<'_> {
                 self.event(kc, EventType::Normal, "Resized", note).await;
             }
             Action::AddLearner { ordinal } => {
-                let id = self.etcd.add_learner(&eps, &naming::peer_url(&t.name, &t.ns, *ordinal)).await?;
+                let id = self
+                    .etcd
+                    .add_learner(&eps, &naming::peer_url(&t.name, &t.ns, *ordinal, kc.spec.peer_tls().is_some()))
+                    .await?;
                 let mut ordinals = t.member_ordinals(obs);
                 ordinals.push(*ordinal);
                 apply(self.client, &t.ns, &resources::config_map(kc, &ordinals, false)).await?;

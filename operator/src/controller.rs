@@ -32,6 +32,7 @@ use crate::metrics::{Metrics, action_kind};
 use crate::naming::{FINALIZER, MANAGER};
 use crate::planner::{Action, plan};
 use crate::{Error, Result, observe, status};
+use kvd_api::client::ClientTls;
 
 /// Shared with every reconcile.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct Context {
     /// and their db size afterwards (`Observation::defragged`). Memory only:
     /// after a restart a member may be defragmented once more.
     pub defragged: Arc<std::sync::Mutex<BTreeMap<String, BTreeMap<u64, i64>>>>,
+    /// Per TLS cluster: the client TLS its channels were made with.
+    pub tls_clients: Arc<std::sync::Mutex<BTreeMap<String, (ClientTls, EtcdClient)>>>,
 }
 
 /// What `/` of the HTTP server reports.
@@ -92,6 +95,7 @@ impl State {
             diagnostics: self.diagnostics.clone(),
             etcd: EtcdClient::new("", etcd_timeout),
             defragged: Default::default(),
+            tls_clients: Default::default(),
         })
     }
 }
@@ -99,6 +103,24 @@ impl State {
 impl Context {
     fn defragged_of(&self, key: &str) -> BTreeMap<u64, i64> {
         self.defragged.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default()
+    }
+
+    /// The etcd client for cluster `name` (`key` = "ns/name"): with `tls`,
+    /// one kept as long as the TLS material stays the same.
+    fn etcd_for(&self, key: &str, name: &str, tls: Option<ClientTls>) -> EtcdClient {
+        let mut cache = self.tls_clients.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tls) = tls else {
+            cache.remove(key);
+            return self.etcd.for_cluster(name);
+        };
+        if let Some((t, c)) = cache.get(key)
+            && *t == tls
+        {
+            return c.clone();
+        }
+        let c = self.etcd.for_cluster(name).with_tls(tls.clone());
+        cache.insert(key.to_string(), (tls, c.clone()));
+        c
     }
 
     fn remember_defrag(&self, key: &str, id: u64, size: i64) {
@@ -137,10 +159,12 @@ async fn reconcile(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
 async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let name = kc.name_any();
     let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
-    let etcd = ctx.etcd.for_cluster(&name);
     let key = format!("{ns}/{name}");
+    let tls = crate::tls::client_tls(&ctx.client, &kc).await;
+    let etcd = ctx.etcd_for(&key, &name, tls.clone().ok().flatten());
     let mut obs = observe::gather(&kc, &ctx.client, &etcd).await?;
     obs.defragged = ctx.defragged_of(&key);
+    obs.desired.tls_problem = tls.err();
     let action = plan(&obs);
     info!(action = action_kind(&action), detail = ?action, "planned");
     ctx.metrics.action(&action);
@@ -161,6 +185,7 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
 async fn cleanup(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let key = format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any());
     ctx.defragged.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    ctx.tls_clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     let ev = kube::runtime::events::Event {
         type_: kube::runtime::events::EventType::Normal,
         reason: "DeleteRequested".into(),

@@ -222,12 +222,20 @@ pub struct PodTemplateOverrides {
     pub priority_class_name: Option<String>,
 }
 
-/// TLS secrets (each with `tls.crt`, `tls.key` and `ca.crt`).
+/// TLS secrets, each with `tls.crt`, `tls.key` and `ca.crt` (the shape
+/// cert-manager writes). Changing them restarts the members one at a time.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
+    /// Client traffic over TLS with client-certificate authentication: the
+    /// members serve `tls.crt` (SANs `*.<name>-peer.<ns>.svc` and
+    /// `<name>-client.<ns>.svc`) and accept clients signed by `ca.crt`. The
+    /// operator and the maintenance Jobs present the same certificate, so it
+    /// needs both the serverAuth and clientAuth usages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_name: Option<String>,
+    /// Peer traffic over mutual TLS: `tls.crt` (SAN `*.<name>-peer.<ns>.svc`,
+    /// serverAuth and clientAuth) presented both ways, peers signed by `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_secret_name: Option<String>,
 }
@@ -342,6 +350,16 @@ impl KvClusterSpec {
             (None, Some(v)) => format!("{DEFAULT_IMAGE_REPO}:{v}"),
             (None, None) => format!("{DEFAULT_IMAGE_REPO}:{DEFAULT_VERSION}"),
         }
+    }
+
+    /// The client TLS secret, if client traffic is TLS.
+    pub fn client_tls(&self) -> Option<&str> {
+        self.tls.as_ref()?.client_secret_name.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// The peer TLS secret, if peer traffic is TLS.
+    pub fn peer_tls(&self) -> Option<&str> {
+        self.tls.as_ref()?.peer_secret_name.as_deref().filter(|s| !s.is_empty())
     }
 
     /// The effective backend quota in bytes.

@@ -49,6 +49,11 @@ impl EtcdClient {
         EtcdClient { inner: self.inner.with_overrides(overrides), ..self }
     }
 
+    /// The same client speaking TLS to the members, with channels of its own.
+    pub fn with_tls(self, tls: kvd_api::client::ClientTls) -> Self {
+        EtcdClient { inner: self.inner.with_tls(tls), ..self }
+    }
+
     /// The same client (sharing channels) for another KvCluster.
     pub fn for_cluster(&self, cluster: &str) -> Self {
         EtcdClient { cluster: cluster.to_string(), ..self.clone() }

@@ -131,7 +131,7 @@ pub(crate) fn member(o: u32, learner: bool) -> Member {
     Member {
         id: 0x10 + o as u64,
         name: format!("demo-{o}"),
-        peer_ur_ls: vec![crate::naming::peer_url("demo", "ns", o)],
+        peer_ur_ls: vec![crate::naming::peer_url("demo", "ns", o, false)],
         client_ur_ls: vec![crate::naming::client_url("demo", "ns", o)],
         is_learner: learner,
     }
@@ -189,7 +189,7 @@ async fn calls_fall_back_across_endpoints() {
     let (a, fake) = serve(0x10).await;
     let etcd = EtcdClient::new("demo", Duration::from_millis(500));
     let eps = [DEAD.to_string(), a.clone()];
-    let peer = crate::naming::peer_url("demo", "ns", 3);
+    let peer = crate::naming::peer_url("demo", "ns", 3, false);
     assert_eq!(etcd.add_learner(&eps, &peer).await.expect("add"), 0x99);
     etcd.remove(&eps, 0x12).await.expect("remove");
     etcd.compact(&eps, 10).await.expect("compact");

@@ -129,6 +129,7 @@ impl Context {
             metrics: state.metrics.clone(),
             etcd: crate::etcd::EtcdClient::new("", Duration::from_millis(200)),
             defragged: Default::default(),
+            tls_clients: Default::default(),
         };
         (Arc::new(ctx), ApiServerVerifier(handle))
     }

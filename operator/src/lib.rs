@@ -18,6 +18,7 @@ pub mod recovery;
 pub mod resources;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 #[cfg(test)]
 pub mod fixtures;

@@ -7,6 +7,13 @@ use std::collections::BTreeMap;
 pub const CLIENT_PORT: i32 = 2379;
 /// Peer (raft) port.
 pub const PEER_PORT: i32 = 2380;
+/// Plain-HTTP port of `/metrics`, `/readyz` and `/livez` (`--listen-metrics-urls`),
+/// for probes and scrapers, which present no client certificate.
+pub const METRICS_PORT: i32 = 2381;
+/// Where a member's client TLS secret is mounted.
+pub const CLIENT_TLS_DIR: &str = "/etc/kvd/tls/client";
+/// Where a member's peer TLS secret is mounted.
+pub const PEER_TLS_DIR: &str = "/etc/kvd/tls/peer";
 /// Data directory inside the member container.
 pub const DATA_DIR: &str = "/var/lib/kvd";
 /// User and group of the kvd image (distroless `nonroot`, server/Dockerfile);
@@ -28,8 +35,8 @@ pub fn client_service(cluster: &str) -> String {
 }
 
 /// Address of the client Service (what the maintenance CronJobs dial).
-pub fn client_service_url(cluster: &str, ns: &str) -> String {
-    format!("http://{}.{ns}.svc:{CLIENT_PORT}", client_service(cluster))
+pub fn client_service_url(cluster: &str, ns: &str, tls: bool) -> String {
+    format!("{}://{}.{ns}.svc:{CLIENT_PORT}", scheme(tls), client_service(cluster))
 }
 
 /// CronJob running `kvctl <task>` ("compact" or "defrag").
@@ -67,12 +74,18 @@ pub fn member_host(cluster: &str, ns: &str, i: u32) -> String {
     format!("{}.{}.{ns}.svc", member_name(cluster, i), peer_service(cluster))
 }
 
-/// Peer URL of ordinal `i`.
-pub fn peer_url(cluster: &str, ns: &str, i: u32) -> String {
-    format!("http://{}:{PEER_PORT}", member_host(cluster, ns, i))
+/// `https` with TLS, else `http`.
+pub fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
 }
 
-/// Client URL of ordinal `i`.
+/// Peer URL of ordinal `i` (`tls`: the cluster has peer TLS).
+pub fn peer_url(cluster: &str, ns: &str, i: u32, tls: bool) -> String {
+    format!("{}://{}:{PEER_PORT}", scheme(tls), member_host(cluster, ns, i))
+}
+
+/// Client URL of ordinal `i`, as the operator dials it (its client upgrades
+/// it to https when the cluster has client TLS).
 pub fn client_url(cluster: &str, ns: &str, i: u32) -> String {
     format!("http://{}:{CLIENT_PORT}", member_host(cluster, ns, i))
 }
@@ -91,10 +104,10 @@ pub fn ordinal_from_name(cluster: &str, name: &str) -> Option<u32> {
 }
 
 /// `--initial-cluster` value for the given ordinals.
-pub fn initial_cluster(cluster: &str, ns: &str, ordinals: impl IntoIterator<Item = u32>) -> String {
+pub fn initial_cluster(cluster: &str, ns: &str, ordinals: impl IntoIterator<Item = u32>, tls: bool) -> String {
     ordinals
         .into_iter()
-        .map(|i| format!("{}={}", member_name(cluster, i), peer_url(cluster, ns, i)))
+        .map(|i| format!("{}={}", member_name(cluster, i), peer_url(cluster, ns, i, tls)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -142,7 +155,7 @@ mod tests {
 
     #[test]
     fn urls_round_trip_ordinals() {
-        let u = peer_url("demo", "ns1", 3);
+        let u = peer_url("demo", "ns1", 3, false);
         assert_eq!(u, "http://demo-3.demo-peer.ns1.svc:2380");
         assert_eq!(ordinal_from_peer_url("demo", &u), Some(3));
         assert_eq!(client_url("demo", "ns1", 0), "http://demo-0.demo-peer.ns1.svc:2379");
@@ -154,7 +167,7 @@ mod tests {
     #[test]
     fn initial_cluster_lists_members() {
         assert_eq!(
-            initial_cluster("a", "n", 0..2),
+            initial_cluster("a", "n", 0..2, false),
             "a-0=http://a-0.a-peer.n.svc:2380,a-1=http://a-1.a-peer.n.svc:2380"
         );
         assert_eq!(selector_string("a"), "app.kubernetes.io/instance=a,app.kubernetes.io/name=kvd");

@@ -47,8 +47,9 @@ pub struct Desired {
     pub cronjobs: BTreeMap<Task, String>,
     /// Revisions kept below the current one when compacting for NOSPACE.
     pub retention_revisions: i64,
-    /// `spec.tls` is set (not implemented yet: the planner refuses it).
-    pub tls_requested: bool,
+    /// Why the client TLS secret cannot be used, if it cannot (set by the
+    /// controller, which reads it).
+    pub tls_problem: Option<String>,
 }
 
 impl Default for Desired {
@@ -63,7 +64,7 @@ impl Default for Desired {
             quota_bytes: crate::crd::DEFAULT_QUOTA_BYTES,
             cronjobs: BTreeMap::new(),
             retention_revisions: 0,
-            tls_requested: false,
+            tls_problem: None,
         }
     }
 }
@@ -299,10 +300,7 @@ pub fn desired(kc: &KvCluster) -> Desired {
             })
             .collect(),
         retention_revisions: spec.compaction.as_ref().and_then(|c| c.retention_revisions).unwrap_or(0),
-        tls_requested: spec
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_secret_name.is_some() || t.peer_secret_name.is_some()),
+        tls_problem: None,
     }
 }
 

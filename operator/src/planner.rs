@@ -162,9 +162,8 @@ pub fn plan(obs: &Observation) -> Action {
     if d.replicas.is_multiple_of(2) && !d.allow_even {
         return degraded("EvenReplicas", format!("replicas {} is even; set allowEvenReplicas", d.replicas));
     }
-    if d.tls_requested {
-        // Refuse rather than run in plaintext when TLS was asked for.
-        return degraded("TLSUnsupported", "spec.tls is not implemented by this operator version yet".into());
+    if let Some(problem) = &d.tls_problem {
+        return degraded("TLSSecretInvalid", problem.clone());
     }
     let Some(sts) = &obs.statefulset else {
         return Action::Bootstrap { replicas: d.replicas };

@@ -198,8 +198,11 @@ fn even_replicas_need_opt_in() {
     obs.desired.replicas = 0;
     assert!(matches!(plan(&obs), Action::Degraded { reason: "InvalidSpec", .. }));
     let mut obs = cluster(3);
-    obs.desired.tls_requested = true;
-    assert!(matches!(plan(&obs), Action::Degraded { reason: "TLSUnsupported", .. }));
+    obs.desired.tls_problem = Some("secret ns/tls has no key ca.crt".into());
+    assert_eq!(
+        plan(&obs),
+        Action::Degraded { reason: "TLSSecretInvalid", message: "secret ns/tls has no key ca.crt".into() }
+    );
 }
 
 #[test]

@@ -148,10 +148,7 @@ fn keys(v: &Value) -> BTreeSet<String> {
 }
 
 /// Fields of the KvCluster spec the chart leaves out, and why.
-const NOT_IN_CHART: &[&str] = &[
-    // Not implemented by the operator yet: a cluster with it is Degraded.
-    "tls",
-];
+const NOT_IN_CHART: &[&str] = &[];
 
 #[test]
 fn cluster_values_are_the_kvcluster_spec() {

@@ -57,7 +57,10 @@ pub fn config_map(kc: &KvCluster, ordinals: &[u32], new: bool) -> ConfigMap {
     ConfigMap {
         metadata: meta(kc, naming::config_map(&name)),
         data: Some(BTreeMap::from([
-            (INITIAL_CLUSTER.to_string(), naming::initial_cluster(&name, &ns, ordinals.iter().copied())),
+            (
+                INITIAL_CLUSTER.to_string(),
+                naming::initial_cluster(&name, &ns, ordinals.iter().copied(), kc.spec.peer_tls().is_some()),
+            ),
             (INITIAL_CLUSTER_STATE.to_string(), if new { "new" } else { "existing" }.to_string()),
         ])),
         ..ConfigMap::default()

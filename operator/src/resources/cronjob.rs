@@ -42,8 +42,17 @@ impl Task {
 }
 
 fn kvctl_args(kc: &KvCluster, task: Task) -> Option<(String, Vec<String>)> {
-    let endpoints = naming::client_service_url(&kc.name_any(), &kc.namespace().unwrap_or_default());
+    let tls = kc.spec.client_tls().is_some();
+    let endpoints = naming::client_service_url(&kc.name_any(), &kc.namespace().unwrap_or_default(), tls);
     let mut args = vec![task.as_str().to_string(), "--endpoints".into(), endpoints];
+    if tls {
+        let dir = naming::CLIENT_TLS_DIR;
+        args.extend([
+            format!("--cacert={dir}/ca.crt"),
+            format!("--cert={dir}/tls.crt"),
+            format!("--key={dir}/tls.key"),
+        ]);
+    }
     let schedule = match task {
         Task::Compact => {
             let c = kc.spec.compaction.as_ref()?;
@@ -69,6 +78,8 @@ pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
     let cluster = kc.name_any();
     let labels = naming::maintenance_labels(&cluster, task.as_str());
     let over = &kc.spec.pod_template;
+    // With client TLS the Job presents the client secret's certificate.
+    let tls = kc.spec.client_tls().map(|s| super::statefulset::secret_volume("client-tls", s, naming::CLIENT_TLS_DIR));
     let pod = PodSpec {
         restart_policy: Some("Never".into()),
         containers: vec![Container {
@@ -77,8 +88,10 @@ pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
             command: Some(vec!["kvctl".into()]),
             args: Some(args),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
+            volume_mounts: tls.as_ref().map(|(_, m)| vec![m.clone()]),
             ..Container::default()
         }],
+        volumes: tls.map(|(v, _)| vec![v]),
         tolerations: (!over.tolerations.is_empty()).then(|| over.tolerations.clone()),
         node_selector: (!over.node_selector.is_empty()).then(|| over.node_selector.clone()),
         ..PodSpec::default()
@@ -160,5 +173,16 @@ mod tests {
             c.retention_duration = Some("1h".into());
         }
         assert_ne!(h(&kc), before);
+        // Client TLS: https, the client secret mounted, etcdctl's TLS flags.
+        kc.spec.tls = Some(crate::crd::TlsSpec { client_secret_name: Some("certs".into()), peer_secret_name: None });
+        let pod = cronjob(&kc, Task::Compact).expect("compact").spec.job_template.spec.expect("job").template.spec;
+        let pod = pod.expect("pod");
+        let args = pod.containers[0].args.clone().expect("args").join(" ");
+        let want = "compact --endpoints https://demo-client.ns.svc:2379 --cacert=/etc/kvd/tls/client/ca.crt \
+                    --cert=/etc/kvd/tls/client/tls.crt --key=/etc/kvd/tls/client/tls.key";
+        assert!(args.starts_with(want), "{args}");
+        let volume = &pod.volumes.expect("volumes")[0];
+        assert_eq!(volume.secret.as_ref().and_then(|s| s.secret_name.as_deref()), Some("certs"));
+        assert_eq!(pod.containers[0].volume_mounts.as_ref().expect("mounts")[0].mount_path, "/etc/kvd/tls/client");
     }
 }

@@ -1,5 +1,5 @@
 //! Optional Prometheus Operator PodMonitor or ServiceMonitor scraping each
-//! member's `/metrics` on the client port.
+//! member's `/metrics` on its plain-HTTP metrics port (also with TLS).
 
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -14,8 +14,8 @@ pub fn monitor(kc: &KvCluster) -> Option<(ApiResource, DynamicObject)> {
     let name = kc.name_any();
     let (kind, endpoints_key, port) = match kc.spec.metrics.monitor {
         MonitorKind::None => return None,
-        MonitorKind::PodMonitor => ("PodMonitor", "podMetricsEndpoints", "client"),
-        MonitorKind::ServiceMonitor => ("ServiceMonitor", "endpoints", "client"),
+        MonitorKind::PodMonitor => ("PodMonitor", "podMetricsEndpoints", "metrics"),
+        MonitorKind::ServiceMonitor => ("ServiceMonitor", "endpoints", "metrics"),
     };
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind));
     let mut obj = DynamicObject::new(&name, &ar);
@@ -50,6 +50,6 @@ mod tests {
         kc.spec.metrics.monitor = MonitorKind::ServiceMonitor;
         let (_, obj) = monitor(&kc).expect("monitor");
         assert_eq!(obj.data["spec"]["selector"]["matchLabels"]["kvd.io/service"], "client");
-        assert_eq!(obj.data["spec"]["endpoints"][0]["port"], "client");
+        assert_eq!(obj.data["spec"]["endpoints"][0]["port"], "metrics");
     }
 }

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 
 use super::meta;
 use crate::crd::KvCluster;
-use crate::naming::{self, CLIENT_PORT, PEER_PORT};
+use crate::naming::{self, CLIENT_PORT, METRICS_PORT, PEER_PORT};
 
 fn port(name: &str, port: i32) -> ServicePort {
     ServicePort {
@@ -50,7 +50,7 @@ pub fn client_service(kc: &KvCluster) -> Service {
         metadata: svc_meta(kc, naming::client_service(&name), "client"),
         spec: Some(ServiceSpec {
             selector: Some(naming::selector_labels(&name)),
-            ports: Some(vec![port("client", CLIENT_PORT)]),
+            ports: Some(vec![port("client", CLIENT_PORT), port("metrics", METRICS_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -12,7 +12,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, VolumeMount, VolumeResourceRequirements,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,7 +22,7 @@ use kube::ResourceExt;
 
 use super::{FORCE_MEMBER, INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, TEMPLATE_HASH, meta, template_hash};
 use crate::crd::{KvCluster, Retention};
-use crate::naming::{self, CLIENT_PORT, DATA_DIR, MEMBER_UID, PEER_PORT};
+use crate::naming::{self, CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, MEMBER_UID, METRICS_PORT, PEER_PORT, PEER_TLS_DIR};
 
 /// kvd's environment variable for `--force-new-cluster-member`.
 pub const FORCE_ENV: &str = "KVD_FORCE_NEW_CLUSTER_MEMBER";
@@ -47,7 +48,7 @@ fn probe(path: &str, initial_delay: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
-            port: IntOrString::Int(CLIENT_PORT),
+            port: IntOrString::Int(METRICS_PORT),
             ..HTTPGetAction::default()
         }),
         initial_delay_seconds: Some(initial_delay),
@@ -81,22 +82,66 @@ fn container_security() -> SecurityContext {
 }
 
 /// kvd's command line; `$(VAR)` is expanded by the kubelet from `env`.
+/// Probes and scrapers use the plain-HTTP metrics listener, which also
+/// serves when client traffic requires certificates.
 fn args(kc: &KvCluster) -> Vec<String> {
     let name = kc.name_any();
     let ns = kc.namespace().unwrap_or_default();
     let host = format!("$(POD_NAME).{}.{ns}.svc", naming::peer_service(&name));
-    vec![
+    let (client, peer) = (naming::scheme(kc.spec.client_tls().is_some()), naming::scheme(kc.spec.peer_tls().is_some()));
+    let mut args = vec![
         "--name=$(POD_NAME)".into(),
         format!("--data-dir={DATA_DIR}"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
-        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
-        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
-        format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+        format!("--listen-client-urls={client}://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls={client}://{host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls={peer}://0.0.0.0:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls={peer}://{host}:{PEER_PORT}"),
+        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
         "--initial-cluster=$(INITIAL_CLUSTER)".into(),
         "--initial-cluster-state=$(INITIAL_CLUSTER_STATE)".into(),
         format!("--initial-cluster-token={ns}-{name}"),
         format!("--quota-backend-bytes={}", kc.spec.quota_bytes()),
-    ]
+    ];
+    if kc.spec.client_tls().is_some() {
+        args.extend([
+            format!("--cert-file={CLIENT_TLS_DIR}/tls.crt"),
+            format!("--key-file={CLIENT_TLS_DIR}/tls.key"),
+            format!("--trusted-ca-file={CLIENT_TLS_DIR}/ca.crt"),
+            "--client-cert-auth=true".into(),
+        ]);
+    }
+    if kc.spec.peer_tls().is_some() {
+        args.extend([
+            format!("--peer-cert-file={PEER_TLS_DIR}/tls.crt"),
+            format!("--peer-key-file={PEER_TLS_DIR}/tls.key"),
+            format!("--peer-trusted-ca-file={PEER_TLS_DIR}/ca.crt"),
+            "--peer-client-cert-auth=true".into(),
+        ]);
+    }
+    args
+}
+
+/// A read-only secret volume and its mount.
+pub fn secret_volume(name: &str, secret: &str, dir: &str) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: name.to_string(),
+        secret: Some(SecretVolumeSource { secret_name: Some(secret.to_string()), ..SecretVolumeSource::default() }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: name.to_string(),
+        mount_path: dir.to_string(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    (volume, mount)
+}
+
+/// The TLS secrets' volumes and mounts.
+fn tls_volumes(kc: &KvCluster) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let client = kc.spec.client_tls().map(|s| secret_volume("client-tls", s, CLIENT_TLS_DIR));
+    let peer = kc.spec.peer_tls().map(|s| secret_volume("peer-tls", s, PEER_TLS_DIR));
+    client.into_iter().chain(peer).unzip()
 }
 
 /// The member pod template (also the input of the template hash).
@@ -106,6 +151,7 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
     let mut labels = o.labels.clone();
     labels.extend(naming::selector_labels(&name));
     let cm = naming::config_map(&name);
+    let (tls_volumes, tls_mounts) = tls_volumes(kc);
     let container = Container {
         name: "kvd".into(),
         image: Some(kc.spec.image()),
@@ -129,16 +175,18 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
         ports: Some(vec![
             ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..ContainerPort::default() },
             ContainerPort { name: Some("peer".into()), container_port: PEER_PORT, ..ContainerPort::default() },
+            ContainerPort { name: Some("metrics".into()), container_port: METRICS_PORT, ..ContainerPort::default() },
         ]),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/livez", 15)),
         resources: kc.spec.resources.clone(),
         security_context: Some(container_security()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".into(),
-            mount_path: DATA_DIR.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            [VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() }]
+                .into_iter()
+                .chain(tls_mounts)
+                .collect(),
+        ),
         ..Container::default()
     };
     PodTemplateSpec {
@@ -154,6 +202,7 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
             node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
             priority_class_name: o.priority_class_name.clone(),
             security_context: Some(pod_security()),
+            volumes: (!tls_volumes.is_empty()).then_some(tls_volumes),
             ..PodSpec::default()
         }),
     }
@@ -232,7 +281,11 @@ mod tests {
         assert!(args.contains("--data-dir=/var/lib/kvd"));
         assert!(args.contains("--quota-backend-bytes=2147483648"));
         let ready = c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("readiness");
-        assert_eq!((ready.path.as_deref(), &ready.port), (Some("/readyz"), &IntOrString::Int(2379)));
+        // Probes use the plain-HTTP metrics listener (kubelet presents no client certificate).
+        assert_eq!((ready.path.as_deref(), &ready.port), (Some("/readyz"), &IntOrString::Int(2381)));
+        assert!(args.contains("--listen-metrics-urls=http://0.0.0.0:2381"), "{args}");
+        assert!(!args.contains("https") && !args.contains("cert-file"), "{args}");
+        assert!(pod.volumes.is_none());
         let live = c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("liveness");
         assert_eq!(live.path.as_deref(), Some("/livez"));
         assert_eq!(sts.metadata.annotations.expect("annotations")[TEMPLATE_HASH], template_hash(&kc));
@@ -249,5 +302,49 @@ mod tests {
         // The keys every member needs are not optional.
         assert_eq!(cm_key("INITIAL_CLUSTER").optional, None);
         assert_eq!(cm_key("INITIAL_CLUSTER_STATE").optional, None);
+    }
+
+    #[test]
+    fn tls_secrets_become_https_urls_flags_and_mounts() {
+        let mut kc = kvcluster("demo", 3);
+        kc.spec.tls = Some(crate::crd::TlsSpec {
+            client_secret_name: Some("client-certs".into()),
+            peer_secret_name: Some("peer-certs".into()),
+        });
+        let pod = pod_template(&kc).spec.expect("pod");
+        let c = &pod.containers[0];
+        let args = c.args.clone().expect("args");
+        for want in [
+            "--listen-client-urls=https://0.0.0.0:2379",
+            "--advertise-client-urls=https://$(POD_NAME).demo-peer.ns.svc:2379",
+            "--listen-peer-urls=https://0.0.0.0:2380",
+            "--initial-advertise-peer-urls=https://$(POD_NAME).demo-peer.ns.svc:2380",
+            "--cert-file=/etc/kvd/tls/client/tls.crt",
+            "--key-file=/etc/kvd/tls/client/tls.key",
+            "--trusted-ca-file=/etc/kvd/tls/client/ca.crt",
+            "--client-cert-auth=true",
+            "--peer-cert-file=/etc/kvd/tls/peer/tls.crt",
+            "--peer-key-file=/etc/kvd/tls/peer/tls.key",
+            "--peer-trusted-ca-file=/etc/kvd/tls/peer/ca.crt",
+            "--peer-client-cert-auth=true",
+        ] {
+            assert!(args.iter().any(|a| a == want), "missing {want} in {args:?}");
+        }
+        let volumes = pod.volumes.expect("volumes");
+        let secrets: Vec<_> =
+            volumes.iter().map(|v| v.secret.as_ref().and_then(|s| s.secret_name.clone()).expect("secret")).collect();
+        assert_eq!(secrets, ["client-certs", "peer-certs"]);
+        let mounts = c.volume_mounts.as_ref().expect("mounts");
+        let tls_mounts: Vec<_> =
+            mounts.iter().filter(|m| m.read_only == Some(true)).map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(tls_mounts, ["/etc/kvd/tls/client", "/etc/kvd/tls/peer"]);
+        // Peer TLS alone: clients stay on http.
+        kc.spec.tls = Some(crate::crd::TlsSpec { client_secret_name: None, peer_secret_name: Some("p".into()) });
+        let args = pod_template(&kc).spec.expect("pod").containers[0].args.clone().expect("args").join(" ");
+        assert!(
+            args.contains("--listen-client-urls=http://") && args.contains("--listen-peer-urls=https://"),
+            "{args}"
+        );
+        assert_ne!(template_hash(&kc), template_hash(&kvcluster("demo", 3)), "TLS changes restart the members");
     }
 }

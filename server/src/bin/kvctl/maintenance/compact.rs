@@ -14,7 +14,7 @@ use kvd_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnReq
 use serde_json::json;
 
 use super::checkpoints::{self, CHECKPOINT_KEY, Checkpoint};
-use super::{MaintenanceError, TERMINATION_LOG, emit, rfc3339};
+use super::{MaintenanceError, TERMINATION_LOG, TlsArgs, emit, rfc3339};
 
 #[derive(Args)]
 pub struct CompactArgs {
@@ -38,6 +38,8 @@ pub struct CompactArgs {
     /// Timeout of each call.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Where the result line also goes, if the file exists (the Kubernetes termination message).
     #[arg(long, default_value = TERMINATION_LOG, hide = true)]
     termination_log: PathBuf,
@@ -105,7 +107,7 @@ pub async fn run(a: CompactArgs) -> Result<(), MaintenanceError> {
     if a.retain_revisions.is_some_and(|n| n < 0) {
         return Err(MaintenanceError::Usage("--retain-revisions must not be negative".into()));
     }
-    let client = Client::new(a.timeout);
+    let client = a.tls.apply(Client::new(a.timeout))?;
     let now = SystemTime::now();
     let now_ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let seen = read(&client, &a.endpoints, &a.checkpoint_key).await?;

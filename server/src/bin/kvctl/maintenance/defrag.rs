@@ -14,7 +14,7 @@ use kvd_api::client::Client;
 use kvd_api::etcdserverpb::StatusResponse;
 use serde_json::{Value, json};
 
-use super::{MaintenanceError, TERMINATION_LOG, emit, rfc3339};
+use super::{MaintenanceError, TERMINATION_LOG, TlsArgs, emit, rfc3339};
 
 #[derive(Args)]
 pub struct DefragArgs {
@@ -36,6 +36,8 @@ pub struct DefragArgs {
     /// Timeout of each Defragment.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     defrag_timeout: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Where the result line also goes, if the file exists (the Kubernetes termination message).
     #[arg(long, default_value = TERMINATION_LOG, hide = true)]
     termination_log: PathBuf,
@@ -163,7 +165,7 @@ pub async fn run(a: DefragArgs) -> Result<(), MaintenanceError> {
     if !(0.0..=1.0).contains(&a.skip_if_free_below) {
         return Err(MaintenanceError::Usage("--skip-if-free-below must be between 0 and 1".into()));
     }
-    let client = Client::new(a.timeout).with_defrag_timeout(a.defrag_timeout);
+    let client = a.tls.apply(Client::new(a.timeout).with_defrag_timeout(a.defrag_timeout))?;
     let mut report = Report::default();
     let moved = if a.rolling {
         rolling(&client, &a, &mut report).await?

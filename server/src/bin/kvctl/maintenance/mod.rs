@@ -11,10 +11,11 @@ pub mod compact;
 pub mod defrag;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use kvd_api::client::ClientError;
+use clap::Args;
+use kvd_api::client::{Client, ClientError, ClientTls};
 
 /// Where Kubernetes looks for a container's termination message.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -31,6 +32,34 @@ pub enum MaintenanceError {
     /// Flags that cannot work together.
     #[error("{0}")]
     Usage(String),
+}
+
+/// TLS flags, named as etcdctl's.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// CA bundle that signs the members' certificates: speak TLS to every
+    /// endpoint (http:// and bare host:port are dialed as https://).
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Client certificate, for members that require one (with --key).
+    #[arg(long, requires = "key", requires = "cacert")]
+    cert: Option<PathBuf>,
+    /// Private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// `client`, with TLS when --cacert is given.
+    pub fn apply(&self, client: Client) -> Result<Client, MaintenanceError> {
+        let Some(ca) = &self.cacert else { return Ok(client) };
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| MaintenanceError::Usage(format!("{}: {e}", p.display())));
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        Ok(client.with_tls(ClientTls { ca: read(ca)?, identity }))
+    }
 }
 
 /// RFC 3339 UTC time, to the second.
