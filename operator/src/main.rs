@@ -1,5 +1,6 @@
-//! `kvd-operator`: runs the KvCluster controller and an HTTP server with
-//! `/metrics`, `/health`, `/ready` and diagnostics on `/`.
+//! `kvd-operator run` (also with no subcommand): the KvCluster controller and
+//! an HTTP server with `/metrics`, `/health`, `/healthz`, `/ready` and
+//! diagnostics on `/`. `kvd-operator crd`: prints the CRD as YAML.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,13 +10,31 @@ use axum::extract::State as AxumState;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use kvd_operator::controller::{self, State};
 use kvd_operator::leader;
 use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(name = "kvd-operator", version, about = "Kubernetes operator for kvd clusters")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a subcommand: `run` with these flags.
+    #[command(flatten)]
+    run: Args,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (the default).
+    Run(Args),
+    /// Print the KvCluster CRD as YAML (what crds/kvcluster.yaml holds).
+    Crd,
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// Port of the HTTP server (metrics, health, readiness).
     #[arg(long, env = "KVD_OPERATOR_PORT", default_value_t = 8080)]
@@ -73,7 +92,24 @@ async fn diagnostics(AxumState(state): AxumState<State>) -> impl IntoResponse {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => match kvd_operator::crd::crd_yaml() {
+            Ok(y) => {
+                print!("{y}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kvd-operator: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Some(Command::Run(args)) => run(args).await,
+        None => run(cli.run).await,
+    }
+}
+
+async fn run(args: Args) -> std::process::ExitCode {
     let _telemetry = match kvd_operator::telemetry::init(&args.log, args.log_json) {
         Ok(t) => t,
         Err(e) => {

@@ -201,3 +201,12 @@ fn plain_manifest_grants_what_the_chart_grants() {
     assert!(!chart.contains("{{"), "the chart's ClusterRole rules are plain YAML");
     assert_eq!(plain, chart, "operator/deploy/operator.yaml's ClusterRole differs from the chart's");
 }
+
+/// `kvd-operator crd` prints the committed CRD.
+#[test]
+fn crd_subcommand_prints_the_committed_crd() {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvd-operator")).arg("crd").output().expect("kvd-operator crd");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), read(&root().join("crds/kvcluster.yaml")));
+}
