@@ -175,8 +175,8 @@ pub fn step(obs: &Observation, r: &RecoveryObs) -> Action {
     if let Some(s) = survivor.filter(|s| s.forced()) {
         // Another member that leads, followed by a quorum of the old
         // membership: the old cluster is back, and two clusters take writes.
-        // (A member that merely names a leader proves nothing: after a
-        // restart kvd names the leader of its last committed vote, dead or not.)
+        // (A member that merely names a leader proves little: it keeps naming
+        // a leader that died until its own election timeout.)
         let old_size = (replicas as usize).max(members.iter().filter(|m| !m.is_learner).count());
         let followers = |l: u64| r.others.iter().filter(|(id, leader)| *leader == l && *id != s.id).count();
         let others: BTreeSet<u64> = r

@@ -525,3 +525,48 @@ async fn new_learner_catches_up_by_snapshot_and_foreign_data_dirs_are_refused() 
     assert!(!st.success());
     assert!(foreign.log_text().contains("data dir belongs to member"), "{}", foreign.log_text());
 }
+
+/// Status names a leader only once this member has heard from it in the
+/// current term, as etcd does: a member restarted while the old leader is
+/// dead reports none (raft restores the vote, whose leader is gone), and
+/// names the new leader once one is elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_no_dead_leader_after_a_restart() {
+    use kvd_api::etcdserverpb::StatusRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = cluster(dir.path(), 3, 231);
+    for m in &members {
+        m.ready().await;
+    }
+    let l = leader(&members).await;
+    let (ok, _, err) = etcdctl(&members[l].endpoint, &["put", "k", "v"], None);
+    assert!(ok, "{err}");
+    for m in members.iter_mut() {
+        m.kill9();
+    }
+    let f = (l + 1) % 3;
+    members[f].restart();
+    members[f].ready_serializable().await;
+    async fn status(p: &common::Proc) -> kvd_api::etcdserverpb::StatusResponse {
+        let st = p.maintenance().await.status(StatusRequest {}).await;
+        st.unwrap_or_else(|e| panic!("{e}; log:\n{}", p.log_text())).into_inner()
+    }
+    for _ in 0..5 {
+        let st = status(&members[f]).await;
+        assert_eq!(st.leader, 0, "a lone restarted member names leader {:x}", st.leader);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let g = (l + 2) % 3;
+    members[g].restart();
+    members[g].ready_serializable().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (status(&members[f]).await.leader, status(&members[g]).await.leader);
+        if a != 0 && a == b {
+            assert_ne!(a, 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no common leader: {a:x} {b:x}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -30,8 +30,16 @@ async fn the_survivor_of_a_lost_quorum_restarts_alone_with_its_data_and_grows_ba
             .await
             .unwrap();
     }
-    // Quorum lost: two of three members are gone for good.
+    // A write needs two of three members: wait until the survivor holds all
+    // 50 before the others go (else "lost data" would be the test's doing).
     let survivor = (l + 1) % 3;
+    let all = RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), serializable: true, ..Default::default() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members[survivor].kv().await.range(all.clone()).await.unwrap().into_inner().count < 50 {
+        assert!(Instant::now() < deadline, "the survivor never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Quorum lost: two of three members are gone for good.
     for i in (0..3).filter(|&i| i != survivor) {
         members[i].kill9();
     }

@@ -21,7 +21,7 @@ impl EtcdServer {
             header: Some(self.header(0)),
             version: ETCD_API_VERSION.to_string(),
             db_size: be.size() as i64,
-            leader: m.current_leader.unwrap_or(0),
+            leader: self.known_leader(m.current_leader, m.current_term),
             raft_index: self.log.last_index(),
             raft_term: m.current_term,
             raft_applied_index: self.applier.consistent_index(),

@@ -119,6 +119,10 @@ pub struct EtcdServer {
     reads: read_index::ReadLoop,
     /// Channels to other members' peer services (forwarding, ReadIndex), by URL.
     peer_channels: parking_lot::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
+    /// (leader, term) of the last AppendEntries this member accepted: Status
+    /// names a leader it has heard from in the current term, as etcd's raft
+    /// does, not the leader of a vote restored from disk (possibly dead).
+    heard_leader: parking_lot::Mutex<(u64, u64)>,
 }
 
 impl EtcdServer {

@@ -97,9 +97,25 @@ impl EtcdServer {
 
     /// Peer RPC: raft AppendEntries.
     pub async fn peer_append_entries(&self, data: &[u8]) -> Result<Vec<u8>, ServerError> {
-        let req = decode(data).map_err(|e| ServerError::Internal(e.to_string()))?;
+        use openraft::vote::RaftLeaderId;
+        let req: openraft::raft::AppendEntriesRequest<TypeConfig> =
+            decode(data).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let from = (*req.vote.leader_id().node_id(), req.vote.leader_id().term());
         let resp = self.raft.append_entries(req).await.map_err(|e| ServerError::Internal(e.to_string()))?;
+        if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            *self.heard_leader.lock() = from;
+        }
         Ok(encode(&resp).to_vec())
+    }
+
+    /// The leader Status reports: this member if it leads, else raft's
+    /// leader once an AppendEntries from it arrived in the current term
+    /// (after a restart raft restores the vote, whose leader may be dead).
+    pub(super) fn known_leader(&self, current: Option<u64>, term: u64) -> u64 {
+        match current {
+            Some(l) if l == self.member_id || *self.heard_leader.lock() == (l, term) => l,
+            _ => 0,
+        }
     }
 
     /// Peer RPC: raft Vote.
