@@ -1,9 +1,11 @@
 # shellcheck shell=bash
 # Day-two scenarios on the operator's cluster (KvCluster demo in namespace
 # $OP_NS, 3 members, left by e2e/scenarios.sh): a member replaced after
-# losing its volume, NOSPACE remediation, the maintenance CronJobs, a
-# rolling image upgrade under load, and deletion by policy. Helpers
-# (eventually, fail, kv, kvc_field, ...) come from e2e/scenarios.sh.
+# losing its volume, quorum-loss recovery, NOSPACE remediation, the
+# maintenance CronJobs, a rolling image upgrade under load, a TLS cluster,
+# and deletion by policy; plus the write load the scaling scenario uses.
+# Helpers (eventually, fail, kv, kvc_field, ...) come from e2e/scenarios.sh,
+# the hooks (ectl, member_endpoints, ...) from e2e/hooks/.
 
 # kv_all ARGS: etcdctl with every member's address (read again each time:
 # pod addresses change when a pod is re-created).
