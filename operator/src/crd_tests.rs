@@ -9,7 +9,7 @@ fn committed_crd_matches_generated() {
     let generated = crd_yaml().expect("yaml");
     assert!(
         committed == generated,
-        "crds/kvcluster.yaml is stale: cargo run -p kvd-operator --bin crdgen > crds/kvcluster.yaml"
+        "crds/kvcluster.yaml is stale: cargo run -p kvd-operator --bin kvd-operator -- crd > crds/kvcluster.yaml"
     );
 }
 

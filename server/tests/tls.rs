@@ -42,6 +42,28 @@ impl Ca {
     }
 }
 
+/// kvd serving clients on https `url` with `server` (certificate, key),
+/// requiring client certificates signed by `ca`.
+fn tls_kvd(data: &Path, url: &str, server: (&Path, &Path), ca: &Path) -> Proc {
+    let (cert, key, ca) = (server.0.display().to_string(), server.1.display().to_string(), ca.display().to_string());
+    Proc::kvd(
+        data,
+        &[
+            "--listen-client-urls",
+            url,
+            "--advertise-client-urls",
+            url,
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--trusted-ca-file",
+            &ca,
+            "--client-cert-auth",
+        ],
+    )
+}
+
 /// etcdctl over TLS: (ok, stdout + stderr).
 fn ctl(ep: &str, ca: Option<&Path>, client: Option<&(PathBuf, PathBuf)>, args: &[&str]) -> (bool, String) {
     let mut a: Vec<String> =
@@ -85,22 +107,7 @@ fn client_tls_client_cert_auth_rotation_and_common_name_users() {
     let port = free_port();
     let ep = format!("https://127.0.0.1:{port}");
     let url = ep.clone();
-    let _kvd = Proc::kvd(
-        &d.join("kvd"),
-        &[
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--cert-file",
-            &server_cert.display().to_string(),
-            "--key-file",
-            &server_key.display().to_string(),
-            "--trusted-ca-file",
-            &ca_pem.display().to_string(),
-            "--client-cert-auth",
-        ],
-    );
+    let _kvd = tls_kvd(&d.join("kvd"), &url, (&server_cert, &server_key), &ca_pem);
     wait_ok("kvd over TLS", || ctl(&ep, Some(&ca_pem), Some(&root), &["put", "k", "v"]));
     let (ok, out) = ctl(&ep, Some(&ca_pem), Some(&root), &["get", "k", "--print-value-only"]);
     assert!(ok && out.trim() == "v", "{out}");
@@ -150,22 +157,7 @@ fn kvctl_maintenance_over_tls() {
     let (cert, key) = ca.leaf(d, "client", "root", &[]);
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
-    let _kvd = Proc::kvd(
-        &d.join("kvd"),
-        &[
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--cert-file",
-            &server_cert.display().to_string(),
-            "--key-file",
-            &server_key.display().to_string(),
-            "--trusted-ca-file",
-            &ca_pem.display().to_string(),
-            "--client-cert-auth",
-        ],
-    );
+    let _kvd = tls_kvd(&d.join("kvd"), &url, (&server_cert, &server_key), &ca_pem);
     let identity = (cert.clone(), key.clone());
     wait_ok("kvd over TLS", || ctl(&url, Some(&ca_pem), Some(&identity), &["put", "k", "v1"]));
     assert!(ctl(&url, Some(&ca_pem), Some(&identity), &["put", "k", "v2"]).0);
