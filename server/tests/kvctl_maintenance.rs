@@ -107,6 +107,9 @@ async fn compact_by_revisions_and_by_duration() {
     assert_eq!(first.json["compactedRevision"], Value::Null);
     assert_eq!(first.json["currentRevision"], rev);
     put_many(&members[2], "d/", 10, "v").await;
+    // A checkpoint is added at most every retention/64 (156 ms here): on a
+    // quiet machine the second run could otherwise come sooner and add none.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     // Checkpoints younger than 10s: nothing to compact, one more checkpoint.
     let second = kvctl(&dur, &log).await;
     let t_second = std::time::Instant::now();

@@ -128,7 +128,7 @@ impl TreeIndex {
 
     /// Number of keys that exist at the latest revision.
     pub fn live_keys(&self) -> usize {
-        self.tree.values().filter(|ki| ki.generations.last().is_some_and(|g| !g.revs.is_empty())).count()
+        self.tree.values().filter(|ki| ki.is_live()).count()
     }
 }
 

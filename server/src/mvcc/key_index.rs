@@ -1,293 +1,191 @@
-//! One key's history: generations of revisions, as etcd's keyIndex.
+//! One key's entry in treeIndex, sized for the common case.
 //!
-//! A generation runs from a key's creation to its deletion (tombstone). The
-//! last generation is open (possibly empty, right after a delete). Example for
-//! put@1, put@2, del@3, put@4: generations `[1,2,3(t)]`, `[4]`.
+//! Most keys in a large store were written once: one generation holding one
+//! revision, version 1. Such a key is kept as that revision alone (16 bytes
+//! with the enum's tag, inside the B-tree's node); only a key with more
+//! history (updates, deletes, or a compaction that left an older creation
+//! revision) moves its [`Generations`] to the heap. Every answer is the same
+//! as the full history's would be; `tests` check that against it.
 
 use std::collections::HashSet;
 
-use smallvec::SmallVec;
-
+use super::generations::Generations;
+pub use super::generations::KeyAt;
 use super::revision::Revision;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Generation {
-    /// Version of the key at the generation's last revision.
-    pub ver: i64,
-    /// First revision of the generation.
-    pub created: Revision,
-    /// Inline while the generation has one revision (every live key after a
-    /// compaction): no allocation per key.
-    pub revs: SmallVec<[Revision; 1]>,
-}
-
-impl Generation {
-    fn is_empty(&self) -> bool {
-        self.revs.is_empty()
-    }
-
-    /// Index of the newest revision with `main <= at`, walking newest first.
-    fn newest_at_or_before(&self, at: i64) -> Option<usize> {
-        self.revs.iter().rposition(|r| r.main <= at)
-    }
-}
-
-/// What a key looked like at some revision.
+/// A revision whose sub revision fits in 32 bits: 12 bytes, aligned to 4 so
+/// that the enum's tag fits beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyAt {
-    pub modified: Revision,
-    pub created: Revision,
-    pub version: i64,
+#[repr(C, packed(4))]
+struct Packed {
+    main: i64,
+    sub: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyIndex {
-    /// Inline while the key has one generation. (etcd also keeps the last
-    /// modification; here it is the last revision of the generations, and
-    /// not storing it saves 16 bytes per key.)
-    pub generations: SmallVec<[Generation; 1]>,
-}
+impl Packed {
+    fn new(rev: Revision) -> Option<Self> {
+        Some(Self { main: rev.main, sub: u32::try_from(rev.sub).ok()? })
+    }
 
-impl Default for KeyIndex {
-    fn default() -> Self {
-        Self { generations: smallvec::smallvec![Generation::default()] }
+    fn rev(self) -> Revision {
+        Revision::new(self.main, i64::from(self.sub))
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+enum Repr {
+    /// No revision at all (only while being built or just before removal).
+    #[default]
+    Empty,
+    /// A live key created at this revision and never changed since.
+    Once(Packed),
+    /// Anything else.
+    Full(Box<Generations>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyIndex(Repr);
 
 impl KeyIndex {
-    /// Records a put at `rev`. Revisions must increase.
-    pub fn put(&mut self, rev: Revision) {
-        debug_assert!(Some(rev) > self.last_revision(), "put with a smaller revision");
-        let g = self.generations.last_mut().expect("at least one generation");
-        if g.revs.is_empty() {
-            g.created = rev;
+    /// The full history, moving to it from a compact form.
+    fn full(&mut self) -> &mut Generations {
+        if !matches!(self.0, Repr::Full(_)) {
+            let g = match self.0 {
+                Repr::Once(p) => Generations::once(p.rev()),
+                _ => Generations::default(),
+            };
+            self.0 = Repr::Full(Box::new(g));
         }
-        g.revs.push(rev);
-        g.ver += 1;
+        match &mut self.0 {
+            Repr::Full(g) => g,
+            _ => unreachable!("just made full"),
+        }
     }
 
-    /// The newest revision of the key (its last modification or deletion).
-    pub fn last_revision(&self) -> Option<Revision> {
-        self.generations.iter().rev().find_map(|g| g.revs.last().copied())
+    /// Back to a compact form where the history allows it.
+    fn shrink(&mut self) {
+        if let Repr::Full(g) = &self.0 {
+            if g.is_empty() {
+                self.0 = Repr::Empty;
+            } else if let Some(p) = g.as_once().and_then(Packed::new) {
+                self.0 = Repr::Once(p);
+            }
+        }
+    }
+
+    /// Records a put at `rev`. Revisions must increase.
+    pub fn put(&mut self, rev: Revision) {
+        if let (Repr::Empty, Some(p)) = (&self.0, Packed::new(rev)) {
+            self.0 = Repr::Once(p);
+            return;
+        }
+        self.full().put(rev);
     }
 
     /// Records a delete at `rev`, closing the current generation. Returns false
     /// when the key is already deleted.
     pub fn tombstone(&mut self, rev: Revision) -> bool {
-        if self.generations.last().is_none_or(Generation::is_empty) {
-            return false;
+        match self.0 {
+            Repr::Empty => false,
+            _ => self.full().tombstone(rev),
         }
-        self.put(rev);
-        self.generations.push(Generation::default());
-        true
     }
 
     /// Restores a live key from the backend at start.
     pub fn restore(&mut self, created: Revision, modified: Revision, ver: i64) {
-        let g = self.generations.last_mut().expect("at least one generation");
-        if g.revs.is_empty() {
-            g.created = created;
+        if let (Repr::Empty, true, Some(p)) = (&self.0, created == modified && ver == 1, Packed::new(modified)) {
+            self.0 = Repr::Once(p);
+            return;
         }
-        g.revs.push(modified);
-        g.ver = ver;
+        self.full().restore(created, modified, ver);
     }
 
     /// Restores a tombstone from the backend at start.
     pub fn restore_tombstone(&mut self, rev: Revision) {
-        let g = self.generations.last_mut().expect("at least one generation");
-        if g.revs.is_empty() {
-            g.ver = 1;
-        } else {
-            g.ver += 1;
+        self.full().restore_tombstone(rev);
+    }
+
+    /// The newest revision of the key (its last modification or deletion).
+    pub fn last_revision(&self) -> Option<Revision> {
+        match &self.0 {
+            Repr::Empty => None,
+            Repr::Once(p) => Some(p.rev()),
+            Repr::Full(g) => g.last_revision(),
         }
-        g.revs.push(rev);
-        self.generations.push(Generation::default());
     }
 
     /// True when the index holds no revision at all.
     pub fn is_empty(&self) -> bool {
-        self.generations.len() == 1 && self.generations[0].is_empty()
+        match &self.0 {
+            Repr::Empty => true,
+            Repr::Once(_) => false,
+            Repr::Full(g) => g.is_empty(),
+        }
     }
 
-    /// The generation alive at `at`, if the key existed then.
-    fn find_generation(&self, at: i64) -> Option<&Generation> {
-        let last = self.generations.len() - 1;
-        for (i, g) in self.generations.iter().enumerate().rev() {
-            if g.revs.is_empty() {
-                continue;
-            }
-            if i != last && g.revs.last().expect("non-empty").main <= at {
-                // Deleted at or before `at`.
-                return None;
-            }
-            if g.revs[0].main <= at {
-                return Some(g);
-            }
+    /// True when the key exists at the latest revision.
+    pub fn is_live(&self) -> bool {
+        match &self.0 {
+            Repr::Empty => false,
+            Repr::Once(_) => true,
+            Repr::Full(g) => g.is_live(),
         }
-        None
     }
 
     /// The key's state at revision `at`, or None if it did not exist then.
     pub fn get(&self, at: i64) -> Option<KeyAt> {
-        let g = self.find_generation(at)?;
-        let n = g.newest_at_or_before(at)?;
-        Some(KeyAt { modified: g.revs[n], created: g.created, version: g.ver - (g.revs.len() - n - 1) as i64 })
+        match &self.0 {
+            Repr::Empty => None,
+            Repr::Once(p) => (p.main <= at).then(|| KeyAt { modified: p.rev(), created: p.rev(), version: 1 }),
+            Repr::Full(g) => g.get(at),
+        }
     }
 
     /// Revisions with `main >= rev`, keeping only the last sub revision per main.
     pub fn since(&self, rev: i64) -> Vec<Revision> {
-        let since = Revision::new(rev, 0);
-        let mut gi = self.generations.len() - 1;
-        while gi > 0 {
-            let g = &self.generations[gi];
-            if !g.is_empty() && since > g.created {
-                break;
-            }
-            gi -= 1;
-        }
-        let mut out: Vec<Revision> = Vec::new();
-        for g in &self.generations[gi..] {
-            for r in &g.revs {
-                if since > *r {
-                    continue;
-                }
-                match out.last_mut() {
-                    Some(l) if l.main == r.main => *l = *r,
-                    _ => out.push(*r),
+        match &self.0 {
+            Repr::Empty => Vec::new(),
+            Repr::Once(p) => {
+                if p.main >= rev {
+                    vec![p.rev()]
+                } else {
+                    Vec::new()
                 }
             }
+            Repr::Full(g) => g.since(rev),
         }
-        out
     }
 
-    /// The generation and revision position that survive compaction at `at`;
+    /// Drops everything older than the newest revision at or before `at`;
     /// adds the surviving revision to `keep`.
-    fn do_compact(&self, at: i64, keep: &mut HashSet<Revision>) -> (usize, Option<usize>) {
-        let mut gi = 0;
-        while gi < self.generations.len() - 1 {
-            let g = &self.generations[gi];
-            if g.revs.last().expect("closed generations are non-empty").main >= at {
-                break;
-            }
-            gi += 1;
-        }
-        let g = &self.generations[gi];
-        let ri = g.newest_at_or_before(at);
-        if let Some(i) = ri {
-            keep.insert(g.revs[i]);
-        }
-        (gi, ri)
-    }
-
-    /// Drops everything older than the newest revision at or before `at`.
     pub fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
-        let (gi, ri) = self.do_compact(at, keep);
-        if let Some(ri) = ri {
-            self.generations[gi].revs.drain(..ri);
+        match &mut self.0 {
+            Repr::Empty => {}
+            Repr::Once(p) => {
+                if p.main <= at {
+                    keep.insert(p.rev());
+                }
+            }
+            Repr::Full(g) => {
+                g.compact(at, keep);
+                self.shrink();
+            }
         }
-        self.generations.drain(..gi);
     }
 
-    /// Like [`compact`](Self::compact) but only computes what would be kept,
-    /// leaving the index untouched (used for hashing at a revision).
+    /// What [`compact`](Self::compact) would keep, leaving the index untouched.
     pub fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
-        if self.is_empty() {
-            return;
-        }
-        let (gi, ri) = self.do_compact(at, keep);
-        let g = &self.generations[gi];
-        if let Some(ri) = ri
-            && ri == g.revs.len() - 1
-            && gi != self.generations.len() - 1
-        {
-            // A tombstone is not kept.
-            keep.remove(&g.revs[ri]);
+        match &self.0 {
+            Repr::Empty => {}
+            Repr::Once(p) => {
+                if p.main <= at {
+                    keep.insert(p.rev());
+                }
+            }
+            Repr::Full(g) => g.keep(at, keep),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(m: i64) -> Revision {
-        Revision::new(m, 0)
-    }
-
-    /// put@2 put@4 del@6 put@8 put@10 del@12 put@14 put@16
-    fn sample() -> KeyIndex {
-        let mut ki = KeyIndex::default();
-        ki.put(r(2));
-        ki.put(r(4));
-        assert!(ki.tombstone(r(6)));
-        ki.put(r(8));
-        ki.put(r(10));
-        assert!(ki.tombstone(r(12)));
-        ki.put(r(14));
-        ki.put(r(16));
-        ki
-    }
-
-    #[test]
-    fn get_follows_generations() {
-        let ki = sample();
-        assert_eq!(ki.get(1), None);
-        assert_eq!(ki.get(3), Some(KeyAt { modified: r(2), created: r(2), version: 1 }));
-        assert_eq!(ki.get(5), Some(KeyAt { modified: r(4), created: r(2), version: 2 }));
-        assert_eq!(ki.get(6), None);
-        assert_eq!(ki.get(7), None);
-        assert_eq!(ki.get(9), Some(KeyAt { modified: r(8), created: r(8), version: 1 }));
-        assert_eq!(ki.get(13), None);
-        assert_eq!(ki.get(100), Some(KeyAt { modified: r(16), created: r(14), version: 2 }));
-    }
-
-    #[test]
-    fn tombstone_of_deleted_key_is_refused() {
-        let mut ki = KeyIndex::default();
-        ki.put(r(1));
-        assert!(ki.tombstone(r(2)));
-        assert!(!ki.tombstone(r(3)));
-    }
-
-    #[test]
-    fn compact_keeps_newest_at_or_before() {
-        let mut ki = sample();
-        let mut keep = HashSet::new();
-        ki.compact(5, &mut keep);
-        assert_eq!(keep, HashSet::from([r(4)]));
-        assert_eq!(ki.get(5).map(|k| k.version), Some(2));
-        let mut keep = HashSet::new();
-        ki.compact(7, &mut keep);
-        assert!(keep.is_empty(), "a generation deleted before the compaction point is dropped");
-        assert_eq!(ki.generations[0].revs.to_vec(), vec![r(8), r(10), r(12)]);
-        let mut keep = HashSet::new();
-        ki.compact(12, &mut keep);
-        assert_eq!(keep, HashSet::from([r(12)]));
-        let mut keep = HashSet::new();
-        ki.compact(13, &mut keep);
-        assert!(keep.is_empty());
-        assert_eq!(ki.generations.len(), 1);
-        assert_eq!(ki.get(16).map(|k| k.version), Some(2));
-    }
-
-    #[test]
-    fn keep_skips_tombstones() {
-        let ki = sample();
-        let mut keep = HashSet::new();
-        ki.keep(6, &mut keep);
-        assert!(keep.is_empty());
-        let mut keep = HashSet::new();
-        ki.keep(11, &mut keep);
-        assert_eq!(keep, HashSet::from([r(10)]));
-    }
-
-    #[test]
-    fn since_dedups_main() {
-        let mut ki = KeyIndex::default();
-        ki.put(Revision::new(1, 0));
-        ki.put(Revision::new(1, 1));
-        ki.put(Revision::new(2, 0));
-        assert_eq!(ki.since(1), vec![Revision::new(1, 1), Revision::new(2, 0)]);
-        assert_eq!(ki.since(2), vec![Revision::new(2, 0)]);
-    }
-}
+mod tests;

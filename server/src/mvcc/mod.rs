@@ -1,6 +1,7 @@
 //! MVCC: treeIndex (key -> revisions, in memory) over the backend
 //! (revision -> encoded KeyValue), as etcd's `storage/mvcc`.
 
+mod generations;
 pub mod index;
 pub mod key_index;
 pub mod kvstore;
