@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use kvd::config::{Flags, listen_addrs};
 use kvd::etcdserver::EtcdServer;
+// Many requests in flight per connection: replies leave together.
+use kvd::rpc::coalesce::CoalescingListener;
 use tracing::{error, info};
 
 /// mimalloc returns freed memory to the system and fragments less than the
@@ -98,6 +100,7 @@ async fn run(flags: Flags) -> Result<(), String> {
             let files = if matches!(kind, Listener::Peer) { &peer_tls } else { &client_tls };
             let Some(acceptor) = files.as_ref().and_then(|f| acceptors.get(f)).cloned() else { continue };
             let l = kvd::tls::TlsListener::new(l, acceptor).map_err(|e| e.to_string())?;
+            let l = CoalescingListener(l);
             let svc = router.into_make_service_with_connect_info::<kvd::tls::TlsAddr>();
             tasks.spawn(async move { axum::serve(l, svc).await });
             continue;
@@ -106,7 +109,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        tasks.spawn(async move { axum::serve(l, router).await });
+        tasks.spawn(async move { axum::serve(CoalescingListener(l), router).await });
     }
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cluster;
+pub mod coalesce;
 mod concurrency;
 mod gateway;
 mod http;
@@ -14,7 +15,6 @@ pub mod status;
 pub mod validate;
 mod watch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,15 +99,6 @@ pub use peer::peer_router;
 /// Only the HTTP endpoints (for `--listen-metrics-urls`).
 pub fn metrics_router(server: Arc<EtcdServer>) -> axum::Router {
     http::router(server)
-}
-
-/// Serves `router` on `addr` until the process stops.
-pub async fn serve(addr: SocketAddr, router: axum::Router) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router).await
 }
 
 fn grpc_type(method: &str) -> &'static str {

@@ -230,6 +230,18 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
     }
 }
 
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::rpc::coalesce::CoalescingListener<TlsListener>>,
+    > for TlsAddr
+{
+    fn connect_info(
+        stream: axum::serve::IncomingStream<'_, crate::rpc::coalesce::CoalescingListener<TlsListener>>,
+    ) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
 /// A channel endpoint for a peer URL, with TLS when the URL is https.
 pub fn endpoint(
     url: &str,
