@@ -10,6 +10,7 @@ mod http;
 mod kv;
 mod lease;
 mod maintenance;
+mod method_metrics;
 mod peer;
 pub mod status;
 pub mod validate;
@@ -229,13 +230,9 @@ async fn grpc_layer(
     {
         let _ = server.linearizable_read_notify().await;
     }
-    let path = req.uri().path().trim_start_matches('/').to_string();
-    let (service, method) = path.split_once('/').unwrap_or((&path, ""));
-    let (service, method) = (service.to_string(), method.to_string());
-    let ty = grpc_type(&method);
+    let calls = method_metrics::MethodMetrics::for_path(req.uri().path());
     let m = metrics::get();
-    let labels = metrics::GrpcLabels { grpc_type: ty, grpc_service: service.clone(), grpc_method: method.clone() };
-    m.grpc_started.get_or_create(&labels).inc();
+    calls.started();
     let start = Instant::now();
     let req = req.map(|b| counted(b, &m.client_grpc_received_bytes));
     let mut resp = next.run(req).await.map(|b| counted(b, &m.client_grpc_sent_bytes));
@@ -246,14 +243,6 @@ async fn grpc_layer(
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<i32>().ok())
         .unwrap_or(0);
-    m.grpc_handling.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
-    m.grpc_handled
-        .get_or_create(&metrics::GrpcCodeLabels {
-            grpc_type: ty,
-            grpc_service: service,
-            grpc_method: method,
-            grpc_code: code_name(code),
-        })
-        .inc();
+    calls.handled(code_name(code), start.elapsed().as_secs_f64());
     resp
 }
