@@ -216,20 +216,26 @@ impl EtcdServer {
     /// Counts leader changes, as etcd's `leader_changes_seen_total`, and stops
     /// the process when raft has stopped on a fatal error.
     pub fn watch_leader(self: &Arc<Self>) {
-        let mut rx = self.raft.metrics();
+        // Server metrics change with the leader, vote or membership only, not
+        // with every entry committed and applied as the full metrics do.
+        let mut rx = self.raft.server_metrics();
         let s = self.clone();
         let learner = s.learner_in(&rx.borrow_watched().membership_config);
         s.learner.store(learner, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let mut last = None;
-            while rx.changed().await.is_ok() {
-                if let Err(fatal) = &rx.borrow_watched().running_state
-                    && !matches!(fatal, openraft::errors::Fatal::Stopped)
-                {
-                    // Raft stopped on a storage or apply failure: memory may be ahead
-                    // of the disk. Stop the process; the WAL replays on restart.
-                    tracing::error!(error = %fatal, "raft stopped; exiting");
-                    std::process::exit(1);
+            loop {
+                if rx.changed().await.is_err() {
+                    // Raft's core has stopped. On a storage or apply failure
+                    // memory may be ahead of the disk: stop the process; the
+                    // WAL replays on restart.
+                    if let Err(fatal) = &s.raft.metrics().borrow_watched().running_state
+                        && !matches!(fatal, openraft::errors::Fatal::Stopped)
+                    {
+                        tracing::error!(error = %fatal, "raft stopped; exiting");
+                        std::process::exit(1);
+                    }
+                    return;
                 }
                 let (leader, learner) = {
                     let m = rx.borrow_watched();

@@ -75,13 +75,20 @@ impl TreeIndex {
         (out, total)
     }
 
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
+    /// Records a put of `key` at `rev`; returns what the key was at
+    /// `rev.main` before it (one lookup for both).
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> Option<KeyAt> {
         match self.tree.get_mut(key) {
-            Some(ki) => ki.put(rev),
+            Some(ki) => {
+                let prev = ki.get(rev.main);
+                ki.put(rev);
+                prev
+            }
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
                 self.tree.insert(key.into(), ki);
+                None
             }
         }
     }
@@ -196,7 +203,8 @@ mod tests {
                 match s {
                     Step::Put(k) => {
                         rev += 1;
-                        t.put(&[k], Revision::new(rev, 0));
+                        let prev = t.put(&[k], Revision::new(rev, 0)).map(|a| (a.created.main, a.modified.main, a.version));
+                        proptest::prop_assert_eq!(prev, model(&history, k, rev - 1), "put {} at {}", k, rev);
                         history.push((rev, k, true));
                     }
                     Step::Del(k) => {

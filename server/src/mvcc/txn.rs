@@ -80,7 +80,7 @@ impl<'a> WriteTxn<'a> {
     /// Puts `key`; returns the revision of the write.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> i64 {
         let rev = Revision::new(self.write_rev(), self.writes.len() as i64);
-        let prev = self.store.index.read().get(key, self.write_rev());
+        let prev = self.store.index.write().put(key, rev);
         let (created, version) = match prev {
             Some(p) => (p.created.main, p.version + 1),
             None => (rev.main, 1),
@@ -94,7 +94,6 @@ impl<'a> WriteTxn<'a> {
             lease,
         };
         self.record(rev, false, kv);
-        self.store.index.write().put(key, rev);
         rev.main
     }
 
