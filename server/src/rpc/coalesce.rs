@@ -1,4 +1,4 @@
-//! Coalesced writes on client connections.
+//! Coalesced writes on served connections (client, peer and metrics listeners).
 //!
 //! hyper's HTTP/2 server flushes its socket whenever a response is ready, so
 //! with many requests in flight on one connection each response costs its
