@@ -32,10 +32,6 @@ impl<T> Coalesced<T> {
     pub fn new(inner: T) -> Self {
         Self { inner, buf: Vec::new(), pos: 0, yielded: false }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncWrite + Unpin> Coalesced<T> {
