@@ -10,7 +10,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -104,14 +104,23 @@ impl Actor<'_> {
         Ok(())
     }
 
-    async fn delete<K>(&self, ns: &str, name: &str) -> Result<()>
+    /// Deletes `name`; with the `uid` it had when observed, only that object:
+    /// one created since under the same name (a StatefulSet's new pod or
+    /// claim) is left alone, since the plan was made without it.
+    async fn delete<K>(&self, ns: &str, name: &str, uid: Option<&str>) -> Result<()>
     where
         K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
         K::DynamicType: Default,
     {
-        match Api::<K>::namespaced(self.client.clone(), ns).delete(name, &DeleteParams::default()).await {
+        let preconditions = uid.map(|u| Preconditions { uid: Some(u.to_string()), resource_version: None });
+        let dp = DeleteParams { preconditions, ..DeleteParams::default() };
+        match Api::<K>::namespaced(self.client.clone(), ns).delete(name, &dp).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                info!(%name, ?uid, "not deleted: it was replaced since the observation");
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -187,7 +196,7 @@ impl Actor<'_> {
                 // minutes: restart it now that it can join. It is no member yet.
                 let pod = naming::member_name(&t.name, *ordinal);
                 if obs.pods.get(ordinal).is_some_and(|p| !p.ready) {
-                    self.delete::<Pod>(&t.ns, &pod).await?;
+                    self.delete::<Pod>(&t.ns, &pod, pod_uid(obs, *ordinal)).await?;
                 }
                 let note = format!("added {pod} as learner {id:x}");
                 self.event(kc, EventType::Normal, "MemberAdded", note).await;
@@ -216,8 +225,9 @@ impl Actor<'_> {
                 self.event(kc, EventType::Normal, "LeaderMoved", format!("{from:x} -> {to:x} ({why:?})")).await;
             }
             Action::RecycleMember { ordinal } => {
-                self.delete::<PersistentVolumeClaim>(&t.ns, &naming::pvc_name(&t.name, *ordinal)).await?;
-                self.delete::<Pod>(&t.ns, &naming::member_name(&t.name, *ordinal)).await?;
+                let claim_uid = obs.claim_uids.get(ordinal).map(String::as_str);
+                self.delete::<PersistentVolumeClaim>(&t.ns, &naming::pvc_name(&t.name, *ordinal), claim_uid).await?;
+                self.delete::<Pod>(&t.ns, &naming::member_name(&t.name, *ordinal), pod_uid(obs, *ordinal)).await?;
                 let mut note = format!("{} restarts with a fresh volume", naming::member_name(&t.name, *ordinal));
                 if obs.recovery.is_some() {
                     note.push_str(" (it held the cluster's data from before the quorum-loss recovery)");
@@ -230,7 +240,7 @@ impl Actor<'_> {
                 let member = naming::member_name(&t.name, *ordinal);
                 let key = ForceKey { member: member.clone(), token: token.clone(), since: *since };
                 apply(self.client, &t.ns, &resources::recovery_config_map(kc, &t.known_ordinals(obs), &key)).await?;
-                self.delete::<Pod>(&t.ns, &member).await?;
+                self.delete::<Pod>(&t.ns, &member, pod_uid(obs, *ordinal)).await?;
                 let index = obs.members.iter().flatten().find(|m| m.ordinal == Some(*ordinal));
                 let index = index.and_then(|m| m.health.as_ref()).map(|h| h.raft_index);
                 warn!(member = %member, token = %token, raft_index = ?index, "quorum lost: forcing a new cluster");
@@ -272,7 +282,7 @@ impl Actor<'_> {
                 self.event(kc, type_, reason, note).await;
             }
             Action::RestartPod { ordinal } => {
-                self.delete::<Pod>(&t.ns, &naming::member_name(&t.name, *ordinal)).await?;
+                self.delete::<Pod>(&t.ns, &naming::member_name(&t.name, *ordinal), pod_uid(obs, *ordinal)).await?;
                 let note = format!("{} restarts with the new template", naming::member_name(&t.name, *ordinal));
                 self.event(kc, EventType::Normal, "PodRestarted", note).await;
             }
@@ -311,4 +321,9 @@ impl Actor<'_> {
         }
         Ok(out)
     }
+}
+
+/// The uid of the pod at `ordinal` when observed.
+fn pod_uid(obs: &Observation, ordinal: u32) -> Option<&str> {
+    obs.pods.get(&ordinal).and_then(|p| p.uid.as_deref())
 }

@@ -285,7 +285,8 @@ pub struct KvClusterStatus {
     pub quorum_lost_since: Option<Time>,
     /// While quorum is lost: the highest raft index a voter has reported
     /// since `quorumLostSince`. `quorumLossRecovery` never forces a member
-    /// behind it (that member may only be slow to answer).
+    /// behind it (that member may only be slow to answer), unless that
+    /// member's claim has since been replaced: its data is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_loss_best_index: Option<RaftIndexRecord>,
     #[serde(default)]
@@ -316,12 +317,16 @@ pub struct MemberStatus {
     pub alarms: Vec<String>,
 }
 
-/// A member's raft index.
+/// A member's raft index, and which volume held it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RaftIndexRecord {
     pub member: String,
     pub raft_index: u64,
+    /// When the member's claim was created, as seen with the index: a claim
+    /// created at another time (or none) no longer holds that log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_created: Option<Time>,
 }
 
 /// The last compaction: by the compaction CronJob or the NOSPACE remediation.

@@ -86,6 +86,11 @@ pub struct PodObs {
     pub outdated: bool,
     /// When the pod was created (API server time).
     pub created: Option<jiff::Timestamp>,
+    /// Its uid: a delete names it, so a pod created since under the same
+    /// name is never deleted on an older observation.
+    pub uid: Option<String>,
+    /// Being deleted already (it has a deletion timestamp).
+    pub terminating: bool,
 }
 
 /// What one member reports about itself through Status.
@@ -154,11 +159,13 @@ pub struct Observation {
     pub uid: String,
     /// When the operator first saw this loss of quorum (`status.quorumLostSince`).
     pub quorum_lost_since: Option<jiff::Timestamp>,
-    /// The highest raft index a voter reported since then, and which member
-    /// (`status.quorumLossBestIndex`).
-    pub quorum_loss_best: Option<(String, u64)>,
+    /// The highest raft index a voter reported since then, which member,
+    /// and its claim's creation then (`status.quorumLossBestIndex`).
+    pub quorum_loss_best: Option<crate::crd::RaftIndexRecord>,
     /// When each member's claim was created.
     pub claims_created: BTreeMap<u32, jiff::Timestamp>,
+    /// Each member's claim's uid (deletes name it, as they do pods').
+    pub claim_uids: BTreeMap<u32, String>,
     /// A quorum-loss recovery under way (the ConfigMap holds its keys).
     pub recovery: Option<RecoveryObs>,
     /// The ConfigMap still says `initial-cluster-state: new`.
@@ -247,11 +254,11 @@ pub fn build(
             Some((naming::ordinal_from_name(&name, &p.name_any())?, pod_obs(p, update_revision.as_deref(), now)))
         })
         .collect();
-    let claims: Vec<(u32, Option<jiff::Timestamp>)> = pvcs
+    let claims: Vec<(u32, Option<jiff::Timestamp>, Option<String>)> = pvcs
         .iter()
         .filter_map(|p| {
             let ordinal = naming::ordinal_from_name(&name, p.name_any().strip_prefix("data-")?)?;
-            Some((ordinal, p.creation_timestamp().map(|t| t.0)))
+            Some((ordinal, p.creation_timestamp().map(|t| t.0), p.uid()))
         })
         .collect();
     let members = view.and_then(|v| v.members.clone());
@@ -261,8 +268,9 @@ pub fn build(
         statefulset,
         missing,
         pods,
-        pvcs: claims.iter().map(|(o, _)| *o).collect(),
-        claims_created: claims.iter().filter_map(|(o, t)| Some((*o, (*t)?))).collect(),
+        pvcs: claims.iter().map(|(o, ..)| *o).collect(),
+        claims_created: claims.iter().filter_map(|(o, t, _)| Some((*o, (*t)?))).collect(),
+        claim_uids: claims.iter().filter_map(|(o, _, u)| Some((*o, u.clone()?))).collect(),
         members,
         alarms: view.map(|v| v.alarms.clone()).unwrap_or_default(),
         bootstrapped: status.formed,
@@ -273,7 +281,7 @@ pub fn build(
         now,
         uid: kc.uid().unwrap_or_default(),
         quorum_lost_since: status.quorum_lost_since.as_ref().map(|t| t.0),
-        quorum_loss_best: status.quorum_loss_best_index.as_ref().map(|r| (r.member.clone(), r.raft_index)),
+        quorum_loss_best: status.quorum_loss_best_index.clone(),
         recovery: None,
         initial_state_new: false,
     }
@@ -318,7 +326,14 @@ fn pod_obs(p: &Pod, update_revision: Option<&str>, now: jiff::Timestamp) -> PodO
     };
     let rev = p.labels().get("controller-revision-hash").map(String::as_str);
     let outdated = matches!((rev, update_revision), (Some(r), Some(u)) if r != u);
-    PodObs { ready, failing_for, outdated, created: p.creation_timestamp().map(|t| t.0) }
+    PodObs {
+        ready,
+        failing_for,
+        outdated,
+        created: p.creation_timestamp().map(|t| t.0),
+        uid: p.uid(),
+        terminating: p.metadata.deletion_timestamp.is_some(),
+    }
 }
 
 #[cfg(test)]
@@ -374,7 +389,8 @@ mod tests {
             Some(StsObs { replicas: 3, template_hash: Some(obs.desired.template_hash.clone()) })
         );
         assert_eq!(obs.pods.len(), 2);
-        assert_eq!(obs.pods[&0], PodObs { ready: true, failing_for: None, outdated: false, created: Some(ago(65).0) });
+        let want = PodObs { ready: true, created: Some(ago(65).0), ..PodObs::default() };
+        assert_eq!(obs.pods[&0], want);
         assert_eq!(obs.pods[&1].failing_for, Some(Duration::from_secs(600)));
         assert!(obs.pods[&1].outdated);
         assert_eq!(obs.pvcs, BTreeSet::from([4]));

@@ -273,19 +273,28 @@ fn remove_voter(v: &View, victim: &MemberObs, reason: RemoveReason) -> Action {
     Action::RemoveMember { id: victim.id, ordinal: victim.ordinal, reason }
 }
 
+/// Its pod has been failing for `failedMemberTimeoutSeconds` (a pod being
+/// deleted is already on its way out: not failing, just stale).
 fn pod_failed(obs: &Observation, m: &MemberObs) -> bool {
     let failing = m
         .ordinal
         .and_then(|o| obs.pods.get(&o))
+        .filter(|p| !p.terminating)
         .and_then(|p| p.failing_for)
         .is_some_and(|f| f >= obs.desired.failed_member_after);
     failing && !healthy(m)
 }
 
-/// Learners whose pods keep failing get a fresh volume; a failed voter is
-/// removed (one replacement at a time, never below quorum) and added back later.
+/// A learner whose pod keeps failing: one that never started gets a fresh
+/// volume; one that started (it has a name) is removed, since with a fresh
+/// volume it could never rejoin under its id, and added back later like a
+/// failed voter. A failed voter is removed (one replacement at a time,
+/// never below quorum) and added back later.
 fn failed_member(obs: &Observation, v: &View) -> Option<Action> {
     if let Some(l) = v.learners.iter().find(|l| pod_failed(obs, l)) {
+        if !l.name.is_empty() {
+            return Some(Action::RemoveMember { id: l.id, ordinal: l.ordinal, reason: RemoveReason::Failed });
+        }
         return l.ordinal.map(|ordinal| Action::RecycleMember { ordinal });
     }
     let failed = v.voters.iter().copied().find(|m| pod_failed(obs, m))?;
@@ -383,3 +392,7 @@ fn nospace(obs: &Observation, v: &View, members: &[MemberObs]) -> Action {
 #[cfg(test)]
 #[path = "planner_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "planner_failed_tests.rs"]
+mod failed_tests;

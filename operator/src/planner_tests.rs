@@ -63,14 +63,22 @@ pub(crate) fn set_leader(obs: &mut Observation, leader: u64) {
     }
 }
 
+/// A member whose pod came up: it answers Status and has published its name.
+fn start(m: &mut MemberObs, leader: u64) {
+    m.health = member(0, leader).health;
+    m.name = m.ordinal.map(|o| format!("c-{o}")).unwrap_or_default();
+}
+
 /// Applies a step as the real world would (instantly and successfully).
 pub(crate) fn simulate(obs: &mut Observation, a: &Action) {
     let leader = members(obs).iter().filter_map(|m| m.health.as_ref()).map(|h| h.leader).max().unwrap_or(0);
     match a {
         Action::AddLearner { ordinal } => {
+            // Added, not started yet: no name, no Status.
             let mut m = member(*ordinal, leader);
             m.is_learner = true;
             m.health = None;
+            m.name.clear();
             members(obs).push(m);
         }
         Action::ResizeStatefulSet { replicas } => {
@@ -81,7 +89,7 @@ pub(crate) fn simulate(obs: &mut Observation, a: &Action) {
                 obs.pods.entry(o).or_insert(PodObs { ready: true, ..PodObs::default() });
             }
             for m in members(obs).iter_mut().filter(|m| m.ordinal < Some(*replicas) && m.health.is_none()) {
-                m.health = member(0, leader).health;
+                start(m, leader);
             }
         }
         Action::PromoteLearner { id, .. } => {
@@ -119,8 +127,7 @@ pub(crate) fn simulate(obs: &mut Observation, a: &Action) {
         }
         Action::RecycleMember { ordinal } => {
             obs.pods.insert(*ordinal, PodObs { ready: true, ..PodObs::default() });
-            let h = member(0, leader).health;
-            members(obs).iter_mut().filter(|m| m.ordinal == Some(*ordinal)).for_each(|m| m.health = h.clone());
+            members(obs).iter_mut().filter(|m| m.ordinal == Some(*ordinal)).for_each(|m| start(m, leader));
         }
         other => panic!("simulator cannot apply {other:?}"),
     }
@@ -272,58 +279,6 @@ fn scale_down_waits_for_health() {
     obs.desired.replicas = 3;
     fail(&mut obs, 1, Duration::from_secs(10));
     assert!(matches!(plan(&obs), Action::Wait { reason: "MembersNotReady", .. }));
-}
-
-#[test]
-fn failed_member_is_replaced_with_a_fresh_volume() {
-    let mut obs = cluster(3);
-    fail(&mut obs, 1, Duration::from_secs(30));
-    assert!(matches!(plan(&obs), Action::Wait { .. }), "too early to replace");
-    fail(&mut obs, 1, FAILED_MEMBER_AFTER);
-    let steps = run(&mut obs);
-    assert_eq!(
-        steps,
-        vec![
-            Action::RemoveMember { id: id(1), ordinal: Some(1), reason: RemoveReason::Failed },
-            Action::AddLearner { ordinal: 1 },
-            Action::RecycleMember { ordinal: 1 },
-            Action::PromoteLearner { id: id(1), ordinal: 1 },
-        ]
-    );
-}
-
-#[test]
-fn failed_member_timeout_comes_from_the_spec() {
-    let mut obs = cluster(3);
-    fail(&mut obs, 1, Duration::from_secs(60));
-    assert!(matches!(plan(&obs), Action::Wait { .. }), "the default is five minutes");
-    obs.desired.failed_member_after = Duration::from_secs(45);
-    assert_eq!(plan(&obs), Action::RemoveMember { id: id(1), ordinal: Some(1), reason: RemoveReason::Failed });
-    obs.desired.failed_member_after = Duration::from_secs(61);
-    assert!(matches!(plan(&obs), Action::Wait { .. }), "not yet at 61 s");
-}
-
-#[test]
-fn failed_members_replaced_one_at_a_time() {
-    let mut obs = cluster(5);
-    fail(&mut obs, 3, FAILED_MEMBER_AFTER * 2);
-    fail(&mut obs, 4, FAILED_MEMBER_AFTER * 2);
-    assert_eq!(plan(&obs), Action::RemoveMember { id: id(3), ordinal: Some(3), reason: RemoveReason::Failed });
-    let a = plan(&obs);
-    simulate(&mut obs, &a);
-    // Four voters (three healthy) while five are wanted: add back before removing more.
-    assert_eq!(plan(&obs), Action::AddLearner { ordinal: 3 });
-}
-
-#[test]
-fn failed_member_never_breaks_quorum() {
-    // Two voters, one failed: removing it would leave 1 of quorum(1)=1, fine;
-    // but with allowEvenReplicas=4 and two failed, quorum is lost before any removal.
-    let mut obs = cluster(4);
-    obs.desired.allow_even = true;
-    fail(&mut obs, 2, FAILED_MEMBER_AFTER);
-    fail(&mut obs, 3, FAILED_MEMBER_AFTER);
-    assert!(matches!(plan(&obs), Action::Degraded { reason: "QuorumLost", .. }));
 }
 
 #[test]

@@ -39,6 +39,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::crd::RaftIndexRecord;
 use crate::etcd::EtcdClient;
 use crate::naming;
 use crate::observe::{MemberObs, Observation};
@@ -152,15 +153,28 @@ pub fn on_quorum_loss(obs: &Observation, detail: &str) -> Action {
     let Some((m, index, ordinal)) = best.and_then(|(m, index)| Some((m, index, m.ordinal?))) else {
         return lost(format!("{detail}; no voter answers Status: no member to recover from"));
     };
-    // A member that was ahead earlier in this loss may only be slow to answer now.
-    if let Some((ahead, seen)) = obs.quorum_loss_best.as_ref().filter(|(who, seen)| *seen > index && *who != m.name) {
+    // A member that was ahead earlier in this loss may only be slow to
+    // answer now, unless the volume that held its log has been replaced.
+    let ahead = obs.quorum_loss_best.as_ref().filter(|r| r.raft_index > index && r.member != m.name);
+    if let Some(r) = ahead.filter(|r| !volume_replaced(obs, r)) {
         return lost(format!(
-            "{detail}; {ahead} reported raft index {seen} during this loss, more than {} ({index}), the best that \
+            "{detail}; {} reported raft index {} during this loss, more than {} ({index}), the best that \
              answers now: waiting for it (quorumLossRecovery never forces a member behind another)",
-            m.name
+            r.member, r.raft_index, m.name
         ));
     }
     Action::ForceNewCluster { ordinal, token: token(obs), since: obs.now }
+}
+
+/// The claim of the member in record `r` is not the one it had when it
+/// reported: deleted, or created again. Unknown when the record has no claim
+/// time (then the member is waited for).
+fn volume_replaced(obs: &Observation, r: &RaftIndexRecord) -> bool {
+    let Some(then) = r.claim_created.as_ref() else { return false };
+    // Member names are `<cluster>-<ordinal>`, the pods' names.
+    let ordinal = r.member.rsplit_once('-').and_then(|(_, o)| o.parse::<u32>().ok());
+    let now = ordinal.and_then(|o| obs.claims_created.get(&o));
+    now != Some(&then.0)
 }
 
 /// The step while a recovery is under way (the ConfigMap holds the key).

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
 use crate::observe::{MemberHealth, PodObs};
@@ -131,15 +132,35 @@ fn it_forces_the_most_advanced_survivor() {
 fn never_forces_a_member_behind_one_seen_earlier_in_the_loss() {
     let mut obs = lost(3, &[1], 600);
     // c-2 answered with a higher index before it stopped answering.
-    obs.quorum_loss_best = Some(("c-2".into(), 5001));
+    obs.quorum_loss_best = Some(record("c-2", 5001, None));
     let (reason, message) = degraded(&plan(&obs));
     assert_eq!(reason, "QuorumLost");
     assert!(message.contains("c-2 reported raft index 5001") && message.contains("c-1 (5000)"), "{message}");
+    // Its claim is the one it had then: still waited for.
+    obs.quorum_loss_best = Some(record("c-2", 5001, Some(at(-100))));
+    assert_eq!(degraded(&plan(&obs)).0, "QuorumLost");
     // Not ahead, or the survivor's own earlier record: no obstacle.
-    obs.quorum_loss_best = Some(("c-2".into(), 5000));
+    obs.quorum_loss_best = Some(record("c-2", 5000, None));
     assert!(matches!(plan(&obs), Action::ForceNewCluster { ordinal: 1, .. }));
-    obs.quorum_loss_best = Some(("c-1".into(), 5001));
+    obs.quorum_loss_best = Some(record("c-1", 5001, None));
     assert!(matches!(plan(&obs), Action::ForceNewCluster { ordinal: 1, .. }));
+}
+
+#[test]
+fn a_member_ahead_whose_volume_was_replaced_is_not_waited_for() {
+    let mut obs = lost(3, &[1], 600);
+    // c-2 answered ahead (the old leader, still shutting down), then its
+    // claim was deleted and the StatefulSet made a new one: that log is gone.
+    obs.quorum_loss_best = Some(record("c-2", 5001, Some(at(-100))));
+    obs.claims_created.insert(2, at(900));
+    assert!(matches!(plan(&obs), Action::ForceNewCluster { ordinal: 1, .. }));
+    // Or no claim at all.
+    obs.claims_created.remove(&2);
+    assert!(matches!(plan(&obs), Action::ForceNewCluster { ordinal: 1, .. }));
+}
+
+fn record(member: &str, raft_index: u64, claim: Option<jiff::Timestamp>) -> RaftIndexRecord {
+    RaftIndexRecord { member: member.into(), raft_index, claim_created: claim.map(Time) }
 }
 
 #[test]

@@ -63,7 +63,8 @@ fn cond(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: String
 fn best_index(cluster: &str, obs: &Observation, prev: Option<RaftIndexRecord>) -> Option<RaftIndexRecord> {
     let now = obs.members.iter().flatten().filter(|m| !m.is_learner).filter_map(|m| {
         let member = if m.name.is_empty() { naming::member_name(cluster, m.ordinal?) } else { m.name.clone() };
-        Some(RaftIndexRecord { member, raft_index: m.health.as_ref()?.raft_index })
+        let claim_created = m.ordinal.and_then(|o| obs.claims_created.get(&o)).map(|t| Time(*t));
+        Some(RaftIndexRecord { member, raft_index: m.health.as_ref()?.raft_index, claim_created })
     });
     prev.into_iter().chain(now).max_by_key(|r| r.raft_index)
 }
@@ -256,14 +257,20 @@ mod tests {
             health: index.map(|raft_index| crate::observe::MemberHealth { raft_index, ..Default::default() }),
             ..Default::default()
         };
+        // Each claim created at its ordinal's second after the epoch.
+        let created = |o: u32| jiff::Timestamp::from_second(i64::from(o) + 1).expect("ts");
         let lost = |ms: Vec<crate::observe::MemberObs>| Observation {
             bootstrapped: true,
             members: Some(ms),
+            claims_created: (0..3).map(|o| (o, created(o))).collect(),
             ..Observation::default()
         };
         let a = Action::Degraded { reason: "QuorumLost", message: "x".into() };
         let best = |kc: &KvCluster, obs: &Observation| build(kc, obs, &a, &Outcome::default()).quorum_loss_best_index;
-        let record = |m: &str, raft_index| Some(RaftIndexRecord { member: m.into(), raft_index });
+        let record = |m: &str, raft_index| {
+            let o: u32 = m.trim_start_matches("demo-").parse().expect("ordinal");
+            Some(RaftIndexRecord { member: m.into(), raft_index, claim_created: Some(Time(created(o))) })
+        };
         let obs = lost(vec![voter(0, Some(10)), voter(1, Some(12)), voter(2, None)]);
         assert_eq!(best(&kc, &obs), record("demo-1", 12));
         // demo-1 stops answering: its record stays, until someone passes it.

@@ -221,7 +221,7 @@ impl World {
             now: Timestamp::now(),
             uid: "5eed-cafe".into(),
             quorum_lost_since: status.quorum_lost_since.map(|t| t.0),
-            quorum_loss_best: status.quorum_loss_best_index.map(|r| (r.member, r.raft_index)),
+            quorum_loss_best: status.quorum_loss_best_index,
             recovery,
             ..Observation::default()
         }
