@@ -102,7 +102,11 @@ pub struct ClientTls {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Channels per endpoint, created lazily and reused.
+/// How often an idle connection is checked with an HTTP/2 PING.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Channels per endpoint, created lazily and reused; a channel whose call
+/// timed out is dropped, and the next call dials again.
 #[derive(Clone, Debug)]
 pub struct Client {
     timeout: Duration,
@@ -155,7 +159,13 @@ impl Client {
         let mut ep = Endpoint::from_shared(target)
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(self.timeout)
-            .timeout(self.defrag_timeout.max(self.timeout));
+            .timeout(self.defrag_timeout.max(self.timeout))
+            // A peer that vanished without a reset (a pod re-created at
+            // another address, its old one dropped) is noticed by a PING
+            // left unanswered, not only after TCP gives up in minutes.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(self.timeout)
+            .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca));
             if let Some((cert, key)) = &tls.identity {
@@ -178,7 +188,14 @@ impl Client {
             Ok(Err(s)) => {
                 Err(ClientError::Etcd { endpoint: endpoint.to_string(), code: s.code(), message: s.message().into() })
             }
-            Err(_) => Err(ClientError::Timeout { endpoint: endpoint.to_string() }),
+            Err(_) => {
+                // The connection may be dead without knowing it: the next
+                // call dials again (and resolves the name again).
+                if let Ok(mut channels) = self.channels.lock() {
+                    channels.remove(endpoint);
+                }
+                Err(ClientError::Timeout { endpoint: endpoint.to_string() })
+            }
         }
     }
 
@@ -316,5 +333,28 @@ mod tests {
         assert_eq!(e.endpoint(), Some("127.0.0.1:1"));
         let bad = c.status("http://bad host:1").await.expect_err("bad url");
         assert!(matches!(bad, ClientError::BadEndpoint { .. }), "{bad:?}");
+    }
+
+    /// A peer that accepts and then never answers (as an address whose pod
+    /// is gone may look): the call times out and its channel is dropped, so
+    /// the next call dials again instead of waiting on the same connection.
+    #[tokio::test]
+    async fn a_timed_out_channel_is_dropped() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ep = silent.local_addr().expect("addr").to_string();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                conns.push(s);
+            }
+        });
+        let c = Client::new(Duration::from_millis(300));
+        c.channel(&ep).expect("channel");
+        let cached = |c: &Client| c.channels.lock().expect("lock").contains_key(&ep);
+        assert!(cached(&c));
+        let e = c.status(&ep).await.expect_err("no answer");
+        assert_eq!(e, ClientError::Timeout { endpoint: ep.clone() });
+        assert!(!cached(&c), "the channel of a timed-out call is still cached");
+        held.abort();
     }
 }
