@@ -25,10 +25,16 @@ SCENARIOS=(
   "storage_log_clean:the API server logged no storage errors"
 )
 
-# fail MESSAGE: ends the scenario.
+# fail MESSAGE: ends the scenario, after what the KvCluster says of itself.
 fail() {
   echo "assertion failed: $*" >&2
+  kvc_conditions >&2 || true
   exit 1
+}
+
+# kvc_conditions: the KvCluster's conditions, one per line, if there is one.
+kvc_conditions() {
+  kubectl -n "$OP_NS" get kvc demo -o jsonpath='{range .status.conditions[*]}    {.type}={.status} {.reason}: {.message}{"\n"}{end}' 2>/dev/null
 }
 
 # eventually SECONDS COMMAND...: retries COMMAND until it succeeds.
