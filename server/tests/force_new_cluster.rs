@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Proc, cluster_with, etcdctl, leader};
+use common::{Proc, etcdctl, leader, ready_cluster};
 use kvd_api::etcdserverpb::{MemberListRequest, PutRequest, RangeRequest};
 
 async fn members_of(p: &Proc) -> Vec<kvd_api::etcdserverpb::Member> {
@@ -19,10 +19,7 @@ async fn members_of(p: &Proc) -> Vec<kvd_api::etcdserverpb::Member> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_survivor_of_a_lost_quorum_restarts_alone_with_its_data_and_grows_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut members = cluster_with(dir.path(), 3, 141, &["--log-level", "info"]);
-    for m in &members {
-        m.ready().await;
-    }
+    let mut members = ready_cluster(dir.path(), 3, 141, &["--log-level", "info"]).await;
     let l = leader(&members).await;
     let mut kv = members[l].kv().await;
     for i in 0..50 {

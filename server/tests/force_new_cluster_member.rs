@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Proc, cluster_with, etcdctl, leader};
+use common::{Proc, etcdctl, leader, ready_cluster};
 use kvd_api::etcdserverpb::{MemberListRequest, PutRequest, RangeRequest};
 
 const ENV: &str = "KVD_FORCE_NEW_CLUSTER_MEMBER";
@@ -56,10 +56,7 @@ async fn grow(via: &Proc, dir: &std::path::Path, name: &str, ip: &str) -> Proc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_named_survivor_is_forced_once_per_token() {
     let dir = tempfile::tempdir().unwrap();
-    let mut members = cluster_with(dir.path(), 3, 181, &["--log-level", "info"]);
-    for m in &members {
-        m.ready().await;
-    }
+    let mut members = ready_cluster(dir.path(), 3, 181, &["--log-level", "info"]).await;
     let l = leader(&members).await;
     let mut kv = members[l].kv().await;
     for i in 0..30 {

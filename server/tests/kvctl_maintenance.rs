@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Proc, cluster, leader, put_retrying};
+use common::{Proc, leader, put_retrying, ready_cluster};
 use kvd_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, StatusRequest};
 use serde_json::Value;
 
@@ -70,10 +70,7 @@ async fn range_at(m: &Proc, key: &str, rev: i64) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_by_revisions_and_by_duration() {
     let dir = tempfile::tempdir().unwrap();
-    let members = cluster(dir.path(), 3, 211);
-    for m in &members {
-        m.ready().await;
-    }
+    let members = ready_cluster(dir.path(), 3, 211, &[]).await;
     let eps = endpoints(&members);
     let log = dir.path().join("termination-log");
     let rev = put_many(&members[0], "k/", 20, "v").await;
@@ -155,10 +152,7 @@ async fn compact_by_revisions_and_by_duration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_defrag_moves_leadership_first_and_honours_the_threshold() {
     let dir = tempfile::tempdir().unwrap();
-    let mut members = cluster(dir.path(), 3, 221);
-    for m in &members {
-        m.ready().await;
-    }
+    let mut members = ready_cluster(dir.path(), 3, 221, &[]).await;
     let log = dir.path().join("termination-log");
     // 1,500 values of 4 KiB, two thirds deleted and compacted away: free pages on every member.
     let rev = put_many(&members[0], "big/", 1500, &"x".repeat(4096)).await;

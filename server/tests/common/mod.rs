@@ -442,6 +442,15 @@ pub fn cluster_with(dir: &std::path::Path, n: usize, base: u8, extra: &[&str]) -
         .collect()
 }
 
+/// [`cluster_with`], returned once every member answers a linearizable read.
+pub async fn ready_cluster(dir: &std::path::Path, n: usize, base: u8, extra: &[&str]) -> Vec<Proc> {
+    let members = cluster_with(dir, n, base, extra);
+    for m in &members {
+        m.ready().await;
+    }
+    members
+}
+
 pub async fn leader(members: &[Proc]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
