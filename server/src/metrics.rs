@@ -51,6 +51,7 @@ pub struct Metrics {
     pub backend_defrag: Histogram,
     pub wal_group_commit: Histogram,
     pub apply_batch: Histogram,
+    pub forward_batch: Histogram,
     pub has_leader: Gauge,
     pub is_leader: Gauge,
     pub is_learner: Gauge,
@@ -102,6 +103,7 @@ impl Metrics {
             backend_defrag: Histogram::new(exponential_buckets(0.1, 2.0, 13)),
             wal_group_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             apply_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            forward_batch: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             has_leader: Gauge::default(),
             is_leader: Gauge::default(),
             is_learner: Gauge::default(),
@@ -143,6 +145,11 @@ impl Metrics {
         r.register("etcd_disk_backend_defrag_duration_seconds", "Defragmentation duration", m.backend_defrag.clone());
         r.register("kvd_wal_group_commit_appends", "Appends covered by one WAL fdatasync", m.wal_group_commit.clone());
         r.register("kvd_apply_batch_entries", "Entries applied per apply batch", m.apply_batch.clone());
+        r.register(
+            "kvd_forward_batch_writes",
+            "Writes a follower sent to the leader in one batch",
+            m.forward_batch.clone(),
+        );
         r.register("etcd_server_has_leader", "Whether a leader exists (1) or not (0)", m.has_leader.clone());
         r.register("etcd_server_is_leader", "Whether this member is the leader", m.is_leader.clone());
         r.register("etcd_server_is_learner", "Whether this member is a learner", m.is_learner.clone());

@@ -300,3 +300,57 @@ async fn five_members_survive_two_leader_kills_and_a_full_restart() {
         assert_eq!(keys, want, "{} after the full restart", m.endpoint);
     }
 }
+
+/// Many writes at once through a follower: each is acknowledged and stored
+/// once, and the follower sent them to the leader in fewer batches than
+/// writes (`kvd_forward_batch_writes`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_are_batched_and_all_land() {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let members = ready_cluster(dir.path(), 3, 241, &[]).await;
+    let l = leader(&members).await;
+    let f = (l + 1) % 3;
+    // (The follower forwarded its own attributes when it started.)
+    let before = forward_batches(&members[f]).await;
+    let kv = members[f].kv().await;
+    let puts = (0..N).map(|i| {
+        let mut kv = kv.clone();
+        tokio::spawn(async move {
+            let req = PutRequest { key: format!("fw/{i:03}").into(), value: vec![b'v'; 100], ..Default::default() };
+            kv.put(req).await.map(|r| r.into_inner().header.map(|h| h.revision).unwrap_or(0))
+        })
+    });
+    let mut revisions = Vec::new();
+    for p in futures::future::join_all(puts).await {
+        revisions.push(p.unwrap().unwrap_or_else(|e| panic!("a forwarded put failed: {e}")));
+    }
+    revisions.sort();
+    revisions.dedup();
+    assert_eq!(revisions.len(), N, "each write has a revision of its own");
+    let mut on_leader = members[l].kv().await;
+    let r = on_leader
+        .range(RangeRequest {
+            key: b"fw/".to_vec(),
+            range_end: b"fw0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().count, N as i64, "each write stored once");
+    let after = forward_batches(&members[f]).await;
+    let (batches, writes) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(writes, N as f64, "every forwarded write counted once");
+    assert!(batches < writes, "{writes} writes in {batches} batches: none shared a batch");
+}
+
+/// (batches, writes) a member has forwarded to the leader so far.
+async fn forward_batches(p: &common::Proc) -> (f64, f64) {
+    let metrics = p.metrics().await;
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{metrics}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value")
+    };
+    (value("kvd_forward_batch_writes_count"), value("kvd_forward_batch_writes_sum"))
+}

@@ -290,6 +290,7 @@ impl EtcdServer {
             log,
             wal,
             peer_channels: Default::default(),
+            forwarder: Default::default(),
             heard_leader: Default::default(),
             learner: Default::default(),
             reads: Default::default(),

@@ -9,6 +9,7 @@ mod compactor;
 mod concurrency;
 mod discovery;
 pub mod force;
+mod forwarder;
 pub mod kv;
 mod lease;
 pub mod maintenance;
@@ -119,6 +120,8 @@ pub struct EtcdServer {
     reads: read_index::ReadLoop,
     /// Channels to other members' peer services (forwarding, ReadIndex), by URL.
     peer_channels: parking_lot::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
+    /// Writes on their way to the leader, batched.
+    forwarder: forwarder::Forwarder,
     /// (leader, term) of the last AppendEntries this member accepted: Status
     /// names a leader it has heard from in the current term, as etcd's raft
     /// does, not the leader of a vote restored from disk (possibly dead).

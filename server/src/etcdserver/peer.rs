@@ -2,8 +2,8 @@
 //! request path: waiting for a leader, forwarding writes to it, and ReadIndex
 //! through it.
 
+use kvd_api::kvdpeerpb::ReadIndexRequest;
 use kvd_api::kvdpeerpb::peer_client::PeerClient;
-use kvd_api::kvdpeerpb::{ForwardRequest, ReadIndexRequest};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use tokio::time::Instant;
@@ -72,13 +72,8 @@ impl EtcdServer {
                 .map_err(|e| ServerError::Internal(e.to_string()))?;
             return Ok(Some(done));
         }
-        let mut client = self.peer_client(&node)?;
-        let req = ForwardRequest { cluster_id: self.cluster_id, request: data };
-        match tokio::time::timeout_at(deadline, client.forward(req)).await {
-            Ok(Ok(_)) => Ok(None),
-            Ok(Err(s)) => Err(ServerError::Internal(format!("forwarding to leader {leader:x}: {}", s.message()))),
-            Err(_) => Err(ServerError::Timeout),
-        }
+        let client = self.peer_client(&node)?;
+        self.forwarder.forward(client, self.cluster_id, leader, data, deadline).await.map(|()| None)
     }
 
     /// ReadIndex through the leader: the index to have applied before reading.

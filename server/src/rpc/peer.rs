@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use kvd_api::kvdpeerpb::peer_server::{Peer, PeerServer};
 use kvd_api::kvdpeerpb::{
-    ClusterInfoRequest, ClusterInfoResponse, ClusterMember, ClusterOpRequest, ClusterOpResponse, ForwardRequest,
-    ForwardResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    ClusterInfoRequest, ClusterInfoResponse, ClusterMember, ClusterOpRequest, ClusterOpResponse, ForwardBatchRequest,
+    ForwardRequest, ForwardResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};
@@ -55,6 +55,17 @@ impl Peer for PeerService {
         let r = req.into_inner();
         self.check_cluster(r.cluster_id)?;
         self.server.peer_forward(r.request).await?;
+        Ok(Response::new(ForwardResponse {}))
+    }
+
+    async fn forward_batch(&self, req: Request<ForwardBatchRequest>) -> Result<Response<ForwardResponse>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        // In order; a failure leaves the rest unproposed (and the follower
+        // fails them all, as it would a timed-out forward: maybe applied).
+        for request in r.requests {
+            self.server.peer_forward(request).await?;
+        }
         Ok(Response::new(ForwardResponse {}))
     }
 

@@ -1,0 +1,183 @@
+//! Writes a follower hands to the leader, batched: a caller that finds
+//! fewer than `MAX_IN_FLIGHT` senders at work starts one, which sends what
+//! is queued (its write among it) as one `ForwardBatch`, then the writes
+//! that arrived meanwhile, until none is left. One client alone still makes
+//! one call per write; a hundred share a few calls instead of a hundred
+//! HTTP/2 streams on both members. A leader without `ForwardBatch` (an
+//! older kvd, during a rolling upgrade) answers Unimplemented, and that
+//! batch goes one by one.
+//!
+//! A batch's outcome is every write's outcome: a failure or timeout means
+//! each write may or may not have been proposed, as for a single forward.
+
+use std::sync::Arc;
+
+use kvd_api::kvdpeerpb::peer_client::PeerClient;
+use kvd_api::kvdpeerpb::{ForwardBatchRequest, ForwardRequest};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::ServerError;
+
+/// Batches on the way to the leader at once, per member.
+const MAX_IN_FLIGHT: usize = 4;
+/// Writes in one batch at most.
+const MAX_BATCH: usize = 128;
+/// Bytes in one batch at most, but for its first write (a write alone may
+/// be as large as a request may be): well under the peer message limit.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// How a forwarded write ended (cloned to every write of a batch).
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    Sent,
+    TimedOut,
+    Failed(String),
+}
+
+struct Pending {
+    data: Vec<u8>,
+    deadline: Instant,
+    done: oneshot::Sender<Outcome>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Pending>,
+    in_flight: usize,
+}
+
+/// The queue of writes for the leader, shared by this member's requests.
+#[derive(Clone, Default)]
+pub(crate) struct Forwarder {
+    queue: Arc<parking_lot::Mutex<Queue>>,
+}
+
+impl Forwarder {
+    /// Hands `data` to the leader behind `client` before `deadline`.
+    pub(crate) async fn forward(
+        &self,
+        client: PeerClient<Channel>,
+        cluster_id: u64,
+        leader: u64,
+        data: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<(), ServerError> {
+        let (done, outcome) = oneshot::channel();
+        let send = {
+            let mut q = self.queue.lock();
+            q.waiting.push(Pending { data, deadline, done });
+            let send = q.in_flight < MAX_IN_FLIGHT;
+            q.in_flight += usize::from(send);
+            send
+        };
+        if send {
+            // In a task: a caller that goes away (its client cancelled) must
+            // not take the batch, and the others' writes in it, with it.
+            let this = self.clone();
+            tokio::spawn(async move { this.drain(client, cluster_id).await });
+        }
+        match tokio::time::timeout_at(deadline, outcome).await {
+            Ok(Ok(Outcome::Sent)) => Ok(()),
+            Ok(Ok(Outcome::TimedOut)) | Err(_) => Err(ServerError::Timeout),
+            Ok(Ok(Outcome::Failed(m))) => Err(ServerError::Internal(format!("forwarding to leader {leader:x}: {m}"))),
+            Ok(Err(_)) => Err(ServerError::Internal(format!("forwarding to leader {leader:x}: batch dropped"))),
+        }
+    }
+
+    /// Sends batches until the queue is empty, then releases its slot (the
+    /// check and the release under the lock a new write takes to queue
+    /// itself: it either finds the slot free or is picked up here).
+    async fn drain(self, client: PeerClient<Channel>, cluster_id: u64) {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock();
+                if q.waiting.is_empty() {
+                    q.in_flight -= 1;
+                    return;
+                }
+                let n = batch_len(q.waiting.iter().map(|p| p.data.len()));
+                q.waiting.drain(..n).collect::<Vec<_>>()
+            };
+            send_batch(&client, cluster_id, batch).await;
+        }
+    }
+}
+
+/// How many of the queued writes (of these sizes, oldest first) go in the
+/// next batch: up to `MAX_BATCH` and `MAX_BATCH_BYTES`, and always the first.
+fn batch_len(sizes: impl Iterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    sizes
+        .take(MAX_BATCH)
+        .enumerate()
+        .take_while(|(i, size)| {
+            bytes += size;
+            *i == 0 || bytes <= MAX_BATCH_BYTES
+        })
+        .count()
+}
+
+/// One `ForwardBatch` (or, to a leader without it, one `Forward` per
+/// write), bounded by the earliest deadline in it; tells every write.
+async fn send_batch(client: &PeerClient<Channel>, cluster_id: u64, batch: Vec<Pending>) {
+    if batch.is_empty() {
+        return;
+    }
+    let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or_else(Instant::now);
+    crate::metrics::get().forward_batch.observe(batch.len() as f64);
+    let (requests, dones): (Vec<Vec<u8>>, Vec<oneshot::Sender<Outcome>>) =
+        batch.into_iter().map(|p| (p.data, p.done)).unzip();
+    let outcome = match <[Vec<u8>; 1]>::try_from(requests) {
+        Ok([one]) => single(client, cluster_id, one, deadline).await,
+        Err(requests) => many(client, cluster_id, requests, deadline).await,
+    };
+    for d in dones {
+        let _ = d.send(outcome.clone());
+    }
+}
+
+async fn many(client: &PeerClient<Channel>, cluster_id: u64, requests: Vec<Vec<u8>>, deadline: Instant) -> Outcome {
+    let mut c = client.clone();
+    let call = c.forward_batch(ForwardBatchRequest { cluster_id, requests: requests.clone() });
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(_)) => Outcome::Sent,
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+            let mut last = Outcome::Sent;
+            for r in requests {
+                last = single(client, cluster_id, r, deadline).await;
+                if last != Outcome::Sent {
+                    break;
+                }
+            }
+            last
+        }
+        Ok(Err(s)) => Outcome::Failed(s.message().to_string()),
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+async fn single(client: &PeerClient<Channel>, cluster_id: u64, request: Vec<u8>, deadline: Instant) -> Outcome {
+    let mut c = client.clone();
+    match tokio::time::timeout_at(deadline, c.forward(ForwardRequest { cluster_id, request })).await {
+        Ok(Ok(_)) => Outcome::Sent,
+        Ok(Err(s)) => Outcome::Failed(s.message().to_string()),
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes_but_never_empty() {
+        assert_eq!(batch_len([10; 3].into_iter()), 3);
+        assert_eq!(batch_len([10; 1000].into_iter()), MAX_BATCH);
+        // One write larger than the byte bound still goes, alone.
+        assert_eq!(batch_len([MAX_BATCH_BYTES + 1, 1].into_iter()), 1);
+        assert_eq!(batch_len([MAX_BATCH_BYTES / 2, MAX_BATCH_BYTES / 2, 1].into_iter()), 2);
+        assert_eq!(batch_len(std::iter::empty()), 0);
+    }
+}
