@@ -16,16 +16,7 @@ fn failed_member_is_replaced_with_a_fresh_volume() {
     fail(&mut obs, 1, Duration::from_secs(30));
     assert!(matches!(plan(&obs), Action::Wait { .. }), "too early to replace");
     fail(&mut obs, 1, FAILED_MEMBER_AFTER);
-    let steps = run(&mut obs);
-    assert_eq!(
-        steps,
-        vec![
-            Action::RemoveMember { id: id(1), ordinal: Some(1), reason: RemoveReason::Failed },
-            Action::AddLearner { ordinal: 1 },
-            Action::RecycleMember { ordinal: 1 },
-            Action::PromoteLearner { id: id(1), ordinal: 1 },
-        ]
-    );
+    assert_eq!(run(&mut obs), replaced(1));
 }
 
 #[test]
@@ -79,16 +70,7 @@ fn a_failed_learner_that_started_is_removed_then_added_back() {
     let mut obs = cluster(3);
     fail(&mut obs, 2, FAILED_MEMBER_AFTER);
     members(&mut obs)[2].is_learner = true;
-    let steps = run(&mut obs);
-    assert_eq!(
-        steps,
-        vec![
-            Action::RemoveMember { id: id(2), ordinal: Some(2), reason: RemoveReason::Failed },
-            Action::AddLearner { ordinal: 2 },
-            Action::RecycleMember { ordinal: 2 },
-            Action::PromoteLearner { id: id(2), ordinal: 2 },
-        ]
-    );
+    assert_eq!(run(&mut obs), replaced(2));
 }
 
 /// An observation can hold the pod a step just deleted (a reconcile that
@@ -106,4 +88,15 @@ fn a_pod_being_deleted_is_not_a_failure() {
     let a = plan(&obs);
     simulate(&mut obs, &a);
     assert_eq!(plan(&obs), Action::PromoteLearner { id: id(2), ordinal: 2 });
+}
+
+/// The steps that replace the member at ordinal `o`: removed, added back as
+/// a learner, its pod given a fresh volume, promoted once caught up.
+fn replaced(o: u32) -> Vec<Action> {
+    vec![
+        Action::RemoveMember { id: id(o), ordinal: Some(o), reason: RemoveReason::Failed },
+        Action::AddLearner { ordinal: o },
+        Action::RecycleMember { ordinal: o },
+        Action::PromoteLearner { id: id(o), ordinal: o },
+    ]
 }

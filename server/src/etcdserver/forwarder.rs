@@ -10,6 +10,7 @@
 //! A batch's outcome is every write's outcome: a failure or timeout means
 //! each write may or may not have been proposed, as for a single forward.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use kvd_api::kvdpeerpb::peer_client::PeerClient;
@@ -44,7 +45,7 @@ struct Pending {
 
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<Pending>,
+    waiting: VecDeque<Pending>,
     in_flight: usize,
 }
 
@@ -67,7 +68,7 @@ impl Forwarder {
         let (done, outcome) = oneshot::channel();
         let send = {
             let mut q = self.queue.lock();
-            q.waiting.push(Pending { data, deadline, done });
+            q.waiting.push_back(Pending { data, deadline, done });
             let send = q.in_flight < MAX_IN_FLIGHT;
             q.in_flight += usize::from(send);
             send
@@ -122,9 +123,6 @@ fn batch_len(sizes: impl Iterator<Item = usize>) -> usize {
 /// One `ForwardBatch` (or, to a leader without it, one `Forward` per
 /// write), bounded by the earliest deadline in it; tells every write.
 async fn send_batch(client: &PeerClient<Channel>, cluster_id: u64, batch: Vec<Pending>) {
-    if batch.is_empty() {
-        return;
-    }
     let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or_else(Instant::now);
     crate::metrics::get().forward_batch.observe(batch.len() as f64);
     let (requests, dones): (Vec<Vec<u8>>, Vec<oneshot::Sender<Outcome>>) =
