@@ -36,6 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .emit_rerun_if_changed(false)
         // prost's codec, but a too-deep request gets etcd's error (src/codec.rs).
         .codec_path("crate::codec::EtcdCodec")
+        // Forwarded writes are `Bytes`: a batch is kept (not copied) for the
+        // one-by-one fallback, and the leader proposes what it decoded as is.
+        .bytes(".kvdpeerpb.ForwardRequest.request")
+        .bytes(".kvdpeerpb.ForwardBatchRequest.requests")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use kvd_api::kvdpeerpb::peer_client::PeerClient;
 use kvd_api::kvdpeerpb::{ForwardBatchRequest, ForwardRequest};
 use tokio::sync::oneshot;
@@ -38,7 +39,7 @@ enum Outcome {
 }
 
 struct Pending {
-    data: Vec<u8>,
+    data: Bytes,
     deadline: Instant,
     done: oneshot::Sender<Outcome>,
 }
@@ -62,7 +63,7 @@ impl Forwarder {
         client: PeerClient<Channel>,
         cluster_id: u64,
         leader: u64,
-        data: Vec<u8>,
+        data: Bytes,
         deadline: Instant,
     ) -> Result<(), ServerError> {
         let (done, outcome) = oneshot::channel();
@@ -125,9 +126,9 @@ fn batch_len(sizes: impl Iterator<Item = usize>) -> usize {
 async fn send_batch(client: &PeerClient<Channel>, cluster_id: u64, batch: Vec<Pending>) {
     let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or_else(Instant::now);
     crate::metrics::get().forward_batch.observe(batch.len() as f64);
-    let (requests, dones): (Vec<Vec<u8>>, Vec<oneshot::Sender<Outcome>>) =
+    let (requests, dones): (Vec<Bytes>, Vec<oneshot::Sender<Outcome>>) =
         batch.into_iter().map(|p| (p.data, p.done)).unzip();
-    let outcome = match <[Vec<u8>; 1]>::try_from(requests) {
+    let outcome = match <[Bytes; 1]>::try_from(requests) {
         Ok([one]) => single(client, cluster_id, one, deadline).await,
         Err(requests) => many(client, cluster_id, requests, deadline).await,
     };
@@ -136,7 +137,7 @@ async fn send_batch(client: &PeerClient<Channel>, cluster_id: u64, batch: Vec<Pe
     }
 }
 
-async fn many(client: &PeerClient<Channel>, cluster_id: u64, requests: Vec<Vec<u8>>, deadline: Instant) -> Outcome {
+async fn many(client: &PeerClient<Channel>, cluster_id: u64, requests: Vec<Bytes>, deadline: Instant) -> Outcome {
     let mut c = client.clone();
     let call = c.forward_batch(ForwardBatchRequest { cluster_id, requests: requests.clone() });
     match tokio::time::timeout_at(deadline, call).await {
@@ -156,7 +157,7 @@ async fn many(client: &PeerClient<Channel>, cluster_id: u64, requests: Vec<Vec<u
     }
 }
 
-async fn single(client: &PeerClient<Channel>, cluster_id: u64, request: Vec<u8>, deadline: Instant) -> Outcome {
+async fn single(client: &PeerClient<Channel>, cluster_id: u64, request: Bytes, deadline: Instant) -> Outcome {
     let mut c = client.clone();
     match tokio::time::timeout_at(deadline, c.forward(ForwardRequest { cluster_id, request })).await {
         Ok(Ok(_)) => Outcome::Sent,
@@ -166,16 +167,5 @@ async fn single(client: &PeerClient<Channel>, cluster_id: u64, request: Vec<u8>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_are_bounded_by_count_and_bytes_but_never_empty() {
-        assert_eq!(batch_len([10; 3].into_iter()), 3);
-        assert_eq!(batch_len([10; 1000].into_iter()), MAX_BATCH);
-        // One write larger than the byte bound still goes, alone.
-        assert_eq!(batch_len([MAX_BATCH_BYTES + 1, 1].into_iter()), 1);
-        assert_eq!(batch_len([MAX_BATCH_BYTES / 2, MAX_BATCH_BYTES / 2, 1].into_iter()), 2);
-        assert_eq!(batch_len(std::iter::empty()), 0);
-    }
-}
+#[path = "forwarder_tests.rs"]
+mod tests;

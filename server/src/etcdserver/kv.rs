@@ -121,7 +121,7 @@ impl EtcdServer {
         if let Some(h) = &mut req.header {
             h.id = id;
         }
-        let data = req.encode_to_vec();
+        let data = bytes::Bytes::from(req.encode_to_vec());
         if data.len() > self.cfg.max_request_bytes {
             return Err(ServerError::RequestTooLarge);
         }

@@ -2,6 +2,7 @@
 //! request path: waiting for a leader, forwarding writes to it, and ReadIndex
 //! through it.
 
+use bytes::Bytes;
 use kvd_api::kvdpeerpb::ReadIndexRequest;
 use kvd_api::kvdpeerpb::peer_client::PeerClient;
 use openraft::ReadPolicy;
@@ -62,12 +63,12 @@ impl EtcdServer {
     /// Hands an encoded request to raft: proposed here on the leader,
     /// forwarded to the leader from a follower.
     /// For a local proposal, returns where raft reports its outcome.
-    pub(crate) async fn submit(&self, data: Vec<u8>, deadline: Instant) -> Result<Option<WriteOutcome>, ServerError> {
+    pub(crate) async fn submit(&self, data: Bytes, deadline: Instant) -> Result<Option<WriteOutcome>, ServerError> {
         let (leader, node) = self.wait_for_leader(deadline).await?;
         if leader == self.member_id {
             let (responder, done) = ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::complete_only();
             self.raft
-                .client_write_ff(Cmd(data.into()), Some(responder))
+                .client_write_ff(Cmd(data), Some(responder))
                 .await
                 .map_err(|e| ServerError::Internal(e.to_string()))?;
             return Ok(Some(done));
@@ -157,11 +158,22 @@ impl EtcdServer {
     }
 
     /// Peer RPC: a follower's client write, proposed here (on the leader).
-    pub async fn peer_forward(&self, request: Vec<u8>) -> Result<(), ServerError> {
+    pub async fn peer_forward(&self, request: Bytes) -> Result<(), ServerError> {
         if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
             return Err(ServerError::NotLeader);
         }
-        self.raft.client_write_ff(Cmd(request.into()), None).await.map_err(|e| ServerError::Internal(e.to_string()))
+        self.raft.client_write_ff(Cmd(request), None).await.map_err(|e| ServerError::Internal(e.to_string()))
+    }
+
+    /// Peer RPC: a follower's batch of writes, proposed in order as one
+    /// message to raft (one wake-up of its core, one append). Nobody here
+    /// waits for their results: each write's follower waits for its apply.
+    pub async fn peer_forward_batch(&self, requests: Vec<Bytes>) -> Result<(), ServerError> {
+        if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
+            return Err(ServerError::NotLeader);
+        }
+        let results = self.raft.client_write_many(requests.into_iter().map(Cmd)).await;
+        results.map(drop).map_err(|e| ServerError::Internal(e.to_string()))
     }
 
     /// Where a snapshot streamed from the leader is written.

@@ -61,11 +61,9 @@ impl Peer for PeerService {
     async fn forward_batch(&self, req: Request<ForwardBatchRequest>) -> Result<Response<ForwardResponse>, Status> {
         let r = req.into_inner();
         self.check_cluster(r.cluster_id)?;
-        // In order; a failure leaves the rest unproposed (and the follower
-        // fails them all, as it would a timed-out forward: maybe applied).
-        for request in r.requests {
-            self.server.peer_forward(request).await?;
-        }
+        // All or none proposed; on a failure the follower fails them all, as
+        // it would a timed-out forward (maybe applied).
+        self.server.peer_forward_batch(r.requests).await?;
         Ok(Response::new(ForwardResponse {}))
     }
 
