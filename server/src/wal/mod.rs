@@ -15,13 +15,15 @@
 //! fdatasync that covers its records returned successfully. After any IO error
 //! the WAL fails every later append: a failed fsync is never retried.
 
+mod queue;
 pub mod record;
 pub mod replay;
 pub mod segment;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Sender, channel, sync_channel};
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
 
@@ -29,6 +31,7 @@ pub use record::{Metadata, Record};
 pub use replay::Replay;
 pub use writer::Done;
 
+use queue::OpQueue;
 use record::Encoder;
 use segment::SegmentName;
 use writer::{Op, Writer};
@@ -59,7 +62,17 @@ impl WalError {
 /// Handle to the WAL; cloning shares the single writer thread.
 #[derive(Clone)]
 pub struct Wal {
-    tx: Sender<Op>,
+    tx: Arc<Sender>,
+}
+
+/// The writer's queue, closed when the last handle goes (the writer then
+/// writes what is queued and stops).
+struct Sender(Arc<OpQueue<Op>>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Wal {
@@ -139,19 +152,18 @@ impl Wal {
             let replay = Replay { metadata: Some(meta), ..Default::default() };
             (w, replay)
         };
-        let (tx, rx) = channel();
+        let queue = Arc::new(OpQueue::new());
+        let rx = queue.clone();
         std::thread::Builder::new()
             .name("kvd-wal".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(&rx))
             .map_err(|e| WalError::io(dir, e))?;
-        Ok((Wal { tx }, replay))
+        Ok((Wal { tx: Arc::new(Sender(queue)) }, replay))
     }
 
     /// Appends `records`; `done` runs once they are durable.
     pub fn append(&self, records: Vec<Record>, done: Done) {
-        if let Err(std::sync::mpsc::SendError(Op::Append { done: Some(d), .. })) =
-            self.tx.send(Op::Append { records, done: Some(done) })
-        {
+        if let Err(Op::Append { done: Some(d), .. }) = self.tx.0.push(Op::Append { records, done: Some(done) }) {
             d(Err(WalError::Closed));
         }
     }
@@ -168,10 +180,12 @@ impl Wal {
         rx.await.unwrap_or(Err(WalError::Closed))
     }
 
-    /// Appends `records` in order with everything else, without waiting: they
-    /// become durable with the next fdatasync.
+    /// Appends `records` in order with everything else, without waiting and
+    /// without waking the writer: they are written with the next append that
+    /// waits (or within [`writer::LAZY_IDLE`] without one) and become durable
+    /// with the next fdatasync.
     pub fn append_lazy(&self, records: Vec<Record>) {
-        let _ = self.tx.send(Op::Append { records, done: None });
+        let _ = self.tx.0.push_lazy(Op::Append { records, done: None });
     }
 
     /// Durably records that entries at or below `upto` are gone (`marker` is
@@ -182,8 +196,7 @@ impl Wal {
         let done: Done = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        if let Err(std::sync::mpsc::SendError(Op::Purge { done, .. })) = self.tx.send(Op::Purge { upto, marker, done })
-        {
+        if let Err(Op::Purge { done, .. }) = self.tx.0.push(Op::Purge { upto, marker, done }) {
             done(Err(WalError::Closed));
         }
         rx.await.unwrap_or(Err(WalError::Closed))
@@ -192,7 +205,7 @@ impl Wal {
     /// Flushes and stops the writer thread.
     pub fn close(&self) {
         let (tx, rx) = sync_channel(1);
-        if self.tx.send(Op::Close(tx)).is_ok() {
+        if self.tx.0.push(Op::Close(tx)).is_ok() {
             let _ = rx.recv();
         }
     }

@@ -2,12 +2,12 @@
 //! while the previous fdatasync ran into one write and one fdatasync (group commit).
 
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use tracing::{error, info_span, warn};
 
 use super::WalError;
+use super::queue::OpQueue;
 use super::record::{Encoder, Metadata, Record};
 use super::segment::{self, OpenHook, SEGMENT_SIZE, SegmentFile, SegmentName};
 use crate::metrics;
@@ -35,6 +35,10 @@ pub(super) enum Op {
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
 /// Upper bound on one group write, so a flood cannot build unbounded buffers.
 const MAX_BATCH_BYTES: usize = 32 << 20;
+/// How long lazy records wait at most for an append to ride with before
+/// they are written alone (an idle member's last commit index reaches the
+/// file); an idle writer wakes this often to look.
+pub(super) const LAZY_IDLE: Duration = Duration::from_millis(100);
 
 pub(super) struct Writer {
     pub dir: PathBuf,
@@ -59,15 +63,11 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, rx: Receiver<Op>) {
+    pub(super) fn run(mut self, queue: &OpQueue<Op>) {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut dones: Vec<Done> = Vec::new();
         loop {
-            let first = match rx.recv_timeout(Duration::from_secs(3600)) {
-                Ok(op) => op,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
+            let Some(first) = queue.wait(LAZY_IDLE) else { return };
             let mut close = None;
             let mut purge_to = None;
             buf.clear();
@@ -93,13 +93,14 @@ impl Writer {
                     Op::Close(ack) => close = Some(ack),
                 }
                 if close.is_none() && buf.len() < MAX_BATCH_BYTES {
-                    pending = rx.try_recv().ok();
+                    pending = queue.try_pop();
                 }
             }
             // Records appended lazily (commit, truncate) need no fdatasync of
             // their own, as etcd syncs no hard state that changed only its
-            // commit: written alone, they wait in the file for the next one.
-            // Before, every put paid a second fdatasync for its commit record.
+            // commit: written alone (after LAZY_IDLE), they wait in the file
+            // for the next one. Before, every put paid a second fdatasync
+            // for its commit record.
             let sync = !dones.is_empty() || close.is_some();
             let mut res = self.write(&buf, sync);
             if let (Ok(()), Some(upto)) = (&res, purge_to) {
