@@ -24,7 +24,11 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber. `RUST_LOG` overrides `--log-level`.
 pub fn init(flags: &Flags) -> Result<Telemetry, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&flags.log_level));
+    // openraft warns whenever the waiter of a proposal has gone, which a
+    // client that cancels its request (or times out) does: not a problem.
+    let quiet = "openraft::raft::responder=error".parse().map_err(|e| format!("log filter: {e}"))?;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&flags.log_level).add_directive(quiet));
     // Colours only on a terminal: log files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // The log takes events only. Spans exist for the OTLP export: given to the

@@ -165,15 +165,18 @@ impl EtcdServer {
         self.raft.client_write_ff(Cmd(request), None).await.map_err(|e| ServerError::Internal(e.to_string()))
     }
 
-    /// Peer RPC: a follower's batch of writes, proposed in order as one
-    /// message to raft (one wake-up of its core, one append). Nobody here
-    /// waits for their results: each write's follower waits for its apply.
+    /// Peer RPC: a follower's batch of writes, proposed in order. Nobody
+    /// here waits for their results: each write's follower waits for its
+    /// own apply. (Not `client_write_many`: its results cannot be ignored
+    /// without openraft warning once per write that nobody listened.)
     pub async fn peer_forward_batch(&self, requests: Vec<Bytes>) -> Result<(), ServerError> {
         if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
             return Err(ServerError::NotLeader);
         }
-        let results = self.raft.client_write_many(requests.into_iter().map(Cmd)).await;
-        results.map(drop).map_err(|e| ServerError::Internal(e.to_string()))
+        for r in requests {
+            self.raft.client_write_ff(Cmd(r), None).await.map_err(|e| ServerError::Internal(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Where a snapshot streamed from the leader is written.

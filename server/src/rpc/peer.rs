@@ -61,8 +61,8 @@ impl Peer for PeerService {
     async fn forward_batch(&self, req: Request<ForwardBatchRequest>) -> Result<Response<ForwardResponse>, Status> {
         let r = req.into_inner();
         self.check_cluster(r.cluster_id)?;
-        // All or none proposed; on a failure the follower fails them all, as
-        // it would a timed-out forward (maybe applied).
+        // In order; a failure leaves the rest unproposed (and the follower
+        // fails them all, as it would a timed-out forward: maybe applied).
         self.server.peer_forward_batch(r.requests).await?;
         Ok(Response::new(ForwardResponse {}))
     }
