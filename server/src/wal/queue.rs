@@ -61,6 +61,15 @@ impl<T> OpQueue<T> {
         self.ready.notify_one();
     }
 
+    /// The writer stops early: refuses what comes from now on and returns
+    /// what is still queued, for the writer to fail.
+    pub(super) fn close_and_take(&self) -> Vec<T> {
+        let mut s = self.state.lock();
+        s.closed = true;
+        s.waking = 0;
+        s.ops.drain(..).map(|(op, _)| op).collect()
+    }
+
     /// The writer's wait for work: returns the oldest operation once one
     /// that wakes is queued, or when a round of `idle` ends with lazy ones
     /// queued (so they wait at most `idle`, and the writer of an idle
@@ -125,6 +134,16 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(600));
         assert_eq!(q.try_pop(), Some(9));
         pusher.join().unwrap();
+    }
+
+    #[test]
+    fn a_queue_closed_by_its_reader_hands_back_what_is_queued() {
+        let q = OpQueue::new();
+        q.push(1).unwrap();
+        q.push_lazy(2).unwrap();
+        assert_eq!(q.close_and_take(), vec![1, 2]);
+        assert_eq!(q.push(3), Err(3));
+        assert_eq!(q.wait(Duration::from_secs(3600)), None);
     }
 
     #[test]

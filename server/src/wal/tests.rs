@@ -350,3 +350,17 @@ async fn lazy_records_wait_for_the_next_fdatasync() {
     assert_eq!(r.commit.as_deref(), Some(&b"c2"[..]));
     assert_eq!(r.entries.len(), 3);
 }
+
+#[tokio::test]
+async fn a_closed_wal_refuses_appends_instead_of_hanging() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(d.path(), META).unwrap();
+    wal.append_sync(entries(1..=1, "a")).await.unwrap();
+    wal.close();
+    let late = tokio::time::timeout(std::time::Duration::from_secs(10), wal.append_sync(entries(2..=2, "a")));
+    assert!(matches!(late.await, Ok(Err(WalError::Closed))), "an append after close was not refused");
+    let purge = tokio::time::timeout(std::time::Duration::from_secs(10), wal.purge(1, Bytes::new()));
+    assert!(matches!(purge.await, Ok(Err(WalError::Closed))));
+    wal.close();
+    assert_eq!(replayed(d.path()).entries.len(), 1);
+}

@@ -31,6 +31,20 @@ pub(super) enum Op {
     Close(std::sync::mpsc::SyncSender<()>),
 }
 
+impl Op {
+    /// Tells the caller that this operation will never be carried out.
+    pub(super) fn refuse(self) {
+        match self {
+            Op::Append { done: Some(d), .. } => d(Err(WalError::Closed)),
+            Op::Append { done: None, .. } => {}
+            Op::Purge { done, .. } => done(Err(WalError::Closed)),
+            Op::Close(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
 /// An fdatasync slower than this is logged, as etcd does.
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
 /// Upper bound on one group write, so a flood cannot build unbounded buffers.
@@ -120,6 +134,10 @@ impl Writer {
                 self.failed = Some(e.to_string());
             }
             if let Some(ack) = close {
+                // Whatever was queued behind the Close (or comes later) is refused.
+                for op in queue.close_and_take() {
+                    op.refuse();
+                }
                 let _ = ack.send(());
                 return;
             }
