@@ -1,23 +1,23 @@
 //! The queue between the WAL's callers and its writer thread. Unlike a
 //! channel, it takes operations that do not wake the writer: a lazy record
 //! (a commit index, a truncation) waits in order behind the others until an
-//! operation that needs the disk arrives, or until `idle` passes. Each put
-//! saved openraft's commit record used to wake the writer for a write of its
-//! own: a futex wake, two context switches and a `pwrite` per put at one
-//! client.
+//! operation that needs the disk arrives, or until `idle` passes. openraft
+//! saves the commit index after every commit; through a channel each such
+//! record woke the writer for a write of its own: a futex wake, a context
+//! switch and a `pwrite` per put at one client.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-#[derive(Default)]
 struct State<T> {
     /// Queued operations, oldest first, each with whether it wakes the writer.
     ops: VecDeque<(T, bool)>,
     /// How many of `ops` wake the writer.
     waking: usize,
-    /// Every handle is gone: the writer stops once `ops` is empty.
+    /// Every handle is gone (the writer stops once `ops` is empty), or the
+    /// writer has stopped: nothing more is queued.
     closed: bool,
 }
 
