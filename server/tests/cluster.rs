@@ -348,9 +348,6 @@ async fn concurrent_writes_through_a_follower_are_batched_and_all_land() {
 /// (batches, writes) a member has forwarded to the leader so far.
 async fn forward_batches(p: &common::Proc) -> (f64, f64) {
     let metrics = p.metrics().await;
-    let value = |name: &str| -> f64 {
-        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{metrics}"));
-        line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value")
-    };
+    let value = |name| common::metric_value(&metrics, name);
     (value("kvd_forward_batch_writes_count"), value("kvd_forward_batch_writes_sum"))
 }

@@ -63,9 +63,7 @@ async fn health_version_and_metrics() {
     for m in METRICS {
         assert!(text.lines().any(|l| l.starts_with(m)), "metric {m} missing from /metrics");
     }
-    let value = |name: &str| -> f64 {
-        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
-    };
+    let value = |name| common::metric_value(&text, name);
     assert_eq!(value("etcd_server_has_leader"), 1.0);
     assert_eq!(value("etcd_server_is_leader"), 1.0);
     assert_eq!(value("etcd_debugging_mvcc_keys_total"), 1.0);

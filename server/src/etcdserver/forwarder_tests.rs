@@ -131,7 +131,8 @@ async fn writes_queued_behind_busy_calls_travel_in_batches() {
     let seen = forward_many(true, n).await;
     assert_each_once(&seen, n);
     // At most MAX_IN_FLIGHT calls at once: the writes that waited went together.
-    assert!(seen.forwards.len() + seen.batches.len() < n, "{} calls for {n} writes", seen.forwards.len());
+    let calls = seen.forwards.len() + seen.batches.len();
+    assert!(calls < n, "{calls} calls for {n} writes");
     assert!(seen.batches.iter().any(|b| b.len() > 1));
     assert_eq!(seen.refused_batches, 0);
 }

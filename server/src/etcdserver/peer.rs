@@ -157,19 +157,12 @@ impl EtcdServer {
         }
     }
 
-    /// Peer RPC: a follower's client write, proposed here (on the leader).
-    pub async fn peer_forward(&self, request: Bytes) -> Result<(), ServerError> {
-        if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
-            return Err(ServerError::NotLeader);
-        }
-        self.raft.client_write_ff(Cmd(request), None).await.map_err(|e| ServerError::Internal(e.to_string()))
-    }
-
-    /// Peer RPC: a follower's batch of writes, proposed in order. Nobody
-    /// here waits for their results: each write's follower waits for its
-    /// own apply. (Not `client_write_many`: its results cannot be ignored
-    /// without openraft warning once per write that nobody listened.)
-    pub async fn peer_forward_batch(&self, requests: Vec<Bytes>) -> Result<(), ServerError> {
+    /// Peer RPCs Forward and ForwardBatch: a follower's client writes,
+    /// proposed here (on the leader) in order. Nobody here waits for their
+    /// results: each write's follower waits for its own apply. (Not
+    /// `client_write_many`: its results cannot be ignored without openraft
+    /// warning once per write that nobody listened.)
+    pub async fn peer_forward(&self, requests: impl IntoIterator<Item = Bytes>) -> Result<(), ServerError> {
         if self.raft.metrics().borrow_watched().current_leader != Some(self.member_id) {
             return Err(ServerError::NotLeader);
         }

@@ -54,7 +54,7 @@ impl Peer for PeerService {
     async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
         let r = req.into_inner();
         self.check_cluster(r.cluster_id)?;
-        self.server.peer_forward(r.request).await?;
+        self.server.peer_forward([r.request]).await?;
         Ok(Response::new(ForwardResponse {}))
     }
 
@@ -63,7 +63,7 @@ impl Peer for PeerService {
         self.check_cluster(r.cluster_id)?;
         // In order; a failure leaves the rest unproposed (and the follower
         // fails them all, as it would a timed-out forward: maybe applied).
-        self.server.peer_forward_batch(r.requests).await?;
+        self.server.peer_forward(r.requests).await?;
         Ok(Response::new(ForwardResponse {}))
     }
 

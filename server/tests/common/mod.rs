@@ -506,3 +506,10 @@ pub async fn put_retrying(kv: &mut KvClient<Channel>, req: PutRequest) -> PutRes
         }
     }
 }
+
+/// The value of the first sample of `name` (a metric name, or a prefix of
+/// a sample line such as `name{label="x"}`) in a /metrics text.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("not a sample: {line}"))
+}
