@@ -119,6 +119,7 @@ impl Wal {
                 hook,
                 name: tail.name,
                 offset: tail.offset,
+                zeroed: tail.offset,
                 enc: Encoder::new(tail.crc),
                 last_index: last_index.unwrap_or(0),
                 last_state: replay.state.clone().map(Record::State),
@@ -142,6 +143,7 @@ impl Wal {
                 hook,
                 name,
                 offset: head.len() as u64,
+                zeroed: head.len() as u64,
                 enc,
                 last_index: 0,
                 last_state: None,
@@ -245,3 +247,5 @@ fn remove_stale_tmp(dir: &Path) -> Result<(), WalError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zero_ahead_tests;

@@ -15,6 +15,11 @@ pub trait SegmentFile: Send {
     fn pwrite(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes everything written so far durable.
     fn fdatasync(&self) -> io::Result<()>;
+    /// Starts writing back `[offset, offset + len)` without waiting for it, so
+    /// that a later fdatasync finds less to write. A hint only.
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl SegmentFile for File {
@@ -23,6 +28,18 @@ impl SegmentFile for File {
     }
     fn fdatasync(&self) -> io::Result<()> {
         self.sync_data()
+    }
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: sync_file_range only reads the arguments; the fd is owned by `self`.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 }
 
@@ -36,6 +53,10 @@ pub fn real_file(f: File) -> Box<dyn SegmentFile> {
 
 /// Size every segment is preallocated to; a segment is cut once it grows past it.
 pub const SEGMENT_SIZE: u64 = 64_000_000;
+
+/// How far ahead of the tail the writer keeps the segment written with real
+/// zeros (see [`Writer::zero_ahead`](super::writer)).
+pub const ZERO_AHEAD: u64 = 1 << 20;
 
 /// A segment's identity, parsed from its file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -9,7 +9,7 @@ use tracing::{error, info_span, warn};
 use super::WalError;
 use super::queue::OpQueue;
 use super::record::{Encoder, Metadata, Record};
-use super::segment::{self, OpenHook, SEGMENT_SIZE, SegmentFile, SegmentName};
+use super::segment::{self, OpenHook, SEGMENT_SIZE, SegmentFile, SegmentName, ZERO_AHEAD};
 use crate::metrics;
 
 /// Called once the records of one `append` are durable (or failed).
@@ -53,6 +53,8 @@ const MAX_BATCH_BYTES: usize = 32 << 20;
 /// they are written alone (an idle member's last commit index reaches the
 /// file); an idle writer wakes this often to look.
 pub(super) const LAZY_IDLE: Duration = Duration::from_millis(100);
+/// Source of the zeros [`Writer::zero_ahead`] writes.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 pub(super) struct Writer {
     pub dir: PathBuf,
@@ -62,6 +64,9 @@ pub(super) struct Writer {
     pub hook: OpenHook,
     pub name: SegmentName,
     pub offset: u64,
+    /// The segment holds written zeros (not just preallocated blocks) up to
+    /// here; see [`Writer::zero_ahead`].
+    pub zeroed: u64,
     pub enc: Encoder,
     /// Index of the last entry written, for naming the next segment.
     pub last_index: u64,
@@ -126,6 +131,9 @@ impl Writer {
             for d in dones.drain(..) {
                 d(res.clone());
             }
+            if res.is_ok() {
+                self.zero_ahead();
+            }
             if res.is_ok()
                 && self.offset >= SEGMENT_SIZE
                 && let Err(e) = self.cut()
@@ -171,6 +179,37 @@ impl Writer {
             self.unsynced = true;
         }
         if sync && self.unsynced { self.sync() } else { Ok(()) }
+    }
+
+    /// Keeps the [`ZERO_AHEAD`] bytes past the tail written with real zeros.
+    /// A segment is preallocated with fallocate, whose blocks ext4 and XFS
+    /// mark unwritten: the first write into each must also convert it, a
+    /// metadata change the next fdatasync commits to the journal. Writing the
+    /// zeros ahead, a MiB at a time and with writeback started at once, leaves
+    /// the fdatasyncs behind it to flush data only, as PostgreSQL's
+    /// zero-filled WAL segments do. On this machine's ext4, 8 KiB appends each
+    /// followed by fdatasync: 160 µs before, 97 µs after. Failing here only
+    /// forgoes that: the region reads as zeros either way.
+    fn zero_ahead(&mut self) {
+        if self.failed.is_some() || self.zeroed >= SEGMENT_SIZE || self.zeroed >= self.offset + ZERO_AHEAD / 2 {
+            return;
+        }
+        let from = self.zeroed.max(self.offset);
+        let to = (from + ZERO_AHEAD).min(SEGMENT_SIZE);
+        let mut at = from;
+        while at < to {
+            let n = ((to - at) as usize).min(ZEROS.len());
+            if let Err(e) = self.file.pwrite(&ZEROS[..n], at) {
+                warn!(error = %e, "writing zeros ahead of the WAL tail failed; going on without");
+                self.zeroed = SEGMENT_SIZE;
+                return;
+            }
+            at += n as u64;
+        }
+        if let Err(e) = self.file.start_writeback(from, to - from) {
+            warn!(error = %e, "starting writeback of the WAL's zeros failed");
+        }
+        self.zeroed = to;
     }
 
     /// fdatasync of the open segment.
@@ -238,6 +277,7 @@ impl Writer {
         self.name = name;
         self.segments.push(name);
         self.offset = head.len() as u64;
+        self.zeroed = self.offset;
         self.enc = enc;
         tracing::info!(segment = %name.file_name(), "cut WAL segment");
         Ok(())
