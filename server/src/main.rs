@@ -60,6 +60,37 @@ fn main() -> ExitCode {
     })
 }
 
+/// Serves `svc` on `l` (over TLS with `acceptor`) as a task of `tasks`.
+fn serve<S>(
+    tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
+    l: tokio::net::TcpListener,
+    acceptor: Option<std::sync::Arc<kvd::tls::Reloading>>,
+    svc: S,
+) -> Result<(), String>
+where
+    S: tower::Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    use axum::ServiceExt;
+    if let Some(acceptor) = acceptor {
+        let l = CoalescingListener(kvd::tls::TlsListener::new(l, acceptor).map_err(|e| e.to_string())?);
+        let svc = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<kvd::tls::TlsAddr>(svc);
+        tasks.spawn(async move { axum::serve(l, svc).await });
+        return Ok(());
+    }
+    // No Nagle: small gRPC replies must not wait for a delayed ACK.
+    let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let svc = ServiceExt::<axum::extract::Request>::into_make_service(svc);
+    tasks.spawn(async move { axum::serve(CoalescingListener(l), svc).await });
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Listener {
     Client,
@@ -106,26 +137,19 @@ async fn run(flags: Flags) -> Result<(), String> {
     server.run_background();
     let mut tasks = tokio::task::JoinSet::new();
     for (l, kind, tls) in listeners {
-        let router = match kind {
-            Listener::Client => kvd::rpc::client_router(server.clone()),
-            Listener::Metrics => kvd::rpc::metrics_router(server.clone()),
-            Listener::Peer => kvd::rpc::peer_router(server.clone()),
-        };
         info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), ?kind, "serving");
-        if tls {
+        let acceptor = if tls {
             let files = if matches!(kind, Listener::Peer) { &peer_tls } else { &client_tls };
             let Some(acceptor) = files.as_ref().and_then(|f| acceptors.get(f)).cloned() else { continue };
-            let l = kvd::tls::TlsListener::new(l, acceptor).map_err(|e| e.to_string())?;
-            let l = CoalescingListener(l);
-            let svc = router.into_make_service_with_connect_info::<kvd::tls::TlsAddr>();
-            tasks.spawn(async move { axum::serve(l, svc).await });
-            continue;
+            Some(acceptor)
+        } else {
+            None
+        };
+        match kind {
+            Listener::Client => serve(&mut tasks, l, acceptor, kvd::rpc::client_service(server.clone()))?,
+            Listener::Metrics => serve(&mut tasks, l, acceptor, kvd::rpc::metrics_router(server.clone()))?,
+            Listener::Peer => serve(&mut tasks, l, acceptor, kvd::rpc::peer_router(server.clone()))?,
         }
-        // No Nagle: small gRPC replies must not wait for a delayed ACK.
-        let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tasks.spawn(async move { axum::serve(CoalescingListener(l), router).await });
     }
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

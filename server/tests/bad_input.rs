@@ -294,3 +294,29 @@ async fn a_flood_of_connections_past_the_fd_limit_leaves_kvd_serving() {
     }
     check(&kvd).await;
 }
+
+/// A call to a method or service that does not exist.
+async fn call_missing(p: &Proc, path: &'static str) -> (String, String) {
+    let ch = Channel::from_shared(p.endpoint.clone()).unwrap().connect_lazy();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<RangeRequest, RangeRequest>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    outcome(grpc.unary(tonic::Request::new(RangeRequest::default()), path, codec).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_services_and_methods_are_unimplemented_as_in_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
+    write_sentinel(&kvd).await;
+    let service =
+        (call_missing(&kvd, "/etcdserverpb.Nope/Range").await, call_missing(&etcd, "/etcdserverpb.Nope/Range").await);
+    assert_eq!(service.0, service.1, "unknown service");
+    assert_eq!(service.0.0, "Unimplemented");
+    let method =
+        (call_missing(&kvd, "/etcdserverpb.KV/Nope").await, call_missing(&etcd, "/etcdserverpb.KV/Nope").await);
+    assert_eq!(method.0.0, method.1.0, "unknown method: {method:?}");
+    assert_eq!(method.0.0, "Unimplemented");
+    check(&kvd).await;
+}

@@ -164,8 +164,8 @@ async fn start() -> Result<Channel, String> {
     let cfg = flags.server_config().map_err(|e| e.to_string())?;
     let server = crate::etcdserver::EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
     server.run_background();
-    let router = crate::rpc::client_router(server);
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let svc = axum::ServiceExt::<axum::extract::Request>::into_make_service(crate::rpc::client_service(server));
+    tokio::spawn(async move { axum::serve(listener, svc).await });
     let channel = Channel::from_shared(url).map_err(|e| e.to_string())?.connect_lazy();
     let mut last = None;
     for _ in 0..100 {

@@ -157,8 +157,8 @@ fn grpc_status(h: &axum::http::HeaderMap) -> Option<(i32, String)> {
     Some((code, percent_encoding::percent_decode_str(msg).decode_utf8_lossy().into_owned()))
 }
 
-/// Serves one gateway call through `grpc`, the client port's gRPC router.
-pub async fn handle(grpc: axum::Router, req: Request) -> Response {
+/// Serves one gateway call through `grpc`, the client port's gRPC side.
+pub async fn handle(grpc: super::Grpc, req: Request) -> Response {
     let Some(&(_, service, method)) = ROUTES.iter().find(|r| r.0 == req.uri().path()) else {
         return error(12, "Not Implemented");
     };
