@@ -11,18 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use hyper_util::rt::TokioIo;
-use kvd::rpc::coalesce::Coalesced;
 use kvd_api::etcdserverpb::kv_client::KvClient;
 use kvd_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use kvd_api::etcdserverpb::request_op::Request as Op;
 use kvd_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest};
-use tokio::net::TcpStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
+mod conn;
 mod lease_keepalive;
 mod watch_latency;
+pub(crate) use conn::{Conn, connections};
 use lease_keepalive::lease_keepalive;
 use watch_latency::{WatchLatencyArgs, watch_latency};
 
@@ -224,7 +223,7 @@ pub async fn run(w: Workload) -> Result<(), String> {
             ("txn-mixed", t.common, op)
         }
     };
-    let callers = channels(&common)
+    let callers = connections(&common)
         .await?
         .into_iter()
         .cycle()
@@ -243,7 +242,7 @@ pub(crate) trait Caller: Send + 'static {
 
 /// A KV client that sends what `op` makes.
 struct KvCaller {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     op: MakeOp,
 }
 
@@ -270,33 +269,6 @@ async fn leader_endpoint(c: &Common) -> Result<String, String> {
         }
     }
     Err("no endpoint is the leader".into())
-}
-
-pub(crate) async fn channels(c: &Common) -> Result<Vec<Channel>, String> {
-    let endpoints = if c.target_leader { vec![leader_endpoint(c).await?] } else { c.endpoints.clone() };
-    let mut channels = Vec::new();
-    for i in 0..c.conns.max(1) {
-        let url = endpoint_url(&endpoints[i % endpoints.len()]);
-        let ch = Channel::from_shared(url.clone())
-            .map_err(|e| format!("{url}: {e}"))?
-            .connect_with_connector(tower::service_fn(coalesced_tcp))
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        channels.push(ch);
-    }
-    Ok(channels)
-}
-
-/// A connection whose requests leave in batches, as the server's replies
-/// do (`kvd::rpc::coalesce`): without it each request was its own `writev`,
-/// and the loopback send path a third of the load generator's CPU, taken
-/// from the server it measures.
-async fn coalesced_tcp(uri: tonic::transport::Uri) -> std::io::Result<TokioIo<Coalesced<TcpStream>>> {
-    let host = uri.host().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(2379);
-    let s = TcpStream::connect((host, port)).await?;
-    s.set_nodelay(true)?;
-    Ok(TokioIo::new(Coalesced::new(s)))
 }
 
 pub(crate) struct Report {

@@ -6,10 +6,9 @@
 use kvd_api::etcdserverpb::lease_client::LeaseClient;
 use kvd_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use super::{Caller, Common, Report, channels, drive};
+use super::{Caller, Common, Conn, Report, connections, drive};
 
 /// The TTL of the benchmark's leases: long enough never to expire mid-run.
 const TTL_SECONDS: i64 = 300;
@@ -34,7 +33,7 @@ impl Caller for KeepAliver {
     }
 }
 
-async fn keep_aliver(ch: Channel) -> Result<(KeepAliver, LeaseClient<Channel>), String> {
+async fn keep_aliver(ch: Conn) -> Result<(KeepAliver, LeaseClient<Conn>), String> {
     let mut lease = LeaseClient::new(ch);
     let id = lease
         .lease_grant(LeaseGrantRequest { ttl: TTL_SECONDS, id: 0 })
@@ -56,7 +55,7 @@ async fn keep_aliver(ch: Channel) -> Result<(KeepAliver, LeaseClient<Channel>), 
 }
 
 pub(super) async fn lease_keepalive(c: &Common) -> Result<Report, String> {
-    let chans = channels(c).await?;
+    let chans = connections(c).await?;
     let mut callers = Vec::new();
     let mut owners = Vec::new();
     for ch in chans.into_iter().cycle().take(c.clients.max(1)) {

@@ -10,7 +10,7 @@ use kvd_api::etcdserverpb::kv_client::KvClient;
 
 use clap::Args;
 
-use super::{Common, Report, channels, key_for};
+use super::{Common, Report, connections, key_for};
 
 #[derive(Args, Clone)]
 pub struct WatchLatencyArgs {
@@ -35,7 +35,7 @@ pub(super) async fn watch_latency(a: &WatchLatencyArgs) -> Result<Report, String
     use kvd_api::etcdserverpb::watch_client::WatchClient;
     use kvd_api::etcdserverpb::watch_request::RequestUnion;
     use kvd_api::etcdserverpb::{WatchCreateRequest, WatchRequest};
-    let chans = channels(&a.common).await?;
+    let chans = connections(&a.common).await?;
     let key = key_for(0, a.common.key_size).into_iter().chain(*b"-watch-latency").collect::<Vec<u8>>();
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..a.put_total).map(|_| AtomicU64::new(0)).collect());
     let base = Instant::now();
