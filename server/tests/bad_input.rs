@@ -318,5 +318,10 @@ async fn unknown_services_and_methods_are_unimplemented_as_in_etcd() {
         (call_missing(&kvd, "/etcdserverpb.KV/Nope").await, call_missing(&etcd, "/etcdserverpb.KV/Nope").await);
     assert_eq!(method.0.0, method.1.0, "unknown method: {method:?}");
     assert_eq!(method.0.0, "Unimplemented");
+    // Nor does a made-up name become a label set in /metrics (grpc-go never
+    // counts calls it could not route).
+    let text = kvd.metrics().await;
+    assert!(text.contains("grpc_method=\"Put\""), "the sentinel's Put is counted");
+    assert!(!text.contains("Nope"), "an unknown name reached /metrics");
     check(&kvd).await;
 }

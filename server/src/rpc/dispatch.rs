@@ -114,7 +114,9 @@ impl Grpc {
         }
         let calls = method_metrics::MethodMetrics::for_path(req.uri().path());
         let m = metrics::get();
-        calls.started();
+        if let Some(c) = &calls {
+            c.started();
+        }
         let start = Instant::now();
         let req = req.map(|b| Counted::new(b, &m.client_grpc_received_bytes));
         let mut resp = self.route(req).await.map(|b| counted(b, &m.client_grpc_sent_bytes));
@@ -125,7 +127,9 @@ impl Grpc {
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<i32>().ok())
             .unwrap_or(0);
-        calls.handled(code_name(code), start.elapsed().as_secs_f64());
+        if let Some(c) = calls {
+            c.handled(code_name(code), start.elapsed().as_secs_f64());
+        }
         resp
     }
 

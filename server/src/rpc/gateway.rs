@@ -82,7 +82,8 @@ pub fn paths() -> impl Iterator<Item = &'static str> {
     ROUTES.iter().map(|r| r.0)
 }
 
-fn pool() -> Result<&'static DescriptorPool, String> {
+/// The API's descriptors (also which methods exist, for the call metrics).
+pub(super) fn pool() -> Result<&'static DescriptorPool, String> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
     POOL.get_or_init(|| DescriptorPool::decode(kvd_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string()))
         .as_ref()

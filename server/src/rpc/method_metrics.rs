@@ -14,8 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::metrics::{self, GrpcCodeLabels, GrpcLabels};
 
-/// Paths remembered at most: requests for unknown methods must not grow
-/// memory without bound (they are still counted, the slow way).
+/// Paths remembered at most (the API has fewer methods than this).
 const MAX_PATHS: usize = 256;
 
 /// One method's handles.
@@ -45,19 +44,26 @@ impl MethodMetrics {
         }
     }
 
-    /// The handles for `path` (e.g. `/etcdserverpb.KV/Put`).
-    pub fn for_path(path: &str) -> Arc<MethodMetrics> {
+    /// The handles for `path` (e.g. `/etcdserverpb.KV/Put`), or None when
+    /// it names no method of the API: grpc-go answers those Unimplemented
+    /// before any interceptor, so etcd never counts them, and counting them
+    /// would let a client grow the label sets without bound.
+    pub fn for_path(path: &str) -> Option<Arc<MethodMetrics>> {
         static CACHE: OnceLock<RwLock<HashMap<String, Arc<MethodMetrics>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
         if let Some(m) = cache.read().get(path) {
-            return m.clone();
+            return Some(m.clone());
+        }
+        let (service, method) = path.trim_start_matches('/').split_once('/')?;
+        if !known(service, method) {
+            return None;
         }
         let m = Arc::new(MethodMetrics::new(path));
         let mut w = cache.write();
         if w.len() < MAX_PATHS {
             w.entry(path.to_string()).or_insert_with(|| m.clone());
         }
-        m
+        Some(m)
     }
 
     pub fn started(&self) {
@@ -73,6 +79,15 @@ impl MethodMetrics {
             metrics::get().grpc_handled.get_or_create(&code_labels(&self.labels, code)).inc();
         }
     }
+}
+
+/// Whether `service` has `method`: the API's descriptors, and the health service.
+fn known(service: &str, method: &str) -> bool {
+    if service == "grpc.health.v1.Health" {
+        return matches!(method, "Check" | "Watch");
+    }
+    let Ok(pool) = super::gateway::pool() else { return false };
+    pool.get_service_by_name(service).is_some_and(|s| s.methods().any(|m| m.name() == method))
 }
 
 fn code_labels(l: &GrpcLabels, code: &'static str) -> GrpcCodeLabels {
