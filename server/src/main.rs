@@ -148,7 +148,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         match kind {
             Listener::Client => serve(&mut tasks, l, acceptor, kvd::rpc::client_service(server.clone()))?,
             Listener::Metrics => serve(&mut tasks, l, acceptor, kvd::rpc::metrics_router(server.clone()))?,
-            Listener::Peer => serve(&mut tasks, l, acceptor, kvd::rpc::peer_router(server.clone()))?,
+            Listener::Peer => serve(&mut tasks, l, acceptor, kvd::rpc::peer_port(server.clone()))?,
         }
     }
     let stop = async {

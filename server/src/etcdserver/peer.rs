@@ -24,6 +24,12 @@ impl EtcdServer {
     /// The current leader and its member record, waiting (until `deadline`)
     /// for an election if there is none.
     pub(crate) async fn wait_for_leader(&self, deadline: Instant) -> Result<(u64, Member), ServerError> {
+        self.with_leader(deadline, |l, node| (l, node.clone())).await
+    }
+
+    /// `f` of the current leader and its member record, waiting (until
+    /// `deadline`) for an election if there is none.
+    async fn with_leader<T>(&self, deadline: Instant, f: impl Fn(u64, &Member) -> T) -> Result<T, ServerError> {
         let mut rx = self.raft.metrics();
         loop {
             {
@@ -31,7 +37,7 @@ impl EtcdServer {
                 if let Some(l) = m.current_leader
                     && let Some(node) = m.membership_config.get_node(&l)
                 {
-                    return Ok((l, node.clone()));
+                    return Ok(f(l, node));
                 }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -64,15 +70,17 @@ impl EtcdServer {
     /// forwarded to the leader from a follower.
     /// For a local proposal, returns where raft reports its outcome.
     pub(crate) async fn submit(&self, data: Bytes, deadline: Instant) -> Result<Option<WriteOutcome>, ServerError> {
-        let (leader, node) = self.wait_for_leader(deadline).await?;
-        if leader == self.member_id {
+        // Only a follower needs the leader's record (copying it costs allocations per write).
+        let (leader, node) =
+            self.with_leader(deadline, |l, node| (l, (l != self.member_id).then(|| node.clone()))).await?;
+        let Some(node) = node else {
             let (responder, done) = ProgressResponder::<TypeConfig, ClientWriteResult<TypeConfig>>::complete_only();
             self.raft
                 .client_write_ff(Cmd(data), Some(responder))
                 .await
                 .map_err(|e| ServerError::Internal(e.to_string()))?;
             return Ok(Some(done));
-        }
+        };
         let client = self.peer_client(&node)?;
         self.forwarder.forward(client, self.cluster_id, leader, data, deadline).await.map(|()| None)
     }

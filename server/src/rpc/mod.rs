@@ -58,7 +58,7 @@ pub fn client_service(server: Arc<EtcdServer>) -> ClientService {
     ClientService { grpc, http: http::router(server).merge(gw) }
 }
 
-pub use peer::peer_router;
+pub use peer::{PeerPort, peer_port};
 
 /// Only the HTTP endpoints (for `--listen-metrics-urls`).
 pub fn metrics_router(server: Arc<EtcdServer>) -> axum::Router {

@@ -146,10 +146,40 @@ impl Peer for PeerService {
     }
 }
 
-/// The router for `--listen-peer-urls`.
-pub fn peer_router(server: Arc<EtcdServer>) -> axum::Router {
-    let svc = PeerServer::new(PeerService { server })
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
-    tonic::service::Routes::new(svc).into_axum_router()
+/// The service for `--listen-peer-urls`: the peer service alone, served
+/// without a router in front (as the client port's gRPC calls are, see
+/// `dispatch.rs`); any other path answers gRPC's Unimplemented.
+#[derive(Clone)]
+pub struct PeerPort(PeerServer<PeerService>);
+
+pub fn peer_port(server: Arc<EtcdServer>) -> PeerPort {
+    PeerPort(
+        PeerServer::new(PeerService { server })
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE),
+    )
+}
+
+type Answer = axum::http::Response<tonic::body::Body>;
+
+fn as_axum(r: Answer) -> axum::response::Response {
+    r.map(axum::body::Body::new)
+}
+
+impl tower::Service<axum::extract::Request> for PeerPort {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::MapOk<
+        <PeerServer<PeerService> as tower::Service<axum::extract::Request>>::Future,
+        fn(Answer) -> axum::response::Response,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::<axum::extract::Request>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        use futures::TryFutureExt;
+        self.0.call(req).map_ok(as_axum as fn(Answer) -> axum::response::Response)
+    }
 }
