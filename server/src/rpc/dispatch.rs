@@ -86,7 +86,7 @@ impl Grpc {
     }
 
     /// One call: etcd's checks, then the service, with metrics around it.
-    async fn handle(self, req: Request) -> Response {
+    pub async fn handle(self, req: Request) -> Response {
         let s = &*self.0;
         if req.headers().get("hasleader").is_some_and(|v| v.as_bytes() == b"true") && !s.server.has_leader() {
             return tonic::Status::unavailable("etcdserver: no leader").into_http();
@@ -101,7 +101,7 @@ impl Grpc {
             "/grpc.health.v1.Health/Check",
             "/grpc.health.v1.Health/Watch",
         ];
-        if !LEARNER_RPCS.contains(&req.uri().path()) && s.server.is_learner() {
+        if s.server.is_learner() && !LEARNER_RPCS.contains(&req.uri().path()) {
             return tonic::Status::failed_precondition("etcdserver: rpc not supported for learner").into_http();
         }
         // A token issued through another member is known here once this member
@@ -157,21 +157,6 @@ impl Grpc {
     }
 }
 
-impl Service<Request> for Grpc {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let grpc = self.clone();
-        Box::pin(async move { Ok(grpc.handle(req).await) })
-    }
-}
-
 /// The client port: gRPC by content type, everything else by `http`.
 #[derive(Clone)]
 pub struct ClientService {
@@ -191,7 +176,8 @@ impl Service<Request> for ClientService {
     fn call(&mut self, req: Request) -> Self::Future {
         let is_grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if is_grpc {
-            self.grpc.call(req)
+            let grpc = self.grpc.clone();
+            Box::pin(async move { Ok(grpc.handle(req).await) })
         } else {
             let http = self.http.clone();
             Box::pin(async move { tower::ServiceExt::oneshot(http, req).await })

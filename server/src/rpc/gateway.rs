@@ -10,8 +10,6 @@
 //! `{"result": ...}` object per line; errors are `{"error", "code", "message"}`
 //! with the HTTP status grpc-gateway gives the gRPC code.
 
-use std::sync::OnceLock;
-
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -20,8 +18,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
-use tower::ServiceExt;
+use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
 
 /// Gateway path → (gRPC service, method), as etcd's `google.api.http` options.
 const ROUTES: &[(&str, &str, &str)] = &[
@@ -80,14 +77,6 @@ const ROUTES: &[(&str, &str, &str)] = &[
 
 pub fn paths() -> impl Iterator<Item = &'static str> {
     ROUTES.iter().map(|r| r.0)
-}
-
-/// The API's descriptors (also which methods exist, for the call metrics).
-pub(super) fn pool() -> Result<&'static DescriptorPool, String> {
-    static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(kvd_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| format!("API descriptors: {e}"))
 }
 
 /// grpc-gateway's (v1, as etcd uses) HTTP status for a gRPC code.
@@ -163,7 +152,7 @@ pub async fn handle(grpc: super::Grpc, req: Request) -> Response {
     let Some(&(_, service, method)) = ROUTES.iter().find(|r| r.0 == req.uri().path()) else {
         return error(12, "Not Implemented");
     };
-    let pool = match pool() {
+    let pool = match super::api_descriptors() {
         Ok(p) => p,
         Err(e) => return error(13, &e),
     };
@@ -201,10 +190,7 @@ pub async fn handle(grpc: super::Grpc, req: Request) -> Response {
         Ok(c) => c,
         Err(e) => return error(13, &e.to_string()),
     };
-    let resp = match grpc.oneshot(call).await {
-        Ok(r) => r,
-        Err(e) => return error(13, &e.to_string()),
-    };
+    let resp = grpc.handle(call).await;
     if let Some((code, msg)) = grpc_status(resp.headers())
         && code != 0
     {

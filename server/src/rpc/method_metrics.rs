@@ -86,7 +86,7 @@ fn known(service: &str, method: &str) -> bool {
     if service == "grpc.health.v1.Health" {
         return matches!(method, "Check" | "Watch");
     }
-    let Ok(pool) = super::gateway::pool() else { return false };
+    let Ok(pool) = super::api_descriptors() else { return false };
     pool.get_service_by_name(service).is_some_and(|s| s.methods().any(|m| m.name() == method))
 }
 

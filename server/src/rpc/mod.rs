@@ -26,6 +26,16 @@ use tonic::Request;
 use crate::etcdserver::EtcdServer;
 use crate::etcdserver::kv::Credentials;
 
+/// The API's descriptors: the JSON gateway's schema, and which methods exist
+/// (for the call metrics).
+pub(crate) fn api_descriptors() -> Result<&'static prost_reflect::DescriptorPool, String> {
+    use prost_reflect::DescriptorPool;
+    static POOL: std::sync::OnceLock<Result<DescriptorPool, String>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(kvd_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| format!("API descriptors: {e}"))
+}
+
 /// gRPC receive limit over the request limit, as etcd's.
 pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
