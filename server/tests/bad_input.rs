@@ -325,3 +325,56 @@ async fn unknown_services_and_methods_are_unimplemented_as_in_etcd() {
     assert!(!text.contains("Nope"), "an unknown name reached /metrics");
     check(&kvd).await;
 }
+
+/// The peer port refuses a message for another member (its address may
+/// have been reused) or from another cluster, and survives one it cannot
+/// decode; nothing reaches raft, and the data is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_messages_for_another_member_or_cluster_are_refused() {
+    use kvd_api::etcdserverpb::StatusRequest;
+    use kvd_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    use kvd_api::kvdpeerpb::peer_client::PeerClient;
+    use kvd_api::kvdpeerpb::{ClusterInfoRequest, RaftPayload, SnapshotChunk};
+
+    let (_dir, kvd) = kvd_with_sentinel().await;
+    let ch = Channel::from_shared(kvd.endpoint.clone()).unwrap().connect_lazy();
+    let status = MaintenanceClient::new(ch).status(StatusRequest {}).await.unwrap().into_inner();
+    let me = status.header.expect("a header").member_id;
+    let peer_url = kvd.flag("--listen-peer-urls").expect("a peer URL").to_string();
+    let mut peer = PeerClient::new(Channel::from_shared(peer_url).unwrap().connect_lazy());
+    let cluster = peer.cluster_info(ClusterInfoRequest {}).await.unwrap().into_inner().cluster_id;
+    let raft_index = status.raft_index;
+
+    let payload = |cluster_id, to| RaftPayload { cluster_id, to, data: vec![0xff; 64] };
+    let (code, msg) = outcome(peer.append_entries(payload(cluster, me ^ 1)).await);
+    assert_eq!(code, "FailedPrecondition", "{msg}");
+    assert!(msg.starts_with("etcdserver: peer message for another member"), "{msg}");
+    assert!(msg.contains(&format!("{me:x}")), "the refusal names this member: {msg}");
+    let (code, msg) = outcome(peer.vote(payload(cluster, me ^ 1)).await);
+    assert!(code == "FailedPrecondition" && msg.starts_with("etcdserver: peer message for another member"), "{msg}");
+    let (code, msg) = outcome(peer.append_entries(payload(cluster ^ 1, me)).await);
+    assert_eq!((code.as_str(), msg.as_str()), ("FailedPrecondition", "etcdserver: cluster ID mismatch"));
+    let chunk = SnapshotChunk { cluster_id: cluster, to: me ^ 1, header: vec![1; 16], data: vec![2; 1024] };
+    let (code, msg) = outcome(peer.install_snapshot(futures::stream::iter([chunk])).await);
+    assert!(code == "FailedPrecondition" && msg.starts_with("etcdserver: peer message for another member"), "{msg}");
+    // For this member, from this cluster, but not a raft message: refused, no panic.
+    let (code, msg) = outcome(peer.append_entries(payload(cluster, me)).await);
+    assert_ne!(code, "Ok", "{msg}");
+
+    check(&kvd).await;
+    let ch = Channel::from_shared(kvd.endpoint.clone()).unwrap().connect_lazy();
+    let after = MaintenanceClient::new(ch).status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(after.raft_index, raft_index, "a refused message reached the raft log");
+    let leftovers: Vec<_> = walk(&kvd.data_dir).into_iter().filter(|p| p.to_string_lossy().contains(".snap")).collect();
+    assert!(leftovers.is_empty(), "a refused snapshot left files behind: {leftovers:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}

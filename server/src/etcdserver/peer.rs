@@ -55,9 +55,8 @@ impl EtcdServer {
         let ch = match channels.get(url) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = crate::tls::endpoint(url, self.cfg.peer_client_tls.as_ref())
+                let ch = crate::raft::network::peer_endpoint(url, self.cfg.peer_client_tls.as_ref())
                     .map_err(|e| ServerError::Internal(format!("leader peer URL {e}")))?
-                    .tcp_nodelay(true)
                     .connect_lazy();
                 channels.insert(url.clone(), ch.clone());
                 ch

@@ -2,6 +2,15 @@
 //! kvd's gRPC peer service (`kvdpeerpb.Peer` on `--listen-peer-urls`). One
 //! lazily connected channel per peer; tonic reconnects with backoff. Payloads
 //! are openraft's own request and response types, postcard-encoded.
+//!
+//! A peer can vanish without closing its connections (a pod's network
+//! namespace is deleted, a host loses power) and come back elsewhere under
+//! the same name. HTTP/2 pings find such a connection dead within
+//! [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`], and the reconnect looks
+//! the name up again; without them every request would time out on it
+//! until TCP gives up, about 15 minutes later. Every message names the
+//! member it is for, and a member refuses what is not ([`WRONG_MEMBER`]):
+//! a reused address must not make another member answer for the target.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,13 +25,40 @@ use openraft::raft::{
 };
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use super::{Member, SnapshotData, TypeConfig, decode, encode};
 use crate::metrics;
 
 /// Largest peer message accepted or sent (a batch of entries).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+
+/// How often an open peer connection is pinged, busy or idle.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before its connection is dropped.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a member refuses a message meant for another member (the start of
+/// its FailedPrecondition message); the sender then reconnects.
+pub const WRONG_MEMBER: &str = "etcdserver: peer message for another member";
+
+/// The endpoint for a peer URL, as every peer connection is made: a short
+/// connect timeout, no Nagle delay, and keepalive pings (see the top of
+/// this file).
+pub fn peer_endpoint(url: &str, tls: Option<&tonic::transport::ClientTlsConfig>) -> Result<Endpoint, String> {
+    Ok(crate::tls::endpoint(url, tls)?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+fn peer_client(endpoint: &Endpoint) -> PeerClient<Channel> {
+    PeerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE)
+}
 
 /// The unary peer RPCs that carry openraft messages.
 #[derive(Clone, Copy)]
@@ -43,25 +79,22 @@ pub struct PeerNetwork {
 pub struct Peer {
     target: u64,
     cluster_id: u64,
-    client: Result<PeerClient<Channel>, String>,
+    /// Where the peer is, or why it cannot be reached.
+    endpoint: Result<Endpoint, String>,
+    client: Option<PeerClient<Channel>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
-        let client = match node.peer_urls.first() {
-            Some(url) => crate::tls::endpoint(url, self.tls.as_ref())
-                .map(|e| {
-                    let ch = e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
-                    PeerClient::new(ch)
-                        .max_decoding_message_size(MAX_PEER_MESSAGE)
-                        .max_encoding_message_size(MAX_PEER_MESSAGE)
-                })
-                .map_err(|e| format!("peer {target:x}: bad peer URL {url}: {e}")),
+        let endpoint = match node.peer_urls.first() {
+            Some(url) => {
+                peer_endpoint(url, self.tls.as_ref()).map_err(|e| format!("peer {target:x}: bad peer URL {url}: {e}"))
+            }
             None => Err(format!("peer {target:x} has no peer URL")),
         };
-        Peer { target, cluster_id: self.cluster_id, client }
+        Peer { target, cluster_id: self.cluster_id, endpoint, client: None }
     }
 }
 
@@ -70,6 +103,24 @@ fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
 }
 
 impl Peer {
+    /// The client, connecting (lazily) if there is none.
+    fn client(&mut self) -> Result<&mut PeerClient<Channel>, String> {
+        let endpoint = self.endpoint.as_ref().map_err(Clone::clone)?;
+        Ok(self.client.get_or_insert_with(|| peer_client(endpoint)))
+    }
+
+    /// Drops the connection after `status`, if it reached another member
+    /// than the target (its address was reused): the next call connects
+    /// anew and looks the target's name up again.
+    fn reconnect_if_wrong_member(&mut self, status: &tonic::Status) -> bool {
+        let wrong = status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(WRONG_MEMBER);
+        if wrong {
+            tracing::warn!(peer = %format_args!("{:x}", self.target), error = status.message(), "reconnecting to peer");
+            self.client = None;
+        }
+        wrong
+    }
+
     /// One unary call with openraft's deadline; transport failures are "unreachable".
     async fn call<Req: serde::Serialize, Resp: for<'a> serde::Deserialize<'a>>(
         &mut self,
@@ -79,8 +130,8 @@ impl Peer {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let m = metrics::get();
         let to = metrics::ToLabel { To: format!("{:x}", self.target) };
-        let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
-        let payload = RaftPayload { cluster_id: self.cluster_id, data: encode(req).to_vec() };
+        let payload = RaftPayload { cluster_id: self.cluster_id, data: encode(req).to_vec(), to: self.target };
+        let client = self.client().map_err(unreachable)?;
         let sent = payload.data.len() as u64;
         let fut = async {
             match kind {
@@ -105,7 +156,11 @@ impl Peer {
         }
         let resp = match res {
             Err(_) => return Err(unreachable(format!("peer {:x}: timed out", self.target))),
-            Ok(Err(s)) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
+            Ok(Err(s))
+                if s.code() == tonic::Code::Unavailable
+                    || s.code() == tonic::Code::Unknown
+                    || self.reconnect_if_wrong_member(&s) =>
+            {
                 return Err(unreachable(format!("peer {:x}: {}", self.target, s.message())));
             }
             Ok(Err(s)) => {
@@ -153,7 +208,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let target = self.target;
         let unreachable = |msg: String| StreamingError::Unreachable(Unreachable::from_string(msg));
-        let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?.clone();
+        let client = self.client().map_err(unreachable)?.clone();
         // Export the data to a file (one consistent read of the backend), then stream it.
         let path = match &snapshot.snapshot {
             SnapshotData::Local(be) => {
@@ -172,23 +227,44 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             SnapshotData::Received(p) => p.clone(),
         };
         let header = encode(&(vote, snapshot.meta.clone())).to_vec();
-        let res = send_snapshot(client, self.cluster_id, header, &path, cancel, option).await;
+        let res = send_snapshot(client, (self.cluster_id, target), header, &path, cancel, option).await;
         if matches!(snapshot.snapshot, SnapshotData::Local(_)) {
             let _ = std::fs::remove_file(&path);
         }
-        res.map_err(|e| unreachable(format!("sending snapshot to {target:x}: {e}")))
+        res.map_err(|e| {
+            let msg = match e {
+                SendError::Status(s) => {
+                    self.reconnect_if_wrong_member(&s);
+                    s.to_string()
+                }
+                SendError::Other(m) => m,
+            };
+            unreachable(format!("sending snapshot to {target:x}: {msg}"))
+        })
     }
 }
 
-/// Streams the snapshot file in chunks; the first carries `header`.
+/// Why a snapshot was not sent: the receiver's answer, or anything else.
+enum SendError {
+    Status(tonic::Status),
+    Other(String),
+}
+
+impl From<String> for SendError {
+    fn from(e: String) -> SendError {
+        SendError::Other(e)
+    }
+}
+
+/// Streams the snapshot file in chunks to member `to`; the first carries `header`.
 async fn send_snapshot(
     mut client: PeerClient<Channel>,
-    cluster_id: u64,
+    (cluster_id, to): (u64, u64),
     header: Vec<u8>,
     path: &std::path::Path,
     cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
     option: RPCOption,
-) -> Result<SnapshotResponse<TypeConfig>, String> {
+) -> Result<SnapshotResponse<TypeConfig>, SendError> {
     use tokio::io::AsyncReadExt;
     const CHUNK: usize = 1 << 20;
     let mut file = tokio::fs::File::open(path).await.map_err(|e| e.to_string())?;
@@ -202,7 +278,7 @@ async fn send_snapshot(
                 return Ok::<(), String>(());
             }
             buf.truncate(n);
-            let chunk = SnapshotChunk { cluster_id, header: header.take().unwrap_or_default(), data: buf };
+            let chunk = SnapshotChunk { cluster_id, header: header.take().unwrap_or_default(), data: buf, to };
             if tx.send(chunk).await.is_err() {
                 return Ok(());
             }
@@ -214,9 +290,9 @@ async fn send_snapshot(
     let resp = tokio::select! {
         r = async { tokio::join!(reader, tokio::time::timeout(timeout, call)) } => {
             r.0?;
-            r.1.map_err(|_| "timed out".to_string())?.map_err(|s| s.to_string())?
+            r.1.map_err(|_| "timed out".to_string())?.map_err(SendError::Status)?
         }
-        closed = cancel => return Err(format!("replication closed: {closed}")),
+        closed = cancel => return Err(SendError::Other(format!("replication closed: {closed}"))),
     };
-    decode(&resp.into_inner().data).map_err(|e| e.to_string())
+    decode(&resp.into_inner().data).map_err(|e| SendError::Other(e.to_string()))
 }

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};
 
 use crate::etcdserver::EtcdServer;
-use crate::raft::network::MAX_PEER_MESSAGE;
+use crate::raft::network::{MAX_PEER_MESSAGE, WRONG_MEMBER};
 
 pub struct PeerService {
     pub server: Arc<EtcdServer>,
@@ -26,29 +26,40 @@ impl PeerService {
         }
         Ok(())
     }
+
+    /// The cluster check, and that the message is for this member (`to`
+    /// 0 names no member: older kvd did not).
+    fn check_target(&self, cluster_id: u64, to: u64) -> Result<(), Status> {
+        self.check_cluster(cluster_id)?;
+        let me = self.server.member_id;
+        if to != 0 && to != me {
+            return Err(Status::failed_precondition(format!("{WRONG_MEMBER}: it is for {to:x}, this is {me:x}")));
+        }
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let r = req.into_inner();
-        self.check_cluster(r.cluster_id)?;
+        self.check_target(r.cluster_id, r.to)?;
         let data = self.server.peer_append_entries(&r.data).await?;
-        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
+        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 }))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let r = req.into_inner();
-        self.check_cluster(r.cluster_id)?;
+        self.check_target(r.cluster_id, r.to)?;
         let data = self.server.peer_vote(&r.data).await?;
-        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
+        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 }))
     }
 
     async fn transfer_leader(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let r = req.into_inner();
-        self.check_cluster(r.cluster_id)?;
+        self.check_target(r.cluster_id, r.to)?;
         let data = self.server.peer_transfer_leader(&r.data).await?;
-        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
+        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 }))
     }
 
     async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
@@ -77,7 +88,7 @@ impl Peer for PeerService {
         let mut header: Option<Vec<u8>> = None;
         let res: Result<(), Status> = async {
             while let Some(chunk) = stream.message().await? {
-                self.check_cluster(chunk.cluster_id)?;
+                self.check_target(chunk.cluster_id, chunk.to)?;
                 if header.is_none() {
                     header = Some(chunk.header);
                 }
@@ -96,7 +107,7 @@ impl Peer for PeerService {
             (Ok(()), None) => return Err(Status::invalid_argument("empty snapshot stream")),
         };
         let data = self.server.peer_install_snapshot(&header, path).await?;
-        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data }))
+        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 }))
     }
 
     async fn cluster_op(&self, req: Request<ClusterOpRequest>) -> Result<Response<ClusterOpResponse>, Status> {

@@ -114,10 +114,26 @@ impl Proc {
         initial_cluster: &str,
         extra: &[&str],
     ) -> Proc {
+        Self::member_in_ns_as(ns, data_dir, ip, name, &format!("http://{ip}:2380"), initial_cluster, extra)
+    }
+
+    /// [`member_in_ns`](Self::member_in_ns), advertising `peer_url` (a host
+    /// name, say) to its peers instead of `ip`.
+    pub fn member_in_ns_as(
+        ns: &str,
+        data_dir: &Path,
+        ip: &str,
+        name: &str,
+        peer_url: &str,
+        initial_cluster: &str,
+        extra: &[&str],
+    ) -> Proc {
         let client = format!("http://{ip}:2379");
-        let peer = format!("http://{ip}:2380");
         let mut args = vec!["netns".to_string(), "exec".into(), ns.into(), kvd_bin().display().to_string()];
-        args.extend(member_args(data_dir, name, &client, &peer, initial_cluster, extra));
+        args.extend(member_args(data_dir, name, &client, &format!("http://{ip}:2380"), initial_cluster, extra));
+        if let Some(i) = args.iter().position(|a| a == "--initial-advertise-peer-urls") {
+            args[i + 1] = peer_url.to_string();
+        }
         // `ip netns exec` execs kvd in place, so signals reach kvd itself.
         Proc::start(PathBuf::from("ip"), client, 2379, data_dir, args, Vec::new())
     }

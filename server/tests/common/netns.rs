@@ -46,6 +46,7 @@ fn remove_leftovers() {
     for name in String::from_utf8_lossy(&ns).split_whitespace() {
         if tag_of(name, "kvdns").is_some_and(stale) {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
         }
     }
     let links = Command::new("ip").args(["-o", "link", "show"]).output().map(|o| o.stdout).unwrap_or_default();
@@ -108,6 +109,25 @@ impl Net {
         format!("10.77.{}.{}", self.subnet, 10 + i)
     }
 
+    /// Gives every member namespace `text` as its `/etc/hosts` (`ip netns
+    /// exec` binds `/etc/netns/NAME/hosts` over it). Written in place, so
+    /// running members read the new text at their next lookup.
+    pub fn set_hosts(&self, text: &str) {
+        for i in 0..self.n {
+            let dir = Path::new("/etc/netns").join(self.ns(i));
+            std::fs::create_dir_all(&dir).expect("creating /etc/netns/NS");
+            std::fs::write(dir.join("hosts"), text).expect("writing /etc/netns/NS/hosts");
+        }
+    }
+
+    /// Moves member `i` to address `to` (in this net's subnet): its old
+    /// address is gone at once, and what was sent to it is dropped unanswered.
+    pub fn move_addr(&self, i: usize, to: &str) {
+        let ns = self.ns(i);
+        ip(&["netns", "exec", &ns, "ip", "addr", "flush", "dev", "eth0"]);
+        ip(&["netns", "exec", &ns, "ip", "addr", "add", &format!("{to}/24"), "dev", "eth0"]);
+    }
+
     /// Takes member `i`'s only link down (`up == false`) or up again.
     pub fn link(&self, i: usize, up: bool) {
         ip(&["link", "set", &self.veth(i), if up { "up" } else { "down" }]);
@@ -167,6 +187,7 @@ impl Drop for Net {
         for i in 0..self.n {
             let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).status();
             let _ = Command::new("ip").args(["link", "del", &self.veth(i)]).status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(self.ns(i)));
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge()]).status();
     }
