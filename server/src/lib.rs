@@ -21,6 +21,7 @@ pub mod quota;
 pub mod raft;
 pub mod rpc;
 pub mod snapshot;
+pub mod sockets;
 pub mod telemetry;
 pub mod tls;
 pub mod wal;

@@ -82,10 +82,7 @@ where
         tasks.spawn(async move { axum::serve(l, svc).await });
         return Ok(());
     }
-    // No Nagle: small gRPC replies must not wait for a delayed ACK.
-    let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let l = axum::serve::ListenerExt::tap_io(l, |tcp| kvd::sockets::tune_accepted(tcp));
     let svc = ServiceExt::<axum::extract::Request>::into_make_service(svc);
     tasks.spawn(async move { axum::serve(CoalescingListener(l), svc).await });
     Ok(())

@@ -183,7 +183,7 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let _ = sock.set_nodelay(true);
+                crate::sockets::tune_accepted(&sock);
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
                 let tx = tx.clone();
                 tokio::spawn(async move {
