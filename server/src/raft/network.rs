@@ -36,7 +36,9 @@ pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 /// How often an open peer connection is pinged, busy or idle.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a ping may go unanswered before its connection is dropped.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// As etcd's peer read timeout: a ping sent behind a large AppendEntries or
+/// snapshot chunk on a slow link waits for the bytes ahead of it.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a member refuses a message meant for another member (the start of
 /// its FailedPrecondition message); the sender then reconnects.
