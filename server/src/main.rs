@@ -17,6 +17,28 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mi_option_purge_delay` in mimalloc 2's `mimalloc.h` (the bindings have
 /// no name for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// `mi_option_arena_eager_commit`, likewise.
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// mimalloc's arena is committed as it is used, not all at once. Committed
+/// eagerly (its default on Linux), the 1 GiB arena is advised for huge
+/// pages, and a few bytes touched fault in 2 MiB: an idle kvd held 50 MB
+/// (28.7 MB without), and its peak over 10 s of puts at 100 clients was
+/// 216 MB (191 MB without; medians of 6 alternating rounds, throughput the
+/// same; BENCHMARKS.md, session 12).
+/// The arena is reserved by the first allocation, before `main`, so this
+/// runs as a constructor, and it must not allocate: `getenv`, not
+/// `std::env`. `MIMALLOC_ARENA_EAGER_COMMIT` still wins.
+#[ctor::ctor(unsafe)]
+fn lazy_arena_commit() {
+    // SAFETY: getenv with a NUL-terminated name, before any thread exists;
+    // mi_option_set sets one of mimalloc's integer options.
+    unsafe {
+        if libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        }
+    }
+}
 
 /// Freed memory goes back to the system after a second, not 10 ms: redb
 /// allocates and frees each commit's pages, and at 10 ms mimalloc returned
