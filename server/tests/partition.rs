@@ -1,7 +1,9 @@
 //! Network partitions between real kvd members, each in a network namespace
 //! this test creates (joined by a bridge it also creates). Cutting a member's
 //! link isolates it in both directions: the minority stops taking writes, the
-//! majority goes on, and after healing every member converges.
+//! majority goes on, and after healing every member converges. A member that
+//! vanishes silently and comes back at a new address under its name (as a
+//! recreated pod does) is reached again.
 //!
 //! Needs root and iproute2 (as CI has); the namespaces and the bridge are
 //! removed when the test ends.
@@ -90,7 +92,7 @@ fn minority_stops_majority_goes_on_and_all_converge() {
     drop(members);
 }
 
-/// Member `i`'s role: (its id, the leader it knows), from `endpoint status`.
+/// The member behind `endpoint`: (its id, the leader it knows), from `endpoint status`.
 fn status_of(endpoint: &str) -> Option<(u64, u64)> {
     let (ok, out) = etcdctl(endpoint, &["endpoint", "status", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
