@@ -20,39 +20,38 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// `mi_option_arena_eager_commit`, likewise.
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
-/// mimalloc's arena is committed as it is used, not all at once. Committed
-/// eagerly (its default on Linux), the 1 GiB arena is advised for huge
-/// pages, and a few bytes touched fault in 2 MiB: an idle kvd held 50 MB
-/// (28.7 MB without), and its peak over 10 s of puts at 100 clients was
-/// 216 MB (191 MB without; medians of 6 alternating rounds, throughput the
-/// same; BENCHMARKS.md, session 12).
-/// The arena is reserved by the first allocation, before `main`, so this
-/// runs as a constructor, and it must not allocate: `getenv`, not
-/// `std::env`. `MIMALLOC_ARENA_EAGER_COMMIT` still wins.
+/// kvd's two mimalloc options, each unless its environment variable is set.
+/// They are set by a constructor: the first allocation, before `main`,
+/// reserves the arena, so a later setting would miss it; and nothing here
+/// may allocate (`getenv`, not `std::env`).
+/// - The arena is committed as it is used, not all at once. Committed
+///   eagerly (mimalloc's default on Linux), the 1 GiB arena is advised for
+///   huge pages, and a few bytes touched fault in 2 MiB: an idle kvd held
+///   50 MB (28.7 MB without), and its peak over 10 s of puts at 100 clients
+///   was 216 MB (191 MB without; medians of 6 alternating rounds,
+///   throughput the same; BENCHMARKS.md, session 12).
+/// - Freed memory goes back to the system after a second, not 10 ms: redb
+///   allocates and frees each commit's pages, and at 10 ms mimalloc
+///   returned them between commits only to fault them in (and zero them)
+///   again, 5x the page faults and ~3% of a put's CPU.
 #[ctor::ctor(unsafe)]
-fn lazy_arena_commit() {
+fn tune_allocator() {
+    set_unless_in_env(c"MIMALLOC_ARENA_EAGER_COMMIT", MI_OPTION_ARENA_EAGER_COMMIT, 0);
+    set_unless_in_env(c"MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, 1000);
+}
+
+/// Sets mimalloc's `option` to `value` unless the variable `env` is set.
+fn set_unless_in_env(env: &std::ffi::CStr, option: libmimalloc_sys::mi_option_t, value: std::ffi::c_long) {
     // SAFETY: getenv with a NUL-terminated name, before any thread exists;
     // mi_option_set sets one of mimalloc's integer options.
     unsafe {
-        if libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
-            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        if libc::getenv(env.as_ptr()).is_null() {
+            libmimalloc_sys::mi_option_set(option, value);
         }
     }
 }
 
-/// Freed memory goes back to the system after a second, not 10 ms: redb
-/// allocates and frees each commit's pages, and at 10 ms mimalloc returned
-/// them between commits only to fault them in (and zero them) again, 5x the
-/// page faults and ~3% of a put's CPU. `MIMALLOC_PURGE_DELAY` still wins.
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's integer options; no pointers involved.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
     let flags = Flags::parse();
     #[cfg(feature = "failpoints")]
     let _failpoints = kvd::failpoints::setup();

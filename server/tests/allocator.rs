@@ -1,14 +1,14 @@
 //! kvd's allocator settings take effect: mimalloc's arena is committed
-//! lazily (the option is set by a constructor, before the first allocation
-//! reserves the arena), and `MIMALLOC_ARENA_EAGER_COMMIT` still overrides
-//! it. mimalloc prints its options at start-up with `MIMALLOC_VERBOSE=1`.
+//! lazily and freed memory is purged after a second (both set by a
+//! constructor, before the first allocation reserves the arena), and the
+//! environment still overrides each. mimalloc prints its options at start-up with `MIMALLOC_VERBOSE=1`.
 
 mod common;
 
 use std::process::Command;
 
-/// What mimalloc reports for `arena_eager_commit` when kvd starts with `env`.
-fn arena_eager_commit(env: &[(&str, &str)]) -> String {
+/// What mimalloc reports for `option` when kvd starts with `env`.
+fn mimalloc_option(option: &str, env: &[(&str, &str)]) -> String {
     let out = Command::new(common::kvd_bin())
         .arg("--version")
         .env("MIMALLOC_VERBOSE", "1")
@@ -19,13 +19,20 @@ fn arena_eager_commit(env: &[(&str, &str)]) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
-        .find(|l| l.contains("option 'arena_eager_commit'"))
-        .unwrap_or_else(|| panic!("mimalloc printed no arena_eager_commit option:\n{err}"));
+        .find(|l| l.contains(&format!("option '{option}'")))
+        .unwrap_or_else(|| panic!("mimalloc printed no {option} option:\n{err}"));
     line.rsplit(':').next().unwrap_or_default().trim().to_string()
 }
 
 #[test]
 fn the_arena_is_committed_lazily_unless_the_environment_says_otherwise() {
-    assert_eq!(arena_eager_commit(&[]), "0", "kvd's default");
-    assert_eq!(arena_eager_commit(&[("MIMALLOC_ARENA_EAGER_COMMIT", "1")]), "1", "the environment wins");
+    assert_eq!(mimalloc_option("arena_eager_commit", &[]), "0", "kvd's default");
+    let env = [("MIMALLOC_ARENA_EAGER_COMMIT", "1")];
+    assert_eq!(mimalloc_option("arena_eager_commit", &env), "1", "the environment wins");
+}
+
+#[test]
+fn freed_memory_is_purged_after_a_second_unless_the_environment_says_otherwise() {
+    assert_eq!(mimalloc_option("purge_delay", &[]), "1000", "kvd's default");
+    assert_eq!(mimalloc_option("purge_delay", &[("MIMALLOC_PURGE_DELAY", "10")]), "10", "the environment wins");
 }

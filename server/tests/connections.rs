@@ -34,15 +34,23 @@ async fn keepalive_timers(port: u16) -> (Vec<Option<u64>>, String) {
             .lines()
             .map(|l| {
                 let rest = l.split("timer:(keepalive,").nth(1)?;
-                // "14sec", or "1min59sec" for longer timers.
-                let secs = rest.split(',').next()?;
-                Some(match secs.split_once("min") {
-                    Some((m, s)) => m.parse::<u64>().ok()? * 60 + s.trim_end_matches("sec").parse::<u64>().unwrap_or(0),
-                    None => secs.trim_end_matches("sec").trim_end_matches("ms").parse::<u64>().ok()?,
-                })
+                let left = rest.split(',').next().unwrap_or_default();
+                Some(timer_secs(left).unwrap_or_else(|| panic!("unreadable keepalive timer {left:?} in:\n{text}")))
             })
             .collect();
         return (timers, text);
+    }
+}
+
+/// Whole seconds of an `ss` timer: "14sec", "1min59sec", or "867ms" (0).
+fn timer_secs(t: &str) -> Option<u64> {
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms.parse::<u64>().ok().map(|_| 0);
+    }
+    let t = t.strip_suffix("sec")?;
+    match t.split_once("min") {
+        Some((m, s)) => Some(m.parse::<u64>().ok()? * 60 + s.parse::<u64>().ok()?),
+        None => t.parse().ok(),
     }
 }
 

@@ -37,6 +37,11 @@ impl PeerService {
         }
         Ok(())
     }
+
+    /// A raft answer from this member.
+    fn answer(&self, data: Vec<u8>) -> Response<RaftPayload> {
+        Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 })
+    }
 }
 
 #[tonic::async_trait]
@@ -45,21 +50,21 @@ impl Peer for PeerService {
         let r = req.into_inner();
         self.check_target(r.cluster_id, r.to)?;
         let data = self.server.peer_append_entries(&r.data).await?;
-        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 }))
+        Ok(self.answer(data))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let r = req.into_inner();
         self.check_target(r.cluster_id, r.to)?;
         let data = self.server.peer_vote(&r.data).await?;
-        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 }))
+        Ok(self.answer(data))
     }
 
     async fn transfer_leader(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let r = req.into_inner();
         self.check_target(r.cluster_id, r.to)?;
         let data = self.server.peer_transfer_leader(&r.data).await?;
-        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 }))
+        Ok(self.answer(data))
     }
 
     async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
@@ -107,7 +112,7 @@ impl Peer for PeerService {
             (Ok(()), None) => return Err(Status::invalid_argument("empty snapshot stream")),
         };
         let data = self.server.peer_install_snapshot(&header, path).await?;
-        Ok(Response::new(RaftPayload { cluster_id: self.server.cluster_id, data, to: 0 }))
+        Ok(self.answer(data))
     }
 
     async fn cluster_op(&self, req: Request<ClusterOpRequest>) -> Result<Response<ClusterOpResponse>, Status> {
