@@ -83,6 +83,12 @@ async fn every_workload_runs_and_reports() {
     let (ok, out, err) = common::etcdctl(ep, &["lease", "list"], None);
     assert!(ok && out.contains("found 0 leases"), "{out}{err}");
 
+    // A refused request is counted by its code and message, not as a success
+    // (kvd answers it with the status alone, in the reply's headers).
+    let big = bench(&["put", "--endpoints", ep, "--clients", "2", "--total", "6", "--val-size", "1600000"]);
+    assert_eq!(big["ok"], 0, "{big}");
+    assert_eq!(big["errors"]["InvalidArgument: etcdserver: request is too large"], 6, "{big}");
+
     // --target-leader finds the (only) member through Status.
     let l = bench(&[&["put"], &base[..], &["--total", "10", "--target-leader"]].concat());
     assert_eq!(l["ok"], 10);

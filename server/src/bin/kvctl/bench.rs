@@ -11,18 +11,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use kvd_api::etcdserverpb::kv_client::KvClient;
 use kvd_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use kvd_api::etcdserverpb::request_op::Request as Op;
-use kvd_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest};
+use kvd_api::etcdserverpb::{
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, StatusRequest, TxnRequest, TxnResponse,
+};
 use tonic::Status;
 use tonic::transport::Channel;
 
 mod conn;
 mod lease_keepalive;
+mod unary;
 mod watch_latency;
-pub(crate) use conn::{Conn, connections};
+pub(crate) use conn::{Conn, connection_urls, connections};
 use lease_keepalive::lease_keepalive;
+use unary::{MethodUri, UnaryConn, unary_connections};
 use watch_latency::{WatchLatencyArgs, watch_latency};
 
 #[derive(Subcommand)]
@@ -118,6 +121,8 @@ pub struct TxnMixedArgs {
     #[arg(long, default_value = "l")]
     consistency: String,
 }
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn endpoint_url(e: &str) -> String {
     if e.contains("://") { e.to_string() } else { format!("http://{e}") }
@@ -223,12 +228,18 @@ pub async fn run(w: Workload) -> Result<(), String> {
             ("txn-mixed", t.common, op)
         }
     };
-    let callers = connections(&common)
+    let callers = unary_connections(&common)
         .await?
         .into_iter()
         .cycle()
         .take(common.clients.max(1))
-        .map(|ch| KvCaller { kv: KvClient::new(ch).max_decoding_message_size(usize::MAX), op: op.clone() })
+        .map(|conn| KvCaller {
+            put: conn.method("/etcdserverpb.KV/Put"),
+            range: conn.method("/etcdserverpb.KV/Range"),
+            txn: conn.method("/etcdserverpb.KV/Txn"),
+            conn,
+            op: op.clone(),
+        })
         .collect();
     let report = drive(&common, callers).await?;
     report.print(name, &common);
@@ -242,16 +253,19 @@ pub(crate) trait Caller: Send + 'static {
 
 /// A KV client that sends what `op` makes.
 struct KvCaller {
-    kv: KvClient<Conn>,
+    conn: UnaryConn,
+    put: MethodUri,
+    range: MethodUri,
+    txn: MethodUri,
     op: MakeOp,
 }
 
 impl Caller for KvCaller {
     async fn call(&mut self, rng: &mut u64, n: u64) -> Result<(), Status> {
         match (self.op)(rng, n) {
-            Request::Put(r) => self.kv.put(r).await.map(|_| ()),
-            Request::Range(r) => self.kv.range(r).await.map(|_| ()),
-            Request::Txn(r) => self.kv.txn(r).await.map(|_| ()),
+            Request::Put(r) => self.conn.call::<_, PutResponse>(&self.put, &r).await.map(|_| ()),
+            Request::Range(r) => self.conn.call::<_, RangeResponse>(&self.range, &r).await.map(|_| ()),
+            Request::Txn(r) => self.conn.call::<_, TxnResponse>(&self.txn, &r).await.map(|_| ()),
         }
     }
 }

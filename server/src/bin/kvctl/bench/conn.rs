@@ -17,9 +17,7 @@ use tokio::net::TcpStream;
 use tonic::codegen::http::uri::{Authority, Scheme};
 use tonic::codegen::http::{Request, Response, Uri};
 
-use super::{Common, endpoint_url, leader_endpoint};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::{BoxError, Common, endpoint_url, leader_endpoint};
 
 /// One connection; clones share it (HTTP/2 streams), as a `Channel`'s do.
 #[derive(Clone)]
@@ -51,12 +49,17 @@ impl tower::Service<Request<tonic::body::Body>> for Conn {
     }
 }
 
+/// The URL of each of `--conns` connections, spread over the endpoints (or
+/// all the leader's).
+pub(crate) async fn connection_urls(c: &Common) -> Result<Vec<String>, String> {
+    let endpoints = if c.target_leader { vec![leader_endpoint(c).await?] } else { c.endpoints.clone() };
+    Ok((0..c.conns.max(1)).map(|i| endpoint_url(&endpoints[i % endpoints.len()])).collect())
+}
+
 /// `--conns` connections, spread over the endpoints (or all to the leader).
 pub(crate) async fn connections(c: &Common) -> Result<Vec<Conn>, String> {
-    let endpoints = if c.target_leader { vec![leader_endpoint(c).await?] } else { c.endpoints.clone() };
     let mut conns = Vec::new();
-    for i in 0..c.conns.max(1) {
-        let url = endpoint_url(&endpoints[i % endpoints.len()]);
+    for url in connection_urls(c).await? {
         conns.push(connect(&url).await.map_err(|e| format!("{url}: {e}"))?);
     }
     Ok(conns)
