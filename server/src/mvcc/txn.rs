@@ -150,8 +150,8 @@ impl<'a> WriteTxn<'a> {
                     None => b.delete(t, k),
                 }
             }
-            b.put(Table::Meta, meta::CONSISTENT_INDEX.to_vec(), meta::encode(index));
-            b.put(Table::Meta, meta::CONSISTENT_TERM.to_vec(), meta::encode(term));
+            b.put_named(Table::Meta, meta::CONSISTENT_INDEX, meta::encode(index));
+            b.put_named(Table::Meta, meta::CONSISTENT_TERM, meta::encode(term));
         });
         if changed {
             store.current_rev.fetch_add(1, Ordering::SeqCst);

@@ -55,7 +55,11 @@ pub enum SnapshotData {
 
 /// postcard encoding for raft structures stored in the WAL and the backend.
 pub fn encode<T: Serialize>(v: &T) -> Bytes {
-    Bytes::from(postcard::to_stdvec(v).expect("serializing raft state to memory cannot fail"))
+    // Sized first: grown as it was written, the vector of an entry was
+    // reallocated a few times per put.
+    let size = postcard::experimental::serialized_size(v).unwrap_or(0);
+    let out = postcard::to_extend(v, Vec::with_capacity(size));
+    Bytes::from(out.expect("serializing raft state to memory cannot fail"))
 }
 
 pub fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> std::io::Result<T> {

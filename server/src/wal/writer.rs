@@ -169,9 +169,9 @@ impl Writer {
             return Err(WalError::Failed(f.clone()));
         }
         if !buf.is_empty() {
-            let path = self.dir.join(self.name.file_name());
             let _span = info_span!("wal_append", bytes = buf.len()).entered();
             if let Err(e) = self.file.pwrite(buf, self.offset) {
+                let path = self.path();
                 self.failed = Some(format!("write {}: {e}", path.display()));
                 return Err(WalError::io(&path, e));
             }
@@ -179,6 +179,11 @@ impl Writer {
             self.unsynced = true;
         }
         if sync && self.unsynced { self.sync() } else { Ok(()) }
+    }
+
+    /// The open segment's path (for errors: built only when one happens).
+    fn path(&self) -> PathBuf {
+        self.dir.join(self.name.file_name())
     }
 
     /// Keeps the [`ZERO_AHEAD`] bytes past the tail written with real zeros.
@@ -214,7 +219,6 @@ impl Writer {
 
     /// fdatasync of the open segment.
     fn sync(&mut self) -> Result<(), WalError> {
-        let path = self.dir.join(self.name.file_name());
         let start = Instant::now();
         // fdatasync: the records are durable once this returns; callers ack only after it.
         crate::failpoints::crash_point("wal_before_fsync");
@@ -229,6 +233,7 @@ impl Writer {
         }
         if let Err(e) = synced {
             // After a failed fsync the page cache state is unknown: never retry.
+            let path = self.path();
             self.failed = Some(format!("fdatasync {}: {e}", path.display()));
             return Err(WalError::io(&path, e));
         }
