@@ -65,17 +65,23 @@ pub(crate) async fn connections(c: &Common) -> Result<Vec<Conn>, String> {
     Ok(conns)
 }
 
-async fn connect(url: &str) -> Result<Conn, BoxError> {
+/// A TCP connection to `url`'s host and port (no delay), with its authority.
+/// Requests leave in batches, as the server's replies do
+/// (`kvd::rpc::coalesce`): without it each request was its own `writev`,
+/// and the loopback send path a third of the load generator's CPU.
+pub(crate) async fn dial(url: &str) -> Result<(Coalesced<TcpStream>, Authority), BoxError> {
     let uri: Uri = url.parse()?;
     let authority = uri.authority().cloned().ok_or("no host in the endpoint")?;
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let tcp = TcpStream::connect((host, authority.port_u16().unwrap_or(2379))).await?;
     tcp.set_nodelay(true)?;
-    // Requests leave in batches, as the server's replies do
-    // (`kvd::rpc::coalesce`): without it each request was its own `writev`,
-    // and the loopback send path a third of the load generator's CPU.
-    let io = TokioIo::new(Coalesced::new(tcp));
-    let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
+    Ok((Coalesced::new(tcp), authority))
+}
+
+async fn connect(url: &str) -> Result<Conn, BoxError> {
+    let (io, authority) = dial(url).await?;
+    let (send, connection) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(io)).await?;
     tokio::spawn(connection);
     Ok(Conn { send, authority })
 }

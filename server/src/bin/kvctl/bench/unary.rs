@@ -17,13 +17,12 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
-use kvd::rpc::coalesce::Coalesced;
 use prost::Message;
-use tokio::net::TcpStream;
 use tonic::Status;
 use tonic::codegen::http::uri::{Authority, PathAndQuery, Scheme};
 use tonic::codegen::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 
+use super::conn::dial;
 use super::{BoxError, Common, connection_urls};
 
 /// Flow-control windows, as hyper's HTTP/2 client sets them: replies of a
@@ -57,15 +56,11 @@ pub(crate) async fn unary_connections(c: &Common) -> Result<Vec<UnaryConn>, Stri
 
 impl UnaryConn {
     async fn connect(url: &str) -> Result<Self, BoxError> {
-        let uri: Uri = url.parse()?;
-        let authority = uri.authority().cloned().ok_or("no host in the endpoint")?;
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        let tcp = TcpStream::connect((host, authority.port_u16().unwrap_or(2379))).await?;
-        tcp.set_nodelay(true)?;
+        let (io, authority) = dial(url).await?;
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
-            .handshake::<_, Bytes>(Coalesced::new(tcp))
+            .handshake::<_, Bytes>(io)
             .await?;
         tokio::spawn(async move {
             // A broken connection fails the calls on it, which report it.
