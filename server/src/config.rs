@@ -133,7 +133,10 @@ pub struct Flags {
     pub backend_batch_limit: usize,
     /// Bytes of backend pages cached in memory (the rest is read through the
     /// operating system's page cache, which does not count as kvd's RSS).
-    #[arg(long, env = "KVD_BACKEND_CACHE_SIZE", default_value_t = 64 << 20)]
+    /// 16 MiB: 64 MiB held about 75 MB more RSS under put load and 130 MB
+    /// more under random reads of a 560 MB backend, for no more throughput
+    /// (BENCHMARKS.md, session 13).
+    #[arg(long, env = "KVD_BACKEND_CACHE_SIZE", default_value_t = 16 << 20)]
     pub backend_cache_size: usize,
     /// Export spans over OTLP.
     #[arg(long, env = "KVD_EXPERIMENTAL_ENABLE_DISTRIBUTED_TRACING", default_value_t = false)]
