@@ -83,6 +83,14 @@ async fn every_workload_runs_and_reports() {
     let (ok, out, err) = common::etcdctl(ep, &["lease", "list"], None);
     assert!(ok && out.contains("found 0 leases"), "{out}{err}");
 
+    // A reply longer than one HTTP/2 frame (16 KiB; here 20 values of 4 KiB
+    // and the keys before them) is gathered whole before it is decoded.
+    let fill = ["--endpoints", ep, "--total", "20", "--key-space-size", "20", "--sequential-keys", "--key-size", "3"];
+    let p = bench(&[&["put"], &fill[..], &["--val-size", "4096"]].concat());
+    assert_eq!(p["ok"], 20, "{p}");
+    let r = bench(&["range", "0", "g", "--endpoints", ep, "--clients", "2", "--total", "10"]);
+    assert_eq!((r["ok"].as_u64(), r["errors"].as_object().map(|e| e.len())), (Some(10), Some(0)), "{r}");
+
     // A refused request is counted by its code and message, not as a success
     // (kvd answers it with the status alone, in the reply's headers).
     let big = bench(&["put", "--endpoints", ep, "--clients", "2", "--total", "6", "--val-size", "1600000"]);

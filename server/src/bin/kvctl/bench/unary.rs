@@ -104,11 +104,24 @@ impl UnaryConn {
             // A trailers-only reply: the status is in the headers.
             return if st.code() == tonic::Code::Ok { Err(Status::internal("no reply message")) } else { Err(st) };
         }
+        // Most replies are one DATA frame, kept as it came; a longer one is
+        // gathered once into one buffer.
         let mut msg = Bytes::new();
+        let mut gathered = BytesMut::new();
         while let Some(chunk) = data.data().await {
             let chunk = chunk.map_err(h2_status)?;
             let _ = data.flow_control().release_capacity(chunk.len());
-            msg = if msg.is_empty() { chunk } else { [msg, chunk].concat().into() };
+            if msg.is_empty() && gathered.is_empty() {
+                msg = chunk;
+            } else {
+                if gathered.is_empty() {
+                    gathered.extend_from_slice(&std::mem::take(&mut msg));
+                }
+                gathered.extend_from_slice(&chunk);
+            }
+        }
+        if !gathered.is_empty() {
+            msg = gathered.freeze();
         }
         let trailers = data.trailers().await.map_err(h2_status)?.unwrap_or_default();
         match Status::from_header_map(&trailers) {
