@@ -1,5 +1,7 @@
-//! The load generator's connections: one HTTP/2 connection each, used
-//! directly by the generated gRPC clients.
+//! The load generator's connections for the streaming workloads (watch,
+//! lease keep-alive): one HTTP/2 connection each, used directly by tonic's
+//! generated clients; and [`dial`], which the unary connections of
+//! `unary.rs` share.
 //!
 //! tonic's `Channel` puts a buffer task between every call and its
 //! connection (and reconnects, which a benchmark should report as errors
