@@ -14,10 +14,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
 
 /// Gateway path → (gRPC service, method), as etcd's `google.api.http` options.
@@ -119,10 +118,7 @@ fn frames(desc: &MessageDescriptor, body: &[u8]) -> Result<BytesMut, String> {
         // Unknown fields are ignored, as etcd's gateway ignores them.
         let opts = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
         let msg = DynamicMessage::deserialize_with_options(desc.clone(), v, &opts).map_err(|e| e.to_string())?;
-        let bytes = msg.encode_to_vec();
-        out.put_u8(0);
-        out.put_u32(bytes.len() as u32);
-        out.extend_from_slice(&bytes);
+        super::grpc_frame::put(&mut out, &msg);
     }
     Ok(out)
 }
@@ -130,12 +126,11 @@ fn frames(desc: &MessageDescriptor, body: &[u8]) -> Result<BytesMut, String> {
 /// Splits complete gRPC frames off the front of `buf`.
 fn take_frames(buf: &mut BytesMut) -> Vec<Bytes> {
     let mut out = Vec::new();
-    while buf.len() >= 5 {
-        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        if buf.len() < 5 + len {
+    while let Some((_, len)) = super::grpc_frame::header(buf) {
+        if buf.len() < super::grpc_frame::HEADER_LEN + len {
             break;
         }
-        buf.advance(5);
+        buf.advance(super::grpc_frame::HEADER_LEN);
         out.push(buf.split_to(len).freeze());
     }
     out

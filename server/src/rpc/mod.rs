@@ -8,6 +8,7 @@ mod concurrency;
 mod counted;
 mod dispatch;
 mod gateway;
+pub mod grpc_frame;
 mod http;
 mod kv;
 mod lease;

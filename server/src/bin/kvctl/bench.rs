@@ -25,7 +25,8 @@ mod unary;
 mod watch_latency;
 pub(crate) use conn::{Conn, connection_urls, connections};
 use lease_keepalive::lease_keepalive;
-use unary::{MethodUri, UnaryConn, unary_connections};
+use tonic::codegen::http::Uri;
+use unary::{UnaryConn, unary_connections};
 use watch_latency::{WatchLatencyArgs, watch_latency};
 
 #[derive(Subcommand)]
@@ -254,9 +255,9 @@ pub(crate) trait Caller: Send + 'static {
 /// A KV client that sends what `op` makes.
 struct KvCaller {
     conn: UnaryConn,
-    put: MethodUri,
-    range: MethodUri,
-    txn: MethodUri,
+    put: Uri,
+    range: Uri,
+    txn: Uri,
     op: MakeOp,
 }
 

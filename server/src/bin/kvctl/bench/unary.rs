@@ -15,8 +15,9 @@
 //! reply), then one uncompressed length-prefixed message that must decode
 //! as the expected type.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::client::SendRequest;
+use kvd::rpc::grpc_frame;
 use prost::Message;
 use tonic::Status;
 use tonic::codegen::http::uri::{Authority, PathAndQuery, Scheme};
@@ -36,12 +37,6 @@ const CONN_WINDOW: u32 = 5 << 20;
 pub(crate) struct UnaryConn {
     send: SendRequest<Bytes>,
     authority: Authority,
-}
-
-/// A method's full URI on one connection, built once per caller.
-#[derive(Clone)]
-pub(crate) struct MethodUri {
-    uri: Uri,
 }
 
 /// `--conns` connections for unary calls, spread over the endpoints (or all
@@ -70,26 +65,21 @@ impl UnaryConn {
     }
 
     /// The URI of `path` ("/etcdserverpb.KV/Put") on this connection.
-    pub(crate) fn method(&self, path: &'static str) -> MethodUri {
-        let uri = Uri::builder()
+    pub(crate) fn method(&self, path: &'static str) -> Uri {
+        Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
             .path_and_query(PathAndQuery::from_static(path))
             .build()
-            .expect("a static path and a parsed authority make a URI");
-        MethodUri { uri }
+            .expect("a static path and a parsed authority make a URI")
     }
 
     /// Sends `req` to `method` and returns the decoded reply.
-    pub(crate) async fn call<Q: Message, R: Message + Default>(
-        &self,
-        method: &MethodUri,
-        req: &Q,
-    ) -> Result<R, Status> {
+    pub(crate) async fn call<Q: Message, R: Message + Default>(&self, method: &Uri, req: &Q) -> Result<R, Status> {
         let mut send = self.send.clone().ready().await.map_err(h2_status)?;
         let mut head = Request::new(());
         *head.method_mut() = Method::POST;
-        *head.uri_mut() = method.uri.clone();
+        *head.uri_mut() = method.clone();
         let h = head.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -104,24 +94,20 @@ impl UnaryConn {
             // A trailers-only reply: the status is in the headers.
             return if st.code() == tonic::Code::Ok { Err(Status::internal("no reply message")) } else { Err(st) };
         }
-        // Most replies are one DATA frame, kept as it came; a longer one is
-        // gathered once into one buffer.
+        // Most replies are one DATA frame, kept as it came; a longer one
+        // grows in one buffer (a unique `Bytes` turns into `BytesMut` without
+        // a copy).
         let mut msg = Bytes::new();
-        let mut gathered = BytesMut::new();
         while let Some(chunk) = data.data().await {
             let chunk = chunk.map_err(h2_status)?;
             let _ = data.flow_control().release_capacity(chunk.len());
-            if msg.is_empty() && gathered.is_empty() {
-                msg = chunk;
+            msg = if msg.is_empty() {
+                chunk
             } else {
-                if gathered.is_empty() {
-                    gathered.extend_from_slice(&std::mem::take(&mut msg));
-                }
-                gathered.extend_from_slice(&chunk);
-            }
-        }
-        if !gathered.is_empty() {
-            msg = gathered.freeze();
+                let mut all = BytesMut::from(msg);
+                all.extend_from_slice(&chunk);
+                all.freeze()
+            };
         }
         let trailers = data.trailers().await.map_err(h2_status)?.unwrap_or_default();
         match Status::from_header_map(&trailers) {
@@ -133,26 +119,22 @@ impl UnaryConn {
     }
 }
 
-/// A gRPC message frame: uncompressed flag, 4-byte big-endian length, message.
+/// `m` as one gRPC frame.
 fn frame(m: &impl Message) -> Bytes {
-    let len = m.encoded_len();
-    let mut b = BytesMut::with_capacity(5 + len);
-    b.put_u8(0);
-    b.put_u32(len as u32);
-    m.encode(&mut b).expect("the buffer was sized for the message");
+    let mut b = BytesMut::new();
+    grpc_frame::put(&mut b, m);
     b.freeze()
 }
 
 /// The one message of a reply body.
 fn unframe<R: Message + Default>(mut b: Bytes) -> Result<R, Status> {
-    if b.len() < 5 {
+    let Some((compressed, len)) = grpc_frame::header(&b) else {
         return Err(Status::internal(format!("reply body of {} bytes has no message frame", b.len())));
-    }
-    let compressed = b.get_u8();
-    let len = b.get_u32() as usize;
-    if compressed != 0 {
+    };
+    if compressed {
         return Err(Status::internal("compressed reply, but none was asked for"));
     }
+    b.advance(grpc_frame::HEADER_LEN);
     if b.len() != len {
         return Err(Status::internal(format!("reply frame says {len} bytes, body has {}", b.len())));
     }
