@@ -189,10 +189,16 @@ mod tests {
         if !q.can_poll {
             return;
         }
+        // A wait that finds work queued is short, unless this thread is
+        // preempted inside it (a loaded machine): allow a few tries.
+        let short_wait_polls = |q: &OpQueue<i32>| {
+            (0..20).any(|_| {
+                q.push(1).unwrap();
+                q.wait(Duration::from_secs(3600)) == Some(1) && q.polls()
+            })
+        };
         assert!(q.polls());
-        q.push(1).unwrap();
-        assert_eq!(q.wait(Duration::from_secs(3600)), Some(1));
-        assert!(q.polls(), "work was waiting: keep polling");
+        assert!(short_wait_polls(&q), "work was waiting: keep polling");
         let q2 = q.clone();
         let pusher = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
@@ -201,9 +207,7 @@ mod tests {
         assert_eq!(q.wait(Duration::from_secs(3600)), Some(2));
         pusher.join().unwrap();
         assert!(!q.polls(), "work came 30 ms later: sleep at once next time");
-        q.push(3).unwrap();
-        assert_eq!(q.wait(Duration::from_secs(3600)), Some(3));
-        assert!(q.polls(), "work was waiting again: poll again");
+        assert!(short_wait_polls(&q), "work was waiting again: poll again");
         // A lazy op alone does not end a poll: it waits for the idle time.
         q.push_lazy(5).unwrap();
         let start = Instant::now();
