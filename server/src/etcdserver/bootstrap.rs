@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub backend_batch_limit: usize,
     /// Bytes of backend pages cached in memory.
     pub backend_cache_size: usize,
+    /// The longest the WAL writer polls for work before it sleeps.
+    pub wal_poll: Duration,
     /// Applied entries between raft snapshots (after which the log is purged,
     /// keeping 5000 entries).
     pub snapshot_count: u64,
@@ -149,6 +151,7 @@ impl EtcdServer {
 
         let (wal, replay) =
             Wal::open(&member_dir.join("wal"), Metadata { node_id: me, cluster_id: cid }).map_err(|e| err(&e))?;
+        wal.set_poll(cfg.wal_poll);
         let fresh = replay.entries.is_empty() && replay.state.is_none();
         let log = LogStore::new(wal.clone(), replay).map_err(|e| err(&format!("WAL entries: {e}")))?;
         let token = match &cfg.force_new_cluster_token {

@@ -164,6 +164,12 @@ impl Wal {
     }
 
     /// Appends `records`; `done` runs once they are durable.
+    /// The longest the writer polls for work before it sleeps (zero: never;
+    /// see `queue.rs`).
+    pub fn set_poll(&self, limit: std::time::Duration) {
+        self.tx.0.set_poll(limit);
+    }
+
     pub fn append(&self, records: Vec<Record>, done: Done) {
         if let Err(Op::Append { done: Some(d), .. }) = self.tx.0.push(Op::Append { records, done: Some(done) }) {
             d(Err(WalError::Closed));

@@ -10,20 +10,23 @@
 //! wait was short: a thread asleep on an idle vCPU runs ~26 µs after its
 //! wake on the machine of BENCHMARKS.md, a tenth of a put at one client.
 //! It polls by yielding its CPU, so runnable threads (the ones producing
-//! its next work) go first. Polling for up to [`POLL`] made puts at one
-//! client ~20% faster there, at 1,000 clients ~13%, and cost nothing at
-//! 100; a writer whose work comes further apart sleeps at once, so an idle
-//! or lightly loaded member spends nothing on it.
+//! its next work) go first. Polling for up to 200 µs made puts at one
+//! client ~20% faster there and at 1,000 clients ~13%, left 100 clients
+//! unchanged, and at 10 clients cost ~20% more CPU per put for the same
+//! throughput; a writer whose work comes further apart sleeps at once, so
+//! an idle or lightly loaded member spends nothing on it. `--wal-poll`
+//! sets the limit (0 turns polling off).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-/// How long the writer polls for the next operation before it sleeps.
-/// At one client, the next put's records come ~150 µs after a write ends.
-const POLL: Duration = Duration::from_micros(200);
+/// How long the writer polls for the next operation before it sleeps,
+/// unless [`OpQueue::set_poll`] says otherwise. At one client, the next
+/// put's records come ~150 µs after a write ends.
+pub const DEFAULT_POLL: Duration = Duration::from_micros(200);
 
 struct State<T> {
     /// Queued operations, oldest first, each with whether it wakes the writer.
@@ -42,6 +45,8 @@ pub(super) struct OpQueue<T> {
     waking: AtomicUsize,
     /// Polling is worth it: more than one CPU, and the last wait was short.
     poll: AtomicBool,
+    /// The longest poll, in µs (0: never poll).
+    poll_limit_us: AtomicU64,
     /// More than one CPU (polling on one would only delay the pusher).
     can_poll: bool,
 }
@@ -54,6 +59,7 @@ impl<T> OpQueue<T> {
             ready: Condvar::new(),
             waking: AtomicUsize::new(0),
             poll: AtomicBool::new(can_poll),
+            poll_limit_us: AtomicU64::new(DEFAULT_POLL.as_micros() as u64),
             can_poll,
         }
     }
@@ -103,11 +109,13 @@ impl<T> OpQueue<T> {
     /// that wakes is queued, or when a round of `idle` ends with lazy ones
     /// queued (so they wait at most `idle`, and the writer of an idle
     /// member wakes every `idle` to look); None once the queue is closed and
-    /// empty. Polls for up to [`POLL`] first if the last wait was no longer.
+    /// empty. Polls for up to the poll limit first if the last wait was no
+    /// longer.
     pub(super) fn wait(&self, idle: Duration) -> Option<T> {
         let start = Instant::now();
+        let limit = Duration::from_micros(self.poll_limit_us.load(Ordering::Relaxed));
         if self.poll.load(Ordering::Relaxed) {
-            while self.waking.load(Ordering::Acquire) == 0 && start.elapsed() < POLL {
+            while self.waking.load(Ordering::Acquire) == 0 && start.elapsed() < limit {
                 std::thread::yield_now();
             }
         }
@@ -117,7 +125,8 @@ impl<T> OpQueue<T> {
                 break;
             }
         }
-        self.poll.store(self.can_poll && start.elapsed() <= POLL, Ordering::Relaxed);
+        let short = !limit.is_zero() && start.elapsed() <= limit;
+        self.poll.store(self.can_poll && short, Ordering::Relaxed);
         self.pop(&mut s)
     }
 
@@ -133,6 +142,15 @@ impl<T> OpQueue<T> {
             self.waking.store(s.waking, Ordering::Release);
         }
         Some(op)
+    }
+
+    /// The longest the writer polls before it sleeps (zero: never).
+    pub(super) fn set_poll(&self, limit: Duration) {
+        let us = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
+        self.poll_limit_us.store(us, Ordering::Relaxed);
+        if us == 0 {
+            self.poll.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Whether the next wait polls first.
@@ -208,6 +226,12 @@ mod tests {
         pusher.join().unwrap();
         assert!(!q.polls(), "work came 30 ms later: sleep at once next time");
         assert!(short_wait_polls(&q), "work was waiting again: poll again");
+        // A zero limit turns polling off, however soon work comes.
+        q.set_poll(Duration::ZERO);
+        assert!(!q.polls());
+        assert!(!short_wait_polls(&q), "polling is off");
+        q.set_poll(DEFAULT_POLL);
+        assert!(short_wait_polls(&q));
         // A lazy op alone does not end a poll: it waits for the idle time.
         q.push_lazy(5).unwrap();
         let start = Instant::now();
