@@ -139,7 +139,7 @@ pub struct Flags {
     #[arg(long, env = "KVD_BACKEND_CACHE_SIZE", default_value_t = 16 << 20)]
     pub backend_cache_size: usize,
     /// How long the WAL writer polls for work before it sleeps, while work
-    /// comes that soon (0s: never). Polling spends CPU to spare the next
+    /// comes that soon (0s: never; at most 10ms). Polling spends CPU to spare the next
     /// write the wake of a sleeping thread: puts at one client ~20% faster
     /// (BENCHMARKS.md, session 14).
     #[arg(long, env = "KVD_WAL_POLL", default_value = "200us", value_parser = humantime::parse_duration)]
@@ -168,6 +168,9 @@ pub struct FlagError {
     pub flag: &'static str,
     pub msg: String,
 }
+
+/// The longest `--wal-poll`: beyond it the writer would mostly burn a CPU.
+const MAX_WAL_POLL: Duration = Duration::from_millis(10);
 
 fn ferr(flag: &'static str, msg: impl Into<String>) -> FlagError {
     FlagError { flag, msg: msg.into() }
@@ -259,6 +262,9 @@ impl Flags {
         if self.max_txn_ops == 0 {
             return Err(ferr("max-txn-ops", "must be positive"));
         }
+        if self.wal_poll > MAX_WAL_POLL {
+            return Err(ferr("wal-poll", "must be at most 10ms (the WAL writer holds a CPU while it polls)"));
+        }
         let spec = self.initial_cluster.clone().unwrap_or_else(|| {
             self.initial_advertise_peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
         });
@@ -340,6 +346,9 @@ mod tests {
     fn bad_flags_are_named() {
         let f = Flags::parse_from(["kvd", "--initial-cluster-state", "old"]);
         assert_eq!(f.server_config().unwrap_err().flag, "initial-cluster-state");
+        let f = Flags::parse_from(["kvd", "--wal-poll", "1s"]);
+        assert_eq!(f.server_config().unwrap_err().flag, "wal-poll");
+        assert!(Flags::parse_from(["kvd", "--wal-poll", "10ms"]).server_config().is_ok());
         assert!(listen_addrs("listen-client-urls", &["ftp://x:1".into()]).is_err());
         let f = Flags::parse_from(["kvd", "--force-new-cluster-member", "default"]);
         assert_eq!(f.server_config().unwrap_err().flag, "force-new-cluster-member");
