@@ -139,9 +139,9 @@ pub struct Flags {
     #[arg(long, env = "KVD_BACKEND_CACHE_SIZE", default_value_t = 16 << 20)]
     pub backend_cache_size: usize,
     /// How long the WAL writer polls for work before it sleeps, while work
-    /// comes that soon (0s: never; at most 10ms). Polling spends CPU to spare the next
-    /// write the wake of a sleeping thread: puts at one client ~20% faster
-    /// (BENCHMARKS.md, session 14).
+    /// comes that soon (0s: never; at most 10ms). Polling spends CPU to
+    /// spare the next write the wake of a sleeping thread: puts at one
+    /// client ~20% faster (BENCHMARKS.md, session 14).
     #[arg(long, env = "KVD_WAL_POLL", default_value = "200us", value_parser = humantime::parse_duration)]
     pub wal_poll: Duration,
     /// Export spans over OTLP.

@@ -163,13 +163,13 @@ impl Wal {
         Ok((Wal { tx: Arc::new(Sender(queue)) }, replay))
     }
 
-    /// Appends `records`; `done` runs once they are durable.
     /// The longest the writer polls for work before it sleeps (zero: never;
     /// see `queue.rs`).
     pub fn set_poll(&self, limit: std::time::Duration) {
         self.tx.0.set_poll(limit);
     }
 
+    /// Appends `records`; `done` runs once they are durable.
     pub fn append(&self, records: Vec<Record>, done: Done) {
         if let Err(Op::Append { done: Some(d), .. }) = self.tx.0.push(Op::Append { records, done: Some(done) }) {
             d(Err(WalError::Closed));

@@ -26,7 +26,7 @@ use parking_lot::{Condvar, Mutex};
 /// How long the writer polls for the next operation before it sleeps,
 /// unless [`OpQueue::set_poll`] says otherwise. At one client, the next
 /// put's records come ~150 µs after a write ends.
-pub const DEFAULT_POLL: Duration = Duration::from_micros(200);
+pub(super) const DEFAULT_POLL: Duration = Duration::from_micros(200);
 
 struct State<T> {
     /// Queued operations, oldest first, each with whether it wakes the writer.
