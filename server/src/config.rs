@@ -338,7 +338,7 @@ mod tests {
         assert_eq!(c.initial_cluster.len(), 1);
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.backend_batch_interval, Duration::from_millis(100));
-        assert_eq!(c.wal_poll, Duration::from_micros(200));
+        assert_eq!(c.wal_poll, crate::wal::DEFAULT_POLL);
         assert_eq!(listen_addrs("x", &f.listen_client_urls).unwrap()[0].0.port(), 2379);
     }
 

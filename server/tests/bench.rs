@@ -88,6 +88,10 @@ async fn every_workload_runs_and_reports() {
     let fill = ["--endpoints", ep, "--total", "20", "--key-space-size", "20", "--sequential-keys", "--key-size", "3"];
     let p = bench(&[&["put"], &fill[..], &["--val-size", "4096"]].concat());
     assert_eq!(p["ok"], 20, "{p}");
+    // The range holds them all (so its reply is over 80 KiB).
+    let (ok, out, err) = common::etcdctl(ep, &["get", "0", "g", "--count-only", "--write-out=fields"], None);
+    let count = out.lines().find_map(|l| l.strip_prefix("\"Count\" : ")).and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(ok && count >= Some(20), "{out}{err}");
     let r = bench(&["range", "0", "g", "--endpoints", ep, "--clients", "2", "--total", "10"]);
     assert_eq!((r["ok"].as_u64(), r["errors"].as_object().map(|e| e.len())), (Some(10), Some(0)), "{r}");
 

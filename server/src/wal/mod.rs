@@ -27,6 +27,7 @@ use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
 
+pub use queue::DEFAULT_POLL;
 pub use record::{Metadata, Record};
 pub use replay::Replay;
 pub use writer::Done;
@@ -164,7 +165,7 @@ impl Wal {
     }
 
     /// The longest the writer polls for work before it sleeps (zero: never;
-    /// see `queue.rs`).
+    /// on a single CPU it never does; see `queue.rs`).
     pub fn set_poll(&self, limit: std::time::Duration) {
         self.tx.0.set_poll(limit);
     }
