@@ -49,12 +49,20 @@ impl<U: prost::Message + Default> Decoder for EtcdDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(buf).map_err(|s| {
-            if s.message().contains("recursion limit reached") { Status::invalid_argument(TOO_MANY_OPS) } else { s }
-        })
+        self.0.decode(buf).map_err(as_etcd)
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         self.0.buffer_settings()
+    }
+}
+
+/// The answer to a request that does not decode, given tonic's (`Internal`
+/// with prost's message): etcd's for one nested too deeply, else tonic's.
+pub fn as_etcd(decode_failed: Status) -> Status {
+    if decode_failed.message().contains("recursion limit reached") {
+        Status::invalid_argument(TOO_MANY_OPS)
+    } else {
+        decode_failed
     }
 }

@@ -11,11 +11,31 @@
 
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub const KEEPALIVE_RETRIES: u32 = 9;
+
+/// The next connection on `l`, tuned. An error (out of file descriptors,
+/// say) is logged and retried after a short pause rather than ending the
+/// listener.
+pub async fn accept(l: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match l.accept().await {
+            Ok((sock, addr)) => {
+                tune_accepted(&sock);
+                return (sock, addr);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
 
 /// Applies the options above to an accepted connection. Failing to set one
 /// is logged, not fatal: the connection still works.

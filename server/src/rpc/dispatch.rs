@@ -4,6 +4,9 @@
 //! issued elsewhere, go-grpc-prometheus counters and byte counters. Anything
 //! else (the HTTP endpoints, the JSON gateway) goes to the axum router.
 //!
+//! KV's unary calls over HTTP/2 do not come here: `conn/unary.rs` serves
+//! them with the same checks ([`Grpc::admit`]) and metrics.
+//!
 //! This replaces axum's router and middleware on the gRPC path: perf put
 //! them at 10% of kvd's CPU under 1,000 clients (a boxed route service
 //! cloned per call, a boxed middleware future, a second path lookup).
@@ -17,6 +20,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use kvd_api::etcdserverpb::auth_server::AuthServer;
 use kvd_api::etcdserverpb::cluster_server::ClusterServer;
@@ -42,6 +46,7 @@ type Health = BoxCloneSyncService<GrpcRequest, axum::http::Response<tonic::body:
 struct Services {
     server: Arc<EtcdServer>,
     kv: KvServer<kv::KvService>,
+    kv_direct: kv::KvService,
     maintenance: MaintenanceServer<maintenance::MaintenanceService>,
     cluster: ClusterServer<cluster::ClusterService>,
     watch: WatchServer<watch::WatchService>,
@@ -69,6 +74,7 @@ impl Grpc {
             kv: KvServer::new(kv::KvService { server: s.clone() })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
+            kv_direct: kv::KvService { server: s.clone() },
             maintenance: MaintenanceServer::new(maintenance::MaintenanceService { server: s.clone() })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
@@ -87,30 +93,8 @@ impl Grpc {
 
     /// One call: etcd's checks, then the service, with metrics around it.
     pub async fn handle(self, req: Request) -> Response {
-        let s = &*self.0;
-        if req.headers().get("hasleader").is_some_and(|v| v.as_bytes() == b"true") && !s.server.has_leader() {
-            return tonic::Status::unavailable("etcdserver: no leader").into_http();
-        }
-        // A learner serves Status, MemberList and (serializable) Range only; the
-        // KV handler checks the serializable part.
-        const LEARNER_RPCS: &[&str] = &[
-            "/etcdserverpb.Maintenance/Status",
-            "/etcdserverpb.Maintenance/Snapshot",
-            "/etcdserverpb.Cluster/MemberList",
-            "/etcdserverpb.KV/Range",
-            "/grpc.health.v1.Health/Check",
-            "/grpc.health.v1.Health/Watch",
-        ];
-        if s.server.is_learner() && !LEARNER_RPCS.contains(&req.uri().path()) {
-            return tonic::Status::failed_precondition("etcdserver: rpc not supported for learner").into_http();
-        }
-        // A token issued through another member is known here once this member
-        // has applied its Authenticate entry: catch up before judging it.
-        let token = req.headers().get("token").or_else(|| req.headers().get("authorization"));
-        if let Some(t) = token.and_then(|v| v.to_str().ok())
-            && !s.server.token_known(t)
-        {
-            let _ = s.server.linearizable_read_notify().await;
+        if let Err(refused) = self.admit(req.headers(), req.uri().path()).await {
+            return refused.into_http();
         }
         let calls = method_metrics::MethodMetrics::for_path(req.uri().path());
         let m = metrics::get();
@@ -131,6 +115,48 @@ impl Grpc {
             c.handled(code_name(code), start.elapsed().as_secs_f64());
         }
         resp
+    }
+
+    /// What etcd checks before any call: `hasleader`, the learner's
+    /// restrictions, and a token issued through another member.
+    pub(super) async fn admit(&self, headers: &HeaderMap, path: &str) -> Result<(), tonic::Status> {
+        let s = &*self.0;
+        if headers.get("hasleader").is_some_and(|v| v.as_bytes() == b"true") && !s.server.has_leader() {
+            return Err(tonic::Status::unavailable("etcdserver: no leader"));
+        }
+        // A learner serves Status, MemberList and (serializable) Range only; the
+        // KV handler checks the serializable part.
+        const LEARNER_RPCS: &[&str] = &[
+            "/etcdserverpb.Maintenance/Status",
+            "/etcdserverpb.Maintenance/Snapshot",
+            "/etcdserverpb.Cluster/MemberList",
+            "/etcdserverpb.KV/Range",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+        ];
+        if s.server.is_learner() && !LEARNER_RPCS.contains(&path) {
+            return Err(tonic::Status::failed_precondition("etcdserver: rpc not supported for learner"));
+        }
+        // A token issued through another member is known here once this member
+        // has applied its Authenticate entry: catch up before judging it.
+        let token = headers.get("token").or_else(|| headers.get("authorization"));
+        if let Some(t) = token.and_then(|v| v.to_str().ok())
+            && !s.server.token_known(t)
+        {
+            let _ = s.server.linearizable_read_notify().await;
+        }
+        Ok(())
+    }
+
+    /// The KV service itself, for calls served without tonic
+    /// ([`super::conn::unary`]).
+    pub(super) fn kv(&self) -> &kv::KvService {
+        &self.0.kv_direct
+    }
+
+    /// The largest request message accepted, as gRPC's receive limit.
+    pub(super) fn max_request_message(&self) -> usize {
+        self.0.server.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES
     }
 
     /// The service named by the path (`/<package.Service>/<Method>`).
@@ -208,7 +234,7 @@ fn oversized_as_go_grpc(resp: &mut Response) {
 }
 
 /// go-grpc-prometheus's name for a status code.
-fn code_name(code: i32) -> &'static str {
+pub(super) fn code_name(code: i32) -> &'static str {
     use tonic::Code;
     match Code::from_i32(code) {
         Code::Ok => "OK",

@@ -5,6 +5,7 @@ mod auth;
 mod cluster;
 pub mod coalesce;
 mod concurrency;
+pub mod conn;
 mod counted;
 mod dispatch;
 mod gateway;

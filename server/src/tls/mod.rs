@@ -175,15 +175,7 @@ impl TlsListener {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (sock, addr) = match tcp.accept().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                crate::sockets::tune_accepted(&sock);
+                let (sock, addr) = crate::sockets::accept(&tcp).await;
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -207,16 +199,23 @@ impl TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = TlsAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl TlsListener {
+    /// The next connection whose handshake succeeded.
+    pub async fn next(&mut self) -> (TlsStream<TcpStream>, TlsAddr) {
         match self.rx.recv().await {
             Some(c) => c,
             // The accept loop never ends while the listener lives.
             None => std::future::pending().await,
         }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = TlsAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.next().await
     }
 
     fn local_addr(&self) -> io::Result<TlsAddr> {

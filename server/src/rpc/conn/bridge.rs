@@ -1,0 +1,156 @@
+//! An HTTP/2 stream served by the port's tower service: every call that
+//! [`super::unary`] does not take (streaming gRPC such as Watch and
+//! LeaseKeepAlive, other services, the HTTP endpoints and the gateway over
+//! HTTP/2). It does what hyper's HTTP/2 server does for a stream:
+//!
+//! - the request's DATA frames become an [`http_body::Body`]; each frame's
+//!   flow-control capacity is given back as it is handed on;
+//! - the response's frames are written as the peer's window allows, one at
+//!   a time, so a slow reader holds up its stream's producer (a Watch
+//!   stream's channel fills and its watchers fall behind) instead of
+//!   growing a buffer here;
+//! - a stream the client resets drops the service's future and its body.
+
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{self, HeaderMap, Response};
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http_body::{Body as _, Frame};
+use tower::Service;
+
+/// A request body over an HTTP/2 stream.
+pub struct H2Body {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl H2Body {
+    pub fn new(recv: RecvStream) -> Self {
+        H2Body { recv, data_done: false }
+    }
+}
+
+impl http_body::Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Handed on: the peer may send this much more.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
+/// Serves one stream through `svc`, until its response is written or the
+/// client resets it.
+pub async fn serve<S>(mut svc: S, req: Request, mut respond: SendResponse<Bytes>)
+where
+    S: Service<Request, Response = Response<Body>, Error = Infallible>,
+{
+    let answer = async {
+        poll_fn(|cx| svc.poll_ready(cx)).await?;
+        svc.call(req).await
+    };
+    let resp = tokio::select! {
+        biased;
+        r = answer => match r {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    let (mut head, body) = resp.into_parts();
+    strip_connection_headers(&mut head.headers);
+    let end = body.is_end_stream();
+    let send = match respond.send_response(Response::from_parts(head, ()), end) {
+        Ok(s) => s,
+        Err(e) => return tracing::debug!(error = %e, "HTTP/2 response headers not sent"),
+    };
+    if !end && let Err(e) = pump(body, send).await {
+        tracing::debug!(error = %e, "HTTP/2 response body ended early");
+    }
+}
+
+/// Writes `body` to `send` as the peer's window allows.
+async fn pump(mut body: Body, mut send: SendStream<Bytes>) -> Result<(), h2::Error> {
+    loop {
+        // Wait for room (any at all: h2 splits a larger frame to the window),
+        // watching for a reset while there is none.
+        send.reserve_capacity(1);
+        while send.capacity() == 0 {
+            match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(0)) => {}
+                Some(Ok(_)) => break,
+                Some(Err(e)) => return Err(e),
+                None => return Err(h2::Error::from(Reason::CANCEL)),
+            }
+        }
+        let frame = poll_fn(|cx| {
+            if let Poll::Ready(r) = send.poll_reset(cx) {
+                return Poll::Ready(Err(r.map_or_else(|e| e, h2::Error::from)));
+            }
+            Pin::new(&mut body).poll_frame(cx).map(Ok)
+        })
+        .await?;
+        match frame {
+            None => return send.send_data(Bytes::new(), true),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return Ok(());
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = body.is_end_stream();
+                    send.send_data(data, end)?;
+                    if end {
+                        return Ok(());
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        send.reserve_capacity(0);
+                        return send.send_trailers(trailers);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Headers HTTP/2 forbids (RFC 9113 §8.2.2); h2 refuses a response that has one.
+fn strip_connection_headers(h: &mut HeaderMap) {
+    for name in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+    ] {
+        h.remove(name);
+    }
+}
