@@ -1,13 +1,16 @@
 //! One HTTP/2 connection of the client port, served with the `h2` crate:
-//! each stream runs as its own task, on [`super::unary`] when it is one of
-//! KV's unary calls and through the port's service ([`super::bridge`])
-//! otherwise.
+//! KV's unary calls on [`super::unary`] (writes on the connection's task,
+//! reads as their own tasks), every other stream as its own task through
+//! the port's service ([`super::bridge`]).
 
 use std::future::poll_fn;
+use std::task::Poll;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::ClientService;
@@ -45,25 +48,46 @@ where
         Ok(c) => c,
         Err(e) => return tracing::debug!(error = %e, "HTTP/2 handshake failed"),
     };
-    // Polling for the next stream also drives the connection's reads and writes.
-    while let Some(next) = conn.accept().await {
-        let (req, respond) = match next {
-            Ok(s) => s,
-            Err(e) => return tracing::debug!(error = %e, "HTTP/2 connection failed"),
-        };
-        let (mut parts, body) = req.into_parts();
-        if let Some(p) = &peer {
-            parts.extensions.insert(p.clone());
+    // Writes are answered on this task: they spend little CPU here and
+    // mostly wait for their entry to apply, and an apply batch that finishes
+    // many of them then wakes this task once instead of one task per call.
+    // Everything else runs as its own task, so that reads of one connection
+    // use every core.
+    let mut writes = FuturesUnordered::new();
+    let accepted = poll_fn(|cx| {
+        loop {
+            while let Poll::Ready(Some(())) = writes.poll_next_unpin(cx) {}
+            // Polling for the next stream also writes the replies queued above.
+            let (req, respond) = match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok(stream))) => stream,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            };
+            let (mut parts, body) = req.into_parts();
+            if let Some(p) = &peer {
+                parts.extensions.insert(p.clone());
+            }
+            match unary::takes(&parts) {
+                Some(unary::Kind::Write) => writes.push(unary::serve(svc.grpc.clone(), parts, body, respond)),
+                Some(unary::Kind::Read) => drop(tokio::spawn(unary::serve(svc.grpc.clone(), parts, body, respond))),
+                None => {
+                    let req = Request::from_parts(parts, Body::new(bridge::H2Body::new(body)));
+                    tokio::spawn(bridge::serve(svc.clone(), req, respond));
+                }
+            }
         }
-        if unary::takes(&parts) {
-            tokio::spawn(unary::serve(svc.grpc.clone(), parts, body, respond));
-        } else {
-            let req = Request::from_parts(parts, Body::new(bridge::H2Body::new(body)));
-            tokio::spawn(bridge::serve(svc.clone(), req, respond));
-        }
+    })
+    .await;
+    if let Err(e) = accepted {
+        return tracing::debug!(error = %e, "HTTP/2 connection failed");
     }
-    // The client sent GOAWAY: finish writing what the open streams answer.
-    if let Err(e) = poll_fn(|cx| conn.poll_closed(cx)).await {
+    // The client sent GOAWAY: finish the calls still open and write their replies.
+    let closed = poll_fn(|cx| {
+        while let Poll::Ready(Some(())) = writes.poll_next_unpin(cx) {}
+        conn.poll_closed(cx)
+    });
+    if let Err(e) = closed.await {
         tracing::debug!(error = %e, "HTTP/2 connection closed with an error");
     }
 }

@@ -31,21 +31,31 @@ use super::super::method_metrics::MethodMetrics;
 use crate::metrics;
 use kvd_api::etcdserverpb::kv_server::Kv;
 
-/// Whether this path serves the request: an uncompressed gRPC call of one
-/// of KV's unary methods.
-pub fn takes(parts: &Parts) -> bool {
+/// A call this path serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Range: its work is done in the handler.
+    Read,
+    /// Put, DeleteRange, Txn, Compact: mostly waits for its entry to apply.
+    Write,
+}
+
+/// Whether this path serves the request (an uncompressed gRPC call of one
+/// of KV's unary methods), and as which kind.
+pub fn takes(parts: &Parts) -> Option<Kind> {
+    let kind = match parts.uri.path() {
+        "/etcdserverpb.KV/Range" => Kind::Read,
+        "/etcdserverpb.KV/Put"
+        | "/etcdserverpb.KV/DeleteRange"
+        | "/etcdserverpb.KV/Txn"
+        | "/etcdserverpb.KV/Compact" => Kind::Write,
+        _ => return None,
+    };
     let h = &parts.headers;
-    parts.method == http::Method::POST
-        && matches!(
-            parts.uri.path(),
-            "/etcdserverpb.KV/Range"
-                | "/etcdserverpb.KV/Put"
-                | "/etcdserverpb.KV/DeleteRange"
-                | "/etcdserverpb.KV/Txn"
-                | "/etcdserverpb.KV/Compact"
-        )
+    let grpc = parts.method == http::Method::POST
         && h.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-        && h.get("grpc-encoding").is_none_or(|v| v.as_bytes() == b"identity")
+        && h.get("grpc-encoding").is_none_or(|v| v.as_bytes() == b"identity");
+    grpc.then_some(kind)
 }
 
 /// Serves one call (which [`takes`] accepted) until its reply is queued or
