@@ -61,24 +61,12 @@ pub fn takes(parts: &Parts) -> Option<Kind> {
 /// Serves one call (which [`takes`] accepted) until its reply is queued or
 /// the client resets the stream.
 pub async fn serve(grpc: Grpc, parts: Parts, body: RecvStream, mut respond: SendResponse<Bytes>) {
-    let calls = MethodMetrics::for_path(parts.uri.path());
-    if let Some(c) = &calls {
-        c.started();
-    }
-    let start = Instant::now();
     let reply = tokio::select! {
         biased;
-        r = call(&grpc, parts, body) => r,
+        r = admit_and_call(&grpc, parts, body) => r,
         // The client gave up: the call's future is dropped, as hyper does.
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
-    let code = match &reply {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
-    };
-    if let Some(c) = calls {
-        c.handled(code_name(code as i32), start.elapsed().as_secs_f64());
-    }
     let sent = match reply {
         Ok((metadata, frame)) => send_ok(&mut respond, metadata, frame),
         Err(status) => {
@@ -104,9 +92,25 @@ fn send_ok(respond: &mut SendResponse<Bytes>, metadata: MetadataMap, frame: Byte
     send.send_trailers(trailers)
 }
 
-/// etcd's checks, the request message, the KV method.
-async fn call(grpc: &Grpc, parts: Parts, body: RecvStream) -> Result<(MetadataMap, Bytes), Status> {
+/// etcd's checks, then the call with its metrics. A call the checks refuse
+/// is not counted, as etcd's interceptor refuses it before go-grpc-prometheus's.
+async fn admit_and_call(grpc: &Grpc, parts: Parts, body: RecvStream) -> Result<(MetadataMap, Bytes), Status> {
     grpc.admit(&parts.headers, parts.uri.path()).await?;
+    let calls = MethodMetrics::for_path(parts.uri.path());
+    if let Some(c) = &calls {
+        c.started();
+    }
+    let start = Instant::now();
+    let reply = call(grpc, parts, body).await;
+    if let Some(c) = calls {
+        let code = reply.as_ref().err().map_or(tonic::Code::Ok, |s| s.code());
+        c.handled(code_name(code as i32), start.elapsed().as_secs_f64());
+    }
+    reply
+}
+
+/// The request message, the KV method.
+async fn call(grpc: &Grpc, parts: Parts, body: RecvStream) -> Result<(MetadataMap, Bytes), Status> {
     let msg = read_message(body, grpc.max_request_message()).await?;
     let kv = grpc.kv();
     match parts.uri.path() {
