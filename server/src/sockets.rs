@@ -9,9 +9,8 @@
 //!   would otherwise keep its connection, its watchers and their memory
 //!   here for good.
 
-use std::time::Duration;
-
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 

@@ -63,7 +63,7 @@ pub struct Grpc(Arc<Services>);
 
 impl Grpc {
     pub fn new(server: Arc<EtcdServer>) -> Self {
-        let limit = server.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES;
+        let limit = receive_limit(&server);
         let (reporter, health) = tonic_health::server::health_reporter();
         tokio::spawn(async move {
             reporter.set_serving::<KvServer<kv::KvService>>().await;
@@ -154,9 +154,9 @@ impl Grpc {
         &self.0.kv_direct
     }
 
-    /// The largest request message accepted, as gRPC's receive limit.
+    /// The largest request message accepted.
     pub(super) fn max_request_message(&self) -> usize {
-        self.0.server.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES
+        receive_limit(&self.0.server)
     }
 
     /// The service named by the path (`/<package.Service>/<Method>`).
@@ -231,6 +231,11 @@ fn oversized_as_go_grpc(resp: &mut Response) {
             h.insert("grpc-message", v);
         }
     }
+}
+
+/// gRPC's receive limit: the request limit and etcd's allowance over it.
+fn receive_limit(server: &EtcdServer) -> usize {
+    server.cfg.max_request_bytes + super::GRPC_OVERHEAD_BYTES
 }
 
 /// go-grpc-prometheus's name for a status code.

@@ -197,9 +197,7 @@ impl TlsListener {
         });
         Ok(Self { rx, local })
     }
-}
 
-impl TlsListener {
     /// The next connection whose handshake succeeded.
     pub async fn next(&mut self) -> (TlsStream<TcpStream>, TlsAddr) {
         match self.rx.recv().await {

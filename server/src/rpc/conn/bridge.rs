@@ -98,8 +98,8 @@ where
 /// Writes `body` to `send` as the peer's window allows.
 async fn pump(mut body: Body, mut send: SendStream<Bytes>) -> Result<(), h2::Error> {
     loop {
-        // Wait for room (any at all: h2 splits a larger frame to the window),
-        // watching for a reset while there is none.
+        // Wait for room (any at all: h2 splits a larger frame to the
+        // window); a reset ends the wait with an error.
         send.reserve_capacity(1);
         while send.capacity() == 0 {
             match poll_fn(|cx| send.poll_capacity(cx)).await {
