@@ -4,8 +4,9 @@
 //! the reply goes out as HEADERS, one DATA frame and the `grpc-status`
 //! trailers. Through hyper's HTTP/2 server and tonic, each call also built a
 //! request body, a decoding stream with its own buffer, an encoding body
-//! with an 8 KiB buffer and a chain of boxed services; `perf` put those at
-//! about a tenth of kvd's CPU under 1,000 clients.
+//! with an 8 KiB buffer and a chain of boxed services: under 1,000 clients
+//! `perf` put hyper's task per stream at 27% of kvd's CPU, the put itself
+//! at 5% (BENCHMARKS.md, session 15).
 //!
 //! Everything around the call is as on the tonic path ([`super::super::dispatch`]):
 //! etcd's admission checks, the call and byte metrics, gRPC's receive limit
@@ -36,7 +37,8 @@ use kvd_api::etcdserverpb::kv_server::Kv;
 pub enum Kind {
     /// Range: its work is done in the handler.
     Read,
-    /// Put, DeleteRange, Txn, Compact: mostly waits for its entry to apply.
+    /// Put, DeleteRange, Txn, Compact: mostly waits for its entry to apply
+    /// (a read-only Txn is served here too; Kubernetes' are small).
     Write,
 }
 
