@@ -46,7 +46,8 @@ type Health = BoxCloneSyncService<GrpcRequest, axum::http::Response<tonic::body:
 struct Services {
     server: Arc<EtcdServer>,
     kv: KvServer<kv::KvService>,
-    kv_direct: kv::KvService,
+    /// The same service, for calls served without tonic.
+    kv_direct: Arc<kv::KvService>,
     maintenance: MaintenanceServer<maintenance::MaintenanceService>,
     cluster: ClusterServer<cluster::ClusterService>,
     watch: WatchServer<watch::WatchService>,
@@ -70,11 +71,10 @@ impl Grpc {
             reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
         });
         let s = server.clone();
+        let kv = Arc::new(kv::KvService { server: s.clone() });
         Grpc(Arc::new(Services {
-            kv: KvServer::new(kv::KvService { server: s.clone() })
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(usize::MAX),
-            kv_direct: kv::KvService { server: s.clone() },
+            kv: KvServer::from_arc(kv.clone()).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX),
+            kv_direct: kv,
             maintenance: MaintenanceServer::new(maintenance::MaintenanceService { server: s.clone() })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
