@@ -1,8 +1,10 @@
 //! The fault harness: real kvd clusters of 3 and 5 members, concurrent
 //! clients running a recorded mix of get, put, compare-and-swap txn, delete
 //! and lease put/revoke with unique values, while members are killed (the
-//! leader among them), restarted, paused past the election timeout and
-//! replaced by a fresh member; and, with each member in its own network
+//! leader among them), restarted, paused past the election timeout,
+//! replaced by a fresh member, and (on loopback) left behind across a
+//! membership change so that they catch up by a raft snapshot and are
+//! killed right after its install; and, with each member in its own network
 //! namespace, while the leader is cut off from its peers, single links are
 //! cut and members' traffic is delayed (robustness/faults.rs).
 //!
@@ -10,7 +12,8 @@
 //! checker.rs, Wing & Gong with Lowe's memoization, against etcd's model in
 //! robustness/model.rs); a watcher that followed the keys across members saw
 //! every revision once, in order, matching the history, every acknowledged
-//! write included; every member has the same HashKV at the final revision.
+//! write included; every member has the same HashKV at the final revision
+//! and the same membership, as its own raft holds it.
 //!
 //! CI runs short versions; `scripts/robustness` runs long ones
 //! (`KVD_ROBUSTNESS_SECONDS`, `KVD_ROBUSTNESS_ROUNDS`). Each run prints one
@@ -155,7 +158,9 @@ enum Place {
 async fn run(n: usize, place: Place, secs: u64) {
     let clients = env_or("KVD_ROBUSTNESS_CLIENTS", 8) as usize;
     let keys = env_or("KVD_ROBUSTNESS_KEYS", 10) as usize;
-    let flags = ["--log-level", "info"];
+    // Snapshots every 500 entries, keeping 50 for followers: a member left
+    // behind for a second catches up by a snapshot, not by the log.
+    let flags = ["--log-level", "info", "--snapshot-count", "500", "--experimental-snapshot-catchup-entries", "50"];
     let net = match place {
         Place::Namespaces(subnet) => Some(Arc::new(common::netns::Net::new(subnet, n))),
         Place::Loopback(_) => None,
@@ -178,7 +183,16 @@ async fn run(n: usize, place: Place, secs: u64) {
     let (target_tx, target_rx) = tokio::sync::watch::channel(i64::MAX);
     let progress = Arc::new(Mutex::new(String::new()));
     let watcher = tokio::spawn(watch_check::record(endpoints.clone(), first_rev, target_rx, progress.clone()));
-    let injector = tokio::spawn(faults::inject(members.clone(), net.clone(), until, start));
+    // On loopback a spare member can join for a while, on the next address.
+    let spare = match place {
+        Place::Loopback(base) => Some(faults::Spare {
+            ip: format!("127.0.0.{}", base as usize + n),
+            dir: dir.path().join("spare"),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        }),
+        Place::Namespaces(_) => None,
+    };
+    let injector = tokio::spawn(faults::inject(members.clone(), net.clone(), spare, until, start));
     let mut history = workload::run(endpoints.clone(), clients, keys, start, until).await;
     let faults = injector.await.unwrap();
     faults::all_ready(&members).await;
@@ -210,11 +224,16 @@ async fn run(n: usize, place: Place, secs: u64) {
         Ok(n) => {
             acknowledged = n;
             let hashes = common::hashes_at(&endpoints, last_rev).await;
-            (!hashes.windows(2).all(|w| w[0] == w[1])).then(|| Failure {
-                what: format!("members differ at revision {last_rev}: {hashes:?}"),
-                key: 0,
-                revs: vec![],
-            })
+            let membership = faults::check_membership(&members).await;
+            if !hashes.windows(2).all(|w| w[0] == w[1]) {
+                Some(Failure {
+                    what: format!("members differ at revision {last_rev}: {hashes:?}"),
+                    key: 0,
+                    revs: vec![],
+                })
+            } else {
+                membership.err().map(|what| Failure { what, key: 0, revs: vec![] })
+            }
         }
     };
     if let Some(f) = failure {
@@ -228,7 +247,7 @@ async fn run(n: usize, place: Place, secs: u64) {
     assert!(faults.total() > 0 || secs < 3, "no fault was injected");
     assert!(acknowledged > 0, "no write was acknowledged");
     println!(
-        "ROBUSTNESS {{\"members\":{n},\"place\":\"{}\",\"seconds\":{secs},\"clients\":{clients},\"keys\":{keys},\"operations\":{},\"acknowledged_writes\":{acknowledged},\"unknown_outcome\":{unknown},\"revisions_watched\":{},\"watch_resumes\":{resumes},\"kills\":{},\"leader_kills\":{},\"pauses\":{},\"replacements\":{},\"crash_points\":{},\"isolations\":{},\"link_cuts\":{},\"delays\":{},\"anomalies\":0,\"lost_writes\":0}}",
+        "ROBUSTNESS {{\"members\":{n},\"place\":\"{}\",\"seconds\":{secs},\"clients\":{clients},\"keys\":{keys},\"operations\":{},\"acknowledged_writes\":{acknowledged},\"unknown_outcome\":{unknown},\"revisions_watched\":{},\"watch_resumes\":{resumes},\"kills\":{},\"leader_kills\":{},\"pauses\":{},\"replacements\":{},\"crash_points\":{},\"snapshot_churns\":{},\"isolations\":{},\"link_cuts\":{},\"delays\":{},\"anomalies\":0,\"lost_writes\":0}}",
         match place {
             Place::Loopback(_) => "loopback",
             Place::Namespaces(_) => "namespaces",
@@ -240,6 +259,7 @@ async fn run(n: usize, place: Place, secs: u64) {
         faults.pauses,
         faults.replacements,
         faults.crash_points,
+        faults.snapshot_churns,
         faults.isolations,
         faults.link_cuts,
         faults.delays,

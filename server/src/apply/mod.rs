@@ -142,15 +142,36 @@ impl Applier {
 
     /// Replaces the whole state with a snapshot file received from the leader:
     /// the backend's content (plus `raft_meta` on top), then the index, the
-    /// alarms and the consistent index, all re-read from it.
+    /// alarms and the consistent index, all re-read from it. The file must
+    /// hold every entry up to `covers` (the raft index its metadata names):
+    /// data that stops short of it would lose the entries between, so it is
+    /// refused before anything is replaced.
     pub fn install_snapshot_file(
         &self,
         path: &std::path::Path,
+        covers: Option<u64>,
         raft_meta: Vec<(Vec<u8>, Bytes)>,
     ) -> Result<(), MvccError> {
         let be = self.store.backend();
         be.replace_all(
-            |insert| crate::snapshot::read(path, |t, k, v| insert(t, k, v)).map_err(|e| e.to_string()),
+            |insert| {
+                let mut data_ci = None;
+                crate::snapshot::read(path, |t, k, v| {
+                    if t == Table::Meta && k == meta::CONSISTENT_INDEX {
+                        data_ci = meta::decode(v);
+                    }
+                    insert(t, k, v)
+                })
+                .map_err(|e| e.to_string())?;
+                match (covers, data_ci) {
+                    (Some(want), got) if got.unwrap_or(0) < want => Err(format!(
+                        "snapshot {} holds entries up to {} but its metadata says {want}",
+                        path.display(),
+                        got.unwrap_or(0)
+                    )),
+                    _ => Ok(()),
+                }
+            },
             raft_meta,
         )?;
         self.store.reload()?;
@@ -161,6 +182,11 @@ impl Applier {
         let ci = be.get(Table::Meta, meta::CONSISTENT_INDEX)?.and_then(|b| meta::decode(&b));
         self.applied_next.store(ci.map(|i| i + 1).unwrap_or(0), Ordering::SeqCst);
         self.watch.reset();
+        if ci > covers {
+            // An older leader sent the metadata of the snapshot's build with
+            // newer data: raft applies the entries between as no-ops.
+            warn!(consistent_index = ci, metadata = covers, "installed snapshot holds more than its metadata says");
+        }
         tracing::info!(consistent_index = ci, revision = self.store.rev(), "installed snapshot from the leader");
         Ok(())
     }
@@ -176,6 +202,12 @@ impl Applier {
         extra: Vec<(Vec<u8>, Bytes)>,
     ) -> Result<Option<Result<ApplyOutput, ApplyError>>, ApplyFatal> {
         if index < self.applied_next.load(Ordering::SeqCst) {
+            // The data holds this entry already (it came in a snapshot whose
+            // metadata was older than its data). Raft's rows still follow the
+            // entry: a membership change among them must survive a restart.
+            if !extra.is_empty() {
+                self.store.backend().write(|b| extra.into_iter().for_each(|(k, v)| b.put(Table::Meta, k, v)));
+            }
             return Ok(None);
         }
         let _span = info_span!("apply", index, term).entered();

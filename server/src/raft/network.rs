@@ -211,24 +211,34 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         let target = self.target;
         let unreachable = |msg: String| StreamingError::Unreachable(Unreachable::from_string(msg));
         let client = self.client().map_err(unreachable)?.clone();
-        // Export the data to a file (one consistent read of the backend), then stream it.
-        let path = match &snapshot.snapshot {
+        // Export the data to a file (one consistent read of the backend),
+        // then stream it. The backend has moved on since the snapshot was
+        // built, so the metadata sent is read from the exported records: the
+        // receiver persists the applied log id and membership the data holds,
+        // not older ones (a stale membership there survives its restart).
+        let (path, meta) = match &snapshot.snapshot {
             SnapshotData::Local(be) => {
                 let be = be.clone();
                 let dir = be.path().parent().map(|p| p.join("tmp")).unwrap_or_else(std::env::temp_dir);
-                tokio::task::spawn_blocking(move || -> Result<std::path::PathBuf, String> {
-                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                    let path = dir.join(format!("send-{target:x}-{}.snap", std::process::id()));
-                    crate::snapshot::write(&be, &path).map_err(|e| e.to_string())?;
-                    Ok(path)
-                })
-                .await
-                .map_err(|e| unreachable(e.to_string()))?
-                .map_err(|e| unreachable(format!("exporting snapshot for {target:x}: {e}")))?
+                let name = format!("send-{target:x}-{}.snap", std::process::id());
+                let (path, meta) = tokio::task::spawn_blocking(move || super::state_machine::export(&be, &dir, &name))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?
+                    .map_err(|e| unreachable(format!("exporting snapshot for {target:x}: {e}")))?;
+                // The data is never older than what openraft built the snapshot at.
+                if meta.last_log_id < snapshot.meta.last_log_id {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(unreachable(format!(
+                        "exported snapshot for {target:x} holds {:?}, older than its build at {:?}",
+                        meta.last_log_id, snapshot.meta.last_log_id
+                    )));
+                }
+                (path, meta)
             }
-            SnapshotData::Received(p) => p.clone(),
+            SnapshotData::Received(p) => (p.clone(), snapshot.meta.clone()),
         };
-        let header = encode(&(vote, snapshot.meta.clone())).to_vec();
+        tracing::info!(to = %format_args!("{target:x}"), built_at = ?snapshot.meta.last_log_id, data_at = ?meta.last_log_id, "sending snapshot");
+        let header = encode(&(vote, meta)).to_vec();
         let res = send_snapshot(client, (self.cluster_id, target), header, &path, cancel, option).await;
         if matches!(snapshot.snapshot, SnapshotData::Local(_)) {
             let _ = std::fs::remove_file(&path);

@@ -59,6 +59,13 @@ impl StateMachine {
         self.last_applied.map(|l| l.index()).unwrap_or(0)
     }
 
+    /// A state machine over the same backend that knows only what its rows
+    /// say, as after a restart.
+    #[cfg(test)]
+    pub(crate) fn reopened(&self) -> io::Result<Self> {
+        Self::new(self.applier.clone(), self.notify.clone())
+    }
+
     fn backend(&self) -> &Arc<crate::backend::Backend> {
         self.applier.store().backend()
     }
@@ -69,6 +76,54 @@ impl StateMachine {
             None => Ok(None),
         }
     }
+}
+
+/// Raft's own rows (applied log id, membership) picked out of a backend's
+/// records as they stream by: the metadata of a snapshot made of them.
+#[derive(Default)]
+pub struct RaftRows {
+    applied: Option<Vec<u8>>,
+    membership: Option<Vec<u8>>,
+}
+
+impl RaftRows {
+    pub fn observe(&mut self, t: Table, k: &[u8], v: &[u8]) {
+        if t != Table::Meta {
+            return;
+        }
+        match k {
+            APPLIED_LOG_ID => self.applied = Some(v.to_vec()),
+            MEMBERSHIP => self.membership = Some(v.to_vec()),
+            _ => {}
+        }
+    }
+
+    /// The metadata that describes exactly the records observed.
+    pub fn meta(&self) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+        let last_log_id: Option<LogId> = match &self.applied {
+            Some(b) => decode(b)?,
+            None => None,
+        };
+        let last_membership = match &self.membership {
+            Some(b) => decode(b)?,
+            None => StoredMembership::default(),
+        };
+        Ok(SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership })
+    }
+}
+
+/// Exports `be` into a snapshot file in `dir` named `name`, from one
+/// consistent read; returns the file and the metadata of what it holds.
+pub fn export(
+    be: &crate::backend::Backend,
+    dir: &std::path::Path,
+    name: &str,
+) -> io::Result<(std::path::PathBuf, SnapshotMetaOf<TypeConfig>)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    let mut rows = RaftRows::default();
+    crate::snapshot::write_observed(be, &path, |t, k, v| rows.observe(t, k, v)).map_err(io::Error::other)?;
+    Ok((path, rows.meta()?))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -92,6 +147,42 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         .map_err(io::Error::other)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "raft snapshot taken");
         Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::Local(self.backend().clone()) })
+    }
+}
+
+/// A snapshot file staged here, removed once installed (or not).
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl StateMachine {
+    /// Where snapshot files are staged: `tmp/` beside the backend.
+    fn tmp_dir(&self) -> std::path::PathBuf {
+        self.backend().path().parent().map(|p| p.join("tmp")).unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// Replaces the state with the snapshot file at `path`, whose data must
+    /// hold every entry `meta` names (it may hold more, from an older leader
+    /// that sent the metadata of the snapshot's build with newer data).
+    async fn install_file(&mut self, meta: &SnapshotMetaOf<TypeConfig>, path: &std::path::Path) -> io::Result<()> {
+        let raft_meta = vec![
+            (APPLIED_LOG_ID.to_vec(), encode(&meta.last_log_id)),
+            (MEMBERSHIP.to_vec(), encode(&meta.last_membership)),
+            (SNAPSHOT_META.to_vec(), encode(meta)),
+        ];
+        let applier = self.applier.clone();
+        let (path, want) = (path.to_path_buf(), meta.last_log_id.map(|l| l.index()));
+        tokio::task::spawn_blocking(move || applier.install_snapshot_file(&path, want, raft_meta))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::other)?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
     }
 }
 
@@ -160,9 +251,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        match snapshot {
+        let (path, _staged) = match snapshot {
             // Our own backend: it already holds at least what the snapshot says.
-            SnapshotData::Local(_) => {
+            SnapshotData::Local(be) if Arc::ptr_eq(&be, self.backend()) => {
                 if meta.last_log_id > self.last_applied {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -172,24 +263,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         ),
                     ));
                 }
-                Ok(())
+                return Ok(());
             }
-            SnapshotData::Received(path) => {
-                let raft_meta = vec![
-                    (APPLIED_LOG_ID.to_vec(), encode(&meta.last_log_id)),
-                    (MEMBERSHIP.to_vec(), encode(&meta.last_membership)),
-                    (SNAPSHOT_META.to_vec(), encode(meta)),
-                ];
-                let applier = self.applier.clone();
-                tokio::task::spawn_blocking(move || applier.install_snapshot_file(&path, raft_meta))
-                    .await
-                    .map_err(io::Error::other)?
-                    .map_err(io::Error::other)?;
-                self.last_applied = meta.last_log_id;
-                self.membership = meta.last_membership.clone();
-                Ok(())
+            // Another state machine's backend (in one process: openraft's
+            // storage tests): exported as a peer would receive it.
+            SnapshotData::Local(be) => {
+                let dir = self.tmp_dir();
+                let name = format!("local-{}.snap", std::process::id());
+                let (path, _) =
+                    tokio::task::spawn_blocking(move || export(&be, &dir, &name)).await.map_err(io::Error::other)??;
+                (path.clone(), Some(TempFile(path)))
             }
-        }
+            // The peer service removes the file it received.
+            SnapshotData::Received(path) => (path, None),
+        };
+        self.install_file(meta, &path).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {

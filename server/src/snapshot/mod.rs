@@ -42,6 +42,17 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> SnapshotError {
 
 /// Writes a consistent snapshot of `be` to `path`; returns its size.
 pub fn write(be: &Backend, path: &Path) -> Result<u64, SnapshotError> {
+    write_observed(be, path, |_, _, _| {})
+}
+
+/// [`write`], showing `observe` every record written, so that a caller can
+/// learn what the file holds (raft's applied log id, say) from the same
+/// read as the file itself.
+pub fn write_observed(
+    be: &Backend,
+    path: &Path,
+    mut observe: impl FnMut(Table, &[u8], &[u8]),
+) -> Result<u64, SnapshotError> {
     let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
     let mut out = BufWriter::new(file);
     let mut sha = Sha256::new();
@@ -49,6 +60,7 @@ pub fn write(be: &Backend, path: &Path) -> Result<u64, SnapshotError> {
     let mut io_res = Ok(());
     be.commit()?;
     be.scan_all_committed(|t, k, v| {
+        observe(t, k, v);
         let mut rec = Vec::with_capacity(9 + k.len() + v.len());
         rec.push(t as u8);
         rec.extend_from_slice(&(k.len() as u32).to_be_bytes());

@@ -5,6 +5,10 @@
 //! - SIGSTOP/SIGCONT pauses longer than the election timeout;
 //! - member replacement: MemberRemove, wipe its data, MemberAdd as a
 //!   learner, start it with `--initial-cluster-state existing`, promote;
+//! - snapshot catch-up across a membership change: a follower paused while
+//!   a spare member joins, is promoted and leaves again and the log moves
+//!   past what the leader keeps, resumed, caught up by a raft snapshot, and
+//!   killed right after the install (then restarted);
 //! - with kvd's crash points compiled in (the `failpoints` feature, as the
 //!   test suite builds it): a restart that makes a member crash itself
 //!   before or after a WAL fsync or before a backend commit;
@@ -37,6 +41,7 @@ pub struct FaultLog {
     pub link_cuts: usize,
     pub delays: usize,
     pub crash_points: usize,
+    pub snapshot_churns: usize,
     pub events: Vec<String>,
 }
 
@@ -47,6 +52,7 @@ impl FaultLog {
             + self.pauses
             + self.replacements
             + self.crash_points
+            + self.snapshot_churns
             + self.isolations
             + self.link_cuts
             + self.delays
@@ -94,6 +100,9 @@ enum Fault {
     Replace,
     /// kvd restarted to crash itself at one of its crash points.
     CrashPoint,
+    /// A follower catches up by snapshot across a membership change and is
+    /// killed right after the install.
+    SnapshotChurn,
     Isolate,
     Cut,
     Throttle,
@@ -102,9 +111,23 @@ enum Fault {
 /// Crash points on the write path (server/src/failpoints.rs).
 const CRASH_POINTS: [&str; 3] = ["wal_before_fsync", "wal_after_fsync", "backend_before_commit"];
 
+/// Where a spare member may run for a while: its address, data dir and flags.
+#[derive(Clone)]
+pub struct Spare {
+    pub ip: String,
+    pub dir: std::path::PathBuf,
+    pub flags: Vec<String>,
+}
+
 /// Injects faults until `until`, then leaves every member running and every
 /// link healed.
-pub async fn inject(members: Arc<Mutex<Vec<Proc>>>, net: Option<Arc<Net>>, until: Instant, start: Instant) -> FaultLog {
+pub async fn inject(
+    members: Arc<Mutex<Vec<Proc>>>,
+    net: Option<Arc<Net>>,
+    spare: Option<Spare>,
+    until: Instant,
+    start: Instant,
+) -> FaultLog {
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut log = FaultLog::default();
     let n = members.lock().unwrap().len();
@@ -112,16 +135,28 @@ pub async fn inject(members: Arc<Mutex<Vec<Proc>>>, net: Option<Arc<Net>>, until
     if cfg!(feature = "failpoints") {
         menu.push(Fault::CrashPoint);
     }
+    if spare.is_some() {
+        menu.push(Fault::SnapshotChurn);
+    }
     if net.is_some() {
         menu.extend([Fault::Isolate, Fault::Cut, Fault::Throttle]);
     }
     // Let the clients get going first.
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    // With a spare, the first fault is a snapshot catch-up across a
+    // membership change, so every short run has one; then faults at random.
+    let mut first = spare.is_some();
     while Instant::now() < until {
         let at = start.elapsed().as_secs_f64();
-        let fault = menu[rng.random_range(0..menu.len())];
+        let fault =
+            if std::mem::take(&mut first) { Fault::SnapshotChurn } else { menu[rng.random_range(0..menu.len())] };
         let victim = match fault {
             Fault::LeaderKill | Fault::Isolate => find_leader(&members).await.unwrap_or_else(|| rng.random_range(0..n)),
+            // A follower: it must fall behind the leader's log.
+            Fault::SnapshotChurn => match find_leader(&members).await {
+                Some(l) => (l + rng.random_range(1..n)) % n,
+                None => rng.random_range(0..n),
+            },
             _ => rng.random_range(0..n),
         };
         let down = Duration::from_millis(rng.random_range(600..1800));
@@ -146,6 +181,13 @@ pub async fn inject(members: Arc<Mutex<Vec<Proc>>>, net: Option<Arc<Net>>, until
                 let took = replace(&members, victim).await;
                 log.events.push(format!("  m{victim} replaced and promoted in {took:?}"));
                 log.replacements += 1;
+            }
+            Fault::SnapshotChurn => {
+                let spare = spare.as_ref().expect("the menu has this fault only with a spare");
+                log.events.push(format!("{at:.1}s pause m{victim}, a spare joins and leaves"));
+                let outcome = snapshot_churn(&members, victim, spare).await;
+                log.events.push(format!("  m{victim}: {outcome}"));
+                log.snapshot_churns += 1;
             }
             Fault::CrashPoint => {
                 let point = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
@@ -298,23 +340,7 @@ async fn replace(members: &Arc<Mutex<Vec<Proc>>>, victim: usize) -> Duration {
     assert_ne!(new_id, old_id, "the replacement kept the removed member's id");
     // Names by peer URL, from the members' own flags: MemberList shows a
     // name only once its member has published it.
-    let names: Vec<(String, String)> = members
-        .lock()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.flag("--initial-advertise-peer-urls").unwrap_or_default().to_string(), format!("m{i}")))
-        .collect();
-    let ic = added
-        .members
-        .iter()
-        .flat_map(|m| m.peer_ur_ls.iter())
-        .map(|u| {
-            let n = names.iter().find(|(p, _)| p == u).map_or("unknown", |(_, n)| n.as_str());
-            format!("{n}={u}")
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    let ic = initial_cluster(members, &added.members, &peer, &name);
     {
         let mut m = members.lock().unwrap();
         m[victim].set_flag("--initial-cluster", &ic);
@@ -334,6 +360,120 @@ async fn replace(members: &Arc<Mutex<Vec<Proc>>>, victim: usize) -> Duration {
     started.elapsed()
 }
 
+/// How many snapshots member `i` has installed, by its log.
+fn installs(members: &Arc<Mutex<Vec<Proc>>>, i: usize) -> usize {
+    members.lock().unwrap()[i].log_text().matches("installed snapshot from the leader").count()
+}
+
+/// Pauses `victim`; meanwhile a spare member joins as a learner, is promoted
+/// and removed again, while the clients' writes move the log on (the
+/// cluster's snapshot flags keep little of it). Then resumes `victim`, waits
+/// for its snapshot install and kills it at once, and restarts it.
+async fn snapshot_churn(members: &Arc<Mutex<Vec<Proc>>>, victim: usize, spare: &Spare) -> String {
+    let endpoints: Vec<String> = members.lock().unwrap().iter().map(|m| m.endpoint.clone()).collect();
+    let before = installs(members, victim);
+    signal(&members.lock().unwrap()[victim], libc::SIGSTOP);
+    let peer = format!("http://{}:{}", spare.ip, crate::common::free_port_on(&spare.ip));
+    let added = cluster_call(&endpoints, victim, "MemberAdd (spare)", |mut c| {
+        let peer_ur_ls = vec![peer.clone()];
+        async move { c.member_add(MemberAddRequest { peer_ur_ls, is_learner: true }).await }
+    })
+    .await;
+    let id = added.member.as_ref().expect("MemberAdd names the new member").id;
+    let ic = initial_cluster(members, &added.members, &peer, "spare");
+    let _ = std::fs::remove_dir_all(&spare.dir);
+    let mut flags: Vec<&str> = spare.flags.iter().map(String::as_str).collect();
+    flags.extend(["--initial-cluster-state", "existing"]);
+    let mut proc = Proc::member(&spare.dir, &spare.ip, "spare", &peer, &ic, &flags);
+    let promoted = try_cluster_call(&endpoints, victim, "MemberPromote (spare)", |mut c| async move {
+        c.member_promote(MemberPromoteRequest { id }).await
+    })
+    .await;
+    if let Err(e) = promoted {
+        let log = proc.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        panic!("{e}\nthe spare's log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    // The victim is still paused: the spare's removal needs the two others.
+    cluster_call(&endpoints, victim, "MemberRemove (spare)", |mut c| async move {
+        match c.member_remove(MemberRemoveRequest { id }).await {
+            Err(s) if s.message() == "etcdserver: member not found" => Ok(tonic::Response::new(Default::default())),
+            r => r,
+        }
+    })
+    .await;
+    proc.kill9();
+    // More writes after the change, so the victim's log is left far behind.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&members.lock().unwrap()[victim], libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let installed = loop {
+        if installs(members, victim) > before {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    members.lock().unwrap()[victim].restart();
+    if installed {
+        "installed a snapshot, killed at once".into()
+    } else {
+        "caught up by the log (no snapshot in 10 s), killed".into()
+    }
+}
+
+/// `--initial-cluster` for a member joining at `peer` as `name`: every
+/// member of `list`, named after the harness's own members by peer URL.
+fn initial_cluster(
+    members: &Arc<Mutex<Vec<Proc>>>,
+    list: &[kvd_api::etcdserverpb::Member],
+    peer: &str,
+    name: &str,
+) -> String {
+    let mut names: Vec<(String, String)> = members
+        .lock()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.flag("--initial-advertise-peer-urls").unwrap_or_default().to_string(), format!("m{i}")))
+        .collect();
+    names.push((peer.to_string(), name.to_string()));
+    list.iter()
+        .flat_map(|m| m.peer_ur_ls.iter())
+        .map(|u| {
+            let n = names.iter().find(|(p, _)| p == u).map_or("unknown", |(_, n)| n.as_str());
+            format!("{n}={u}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Every member's membership (ids and learner flags), as its own raft holds
+/// it, must be the same: a member that counts a removed member as a voter
+/// could form a quorum apart from the others.
+pub async fn check_membership(members: &Arc<Mutex<Vec<Proc>>>) -> Result<(), String> {
+    let endpoints: Vec<String> = members.lock().unwrap().iter().map(|m| m.endpoint.clone()).collect();
+    let mut views = Vec::new();
+    for e in &endpoints {
+        let ch = Channel::from_shared(e.clone()).unwrap().timeout(Duration::from_secs(3)).connect_lazy();
+        let list = ClusterClient::new(ch)
+            .member_list(MemberListRequest { linearizable: false })
+            .await
+            .map_err(|s| format!("{e}: MemberList: {}", s.message()))?
+            .into_inner();
+        let mut view: Vec<(u64, bool)> = list.members.iter().map(|m| (m.id, m.is_learner)).collect();
+        view.sort();
+        views.push(view);
+    }
+    if views.windows(2).all(|w| w[0] == w[1]) && views[0].len() == endpoints.len() && views[0].iter().all(|m| !m.1) {
+        Ok(())
+    } else {
+        Err(format!("members' memberships (id, learner) differ or are not the {} voters: {views:x?}", endpoints.len()))
+    }
+}
+
 /// Waits until every member serves linearizable reads again.
 pub async fn all_ready(members: &Arc<Mutex<Vec<Proc>>>) {
     let endpoints: Vec<String> = members.lock().unwrap().iter().map(|m| m.endpoint.clone()).collect();
@@ -349,7 +489,15 @@ pub async fn all_ready(members: &Arc<Mutex<Vec<Proc>>>) {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "{e} does not serve 30 s after the faults");
+            if Instant::now() > deadline {
+                let log = members.lock().unwrap().iter().find(|m| m.endpoint == e).map(Proc::log_text);
+                let log = log.unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "{e} does not serve 30 s after the faults; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
