@@ -153,7 +153,7 @@ impl Applier {
         raft_meta: Vec<(Vec<u8>, Bytes)>,
     ) -> Result<(), MvccError> {
         let be = self.store.backend();
-        be.replace_all(
+        self.store.install_snapshot(
             |insert| {
                 let mut data_ci = None;
                 crate::snapshot::read(path, |t, k, v| {
@@ -174,7 +174,6 @@ impl Applier {
             },
             raft_meta,
         )?;
-        self.store.reload()?;
         self.alarms.reload(be)?;
         self.lessor.load(be, &self.store)?;
         self.auth.load(be)?;

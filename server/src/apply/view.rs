@@ -2,7 +2,7 @@
 //! transactions) puts and deletes. Implemented by the store (read-only) and by
 //! the MVCC write transaction.
 
-use crate::mvcc::{KvStore, MvccError, RangeEnd, RangeOptions, RangeResult, WriteTxn};
+use crate::mvcc::{Content, KvStore, MvccError, RangeEnd, RangeOptions, RangeResult, WriteTxn};
 
 /// A read view at one revision.
 pub trait View {
@@ -22,14 +22,18 @@ pub trait WriteView: View {
 }
 
 /// The store itself, read-only, at its current revision (fixed at creation).
+/// It holds the store's content: a snapshot installed meanwhile waits, so
+/// that every read of the view sees the same content.
 pub struct ReadView<'a> {
     store: &'a KvStore,
+    content: Content<'a>,
     rev: i64,
 }
 
 impl<'a> ReadView<'a> {
     pub fn new(store: &'a KvStore) -> Self {
-        Self { store, rev: store.rev() }
+        let content = store.content();
+        Self { store, rev: store.rev(), content }
     }
 }
 
@@ -41,7 +45,7 @@ impl View for ReadView<'_> {
         if opts.rev <= 0 {
             opts.rev = self.rev;
         }
-        let mut r = self.store.range(key, end, opts)?;
+        let mut r = self.store.range_in(&self.content, key, end, opts)?;
         r.rev = self.rev;
         Ok(r)
     }

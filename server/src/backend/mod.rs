@@ -205,18 +205,21 @@ impl Backend {
         Ok(())
     }
 
-    /// Replaces the whole content of every table in one durable transaction:
-    /// `load` is called with an insert function for each record, then `extra`
-    /// meta entries are written on top. Used to install a raft snapshot.
-    pub fn replace_all(
+    /// Stages the replacement of every table's whole content (a raft
+    /// snapshot's install): `load` is called with an insert function for
+    /// each record, then `extra` meta entries are written on top, all in one
+    /// redb transaction that nobody sees until [`Replacement::commit`].
+    /// Until then reads see the old content, and no commit or
+    /// defragmentation runs.
+    pub fn stage_replacement(
         &self,
         load: impl FnOnce(&mut dyn FnMut(Table, &[u8], &[u8])) -> Result<(), String>,
         extra: Vec<(Vec<u8>, Bytes)>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Replacement<'_>, BackendError> {
         // A defragmentation's journal could not express "replace everything".
-        let _no_defrag = self.defrag_lock.lock();
+        let no_defrag = self.defrag_lock.lock();
         self.commit()?;
-        let _g = self.commit_lock.lock();
+        let no_commit = self.commit_lock.lock();
         let db = self.db.read();
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
@@ -245,9 +248,7 @@ impl Backend {
         }
         self.refresh_sizes(&tx, true)?;
         crate::failpoints::crash_point("snapshot_install_mid");
-        // The old content and the new one never mix: one atomic, durable commit.
-        tx.commit()?;
-        Ok(())
+        Ok(Replacement { be: self, tx, _db: db, _no_commit: no_commit, _no_defrag: no_defrag })
     }
 
     /// Writes one batch in one durable redb transaction.
@@ -318,6 +319,33 @@ impl Backend {
     /// Bytes of the file in use (the rest is free pages that defrag reclaims).
     pub fn size_in_use(&self) -> u64 {
         self.size_in_use.load(Ordering::Relaxed)
+    }
+}
+
+/// A staged replacement of the backend's whole content
+/// ([`Backend::stage_replacement`]); dropped without a commit, it leaves the
+/// old content as it was.
+pub struct Replacement<'a> {
+    be: &'a Backend,
+    tx: redb::WriteTransaction,
+    _db: parking_lot::RwLockReadGuard<'a, Database>,
+    _no_commit: parking_lot::MutexGuard<'a, ()>,
+    _no_defrag: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Replacement<'_> {
+    /// Makes the new content durable and visible, in one atomic commit: the
+    /// old content and the new one never mix. Writes buffered since the
+    /// replacement was staged belong to the old content and are dropped.
+    pub fn commit(self) -> Result<(), BackendError> {
+        let mut bufs = self.be.bufs.write();
+        self.tx.commit()?;
+        let stale = std::mem::take(&mut bufs.pending);
+        drop(bufs);
+        if !stale.is_empty() {
+            tracing::info!(ops = stale.ops(), "dropped writes to the content a snapshot replaced");
+        }
+        Ok(())
     }
 }
 

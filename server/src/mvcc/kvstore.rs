@@ -1,5 +1,13 @@
 //! The MVCC key-value store: reads at a revision, the write transaction entry
-//! point, compaction, hashing, and rebuilding the index at start.
+//! point, compaction, hashing, rebuilding the index at start, and swapping
+//! in a raft snapshot's content.
+//!
+//! A read looks keys up in the index, then reads their values from the
+//! backend: the two must be of the same content. A snapshot install
+//! therefore builds the new index while it stages the new content, and
+//! swaps both in under `swap`, which every read holds for its lookup and
+//! its value reads: a read sees the old content or the new one, never a
+//! mix (which showed as "mvcc: corrupt value").
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -37,6 +45,9 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// A hold on the store's content ([`KvStore::content`]).
+pub struct Content<'a>(#[allow(dead_code, reason = "held, not read")] parking_lot::RwLockReadGuard<'a, ()>);
+
 pub struct KvStore {
     pub(super) backend: Arc<Backend>,
     pub(super) index: RwLock<TreeIndex>,
@@ -46,6 +57,12 @@ pub struct KvStore {
     pub(super) compact_rev: AtomicI64,
     /// Serialises write transactions (apply is single-threaded; this makes it explicit).
     pub(super) write_lock: Mutex<()>,
+    /// Held shared by every read across its index lookup and value reads,
+    /// and exclusively by a snapshot install for its swap.
+    swap: RwLock<()>,
+    /// Physical compaction and snapshot installs, one at a time: a
+    /// compaction planned on the old content must not delete from the new.
+    maintenance: Mutex<()>,
     /// Live keys with a lease, found by the last restore, until the lessor takes them.
     restored_leased: Mutex<Vec<(Vec<u8>, i64)>>,
 }
@@ -59,6 +76,8 @@ impl KvStore {
             current_rev: AtomicI64::new(1),
             compact_rev: AtomicI64::new(-1),
             write_lock: Mutex::new(()),
+            swap: RwLock::new(()),
+            maintenance: Mutex::new(()),
             restored_leased: Mutex::new(Vec::new()),
         };
         store.restore()?;
@@ -71,68 +90,79 @@ impl KvStore {
         std::mem::take(&mut *self.restored_leased.lock())
     }
 
-    /// Rebuilds the index and revisions from the backend after its content was
-    /// replaced (a raft snapshot was installed).
-    pub fn reload(&self) -> Result<(), MvccError> {
+    /// Replaces the whole content with a raft snapshot's records (`load`
+    /// feeds them to an insert function, in table and key order), plus
+    /// `extra` meta rows: the new index is built while the content is
+    /// staged, and both are swapped in at once.
+    pub fn install_snapshot(
+        &self,
+        load: impl FnOnce(&mut dyn FnMut(Table, &[u8], &[u8])) -> Result<(), String>,
+        extra: Vec<(Vec<u8>, Bytes)>,
+    ) -> Result<(), MvccError> {
+        let _one = self.maintenance.lock();
         let _w = self.write_lock.lock();
-        self.restore()
+        let mut rebuild = Rebuild::default();
+        let (mut scheduled, mut finished) = (None, None);
+        let staged = self.backend.stage_replacement(
+            |insert| {
+                load(&mut |t, k, v| {
+                    match t {
+                        Table::Key => rebuild.row(k, v),
+                        Table::Meta if k == meta::SCHEDULED_COMPACT_REV => scheduled = meta::decode(v),
+                        Table::Meta if k == meta::FINISHED_COMPACT_REV => finished = meta::decode(v),
+                        _ => {}
+                    }
+                    insert(t, k, v)
+                })
+            },
+            extra,
+        )?;
+        let rebuilt = rebuild.finish()?;
+        {
+            // Reads wait here for the commit (one fsync), not for the load.
+            let _readers = self.swap.write();
+            staged.commit()?;
+            self.publish(rebuilt, scheduled, finished);
+        }
+        self.finish_scheduled_compaction(scheduled, finished)
     }
 
     fn restore(&self) -> Result<(), MvccError> {
-        let mut idx = TreeIndex::default();
-        let mut cur = 1i64;
-        let mut bad = None;
-        // Revisions come in order, so the last one of a key says whether its
-        // live version holds a lease.
-        let mut leased: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
-        let mut prev: Option<Revision> = None;
+        let mut rebuild = Rebuild::default();
         self.backend.scan_committed(Table::Key, &[], None, |k, v| {
-            let Some((rev, tomb)) = Revision::from_key(k) else {
-                bad = Some(Revision::default());
-                return false;
-            };
-            // Rows come in revision order, one per revision; a revision seen
-            // twice (as a put and as a tombstone) or a row without a key can
-            // only be damage (found by fuzzing the backend rows).
-            let Ok(kv) = KeyValue::decode(v) else {
-                bad = Some(rev);
-                return false;
-            };
-            if prev.is_some_and(|p| rev <= p) || kv.key.is_empty() {
-                bad = Some(rev);
-                return false;
-            }
-            prev = Some(rev);
-            idx.restore(&kv.key, rev, kv.create_revision, kv.version, tomb);
-            cur = cur.max(rev.main);
-            if tomb || kv.lease == 0 {
-                leased.remove(&kv.key);
-            } else {
-                leased.insert(kv.key, kv.lease);
-            }
-            true
+            rebuild.row(k, v);
+            rebuild.bad.is_none()
         })?;
-        if let Some(rev) = bad {
-            return Err(MvccError::Corrupt(rev));
-        }
-        let read_meta = |k: &[u8]| -> Result<Option<i64>, MvccError> {
-            Ok(self.backend.get(Table::Meta, k)?.and_then(|b| meta::decode(&b)).map(|v| v as i64))
+        let rebuilt = rebuild.finish()?;
+        let read_meta = |k: &[u8]| -> Result<Option<u64>, MvccError> {
+            Ok(self.backend.get(Table::Meta, k)?.and_then(|b| meta::decode(&b)))
         };
-        let scheduled = read_meta(meta::SCHEDULED_COMPACT_REV)?;
-        let finished = read_meta(meta::FINISHED_COMPACT_REV)?;
-        let compact = scheduled.or(finished).unwrap_or(-1);
-        cur = cur.max(compact);
-        let keys = idx.live_keys();
-        *self.index.write() = idx;
-        *self.restored_leased.lock() = leased.into_iter().collect();
+        let (scheduled, finished) = (read_meta(meta::SCHEDULED_COMPACT_REV)?, read_meta(meta::FINISHED_COMPACT_REV)?);
+        self.publish(rebuilt, scheduled, finished);
+        let _one = self.maintenance.lock();
+        self.finish_scheduled_compaction(scheduled, finished)
+    }
+
+    /// Makes a rebuilt index and its revisions the store's.
+    fn publish(&self, r: Rebuilt, scheduled: Option<u64>, finished: Option<u64>) {
+        let compact = scheduled.or(finished).map_or(-1, |v| v as i64);
+        let cur = r.cur.max(compact);
+        let keys = r.idx.live_keys();
+        *self.index.write() = r.idx;
+        *self.restored_leased.lock() = r.leased;
         self.current_rev.store(cur, Ordering::SeqCst);
         self.compact_rev.store(compact, Ordering::SeqCst);
         info!(current_revision = cur, compact_revision = compact, keys, "restored mvcc index");
+    }
+
+    /// A compaction that was scheduled but had not finished before the stop
+    /// (or in the snapshot's source) is carried out now. The caller holds
+    /// `maintenance`.
+    fn finish_scheduled_compaction(&self, scheduled: Option<u64>, finished: Option<u64>) -> Result<(), MvccError> {
         if let Some(s) = scheduled
             && finished != Some(s)
         {
-            // A compaction was scheduled but had not finished before the stop.
-            self.compact_physical(s)?;
+            self.compact_physical_locked(s as i64)?;
         }
         Ok(())
     }
@@ -170,11 +200,33 @@ impl KvStore {
 
     /// Reads `[key, end)` at `opts.rev`.
     pub fn range(&self, key: &[u8], end: RangeEnd<'_>, opts: RangeOptions) -> Result<RangeResult, MvccError> {
+        let content = self.content();
+        self.range_in(&content, key, end, opts)
+    }
+
+    /// Holds off snapshot swaps while it lives, so that reads under it see
+    /// the index, values and revisions of one content (see the module doc):
+    /// a read at a revision taken under it never finds that revision
+    /// compacted by a snapshot swapped in after.
+    pub fn content(&self) -> Content<'_> {
+        Content(self.swap.read())
+    }
+
+    /// [`range`](Self::range) under a [`Content`] the caller holds.
+    pub fn range_in(
+        &self,
+        _content: &Content<'_>,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        opts: RangeOptions,
+    ) -> Result<RangeResult, MvccError> {
         self.range_at(key, end, opts, self.rev(), &|_| None)
     }
 
     /// Shared by reads and write transactions. `cur` is the revision visible to
     /// the caller; `local` serves values the caller wrote but has not published.
+    /// The caller holds `swap` (a read) or `write_lock` (a write transaction),
+    /// so no snapshot is swapped in meanwhile.
     pub(super) fn range_at(
         &self,
         key: &[u8],
@@ -241,6 +293,11 @@ impl KvStore {
     /// Physical compaction at `rev`: drops from the index and the backend every
     /// revision older than the newest one at or before `rev`, per key.
     pub fn compact_physical(&self, rev: i64) -> Result<usize, MvccError> {
+        let _one = self.maintenance.lock();
+        self.compact_physical_locked(rev)
+    }
+
+    fn compact_physical_locked(&self, rev: i64) -> Result<usize, MvccError> {
         let keep = self.index.write().compact(rev);
         self.backend.commit()?;
         let end = Revision::new(rev + 1, 0).to_key(false);
@@ -269,6 +326,7 @@ impl KvStore {
     /// `rev` would keep, as etcd's HashKV. `rev` <= 0 means the current revision.
     /// Returns (hash, hash revision, compact revision).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        let _content = self.swap.read();
         let rev = if rev <= 0 { self.rev() } else { rev };
         self.check_rev(rev)?;
         let compact = self.compact_rev();
@@ -287,5 +345,62 @@ impl KvStore {
             true
         })?;
         Ok((h, rev, compact))
+    }
+}
+
+/// An index rebuilt from the backend's `key` rows, in revision order.
+#[derive(Default)]
+struct Rebuild {
+    idx: TreeIndex,
+    cur: i64,
+    /// Revisions come in order, so the last one of a key says whether its
+    /// live version holds a lease.
+    leased: std::collections::HashMap<Vec<u8>, i64>,
+    prev: Option<Revision>,
+    /// The first damaged row.
+    bad: Option<Revision>,
+}
+
+/// What a [`Rebuild`] produced.
+struct Rebuilt {
+    idx: TreeIndex,
+    cur: i64,
+    leased: Vec<(Vec<u8>, i64)>,
+}
+
+impl Rebuild {
+    fn row(&mut self, k: &[u8], v: &[u8]) {
+        if self.bad.is_some() {
+            return;
+        }
+        let Some((rev, tomb)) = Revision::from_key(k) else {
+            self.bad = Some(Revision::default());
+            return;
+        };
+        // Rows come in revision order, one per revision; a revision seen
+        // twice (as a put and as a tombstone) or a row without a key can
+        // only be damage (found by fuzzing the backend rows).
+        let kv = match KeyValue::decode(v) {
+            Ok(kv) if !kv.key.is_empty() && self.prev.is_none_or(|p| rev > p) => kv,
+            _ => {
+                self.bad = Some(rev);
+                return;
+            }
+        };
+        self.prev = Some(rev);
+        self.idx.restore(&kv.key, rev, kv.create_revision, kv.version, tomb);
+        self.cur = self.cur.max(rev.main);
+        if tomb || kv.lease == 0 {
+            self.leased.remove(&kv.key);
+        } else {
+            self.leased.insert(kv.key, kv.lease);
+        }
+    }
+
+    fn finish(self) -> Result<Rebuilt, MvccError> {
+        if let Some(rev) = self.bad {
+            return Err(MvccError::Corrupt(rev));
+        }
+        Ok(Rebuilt { idx: self.idx, cur: self.cur.max(1), leased: self.leased.into_iter().collect() })
     }
 }

@@ -9,7 +9,7 @@ pub mod revision;
 mod txn;
 
 pub use index::RangeEnd;
-pub use kvstore::{KvStore, RangeOptions, RangeResult};
+pub use kvstore::{Content, KvStore, RangeOptions, RangeResult};
 pub use revision::Revision;
 pub use txn::WriteTxn;
 
