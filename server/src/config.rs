@@ -66,6 +66,10 @@ pub struct Flags {
     /// Most operations in one txn.
     #[arg(long, env = "KVD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Most streams one client connection may have open at once (etcd's
+    /// default, unlimited: kube-apiserver keeps many watches on one).
+    #[arg(long, env = "KVD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "KVD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -298,6 +302,7 @@ impl Flags {
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            max_concurrent_streams: self.max_concurrent_streams,
             heartbeat_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             backend_batch_interval: self.backend_batch_interval,

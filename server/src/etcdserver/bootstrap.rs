@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub quota_backend_bytes: i64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// Streams one client connection may have open at once.
+    pub max_concurrent_streams: u32,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub backend_batch_interval: Duration,

@@ -159,6 +159,11 @@ impl Grpc {
         receive_limit(&self.0.server)
     }
 
+    /// Streams one client connection may have open at once.
+    pub(super) fn max_concurrent_streams(&self) -> u32 {
+        self.0.server.cfg.max_concurrent_streams
+    }
+
     /// The service named by the path (`/<package.Service>/<Method>`).
     async fn route(&self, req: GrpcRequest) -> axum::http::Response<tonic::body::Body> {
         let s = &*self.0;

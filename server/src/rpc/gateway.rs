@@ -156,8 +156,15 @@ pub async fn handle(grpc: super::Grpc, req: Request) -> Response {
     };
     let streaming = m.is_client_streaming() || m.is_server_streaming();
     let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
+    // The JSON of the largest request gRPC takes: its bytes as base64 (4/3),
+    // escapes and field names. A larger body is refused as it arrives,
+    // never buffered whole.
+    let limit = 2 * grpc.max_request_message() + (64 << 10);
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(8, &format!("grpc-gateway: request body larger than max ({limit} bytes)"));
+        }
         Err(e) => return error(3, &e.to_string()),
     };
     let frames = match frames(&m.input(), &body) {

@@ -9,7 +9,14 @@
 //!   a time, so a slow reader holds up its stream's producer (a Watch
 //!   stream's channel fills and its watchers fall behind) instead of
 //!   growing a buffer here;
-//! - a stream the client resets drops the service's future and its body.
+//! - a stream the client resets drops the service's future and its body;
+//! - a gRPC request's messages are followed through their 5-byte prefixes:
+//!   each message's declared length is reserved against the connection's
+//!   budget ([`super::budget`]) before its bytes are handed on, and given
+//!   back once its last byte has been (the service decodes it then). A
+//!   message the budget cannot hold ends the body with an error instead,
+//!   so the service never buffers it; one over gRPC's receive limit the
+//!   service itself refuses on its prefix.
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -25,15 +32,96 @@ use h2::{Reason, RecvStream, SendStream};
 use http_body::{Body as _, Frame};
 use tower::Service;
 
+use super::super::grpc_frame;
+use super::budget::{Budget, Held};
+use std::sync::Arc;
+
 /// A request body over an HTTP/2 stream.
 pub struct H2Body {
     recv: RecvStream,
     data_done: bool,
+    /// For a gRPC request: where its messages start and end.
+    grpc: Option<Messages>,
 }
 
 impl H2Body {
     pub fn new(recv: RecvStream) -> Self {
-        H2Body { recv, data_done: false }
+        H2Body { recv, data_done: false, grpc: None }
+    }
+
+    /// A gRPC request's body, its messages held against `budget` while
+    /// they are read, each at most `limit` bytes. With `one`, the method
+    /// takes one request message (all but the bidirectional streams): the
+    /// body ends after it, as grpc-go reads no further (tonic would read on
+    /// to the end of the stream, however long, before it answers).
+    pub fn grpc(recv: RecvStream, budget: Arc<Budget>, limit: usize, one: bool) -> Self {
+        let grpc = Messages {
+            budget,
+            limit,
+            prefix: [0; grpc_frame::HEADER_LEN],
+            have: 0,
+            left: 0,
+            held: None,
+            one,
+            done: false,
+        };
+        H2Body { recv, data_done: false, grpc: Some(grpc) }
+    }
+}
+
+/// Follows a gRPC body's length-prefixed messages as their bytes go by.
+struct Messages {
+    budget: Arc<Budget>,
+    limit: usize,
+    /// The prefix being read, and how much of it is.
+    prefix: [u8; grpc_frame::HEADER_LEN],
+    have: usize,
+    /// Bytes of the current message still to come.
+    left: usize,
+    held: Option<Held>,
+    /// The body ends with its first message.
+    one: bool,
+    /// That message is complete.
+    done: bool,
+}
+
+impl Messages {
+    /// Accounts for `data`, the next bytes of the body: how many of them to
+    /// hand on (all, unless the body ends with a message that ends in
+    /// them). Refuses a message the connection's budget cannot hold.
+    fn pass(&mut self, data: &[u8]) -> Result<usize, Reason> {
+        let mut at = 0;
+        while at < data.len() && !self.done {
+            if self.left > 0 {
+                let n = self.left.min(data.len() - at);
+                self.left -= n;
+                at += n;
+                if self.left == 0 {
+                    self.held = None;
+                    self.done = self.one;
+                }
+                continue;
+            }
+            let n = (grpc_frame::HEADER_LEN - self.have).min(data.len() - at);
+            self.prefix[self.have..self.have + n].copy_from_slice(&data[at..at + n]);
+            self.have += n;
+            at += n;
+            if self.have == grpc_frame::HEADER_LEN {
+                self.have = 0;
+                let Some((_, len)) = grpc_frame::header(&self.prefix) else { continue };
+                if len > self.limit {
+                    // The service refuses the message on its prefix (with
+                    // gRPC's words) and reads no more of it.
+                    self.done = true;
+                } else if len == 0 {
+                    self.done = self.one;
+                } else {
+                    self.held = Some(self.budget.try_request(len).ok_or(Reason::ENHANCE_YOUR_CALM)?);
+                    self.left = len;
+                }
+            }
+        }
+        Ok(at)
     }
 }
 
@@ -42,16 +130,34 @@ impl http_body::Body for H2Body {
     type Error = h2::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if self.grpc.as_ref().is_some_and(|g| g.done) {
+            self.data_done = true;
+        }
         if !self.data_done {
             match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Handed on: the peer may send this much more.
+                Some(Ok(mut data)) => {
+                    // Handed on (or dropped): the peer may send this much more.
                     let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(grpc) = self.grpc.as_mut() {
+                        match grpc.pass(&data) {
+                            // Not handed on: the service answers the error,
+                            // and the rest of the stream is never read.
+                            Err(reason) => {
+                                self.data_done = true;
+                                return Poll::Ready(Some(Err(h2::Error::from(reason))));
+                            }
+                            Ok(n) => data.truncate(n),
+                        }
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => self.data_done = true,
             }
+        }
+        if self.grpc.as_ref().is_some_and(|g| g.done) {
+            // The body's one message (or a refused one) is all there is.
+            return Poll::Ready(None);
         }
         match ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
@@ -61,7 +167,7 @@ impl http_body::Body for H2Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.recv.is_end_stream() || self.grpc.as_ref().is_some_and(|g| g.done)
     }
 }
 

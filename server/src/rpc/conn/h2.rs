@@ -14,6 +14,7 @@ use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::ClientService;
+use super::budget::Budget;
 use super::{bridge, unary};
 use crate::tls::TlsAddr;
 
@@ -25,10 +26,6 @@ const MAX_FRAME: u32 = 16 << 10;
 const MAX_HEADER_LIST: u32 = 16 << 10;
 const MAX_SEND_BUFFER: usize = 400 << 10;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
-/// etcd's default `--max-concurrent-streams` (Go's math.MaxUint32): a gRPC
-/// client at the limit queues new calls behind its open streams, and
-/// kube-apiserver keeps many watches open on one connection.
-const MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
 
 /// Serves `io` (past its preface check) until the client closes it.
 pub async fn serve<T>(io: T, svc: ClientService, peer: Option<ConnectInfo<TlsAddr>>)
@@ -42,7 +39,12 @@ where
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // `--max-concurrent-streams`, unlimited by default as etcd's (Go's
+        // math.MaxUint32): a gRPC client at the limit queues new calls
+        // behind its open streams, and kube-apiserver keeps many watches
+        // open on one connection. Memory is bounded per call instead
+        // (`budget.rs`).
+        .max_concurrent_streams(svc.grpc.max_concurrent_streams())
         .handshake::<_, Bytes>(io);
     let mut conn = match handshake.await {
         Ok(c) => c,
@@ -54,6 +56,7 @@ where
     // Everything else runs as its own task, so that reads of one connection
     // use every core.
     let mut writes = FuturesUnordered::new();
+    let budget = Budget::new();
     let accepted = poll_fn(|cx| {
         loop {
             while let Poll::Ready(Some(())) = writes.poll_next_unpin(cx) {}
@@ -69,10 +72,21 @@ where
                 parts.extensions.insert(p.clone());
             }
             match unary::takes(&parts) {
-                Some(unary::Kind::Write) => writes.push(unary::serve(svc.grpc.clone(), parts, body, respond)),
-                Some(unary::Kind::Read) => drop(tokio::spawn(unary::serve(svc.grpc.clone(), parts, body, respond))),
+                Some(unary::Kind::Write) => {
+                    writes.push(unary::serve(svc.grpc.clone(), budget.clone(), parts, body, respond))
+                }
+                Some(unary::Kind::Read) => {
+                    drop(tokio::spawn(unary::serve(svc.grpc.clone(), budget.clone(), parts, body, respond)))
+                }
                 None => {
-                    let req = Request::from_parts(parts, Body::new(bridge::H2Body::new(body)));
+                    let body = if unary::is_grpc(&parts) {
+                        let method = parts.uri.path().rsplit('/').next().unwrap_or_default();
+                        let one = super::super::grpc_type(method) != "bidi_stream";
+                        bridge::H2Body::grpc(body, budget.clone(), svc.grpc.max_request_message(), one)
+                    } else {
+                        bridge::H2Body::new(body)
+                    };
+                    let req = Request::from_parts(parts, Body::new(body));
                     tokio::spawn(bridge::serve(svc.clone(), req, respond));
                 }
             }

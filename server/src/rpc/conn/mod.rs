@@ -6,6 +6,7 @@
 //! ([`sniff`]), with or without TLS.
 
 mod bridge;
+mod budget;
 mod h2;
 mod sniff;
 mod unary;

@@ -13,8 +13,18 @@
 //! and its error for an oversized message. A malformed or truncated body
 //! gets grpc-go's code and words, as from etcd. A call this path does not
 //! take (compressed requests included) goes through tonic.
+//!
+//! Memory, as grpc-go bounds it and more ([`super::budget`]): only the
+//! message the 5-byte prefix declares is read (at most gRPC's receive
+//! limit); DATA past it is never read, and once the call is answered the
+//! stream is reset with NO_ERROR, as grpc-go does, so the client stops
+//! sending. The declared length is reserved against the connection's
+//! budget first, and the reply goes out as the client's window allows
+//! (h2 buffers at most its send buffer of it), counted in that budget
+//! while it waits.
 
 use std::future::{Future, poll_fn};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::request::Parts;
@@ -29,6 +39,7 @@ use tonic::metadata::MetadataMap;
 use super::super::dispatch::{Grpc, code_name};
 use super::super::grpc_frame;
 use super::super::method_metrics::MethodMetrics;
+use super::budget::{Budget, Held, Slot};
 use crate::metrics;
 use kvd_api::etcdserverpb::kv_server::Kv;
 
@@ -53,24 +64,33 @@ pub fn takes(parts: &Parts) -> Option<Kind> {
         | "/etcdserverpb.KV/Compact" => Kind::Write,
         _ => return None,
     };
-    let h = &parts.headers;
-    let grpc = parts.method == http::Method::POST
-        && h.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-        && h.get("grpc-encoding").is_none_or(|v| v.as_bytes() == b"identity");
-    grpc.then_some(kind)
+    let identity = parts.headers.get("grpc-encoding").is_none_or(|v| v.as_bytes() == b"identity");
+    (is_grpc(parts) && identity).then_some(kind)
 }
 
-/// Serves one call (which [`takes`] accepted) until its reply is queued or
+/// Whether the request is a gRPC call (a POST of `application/grpc*`).
+pub fn is_grpc(parts: &Parts) -> bool {
+    parts.method == http::Method::POST
+        && parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Serves one call (which [`takes`] accepted) until its reply is sent or
 /// the client resets the stream.
-pub async fn serve(grpc: Grpc, parts: Parts, body: RecvStream, mut respond: SendResponse<Bytes>) {
+pub async fn serve(
+    grpc: Grpc,
+    budget: Arc<Budget>,
+    parts: Parts,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+) {
     let reply = tokio::select! {
         biased;
-        r = admit_and_call(&grpc, parts, body) => r,
+        r = admit_and_call(&grpc, &budget, parts, &mut body) => r,
         // The client gave up: the call's future is dropped, as hyper does.
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
     let sent = match reply {
-        Ok((metadata, frame)) => send_ok(&mut respond, metadata, frame),
+        Ok((metadata, frame, slot)) => send_ok(&mut respond, metadata, frame, &budget, slot).await,
         Err(status) => {
             let (head, ()) = status.into_http::<()>().into_parts();
             respond.send_response(http::Response::from_parts(head, ()), true).map(drop)
@@ -79,16 +99,47 @@ pub async fn serve(grpc: Grpc, parts: Parts, body: RecvStream, mut respond: Send
     if let Err(e) = sent {
         tracing::debug!(error = %e, "gRPC reply not sent");
     }
+    // The request side was kept to here, unread past the message, so that a
+    // client that ends its stream in a frame of its own (tonic's does) has
+    // done so by now. Dropping the stream's handles with the client's side
+    // still open (it sent more than its message) makes h2 reset the stream
+    // with NO_ERROR after the reply, as grpc-go does.
+    drop(body);
 }
 
-/// The reply: HEADERS with the metadata, the message, `grpc-status: 0`.
-fn send_ok(respond: &mut SendResponse<Bytes>, metadata: MetadataMap, frame: Bytes) -> Result<(), h2::Error> {
+/// The reply: HEADERS with the metadata, the message as the client's window
+/// allows, `grpc-status: 0`. The call's slot is held until the message is out.
+async fn send_ok(
+    respond: &mut SendResponse<Bytes>,
+    metadata: MetadataMap,
+    mut frame: Bytes,
+    budget: &Arc<Budget>,
+    _slot: Slot,
+) -> Result<(), h2::Error> {
     let mut head = http::Response::new(());
     *head.headers_mut() = metadata.into_headers();
     head.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     metrics::get().client_grpc_sent_bytes.inc_by(frame.len() as u64);
     let mut send = respond.send_response(head, false)?;
-    send.send_data(frame, false)?;
+    let mut waiting: Option<Held> = None;
+    while !frame.is_empty() {
+        // Usually the window has room and this is one DATA frame at once.
+        send.reserve_capacity(frame.len());
+        while send.capacity() == 0 {
+            // Counted in the connection's budget while it waits.
+            waiting.get_or_insert_with(|| budget.reply(frame.len()));
+            match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+            }
+        }
+        let part = frame.split_to(send.capacity().min(frame.len()));
+        if let Some(h) = waiting.as_mut() {
+            h.release(part.len());
+        }
+        send.send_data(part, false)?;
+    }
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     send.send_trailers(trailers)
@@ -96,14 +147,19 @@ fn send_ok(respond: &mut SendResponse<Bytes>, metadata: MetadataMap, frame: Byte
 
 /// etcd's checks, then the call with its metrics. A call the checks refuse
 /// is not counted, as etcd's interceptor refuses it before go-grpc-prometheus's.
-async fn admit_and_call(grpc: &Grpc, parts: Parts, body: RecvStream) -> Result<(MetadataMap, Bytes), Status> {
+async fn admit_and_call(
+    grpc: &Grpc,
+    budget: &Arc<Budget>,
+    parts: Parts,
+    body: &mut RecvStream,
+) -> Result<(MetadataMap, Bytes, Slot), Status> {
     grpc.admit(&parts.headers, parts.uri.path()).await?;
     let calls = MethodMetrics::for_path(parts.uri.path());
     if let Some(c) = &calls {
         c.started();
     }
     let start = Instant::now();
-    let reply = call(grpc, parts, body).await;
+    let reply = call(grpc, budget, parts, body).await;
     if let Some(c) = calls {
         let code = reply.as_ref().err().map_or(tonic::Code::Ok, |s| s.code());
         c.handled(code_name(code as i32), start.elapsed().as_secs_f64());
@@ -111,18 +167,25 @@ async fn admit_and_call(grpc: &Grpc, parts: Parts, body: RecvStream) -> Result<(
     reply
 }
 
-/// The request message, the KV method.
-async fn call(grpc: &Grpc, parts: Parts, body: RecvStream) -> Result<(MetadataMap, Bytes), Status> {
-    let msg = read_message(body, grpc.max_request_message()).await?;
+/// The request message, a call slot, the KV method.
+async fn call(
+    grpc: &Grpc,
+    budget: &Arc<Budget>,
+    parts: Parts,
+    body: &mut RecvStream,
+) -> Result<(MetadataMap, Bytes, Slot), Status> {
+    let (msg, _held) = read_message(body, grpc.max_request_message(), budget).await?;
+    let slot = budget.slot().await;
     let kv = grpc.kv();
-    match parts.uri.path() {
+    let (metadata, frame) = match parts.uri.path() {
         "/etcdserverpb.KV/Range" => run(parts, msg, |r| kv.range(r)).await,
         "/etcdserverpb.KV/Put" => run(parts, msg, |r| kv.put(r)).await,
         "/etcdserverpb.KV/DeleteRange" => run(parts, msg, |r| kv.delete_range(r)).await,
         "/etcdserverpb.KV/Txn" => run(parts, msg, |r| kv.txn(r)).await,
         "/etcdserverpb.KV/Compact" => run(parts, msg, |r| kv.compact(r)).await,
         other => Err(Status::unimplemented(format!("unknown method {other}"))),
-    }
+    }?;
+    Ok((metadata, frame, slot))
 }
 
 /// Decodes the request, runs `method`, frames its reply.
@@ -146,15 +209,28 @@ where
     Ok((metadata, out.freeze()))
 }
 
-/// The one message of a unary call's body, without its 5-byte prefix.
-async fn read_message(mut body: RecvStream, limit: usize) -> Result<Bytes, Status> {
+/// The one message of a unary call's body, without its 5-byte prefix, and
+/// its reservation in the connection's budget. Reads no further than the
+/// message the prefix declares.
+async fn read_message(body: &mut RecvStream, limit: usize, budget: &Arc<Budget>) -> Result<(Bytes, Held), Status> {
     let received = &metrics::get().client_grpc_received_bytes;
     let mut first = Bytes::new();
     let mut joined = BytesMut::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|e| Status::cancelled(e.to_string()))?;
+    // The declared message's length with its prefix, and its reservation.
+    let mut declared: Option<(usize, Held)> = None;
+    loop {
+        let have = if joined.is_empty() { first.len() } else { joined.len() };
+        if declared.as_ref().is_some_and(|(want, _)| have >= *want) {
+            break;
+        }
+        let Some(chunk) = body.data().await else { break };
+        let mut chunk = chunk.map_err(|e| Status::cancelled(e.to_string()))?;
         let _ = body.flow_control().release_capacity(chunk.len());
         received.inc_by(chunk.len() as u64);
+        if let Some((want, _)) = &declared {
+            // Nothing past the declared message is kept.
+            chunk.truncate(want - have);
+        }
         // Usually the whole message is one DATA frame: keep it without a copy.
         if first.is_empty() && joined.is_empty() {
             first = chunk;
@@ -164,23 +240,37 @@ async fn read_message(mut body: RecvStream, limit: usize) -> Result<Bytes, Statu
             }
             joined.extend_from_slice(&chunk);
         }
-        let all: &[u8] = if joined.is_empty() { &first } else { &joined };
-        if let Some((_, len)) = grpc_frame::header(all)
-            && len > limit
-        {
-            // As Go's gRPC (and so etcd) words it.
-            return Err(Status::resource_exhausted(format!(
-                "grpc: received message larger than max ({len} vs. {limit})"
-            )));
+        if declared.is_none() {
+            let all: &[u8] = if joined.is_empty() { &first } else { &joined };
+            let Some((_, len)) = grpc_frame::header(all) else { continue };
+            if len > limit {
+                // As Go's gRPC (and so etcd) words it.
+                return Err(Status::resource_exhausted(format!(
+                    "grpc: received message larger than max ({len} vs. {limit})"
+                )));
+            }
+            let want = grpc_frame::HEADER_LEN + len;
+            let held = budget.try_request(want).ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "kvd: this connection's calls hold {} bytes of request messages, over its {} (retry, or spread the calls over connections)",
+                    budget.request_bytes(),
+                    super::budget::REQUEST_BYTES
+                ))
+            })?;
+            // The first DATA frame may run past the message.
+            first.truncate(want);
+            joined.truncate(want);
+            declared = Some((want, held));
         }
     }
     let all = if joined.is_empty() { first } else { joined.freeze() };
     // As grpc-go (and so etcd) answers each (tests/grpc_wire.rs compares).
+    let Some((want, held)) = declared else {
+        return Err(Status::unknown(if all.is_empty() { "EOF" } else { "unexpected EOF" }));
+    };
     match grpc_frame::header(&all) {
-        None if all.is_empty() => Err(Status::unknown("EOF")),
-        None => Err(Status::unknown("unexpected EOF")),
         Some((true, _)) => Err(Status::internal("grpc: compressed flag set with identity or empty encoding")),
-        Some((false, len)) if all.len() < grpc_frame::HEADER_LEN + len => Err(Status::unknown("unexpected EOF")),
-        Some((false, len)) => Ok(all.slice(grpc_frame::HEADER_LEN..grpc_frame::HEADER_LEN + len)),
+        _ if all.len() < want => Err(Status::unknown("unexpected EOF")),
+        _ => Ok((all.slice(grpc_frame::HEADER_LEN..want), held)),
     }
 }
