@@ -1,7 +1,7 @@
 //! Membership changes on clusters of real kvd processes on 127.0.0.x:
 //! learners added, caught up (by log or snapshot), promoted and removed
-//! with etcdctl; the strict reconfiguration check; foreign data dirs
-//! refused; which leader Status names after restarts.
+//! with etcdctl; the strict reconfiguration check; restarts that ignore
+//! bootstrap flags, as etcd's; which leader Status names after restarts.
 
 mod common;
 
@@ -155,9 +155,9 @@ async fn strict_reconfig_check_and_removing_the_leader() {
 }
 
 /// A learner added after the log was purged catches up through a snapshot;
-/// a member's data dir started with another cluster's flags is refused.
+/// a member restarted with other bootstrap flags starts as itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_learner_catches_up_by_snapshot_and_foreign_data_dirs_are_refused() {
+async fn new_learner_catches_up_by_snapshot_and_restarts_ignore_bootstrap_flags() {
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--snapshot-count", "20", "--experimental-snapshot-catchup-entries", "5"];
     let mut members = ready_cluster(dir.path(), 3, 121, &flags).await;
@@ -204,14 +204,23 @@ async fn new_learner_catches_up_by_snapshot_and_foreign_data_dirs_are_refused() 
     }
     assert!(learner.log_text().contains("installed snapshot from the leader"), "caught up without a snapshot?");
 
-    // A member's data dir restarted with another cluster's token: refused.
+    // A member restarted with other bootstrap flags (another token, the
+    // longer --initial-cluster of a scale-up, state "new"): as etcd, its
+    // initialized data dir decides who it is, and the flags are ignored.
     let victim = (l + 1) % 3;
     members[victim].kill9();
-    let data = members[victim].data_dir.clone();
-    let mut foreign = common::Proc::kvd(&data, &["--initial-cluster-token", "another-cluster"]);
-    let st = foreign.wait_exit(Duration::from_secs(20)).expect("a foreign data dir must be refused");
-    assert!(!st.success());
-    assert!(foreign.log_text().contains("data dir belongs to member"), "{}", foreign.log_text());
+    let longer = format!("{},m3={peer}", members[victim].flag("--initial-cluster").unwrap());
+    members[victim].set_flag("--initial-cluster-token", "another-cluster");
+    members[victim].set_flag("--initial-cluster", &longer);
+    members[victim].set_flag("--initial-cluster-state", "new");
+    members[victim].restart();
+    members[victim].ready().await;
+    let log = members[victim].log_text();
+    assert!(log.contains("the data dir is initialized: --initial-cluster"), "{log}");
+    let (ok, out, err) = etcdctl(&members[victim].endpoint, &["get", "k099", "--print-value-only"], None);
+    assert!(ok && out.trim() == "v", "{out} {err}");
+    let (ok, _, err) = etcdctl(&members[victim].endpoint, &["put", "after-restart", "v"], None);
+    assert!(ok, "{err}");
 }
 
 /// Status names a leader only once this member has heard from it in the

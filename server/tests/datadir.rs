@@ -135,11 +135,16 @@ async fn deleted_backend_is_rebuilt_from_the_wal() {
     assert_eq!(after.header.unwrap().revision, before.header.unwrap().revision);
 }
 
+/// A data dir restarted with other bootstrap flags (another cluster token)
+/// starts as the member it is, with its data: as etcd's, the flags only
+/// bootstrap an empty data dir, and are ignored with a warning after that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn data_dir_of_another_cluster_is_refused() {
+async fn a_restart_ignores_bootstrap_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = prepared(dir.path()).await;
-    expect_refusal(&data, &["--initial-cluster-token", "another-cluster"], &["cluster"]);
+    let (data, before) = prepared(dir.path()).await;
+    let kvd = Proc::kvd_ready(&data, &["--initial-cluster-token", "another-cluster", "--log-level", "info"]).await;
+    assert!(kvd.log_text().contains("--initial-cluster-state are ignored"), "{}", kvd.log_text());
+    assert_eq!(all(&kvd).await.kvs, before.kvs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

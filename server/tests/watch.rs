@@ -432,3 +432,46 @@ async fn large_responses_arrive_in_fragments_as_etcd_sends_them() {
     assert!(seen[0].iter().filter(|(id, _, f)| *id == 0 && *f).count() >= 1, "fragmented: {:?}", seen[0]);
     assert!(seen[0].contains(&(1, 200, false)), "whole for a plain watcher: {:?}", seen[0]);
 }
+
+/// A watcher catching up on history gets, in every response, the store's
+/// current revision in the header, as etcd's syncWatchers sends it, also
+/// when kvd reads the history in windows of 1,000 revisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_responses_carry_the_current_revision_as_etcds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kvd, etcd) = common::kvd_and_etcd(dir.path(), &[]).await;
+    for p in [&kvd, &etcd] {
+        let mut kv = p.kv().await;
+        for i in 0..1500 {
+            let put = kvd_api::etcdserverpb::PutRequest {
+                key: format!("c/{}", i % 7).into_bytes(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            };
+            kv.put(put).await.unwrap();
+        }
+    }
+    let now = current_rev(&kvd).await;
+    assert_eq!(now, current_rev(&etcd).await);
+    for (name, p) in [("kvd", &kvd), ("etcd", &etcd)] {
+        let mut s = WatchStream::open(&p.endpoint).await;
+        let spec = WatchCreateRequest {
+            key: b"c/".to_vec(),
+            range_end: b"c0".to_vec(),
+            start_revision: 2,
+            ..Default::default()
+        };
+        assert!(s.create(spec).await.created);
+        let resps = s.drain(Duration::from_millis(1500)).await;
+        let events: usize = resps.iter().map(|r| r.events.len()).sum();
+        assert_eq!(events as i64, now - 1, "{name}: every revision since 2");
+        for r in resps.iter().filter(|r| !r.events.is_empty()) {
+            let last = r.events.last().unwrap().kv.as_ref().unwrap().mod_revision;
+            assert_eq!(
+                r.header.as_ref().unwrap().revision,
+                now,
+                "{name}: a catch-up response up to revision {last} names the store's revision"
+            );
+        }
+    }
+}

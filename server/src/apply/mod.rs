@@ -135,6 +135,12 @@ impl Applier {
         &self.store
     }
 
+    /// Apply reached the first entry of `term` (its leader's blank entry):
+    /// a leader of that term may start its lease clocks now.
+    pub fn term_started(&self, term: u64) {
+        self.lessor.term_started(term);
+    }
+
     /// A member's published attributes (name, client URLs), if it published them.
     pub fn member_attributes(&self, id: u64) -> Option<Attributes> {
         self.members.read().get(&id).cloned()
@@ -145,7 +151,9 @@ impl Applier {
     /// alarms and the consistent index, all re-read from it. The file must
     /// hold every entry up to `covers` (the raft index its metadata names):
     /// data that stops short of it would lose the entries between, so it is
-    /// refused before anything is replaced.
+    /// not installed (nothing of it reaches the backend), and the error
+    /// stops raft, since openraft has taken the snapshot as installed by
+    /// then. No kvd sends such a snapshot: this is a check, not a path.
     pub fn install_snapshot_file(
         &self,
         path: &std::path::Path,

@@ -145,7 +145,7 @@ impl Backend {
         crate::failpoints::crash_point("defrag_after_rename");
         // From the rename on, commits must go to the new file: swap first,
         // then make the rename durable.
-        let old = std::mem::replace(&mut *self.db.write(), new);
+        let old = std::mem::replace(&mut *self.db.write(), std::sync::Arc::new(new));
         let synced = match self.path.parent() {
             Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io),
             None => Ok(()),
@@ -156,7 +156,8 @@ impl Backend {
         self.size.store(size.max(in_use), Ordering::Relaxed);
         drop(g);
         let pause = paused.elapsed();
-        // Closing the old database writes to its (now unlinked) file: no lock held.
+        // Closing the old database writes to its (now unlinked) file: no
+        // lock held. A read still going on in it closes it when done.
         drop(old);
         synced?;
         Ok(pause)

@@ -74,7 +74,10 @@ struct Buffers {
 
 pub struct Backend {
     path: PathBuf,
-    db: RwLock<Database>,
+    /// The open file. Readers hold the lock only to begin a transaction
+    /// (see `read.rs`); commits and the defragmentation's swap hold
+    /// `commit_lock` as well.
+    db: RwLock<Arc<Database>>,
     bufs: RwLock<Buffers>,
     /// Serialises commits, and the final swap of a defragmentation.
     commit_lock: Mutex<()>,
@@ -113,7 +116,7 @@ impl Backend {
         })?;
         let be = Backend {
             path: path.to_path_buf(),
-            db: RwLock::new(db),
+            db: RwLock::new(Arc::new(db)),
             bufs: RwLock::new(Buffers::default()),
             commit_lock: Mutex::new(()),
             defrag_lock: Mutex::new(()),
@@ -220,7 +223,7 @@ impl Backend {
         let no_defrag = self.defrag_lock.lock();
         self.commit()?;
         let no_commit = self.commit_lock.lock();
-        let db = self.db.read();
+        let db = self.db.read().clone();
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
@@ -328,7 +331,7 @@ impl Backend {
 pub struct Replacement<'a> {
     be: &'a Backend,
     tx: redb::WriteTransaction,
-    _db: parking_lot::RwLockReadGuard<'a, Database>,
+    _db: Arc<Database>,
     _no_commit: parking_lot::MutexGuard<'a, ()>,
     _no_defrag: parking_lot::MutexGuard<'a, ()>,
 }

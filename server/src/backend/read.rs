@@ -6,7 +6,25 @@ use redb::ReadableDatabase;
 
 use super::{Backend, BackendError, Table, def};
 
+/// A read transaction on the backend's file, holding that file's database
+/// open: a defragmentation that swaps in a new file meanwhile does not wait
+/// for a long read (a snapshot export, a hash, a compaction's scan), which
+/// goes on in the old file; the old database closes once its last reader is
+/// done. (Fields drop in order: the transaction before its database.)
+pub(super) struct Reading {
+    pub(super) tx: redb::ReadTransaction,
+    _db: std::sync::Arc<redb::Database>,
+}
+
 impl Backend {
+    /// A read transaction on the current file. The file's lock is held only
+    /// to begin it: a read that began before a defragmentation's swap sees
+    /// every commit made before the swap.
+    pub(super) fn begin_read(&self) -> Result<Reading, BackendError> {
+        let db = self.db.read();
+        Ok(Reading { tx: db.begin_read()?, _db: db.clone() })
+    }
+
     /// Reads one key, seeing buffered writes.
     pub fn get(&self, t: Table, k: &[u8]) -> Result<Option<Bytes>, BackendError> {
         Ok(self.get_many(t, std::slice::from_ref(&k.to_vec()))?.pop().flatten())
@@ -27,9 +45,8 @@ impl Backend {
         }
         // Taken after the buffers: anything that left them is in redb by now.
         if !missing.is_empty() {
-            let db = self.db.read();
-            let tx = db.begin_read()?;
-            let table = tx.open_table(def(t))?;
+            let read = self.begin_read()?;
+            let table = read.tx.open_table(def(t))?;
             for i in missing {
                 out[i] = table.get(keys[i].as_slice())?.map(|g| Bytes::copy_from_slice(g.value()));
             }
@@ -46,9 +63,8 @@ impl Backend {
         end: Option<&[u8]>,
         mut f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
-        let db = self.db.read();
-        let tx = db.begin_read()?;
-        let table = tx.open_table(def(t))?;
+        let read = self.begin_read()?;
+        let table = read.tx.open_table(def(t))?;
         let iter = match end {
             Some(e) => table.range::<&[u8]>(start..e)?,
             None => table.range::<&[u8]>(start..)?,
@@ -97,10 +113,9 @@ impl Backend {
     /// Visits every committed entry of every table from one read transaction
     /// (a consistent view), until `f` returns false.
     pub fn scan_all_committed(&self, mut f: impl FnMut(Table, &[u8], &[u8]) -> bool) -> Result<(), BackendError> {
-        let db = self.db.read();
-        let tx = db.begin_read()?;
+        let read = self.begin_read()?;
         for t in Table::ALL {
-            let table = tx.open_table(def(t))?;
+            let table = read.tx.open_table(def(t))?;
             for item in table.range::<&[u8]>(..)? {
                 let (k, v) = item?;
                 if !f(t, k.value(), v.value()) {

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::{EtcdServer, ServerError};
 use crate::apply::{AlarmStore, Applier};
 use crate::auth::AuthStore;
-use crate::backend::Backend;
+use crate::backend::{Backend, Table};
 use crate::lease::Lessor;
 use crate::mvcc::KvStore;
 use crate::proposal::{IdGenerator, Wait};
@@ -134,20 +134,31 @@ impl EtcdServer {
         if ids.is_empty() {
             ids.push(me);
         }
-        let cid = if cfg.join_existing {
-            // A joining member belongs to the cluster it joins: its own and the
-            // cluster's ids are in the WAL after the first start, and asked of
-            // a running member before (MemberAdd chose the member's id).
-            let (id, cid) = match crate::wal::read_metadata(&member_dir.join("wal")).map_err(|e| err(&e))? {
-                Some(m) => (m.node_id, m.cluster_id),
-                None => super::discovery::discover_cluster(&cfg).await?,
-            };
+        let existing = crate::wal::read_metadata(&member_dir.join("wal")).map_err(|e| err(&e))?;
+        let cid = if let Some(m) = existing {
+            // A data dir that has started before belongs to the member and
+            // cluster its WAL names: as etcd, the bootstrap flags are ignored
+            // then (a member restored without a token, or restarted with the
+            // longer --initial-cluster of a scale-up, starts as itself).
+            let flags_cid = cluster_id(&ids, &cfg.initial_cluster_token);
+            if !cfg.join_existing && (m.node_id != me || m.cluster_id != flags_cid) {
+                warn!(
+                    member_id = %format!("{:x}", m.node_id),
+                    cluster_id = %format!("{:x}", m.cluster_id),
+                    "the data dir is initialized: --initial-cluster, --initial-cluster-token and \
+                     --initial-cluster-state are ignored"
+                );
+            }
+            me = m.node_id;
+            m.cluster_id
+        } else if cfg.join_existing {
+            // A joining member belongs to the cluster it joins: asked of a
+            // running member (MemberAdd chose the member's id).
+            let (id, cid) = super::discovery::discover_cluster(&cfg).await?;
             me = id;
             cid
         } else {
-            if crate::wal::read_metadata(&member_dir.join("wal")).map_err(|e| err(&e))?.is_none() {
-                super::discovery::refuse_if_bootstrapped(&cfg).await?;
-            }
+            super::discovery::refuse_if_bootstrapped(&cfg).await?;
             cluster_id(&ids, &cfg.initial_cluster_token)
         };
 
@@ -253,19 +264,29 @@ impl EtcdServer {
         .validate()
         .map_err(|e| err(&format!("raft config: {e}")))?;
         let network = PeerNetwork { cluster_id: cid, tls: cfg.peer_client_tls.clone() };
-        let raft = Raft::new(me, Arc::new(rcfg), network, log.clone(), sm).await.map_err(|e| err(&e))?;
+        let raft = Raft::new(me, Arc::new(rcfg), network, log, sm).await.map_err(|e| err(&e))?;
         if fresh && !cfg.join_existing {
             // Every initial member initializes with the same membership; raft
-            // then elects a leader among them.
-            let members: BTreeMap<u64, Member> = cfg
-                .initial_cluster
-                .iter()
-                .map(|(name, urls)| {
-                    let id = member_id(urls, &cfg.initial_cluster_token);
-                    let client_urls = if id == me { cfg.client_urls.clone() } else { Vec::new() };
-                    (id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls })
-                })
-                .collect();
+            // then elects a leader among them. A restored data dir has its
+            // membership from the restore (the flags' would not hold its id).
+            let restored: Option<BTreeMap<u64, Member>> = backend
+                .get(Table::Meta, crate::raft::BOOTSTRAP_MEMBERS)
+                .map_err(|e| err(&e))?
+                .map(|b| crate::raft::decode(&b))
+                .transpose()
+                .map_err(|e| err(&format!("the restored membership in {}: {e}", member_dir.display())))?;
+            let mut members: BTreeMap<u64, Member> = restored.unwrap_or_else(|| {
+                cfg.initial_cluster
+                    .iter()
+                    .map(|(name, urls)| {
+                        let id = member_id(urls, &cfg.initial_cluster_token);
+                        (id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls: Vec::new() })
+                    })
+                    .collect()
+            });
+            if let Some(m) = members.get_mut(&me) {
+                m.client_urls = cfg.client_urls.clone();
+            }
             let n = members.len();
             match raft.initialize(members).await {
                 Ok(()) => {
@@ -292,7 +313,6 @@ impl EtcdServer {
             auth,
             wait,
             quota,
-            log,
             wal,
             peer_channels: Default::default(),
             forwarder: Default::default(),

@@ -9,6 +9,12 @@
 //!
 //! A batch's outcome is every write's outcome: a failure or timeout means
 //! each write may or may not have been proposed, as for a single forward.
+//! A failure is answered with etcd's codes for a proposal that did not
+//! reach a leader, which clients retry: Unavailable "etcdserver: no leader"
+//! when the leader says it knows none, "etcdserver: leader changed" for
+//! anything else (the member it was sent to is not the leader any more, or
+//! cannot be reached), and "etcdserver: request timed out" past the
+//! request's deadline.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,7 +41,25 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 enum Outcome {
     Sent,
     TimedOut,
-    Failed(String),
+    /// The leader's (or the channel's) answer.
+    Failed(tonic::Code, String),
+}
+
+impl Outcome {
+    fn failed(s: &tonic::Status) -> Outcome {
+        Outcome::Failed(s.code(), s.message().to_string())
+    }
+}
+
+/// The error a client gets for a forward that failed (`code`, `message`
+/// from the leader or the channel to it).
+fn failed_as_etcd(leader: u64, code: tonic::Code, message: &str) -> ServerError {
+    tracing::debug!(leader = %format_args!("{leader:x}"), ?code, message, "forwarding a write to the leader failed");
+    if code == tonic::Code::Unavailable && message == ServerError::NoLeader.to_string() {
+        ServerError::NoLeader
+    } else {
+        ServerError::LeaderChanged
+    }
 }
 
 struct Pending {
@@ -83,8 +107,9 @@ impl Forwarder {
         match tokio::time::timeout_at(deadline, outcome).await {
             Ok(Ok(Outcome::Sent)) => Ok(()),
             Ok(Ok(Outcome::TimedOut)) | Err(_) => Err(ServerError::Timeout),
-            Ok(Ok(Outcome::Failed(m))) => Err(ServerError::Internal(format!("forwarding to leader {leader:x}: {m}"))),
-            Ok(Err(_)) => Err(ServerError::Internal(format!("forwarding to leader {leader:x}: batch dropped"))),
+            Ok(Ok(Outcome::Failed(code, m))) => Err(failed_as_etcd(leader, code, &m)),
+            // The batch's sender went away (the member is stopping).
+            Ok(Err(_)) => Err(ServerError::LeaderChanged),
         }
     }
 
@@ -152,7 +177,7 @@ async fn many(client: &PeerClient<Channel>, cluster_id: u64, requests: Vec<Bytes
             }
             last
         }
-        Ok(Err(s)) => Outcome::Failed(s.message().to_string()),
+        Ok(Err(s)) => Outcome::failed(&s),
         Err(_) => Outcome::TimedOut,
     }
 }
@@ -161,7 +186,7 @@ async fn single(client: &PeerClient<Channel>, cluster_id: u64, request: Bytes, d
     let mut c = client.clone();
     match tokio::time::timeout_at(deadline, c.forward(ForwardRequest { cluster_id, request })).await {
         Ok(Ok(_)) => Outcome::Sent,
-        Ok(Err(s)) => Outcome::Failed(s.message().to_string()),
+        Ok(Err(s)) => Outcome::failed(&s),
         Err(_) => Outcome::TimedOut,
     }
 }

@@ -196,12 +196,13 @@ impl EtcdServer {
         LeaseLeasesResponse { header: Some(self.header(0)), leases }
     }
 
-    /// Leader changes move the lease clocks: the new leader restarts them (at
-    /// full TTL plus an election timeout), the others stop them.
-    pub(super) fn on_leader_change(&self, leader: Option<u64>) {
+    /// Leader changes move the lease clocks: the new leader of `term`
+    /// restarts them (at full TTL plus an election timeout) once it has
+    /// applied its term's first entry, the others stop them.
+    pub(super) fn on_leader_change(&self, leader: Option<u64>, term: u64) {
         if leader == Some(self.member_id) {
-            self.lessor.promote(Duration::from_millis(self.cfg.election_timeout_ms));
-        } else if self.lessor.is_primary() {
+            self.lessor.lead(term, Duration::from_millis(self.cfg.election_timeout_ms));
+        } else {
             self.lessor.demote();
         }
     }

@@ -22,7 +22,8 @@ impl EtcdServer {
             version: ETCD_API_VERSION.to_string(),
             db_size: be.size() as i64,
             leader: self.known_leader(m.current_leader, m.current_term),
-            raft_index: self.log.last_index(),
+            // etcd's raftIndex is the committed index (not the last in the log).
+            raft_index: m.local_committed.map_or(0, |l| l.index()),
             raft_term: m.current_term,
             raft_applied_index: self.applier.consistent_index(),
             errors: self

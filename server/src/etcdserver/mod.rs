@@ -31,7 +31,6 @@ use crate::mvcc::{KvStore, MvccError};
 use crate::proposal::{IdGenerator, Wait};
 use crate::quota::Quota;
 use crate::raft::Raft;
-use crate::raft::log_store::LogStore;
 use crate::wal::Wal;
 use crate::watch::WatchHub;
 
@@ -112,7 +111,6 @@ pub struct EtcdServer {
     wait: Arc<Wait>,
     ids: IdGenerator,
     quota: Quota,
-    log: LogStore,
     wal: Wal,
     /// Whether this member is a learner, kept current from raft's metrics.
     learner: std::sync::atomic::AtomicBool,
@@ -240,13 +238,13 @@ impl EtcdServer {
                     }
                     return;
                 }
-                let (leader, learner) = {
+                let (leader, term, learner) = {
                     let m = rx.borrow_watched();
-                    (m.current_leader, s.learner_in(&m.membership_config))
+                    (m.current_leader, m.vote.leader_id().term, s.learner_in(&m.membership_config))
                 };
                 s.learner.store(learner, std::sync::atomic::Ordering::Relaxed);
                 if leader != last {
-                    s.on_leader_change(leader);
+                    s.on_leader_change(leader, term);
                     if leader.is_some() {
                         crate::metrics::get().leader_changes.inc();
                         tracing::info!(leader = %format!("{:x}", leader.unwrap_or(0)), "leader elected");

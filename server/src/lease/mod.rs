@@ -51,6 +51,12 @@ struct Inner {
     /// Key → the lease it is attached to.
     items: HashMap<Vec<u8>, i64>,
     primary: bool,
+    /// The term this member leads, and what each clock gets on top of its
+    /// TTL when the lessor is promoted in it.
+    leading: Option<(u64, Duration)>,
+    /// The highest term whose first entry (its leader's blank entry) apply
+    /// has reached.
+    started_term: u64,
 }
 
 /// What TimeToLive reports.
@@ -66,6 +72,15 @@ pub struct Lessor {
     inner: RwLock<Inner>,
     /// Granted TTLs are raised to this (seconds).
     min_ttl: i64,
+}
+
+fn promote_locked(inner: &mut Inner, extend: Duration) {
+    inner.primary = true;
+    let now = Instant::now();
+    for l in inner.leases.values_mut() {
+        l.expiry = Some(now + extend + Duration::from_secs(l.ttl as u64));
+        l.revoke_sent = None;
+    }
 }
 
 /// Backend key of a lease.
@@ -190,22 +205,41 @@ impl Lessor {
         self.attach(key, 0);
     }
 
-    /// This member became the leader: every lease's clock restarts at its full
-    /// TTL plus `extend` (etcd gives the old leader's clients time to find it).
-    pub fn promote(&self, extend: Duration) {
+    /// This member became the leader of `term`. As etcd's, the lessor is
+    /// promoted only once apply has reached the term's first entry, so that
+    /// every grant, revoke and attachment of the terms before is in place
+    /// when its clocks start.
+    pub fn lead(&self, term: u64, extend: Duration) {
         let mut inner = self.inner.write();
-        inner.primary = true;
-        let now = Instant::now();
-        for l in inner.leases.values_mut() {
-            l.expiry = Some(now + extend + Duration::from_secs(l.ttl as u64));
-            l.revoke_sent = None;
+        inner.leading = Some((term, extend));
+        if inner.started_term >= term && !inner.primary {
+            promote_locked(&mut inner, extend);
         }
     }
 
-    /// This member is no longer the leader: leases never expire here.
+    /// Apply reached the first entry of `term`.
+    pub fn term_started(&self, term: u64) {
+        let mut inner = self.inner.write();
+        inner.started_term = inner.started_term.max(term);
+        if let Some((t, extend)) = inner.leading
+            && t == term
+            && !inner.primary
+        {
+            promote_locked(&mut inner, extend);
+        }
+    }
+
+    /// Every lease's clock restarts at its full TTL plus `extend` (etcd
+    /// gives the old leader's clients time to find the new one).
+    pub fn promote(&self, extend: Duration) {
+        promote_locked(&mut self.inner.write(), extend);
+    }
+
+    /// This member is not (or no longer) the leader: leases never expire here.
     pub fn demote(&self) {
         let mut inner = self.inner.write();
         inner.primary = false;
+        inner.leading = None;
         for l in inner.leases.values_mut() {
             l.expiry = None;
         }
@@ -334,5 +368,30 @@ mod tests {
         assert_eq!(l.renew(1), Err(LeaseError::NotFound));
         l.demote();
         assert!(l.take_expired(10, Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_is_promoted_once_its_term_has_started() {
+        let l = Lessor::new(1);
+        l.grant(1, 10).unwrap();
+        // Elected in term 3 while entries of term 2 are still being applied.
+        l.term_started(2);
+        l.lead(3, Duration::ZERO);
+        assert!(!l.is_primary(), "promoted before its term's first entry was applied");
+        assert_eq!(l.renew(1), Err(LeaseError::NotPrimary));
+        l.term_started(3);
+        assert!(l.is_primary());
+        assert_eq!(l.renew(1), Ok(10));
+        // Its blank entry applied before the leadership was noticed.
+        l.demote();
+        l.term_started(5);
+        l.lead(5, Duration::ZERO);
+        assert!(l.is_primary());
+        // Leading term 6, then not leading before its first entry applies.
+        l.demote();
+        l.lead(6, Duration::ZERO);
+        l.demote();
+        l.term_started(6);
+        assert!(!l.is_primary());
     }
 }

@@ -117,11 +117,41 @@ impl TreeIndex {
     /// Compacts every key at `at`; returns the revisions that must stay in the backend.
     pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
         let mut keep = HashSet::new();
-        self.tree.retain(|_, ki| {
-            ki.compact(at, &mut keep);
-            !ki.is_empty()
-        });
+        let mut from = None;
+        while let Some(next) = self.compact_some(from.as_deref(), usize::MAX, at, &mut keep) {
+            from = Some(next);
+        }
         keep
+    }
+
+    /// Compacts, at `at`, up to `n` keys from `from` on (from the first key
+    /// when None), adding the revisions that must stay in the backend to
+    /// `keep`; returns the key to go on from, or None after the last key.
+    /// A compaction done a slice at a time holds the index for one slice
+    /// at a time (etcd locks it key by key), not for the whole index.
+    pub fn compact_some(
+        &mut self,
+        from: Option<&[u8]>,
+        n: usize,
+        at: i64,
+        keep: &mut HashSet<Revision>,
+    ) -> Option<Box<[u8]>> {
+        let start = from.map_or(Bound::Unbounded, Bound::Included);
+        let (mut empty, mut next) = (Vec::new(), None);
+        for (i, (k, ki)) in self.tree.range_mut::<[u8], _>((start, Bound::Unbounded)).enumerate() {
+            if i == n {
+                next = Some(k.clone());
+                break;
+            }
+            ki.compact(at, keep);
+            if ki.is_empty() {
+                empty.push(k.clone());
+            }
+        }
+        for k in empty {
+            self.tree.remove(&k);
+        }
+        next
     }
 
     /// The revisions a compaction at `at` would keep, without compacting.
@@ -142,6 +172,41 @@ impl TreeIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A compaction a few keys at a time keeps what one in one go keeps,
+    /// and leaves the same index.
+    #[test]
+    fn compaction_in_slices_is_compaction_in_one_go() {
+        let build = || {
+            let mut t = TreeIndex::default();
+            for main in 1..=300i64 {
+                let key = format!("k{:02}", main % 37).into_bytes();
+                if main % 11 == 0 {
+                    t.tombstone(&key, Revision::new(main, 0));
+                } else {
+                    t.put(&key, Revision::new(main, 0));
+                }
+            }
+            t
+        };
+        for at in [1, 50, 150, 299, 300] {
+            let mut whole = build();
+            let want = whole.compact(at);
+            let mut sliced = build();
+            let (mut keep, mut from) = (HashSet::new(), None);
+            while let Some(next) = sliced.compact_some(from.as_deref(), 3, at, &mut keep) {
+                from = Some(next);
+            }
+            assert_eq!(keep, want, "at {at}");
+            assert_eq!(sliced.tree.len(), whole.tree.len(), "at {at}");
+            for main in at..=300 {
+                for k in 0..37 {
+                    let key = format!("k{k:02}").into_bytes();
+                    assert_eq!(sliced.get(&key, main), whole.get(&key, main), "{k} at {main} after {at}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn range_bounds() {

@@ -45,6 +45,12 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// Index keys compacted per hold of the index's lock, and backend rows
+/// examined per step of a physical compaction (etcd's CompactionBatchLimit).
+const COMPACT_BATCH: usize = 1000;
+/// The pause between two steps (etcd's CompactionSleepInterval).
+const COMPACT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A hold on the store's content ([`KvStore::content`]).
 pub struct Content<'a>(#[allow(dead_code, reason = "held, not read")] parking_lot::RwLockReadGuard<'a, ()>);
 
@@ -58,7 +64,9 @@ pub struct KvStore {
     /// Serialises write transactions (apply is single-threaded; this makes it explicit).
     pub(super) write_lock: Mutex<()>,
     /// Held shared by every read across its index lookup and value reads,
-    /// and exclusively by a snapshot install for its swap.
+    /// and exclusively by a snapshot install for its swap. Whoever holds it
+    /// takes no backend lock but the read buffers': an install holds the
+    /// backend's commit lock while it waits for `swap`.
     swap: RwLock<()>,
     /// Physical compaction and snapshot installs, one at a time: a
     /// compaction planned on the old content must not delete from the new.
@@ -162,7 +170,7 @@ impl KvStore {
         if let Some(s) = scheduled
             && finished != Some(s)
         {
-            self.compact_physical_locked(s as i64)?;
+            self.compact_physical_locked(s as i64, false)?;
         }
         Ok(())
     }
@@ -291,32 +299,60 @@ impl KvStore {
     }
 
     /// Physical compaction at `rev`: drops from the index and the backend every
-    /// revision older than the newest one at or before `rev`, per key.
+    /// revision older than the newest one at or before `rev`, per key. As
+    /// etcd's, it goes a slice at a time: the index a thousand keys per hold
+    /// of its lock, the backend a thousand rows per step, with a pause
+    /// between two steps, so that reads and writes go on throughout.
     pub fn compact_physical(&self, rev: i64) -> Result<usize, MvccError> {
         let _one = self.maintenance.lock();
-        self.compact_physical_locked(rev)
+        self.compact_physical_locked(rev, true)
     }
 
-    fn compact_physical_locked(&self, rev: i64) -> Result<usize, MvccError> {
-        let keep = self.index.write().compact(rev);
+    /// [`compact_physical`](Self::compact_physical) with `maintenance` held;
+    /// `pace`: pause between the backend's steps (not at start or during a
+    /// snapshot's install, when nothing else runs).
+    fn compact_physical_locked(&self, rev: i64, pace: bool) -> Result<usize, MvccError> {
+        let mut keep = HashSet::new();
+        let mut from: Option<Box<[u8]>> = None;
+        loop {
+            let next = self.index.write().compact_some(from.as_deref(), COMPACT_BATCH, rev, &mut keep);
+            match next {
+                Some(k) => from = Some(k),
+                None => break,
+            }
+        }
+        // Every revision up to `rev` is in the file from here on.
         self.backend.commit()?;
         let end = Revision::new(rev + 1, 0).to_key(false);
-        let mut doomed = Vec::new();
-        self.backend.scan_committed(Table::Key, &[], Some(&end), |k, _| {
-            if let Some((r, _)) = Revision::from_key(k)
-                && !keep.contains(&r)
-            {
-                doomed.push(k.to_vec());
+        let (mut start, mut n) = (Vec::new(), 0);
+        loop {
+            let (mut seen, mut last, mut doomed) = (0, Vec::new(), Vec::new());
+            self.backend.scan_committed(Table::Key, &start, Some(&end), |k, _| {
+                seen += 1;
+                last.clear();
+                last.extend_from_slice(k);
+                if let Some((r, _)) = Revision::from_key(k)
+                    && !keep.contains(&r)
+                {
+                    doomed.push(k.to_vec());
+                }
+                seen < COMPACT_BATCH
+            })?;
+            n += doomed.len();
+            if !doomed.is_empty() {
+                self.backend.write(|b| doomed.into_iter().for_each(|k| b.delete(Table::Key, k)));
             }
-            true
-        })?;
-        let n = doomed.len();
-        self.backend.write(|b| {
-            for k in doomed {
-                b.delete(Table::Key, k);
+            if seen < COMPACT_BATCH {
+                break;
             }
-            b.put(Table::Meta, meta::FINISHED_COMPACT_REV.to_vec(), meta::encode(rev as u64));
-        });
+            // The next step starts just after the last row seen.
+            last.push(0);
+            start = last;
+            if pace {
+                std::thread::sleep(COMPACT_PAUSE);
+            }
+        }
+        self.backend.write(|b| b.put(Table::Meta, meta::FINISHED_COMPACT_REV.to_vec(), meta::encode(rev as u64)));
         self.backend.commit()?;
         info!(revision = rev, removed = n, "finished compaction");
         Ok(n)
@@ -326,12 +362,14 @@ impl KvStore {
     /// `rev` would keep, as etcd's HashKV. `rev` <= 0 means the current revision.
     /// Returns (hash, hash revision, compact revision).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        // Committed first: a commit waits for an install's staging, which
+        // waits for `swap`; under `swap` nothing may take the backend's locks.
+        self.backend.commit()?;
         let _content = self.swap.read();
         let rev = if rev <= 0 { self.rev() } else { rev };
         self.check_rev(rev)?;
         let compact = self.compact_rev();
         let keep: HashSet<Revision> = self.index.read().keep(rev);
-        self.backend.commit()?;
         let lower = Revision::new(compact + 1, 0);
         let upper = Revision::new(rev + 1, 0).to_key(false);
         let mut h = 0u32;

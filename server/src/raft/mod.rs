@@ -53,6 +53,11 @@ pub enum SnapshotData {
     Received(std::path::PathBuf),
 }
 
+/// Meta key of the membership a restored data dir bootstraps raft with on
+/// its first start (`kvctl snapshot restore` writes it, as `etcdutl
+/// snapshot restore` writes the membership into the restored member).
+pub const BOOTSTRAP_MEMBERS: &[u8] = b"bootstrap_members";
+
 /// postcard encoding for raft structures stored in the WAL and the backend.
 pub fn encode<T: Serialize>(v: &T) -> Bytes {
     // Sized first: grown as it was written, the vector of an entry was

@@ -220,7 +220,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             SnapshotData::Local(be) => {
                 let be = be.clone();
                 let dir = be.path().parent().map(|p| p.join("tmp")).unwrap_or_else(std::env::temp_dir);
-                let name = format!("send-{target:x}-{}.snap", std::process::id());
+                let name = format!("send-{target:x}-{}-{}.snap", std::process::id(), super::state_machine::unique());
                 let (path, meta) = tokio::task::spawn_blocking(move || super::state_machine::export(&be, &dir, &name))
                     .await
                     .map_err(|e| unreachable(e.to_string()))?

@@ -112,6 +112,13 @@ impl RaftRows {
     }
 }
 
+/// A number no other snapshot file of this process has in its name (an
+/// export whose send was cancelled may still be writing its file).
+pub fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Exports `be` into a snapshot file in `dir` named `name`, from one
 /// consistent read; returns the file and the metadata of what it holds.
 pub fn export(
@@ -136,10 +143,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             SnapshotMetaOf::<TypeConfig> { last_log_id: self.last_applied, last_membership: self.membership.clone() };
         let be = self.backend().clone();
         let encoded = encode(&meta);
+        let at = meta.last_log_id;
         tokio::task::spawn_blocking(move || -> Result<(), crate::backend::BackendError> {
             // First everything applied so far, then the metadata that points into it.
             be.commit()?;
-            be.write(|b| b.put(Table::Meta, SNAPSHOT_META.to_vec(), encoded));
+            // Not over a newer snapshot's (one installed from the leader
+            // while this one was being built).
+            let stored: Option<SnapshotMetaOf<TypeConfig>> =
+                be.get(Table::Meta, SNAPSHOT_META)?.and_then(|b| decode(&b).ok());
+            if stored.is_none_or(|s| s.last_log_id <= at) {
+                be.write(|b| b.put(Table::Meta, SNAPSHOT_META.to_vec(), encoded));
+            }
             be.commit()
         })
         .await
@@ -205,6 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let index = log_id.index();
             let term = log_id.committed_leader_id().term();
             let mut extra = vec![(APPLIED_LOG_ID.to_vec(), encode(&Some(log_id)))];
+            let blank = matches!(entry.payload, EntryPayload::Blank);
             let req = match entry.payload {
                 EntryPayload::Normal(cmd) => match InternalRaftRequest::decode(cmd.0) {
                     Ok(r) => Some(r),
@@ -225,6 +240,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             let out = self.applier.apply(index, term, req.as_ref(), extra).map_err(io::Error::other)?;
             self.last_applied = Some(log_id);
+            if blank {
+                // A new leader's first entry: everything of the terms before is applied.
+                self.applier.term_started(term);
+            }
             if let (Some(out), Some(r)) = (out, &req) {
                 let id = r.header.as_ref().map(|h| h.id).unwrap_or(r.id);
                 (self.notify)(id, out);
@@ -269,7 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // storage tests): exported as a peer would receive it.
             SnapshotData::Local(be) => {
                 let dir = self.tmp_dir();
-                let name = format!("local-{}.snap", std::process::id());
+                let name = format!("local-{}-{}.snap", std::process::id(), unique());
                 let (path, _) =
                     tokio::task::spawn_blocking(move || export(&be, &dir, &name)).await.map_err(io::Error::other)??;
                 (path.clone(), Some(TempFile(path)))

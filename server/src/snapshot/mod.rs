@@ -187,12 +187,19 @@ fn hex(b: &[u8]) -> String {
 
 /// Creates a member's backend from a snapshot file, as `etcdutl snapshot
 /// restore` does: the MVCC data, leases, auth and compaction revisions are kept; raft
-/// state (applied index, membership, snapshot metadata) and alarms are not,
-/// so the member starts a new cluster from `--initial-cluster` on first start.
+/// state (applied index, membership, snapshot metadata) and alarms are not:
+/// the member starts a new cluster on its first start.
 ///
-/// `identity` (member id, cluster id) goes into the new WAL's metadata, so
-/// the member refuses to start with flags of another cluster.
-pub fn restore(path: &Path, data_dir: &Path, identity: crate::wal::Metadata) -> Result<Status, SnapshotError> {
+/// `identity` (member id, cluster id) goes into the new WAL's metadata and
+/// `members` (the restored cluster's initial members) into the backend: on
+/// its first start the member bootstraps raft with them, and its bootstrap
+/// flags are ignored, as etcd's.
+pub fn restore(
+    path: &Path,
+    data_dir: &Path,
+    identity: crate::wal::Metadata,
+    members: &std::collections::BTreeMap<u64, crate::raft::Member>,
+) -> Result<Status, SnapshotError> {
     let st = status(path)?;
     let member = data_dir.join("member");
     if member.exists() {
@@ -232,6 +239,7 @@ pub fn restore(path: &Path, data_dir: &Path, identity: crate::wal::Metadata) -> 
     if let Some(e) = err {
         return Err(e.into());
     }
+    be.write(|b| b.put(Table::Meta, crate::raft::BOOTSTRAP_MEMBERS.to_vec(), crate::raft::encode(members)));
     be.commit()?;
     Ok(st)
 }

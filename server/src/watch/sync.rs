@@ -87,7 +87,9 @@ impl WatchHub {
             if !evs.is_empty() {
                 let msg = WatchMsg::Events {
                     watch_id: j.watch_id,
-                    revision: hi,
+                    // As etcd's syncWatchers: the store's revision, even when
+                    // the window stops short of it.
+                    revision: notified,
                     events: evs,
                     prev_kv: j.spec.prev_kv,
                     fragment: j.spec.fragment,

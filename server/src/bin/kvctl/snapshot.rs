@@ -52,14 +52,22 @@ pub fn snapshot_cmd(cmd: SnapshotCmd) -> Result<(), String> {
             if !cluster.contains_key(&name) {
                 return Err(format!("--initial-cluster does not contain this member's name {name:?}"));
             }
-            let ids: Vec<u64> =
-                cluster.values().map(|u| kvd::etcdserver::member_id(u, &initial_cluster_token)).collect();
+            let members: std::collections::BTreeMap<u64, kvd::raft::Member> = cluster
+                .iter()
+                .map(|(n, urls)| {
+                    let id = kvd::etcdserver::member_id(urls, &initial_cluster_token);
+                    (id, kvd::raft::Member { name: n.clone(), peer_urls: urls.clone(), client_urls: Vec::new() })
+                })
+                .collect();
+            let ids: Vec<u64> = members.keys().copied().collect();
             let identity = kvd::wal::Metadata {
-                node_id: kvd::etcdserver::member_id(&initial_advertise_peer_urls, &initial_cluster_token),
+                // This member's id from its own --initial-cluster entry, as kvd
+                // computes it on a first start.
+                node_id: kvd::etcdserver::member_id(&cluster[&name], &initial_cluster_token),
                 cluster_id: kvd::etcdserver::cluster_id(&ids, &initial_cluster_token),
             };
             let dir = data_dir.unwrap_or_else(|| std::path::PathBuf::from(format!("{name}.kvd")));
-            let st = kvd::snapshot::restore(&file, &dir, identity).map_err(|e| e.to_string())?;
+            let st = kvd::snapshot::restore(&file, &dir, identity, &members).map_err(|e| e.to_string())?;
             println!(
                 "restored snapshot {} (revision {}, {} keys) into {}",
                 file.display(),

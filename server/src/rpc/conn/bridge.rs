@@ -116,7 +116,8 @@ impl Messages {
                 } else if len == 0 {
                     self.done = self.one;
                 } else {
-                    self.held = Some(self.budget.try_request(len).ok_or(Reason::ENHANCE_YOUR_CALM)?);
+                    let n = grpc_frame::HEADER_LEN + len;
+                    self.held = Some(self.budget.try_request(n).ok_or(Reason::ENHANCE_YOUR_CALM)?);
                     self.left = len;
                 }
             }
@@ -143,6 +144,7 @@ impl http_body::Body for H2Body {
                             // Not handed on: the service answers the error,
                             // and the rest of the stream is never read.
                             Err(reason) => {
+                                grpc.done = true;
                                 self.data_done = true;
                                 return Poll::Ready(Some(Err(h2::Error::from(reason))));
                             }
@@ -172,11 +174,14 @@ impl http_body::Body for H2Body {
 }
 
 /// Serves one stream through `svc`, until its response is written or the
-/// client resets it.
-pub async fn serve<S>(mut svc: S, req: Request, mut respond: SendResponse<Bytes>)
+/// client resets it. A call with one response (all but gRPC's streams)
+/// takes one of the connection's slots first, as the unary path's calls
+/// do, and holds it until its response is handed to h2.
+pub async fn serve<S>(mut svc: S, req: Request, mut respond: SendResponse<Bytes>, budget: Arc<Budget>, one_reply: bool)
 where
     S: Service<Request, Response = Response<Body>, Error = Infallible>,
 {
+    let _slot = if one_reply { Some(budget.slot().await) } else { None };
     let answer = async {
         poll_fn(|cx| svc.poll_ready(cx)).await?;
         svc.call(req).await
@@ -196,13 +201,13 @@ where
         Ok(s) => s,
         Err(e) => return tracing::debug!(error = %e, "HTTP/2 response headers not sent"),
     };
-    if !end && let Err(e) = pump(body, send).await {
+    if !end && let Err(e) = pump(body, send, &budget).await {
         tracing::debug!(error = %e, "HTTP/2 response body ended early");
     }
 }
 
 /// Writes `body` to `send` as the peer's window allows.
-async fn pump(mut body: Body, mut send: SendStream<Bytes>) -> Result<(), h2::Error> {
+async fn pump(mut body: Body, mut send: SendStream<Bytes>, budget: &Budget) -> Result<(), h2::Error> {
     loop {
         // Wait for room (any at all: h2 splits a larger frame to the
         // window); a reset ends the wait with an error.
@@ -232,6 +237,7 @@ async fn pump(mut body: Body, mut send: SendStream<Bytes>) -> Result<(), h2::Err
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let end = body.is_end_stream();
+                    budget.queued(data.len());
                     send.send_data(data, end)?;
                     if end {
                         return Ok(());

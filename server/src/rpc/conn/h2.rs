@@ -14,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::ClientService;
-use super::budget::Budget;
+use super::budget::{Budget, CountWrites};
 use super::{bridge, unary};
 use crate::tls::TlsAddr;
 
@@ -32,6 +32,8 @@ pub async fn serve<T>(io: T, svc: ClientService, peer: Option<ConnectInfo<TlsAdd
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let budget = Budget::new();
+    let io = CountWrites::new(io, budget.clone());
     let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
@@ -56,7 +58,6 @@ where
     // Everything else runs as its own task, so that reads of one connection
     // use every core.
     let mut writes = FuturesUnordered::new();
-    let budget = Budget::new();
     let accepted = poll_fn(|cx| {
         loop {
             while let Poll::Ready(Some(())) = writes.poll_next_unpin(cx) {}
@@ -79,15 +80,22 @@ where
                     drop(tokio::spawn(unary::serve(svc.grpc.clone(), budget.clone(), parts, body, respond)))
                 }
                 None => {
-                    let body = if unary::is_grpc(&parts) {
+                    let (body, one_reply) = if unary::is_grpc(&parts) {
                         let method = parts.uri.path().rsplit('/').next().unwrap_or_default();
-                        let one = super::super::grpc_type(method) != "bidi_stream";
-                        bridge::H2Body::grpc(body, budget.clone(), svc.grpc.max_request_message(), one)
+                        let kind = super::super::grpc_type(method);
+                        let limit = svc.grpc.max_request_message();
+                        // Lock and Campaign wait for their turn, holding no memory.
+                        let waits =
+                            matches!(parts.uri.path(), "/v3lockpb.Lock/Lock" | "/v3electionpb.Election/Campaign");
+                        (
+                            bridge::H2Body::grpc(body, budget.clone(), limit, kind != "bidi_stream"),
+                            kind == "unary" && !waits,
+                        )
                     } else {
-                        bridge::H2Body::new(body)
+                        (bridge::H2Body::new(body), true)
                     };
                     let req = Request::from_parts(parts, Body::new(body));
-                    tokio::spawn(bridge::serve(svc.clone(), req, respond));
+                    tokio::spawn(bridge::serve(svc.clone(), req, respond, budget.clone(), one_reply));
                 }
             }
         }

@@ -19,7 +19,8 @@
 //! limit); DATA past it is never read, and once the call is answered the
 //! stream is reset with NO_ERROR, as grpc-go does, so the client stops
 //! sending. The declared length is reserved against the connection's
-//! budget first, and the reply goes out as the client's window allows
+//! budget while the message is read and decoded; the call takes one of the
+//! connection's slots, and its reply goes out as the client's window allows
 //! (h2 buffers at most its send buffer of it), counted in that budget
 //! while it waits.
 
@@ -124,7 +125,8 @@ async fn send_ok(
     let mut waiting: Option<Held> = None;
     while !frame.is_empty() {
         // Usually the window has room and this is one DATA frame at once.
-        send.reserve_capacity(frame.len());
+        // (h2 takes a u32: a reply over 2 GiB goes in several turns.)
+        send.reserve_capacity(frame.len().min(1 << 31));
         while send.capacity() == 0 {
             // Counted in the connection's budget while it waits.
             waiting.get_or_insert_with(|| budget.reply(frame.len()));
@@ -138,6 +140,7 @@ async fn send_ok(
         if let Some(h) = waiting.as_mut() {
             h.release(part.len());
         }
+        budget.queued(part.len());
         send.send_data(part, false)?;
     }
     let mut trailers = HeaderMap::with_capacity(1);
@@ -174,7 +177,7 @@ async fn call(
     parts: Parts,
     body: &mut RecvStream,
 ) -> Result<(MetadataMap, Bytes, Slot), Status> {
-    let (msg, _held) = read_message(body, grpc.max_request_message(), budget).await?;
+    let msg = read_message(body, grpc.max_request_message(), budget).await?;
     let slot = budget.slot().await;
     let kv = grpc.kv();
     let (metadata, frame) = match parts.uri.path() {
@@ -188,10 +191,11 @@ async fn call(
     Ok((metadata, frame, slot))
 }
 
-/// Decodes the request, runs `method`, frames its reply.
+/// Decodes the request (its bytes then leave the connection's budget),
+/// runs `method`, frames its reply.
 async fn run<Req, Resp, F>(
     parts: Parts,
-    msg: Bytes,
+    (msg, held): (Bytes, Held),
     method: impl FnOnce(tonic::Request<Req>) -> F,
 ) -> Result<(MetadataMap, Bytes), Status>
 where
@@ -202,6 +206,7 @@ where
     // As grpc-go words it, and etcd's answer to a txn nested too deeply.
     let req = Req::decode(msg)
         .map_err(|e| kvd_api::codec::as_etcd(Status::internal(format!("grpc: error unmarshalling request: {e}"))))?;
+    drop(held);
     let (metadata, reply, _) =
         method(tonic::Request::from_http(http::Request::from_parts(parts, req))).await?.into_parts();
     let mut out = BytesMut::with_capacity(grpc_frame::HEADER_LEN + reply.encoded_len());
