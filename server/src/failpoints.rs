@@ -15,6 +15,8 @@
 //!   not committed (backend/mod.rs);
 //! - `snapshot_install_mid`: a leader's snapshot loaded into the backend's
 //!   transaction, not committed (backend/mod.rs);
+//! - `snapshot_installed`: the snapshot committed, the WAL's record of it
+//!   not yet written (mvcc/kvstore.rs);
 //! - `defrag_mid_copy`, `defrag_after_rename`: a defragmentation after the
 //!   copy, and after the new file replaced the old one but before the swap
 //!   (backend/defrag.rs).

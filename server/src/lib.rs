@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod lease;
 pub mod metrics;
 pub mod mvcc;
+pub mod powercut;
 pub mod proposal;
 pub mod quota;
 pub mod raft;

@@ -1,7 +1,8 @@
 //! The fault harness: real kvd clusters of 3 and 5 members, concurrent
 //! clients running a recorded mix of get, put, compare-and-swap txn, delete
 //! and lease put/revoke with unique values, while members are killed (the
-//! leader among them), restarted, paused past the election timeout,
+//! leader among them, on a disk that loses what they did not sync),
+//! restarted, paused past the election timeout,
 //! replaced by a fresh member, and (on loopback) left behind across a
 //! membership change so that they catch up by a raft snapshot and are
 //! killed right after its install; and, with each member in its own network
@@ -166,13 +167,22 @@ async fn run(n: usize, place: Place, secs: u64) {
         Place::Loopback(_) => None,
     };
     let dir = tempfile::tempdir().unwrap();
-    let members = match (place, &net) {
+    let mut members = match (place, &net) {
         (Place::Loopback(base), _) => common::cluster_with(dir.path(), n, base, &flags),
         (Place::Namespaces(_), Some(net)) => common::cluster_in(net, dir.path(), &flags),
         (Place::Namespaces(_), None) => unreachable!("namespaces were just created"),
     };
     for m in &members {
         m.ready().await;
+    }
+    if cfg!(feature = "failpoints") {
+        // From now on a disk that loses what was not synced: every kill is
+        // a power cut.
+        for m in members.iter_mut() {
+            m.set_env("KVD_POWER_CUT_SIM", Some("1"));
+            m.restart();
+            m.ready().await;
+        }
     }
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
     let members = Arc::new(Mutex::new(members));
@@ -247,7 +257,7 @@ async fn run(n: usize, place: Place, secs: u64) {
     assert!(faults.total() > 0 || secs < 3, "no fault was injected");
     assert!(acknowledged > 0, "no write was acknowledged");
     println!(
-        "ROBUSTNESS {{\"members\":{n},\"place\":\"{}\",\"seconds\":{secs},\"clients\":{clients},\"keys\":{keys},\"operations\":{},\"acknowledged_writes\":{acknowledged},\"unknown_outcome\":{unknown},\"revisions_watched\":{},\"watch_resumes\":{resumes},\"kills\":{},\"leader_kills\":{},\"pauses\":{},\"replacements\":{},\"crash_points\":{},\"snapshot_churns\":{},\"isolations\":{},\"link_cuts\":{},\"delays\":{},\"anomalies\":0,\"lost_writes\":0}}",
+        "ROBUSTNESS {{\"members\":{n},\"place\":\"{}\",\"seconds\":{secs},\"clients\":{clients},\"keys\":{keys},\"operations\":{},\"acknowledged_writes\":{acknowledged},\"unknown_outcome\":{unknown},\"revisions_watched\":{},\"watch_resumes\":{resumes},\"kills\":{},\"leader_kills\":{},\"pauses\":{},\"replacements\":{},\"crash_points\":{},\"power_cuts\":{},\"snapshot_churns\":{},\"isolations\":{},\"link_cuts\":{},\"delays\":{},\"anomalies\":0,\"lost_writes\":0}}",
         match place {
             Place::Loopback(_) => "loopback",
             Place::Namespaces(_) => "namespaces",
@@ -259,6 +269,7 @@ async fn run(n: usize, place: Place, secs: u64) {
         faults.pauses,
         faults.replacements,
         faults.crash_points,
+        faults.power_cuts,
         faults.snapshot_churns,
         faults.isolations,
         faults.link_cuts,

@@ -97,9 +97,7 @@ impl Backend {
     fn defrag_begin(&self) -> Result<Rewrite, BackendError> {
         let tmp = defrag_path(&self.path);
         remove_leftover(&self.path).map_err(|e| BackendError::Storage(format!("defrag: {e}")))?;
-        let new = Database::builder()
-            .set_cache_size(self.cache_size)
-            .create(&tmp)
+        let new = crate::powercut::create_database(Database::builder().set_cache_size(self.cache_size), &tmp)
             .map_err(|e| BackendError::Storage(format!("defrag: {}: {e}", tmp.display())))?;
         let _g = self.commit_lock.lock();
         *self.journal.lock() = Some(Vec::new());

@@ -92,7 +92,13 @@ pub struct Backend {
     size_in_use: AtomicU64,
     /// When `size_in_use` was last counted.
     in_use_at: Mutex<Option<Instant>>,
+    /// Called with each batch before it is committed; it may wait (for the
+    /// WAL to hold what the batch's entries applied) or refuse.
+    gate: RwLock<Option<CommitGate>>,
 }
+
+/// See [`Backend::set_commit_gate`].
+pub type CommitGate = Arc<dyn Fn(&Buffer) -> Result<(), BackendError> + Send + Sync>;
 
 /// How stale the bytes-in-use figure may get (Status, metrics).
 const IN_USE_REFRESH: Duration = Duration::from_secs(10);
@@ -109,11 +115,12 @@ impl Backend {
     pub fn open(path: &Path, batch_limit: usize, cache_size: usize) -> Result<Arc<Backend>, BackendError> {
         let open_err = |msg: String| BackendError::Open { path: path.to_path_buf(), msg };
         defrag::remove_leftover(path).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::builder().set_cache_size(cache_size).create(path).map_err(|e| {
-            open_err(format!(
-                "{e} (the file is damaged or not a kvd backend; move it away and kvd rebuilds it from the WAL)"
-            ))
-        })?;
+        let db =
+            crate::powercut::create_database(Database::builder().set_cache_size(cache_size), path).map_err(|e| {
+                open_err(format!(
+                    "{e} (the file is damaged or not a kvd backend; move it away and kvd rebuilds it from the WAL)"
+                ))
+            })?;
         let be = Backend {
             path: path.to_path_buf(),
             db: RwLock::new(Arc::new(db)),
@@ -127,6 +134,7 @@ impl Backend {
             size: AtomicU64::new(0),
             size_in_use: AtomicU64::new(0),
             in_use_at: Mutex::new(None),
+            gate: RwLock::new(None),
         };
         // Sync the parent directory to persist a newly created file's entry.
         if let Some(dir) = path.parent() {
@@ -168,6 +176,11 @@ impl Backend {
         cv.notify_one();
     }
 
+    /// Makes every commit first pass its batch to `gate`.
+    pub fn set_commit_gate(&self, gate: CommitGate) {
+        *self.gate.write() = Some(gate);
+    }
+
     /// Commits the pending buffer durably in one redb transaction.
     pub fn commit(&self) -> Result<(), BackendError> {
         let _g = self.commit_lock.lock();
@@ -182,8 +195,9 @@ impl Backend {
         };
         crate::failpoints::crash_point("backend_before_commit");
         let _span = info_span!("backend_commit", ops = batch.ops()).entered();
+        let gate = self.gate.read().clone();
         let start = Instant::now();
-        let res = self.write_batch(&batch);
+        let res = gate.map_or(Ok(()), |g| g(&batch)).and_then(|()| self.write_batch(&batch));
         {
             let mut b = self.bufs.write();
             b.committing = None;

@@ -99,6 +99,28 @@ pub fn added_member_id(peer_urls: &[String], token: &str, unix_nanos: u64) -> u6
     nonzero(&h.finalize())
 }
 
+/// The backend's commit gate: a batch waits until the WAL holds, durably,
+/// every entry it applied (its consistent index). raft applies an entry a
+/// quorum of the others holds before this member's own fdatasync covers
+/// it; a backend committed past its WAL would, after a power cut, hold
+/// effects of entries the WAL lost, and the member could not start.
+fn wal_first(durable: Arc<crate::raft::log_store::Durable>) -> crate::backend::CommitGate {
+    Arc::new(move |batch: &crate::backend::Buffer| {
+        let ci = batch.get(Table::Meta, crate::mvcc::meta::CONSISTENT_INDEX).flatten();
+        let Some(ci) = ci.and_then(|b| crate::mvcc::meta::decode(&b)) else { return Ok(()) };
+        let start = std::time::Instant::now();
+        while !durable.wait(ci, Duration::from_secs(5)) {
+            warn!(
+                consistent_index = ci,
+                wal_durable = durable.index(),
+                waited_s = start.elapsed().as_secs(),
+                "the backend commit waits for the WAL to make the applied entries durable"
+            );
+        }
+        Ok(())
+    })
+}
+
 /// The cluster id: from the sorted member ids and the token.
 pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
     let mut ids = member_ids.to_vec();
@@ -162,8 +184,12 @@ impl EtcdServer {
             cluster_id(&ids, &cfg.initial_cluster_token)
         };
 
-        let (wal, replay) =
-            Wal::open(&member_dir.join("wal"), Metadata { node_id: me, cluster_id: cid }).map_err(|e| err(&e))?;
+        let (wal, replay) = Wal::open_with(
+            &member_dir.join("wal"),
+            Metadata { node_id: me, cluster_id: cid },
+            crate::powercut::wal_hook(),
+        )
+        .map_err(|e| err(&e))?;
         wal.set_poll(cfg.wal_poll);
         let fresh = replay.entries.is_empty() && replay.state.is_none();
         let log = LogStore::new(wal.clone(), replay).map_err(|e| err(&format!("WAL entries: {e}")))?;
@@ -196,6 +222,7 @@ impl EtcdServer {
 
         let backend = Backend::open(&member_dir.join("db.redb"), cfg.backend_batch_limit, cfg.backend_cache_size)
             .map_err(|e| err(&e))?;
+        backend.set_commit_gate(wal_first(log.durable()));
         backend.run_committer(cfg.backend_batch_interval, |e| {
             // A failed backend commit leaves memory ahead of the disk: stop, and let
             // the WAL replay on the next start.
@@ -219,7 +246,22 @@ impl EtcdServer {
         // except after installing a leader's snapshot whose data was newer than
         // its metadata (the consistent index is then ahead, and apply skips the
         // entries it already holds).
-        let (applied, last) = (sm.applied_index(), log.last_index());
+        let (applied, mut last) = (sm.applied_index(), log.last_index());
+        if applied > last
+            && let Some(at) = sm.snapshot_at_applied().map_err(|e| err(&e))?
+        {
+            // The backend is exactly a snapshot installed from the leader, and
+            // the WAL's record of it (written after the install) did not
+            // become durable before the member stopped. The snapshot covers
+            // every entry up to it: record it now, as the install would have.
+            warn!(
+                snapshot_index = at.index(),
+                wal_last = last,
+                "the WAL lacks the record of the snapshot the backend holds; recording it"
+            );
+            log.record_snapshot(at).await.map_err(|e| err(&e))?;
+            last = log.last_index();
+        }
         if applied > last {
             // The backend holds effects of entries the WAL no longer has: acknowledged
             // records were lost from the WAL (a truncated or replaced log).

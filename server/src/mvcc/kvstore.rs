@@ -132,6 +132,8 @@ impl KvStore {
             staged.commit()?;
             self.publish(rebuilt, scheduled, finished);
         }
+        // The backend holds the snapshot; the WAL's record of it comes next.
+        crate::failpoints::crash_point("snapshot_installed");
         self.finish_scheduled_compaction(scheduled, finished)
     }
 

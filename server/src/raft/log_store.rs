@@ -11,11 +11,12 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
 use crate::wal::{Record, Replay, Wal};
@@ -32,6 +33,46 @@ struct Inner {
 pub struct LogStore {
     wal: Wal,
     inner: Arc<Mutex<Inner>>,
+    durable: Arc<Durable>,
+}
+
+/// The highest log index whose entry (or a purge marker at or past it) the
+/// WAL holds durably.
+#[derive(Default)]
+pub struct Durable {
+    index: Mutex<u64>,
+    moved: Condvar,
+}
+
+impl Durable {
+    fn advance(&self, to: u64) {
+        let mut i = self.index.lock();
+        if to > *i {
+            *i = to;
+            self.moved.notify_all();
+        }
+    }
+
+    /// Entries after `last` were truncated: their durability no longer counts.
+    fn cut(&self, last: u64) {
+        let mut i = self.index.lock();
+        *i = (*i).min(last);
+    }
+
+    pub fn index(&self) -> u64 {
+        *self.index.lock()
+    }
+
+    /// Waits up to `timeout` until the WAL holds entries through `index`
+    /// durably; returns whether it does.
+    pub fn wait(&self, index: u64, timeout: Duration) -> bool {
+        let mut i = self.index.lock();
+        if *i >= index {
+            return true;
+        }
+        let _ = self.moved.wait_while_for(&mut i, |i| *i < index, timeout);
+        *i >= index
+    }
 }
 
 impl LogStore {
@@ -63,7 +104,33 @@ impl LogStore {
             last = inner.log.keys().next_back().copied(),
             "replayed raft log from the WAL"
         );
-        Ok(Self { wal, inner: Arc::new(Mutex::new(inner)) })
+        // What replay found is on the disk.
+        let last = inner.log.keys().next_back().copied().or(inner.last_purged.map(|l| l.index())).unwrap_or(0);
+        let durable = Arc::new(Durable::default());
+        durable.advance(last);
+        Ok(Self { wal, inner: Arc::new(Mutex::new(inner)), durable })
+    }
+
+    /// What the WAL holds durably.
+    pub fn durable(&self) -> Arc<Durable> {
+        self.durable.clone()
+    }
+
+    /// Purges the log through `at`, which a snapshot in the backend covers
+    /// (raft's purge, and at start the record of an installed snapshot that
+    /// was lost with the WAL's unsynced tail).
+    pub async fn record_snapshot(&self, at: LogId) -> io::Result<()> {
+        {
+            let mut g = self.inner.lock();
+            let keep = g.log.split_off(&(at.index() + 1));
+            g.log = keep;
+            g.last_purged = Some(at);
+        }
+        // Durable before any segment is deleted, so replay never sees a log
+        // that starts after a gap.
+        self.wal.purge(at.index(), encode(&Some(at))).await.map_err(wal_err)?;
+        self.durable.advance(at.index());
+        Ok(())
     }
 
     /// The index through which the log was purged, if it was.
@@ -107,6 +174,7 @@ impl LogStore {
         let index = entry.index();
         self.wal.append_sync(vec![Record::Entry { index, data: encode(&entry) }]).await.map_err(wal_err)?;
         self.inner.lock().log.insert(index, entry);
+        self.durable.advance(index);
         Ok(true)
     }
 
@@ -170,21 +238,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut records = Vec::new();
+        let mut last = 0;
         {
             let mut g = self.inner.lock();
             for e in entries {
+                last = e.index();
                 records.push(Record::Entry { index: e.index(), data: encode(&e) });
                 g.log.insert(e.index(), e);
             }
         }
         // Acknowledged to raft only after the fdatasync covering these records.
-        self.wal.append(records, Box::new(move |r| callback.io_completed(r.map_err(wal_err))));
+        let durable = self.durable.clone();
+        self.wal.append(
+            records,
+            Box::new(move |r| {
+                if r.is_ok() {
+                    durable.advance(last);
+                }
+                callback.io_completed(r.map_err(wal_err))
+            }),
+        );
         Ok(())
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
         let since = last.map(|l| l.index() + 1).unwrap_or(0);
         self.inner.lock().log.split_off(&since);
+        self.durable.cut(since.saturating_sub(1));
         // Ordered before any later append; losing it in a crash only brings back
         // uncommitted entries, which the leader truncates again.
         self.wal.append_lazy(vec![Record::Truncate { since }]);
@@ -192,14 +272,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        {
-            let mut g = self.inner.lock();
-            let keep = g.log.split_off(&(log_id.index() + 1));
-            g.log = keep;
-            g.last_purged = Some(log_id);
-        }
-        // Durable before any segment is deleted, so replay never sees a log
-        // that starts after a gap.
-        self.wal.purge(log_id.index(), encode(&Some(log_id))).await.map_err(wal_err)
+        self.record_snapshot(log_id).await
     }
 }

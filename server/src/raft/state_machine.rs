@@ -70,6 +70,14 @@ impl StateMachine {
         self.applier.store().backend()
     }
 
+    /// The applied log id, when the backend is exactly the raft snapshot
+    /// stored with it (nothing applied after the snapshot was taken or
+    /// installed).
+    pub fn snapshot_at_applied(&self) -> io::Result<Option<LogId>> {
+        let snap = self.stored_snapshot_meta()?.and_then(|m| m.last_log_id);
+        Ok(snap.filter(|s| Some(*s) == self.last_applied))
+    }
+
     fn stored_snapshot_meta(&self) -> io::Result<Option<SnapshotMetaOf<TypeConfig>>> {
         match self.backend().get(Table::Meta, SNAPSHOT_META).map_err(io::Error::other)? {
             Some(b) => Ok(Some(decode(&b)?)),

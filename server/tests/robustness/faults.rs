@@ -11,7 +11,11 @@
 //!   killed right after the install (then restarted);
 //! - with kvd's crash points compiled in (the `failpoints` feature, as the
 //!   test suite builds it): a restart that makes a member crash itself
-//!   before or after a WAL fsync or before a backend commit;
+//!   before or after a WAL fsync or before a backend commit; and, since
+//!   members then run on a simulated disk that loses what was not synced
+//!   (`KVD_POWER_CUT_SIM`, `server/src/powercut.rs`), every kill is a power
+//!   cut, and a power cut on a member whose fdatasync takes 100-400 ms (so
+//!   it applies entries before its own WAL holds them);
 //! - with a [`Net`] (members in network namespaces): the leader or a random
 //!   member cut off from every peer while clients still reach it, one
 //!   peer-to-peer path cut, and a member's outgoing link throttled so its
@@ -41,6 +45,7 @@ pub struct FaultLog {
     pub link_cuts: usize,
     pub delays: usize,
     pub crash_points: usize,
+    pub power_cuts: usize,
     pub snapshot_churns: usize,
     pub events: Vec<String>,
 }
@@ -52,6 +57,7 @@ impl FaultLog {
             + self.pauses
             + self.replacements
             + self.crash_points
+            + self.power_cuts
             + self.snapshot_churns
             + self.isolations
             + self.link_cuts
@@ -100,6 +106,8 @@ enum Fault {
     Replace,
     /// kvd restarted to crash itself at one of its crash points.
     CrashPoint,
+    /// A member on a slow disk loses power.
+    PowerCut,
     /// A follower catches up by snapshot across a membership change and is
     /// killed right after the install.
     SnapshotChurn,
@@ -133,7 +141,7 @@ pub async fn inject(
     let n = members.lock().unwrap().len();
     let mut menu = vec![Fault::LeaderKill, Fault::Kill, Fault::Pause, Fault::Replace];
     if cfg!(feature = "failpoints") {
-        menu.push(Fault::CrashPoint);
+        menu.extend([Fault::CrashPoint, Fault::PowerCut]);
     }
     if spare.is_some() {
         menu.push(Fault::SnapshotChurn);
@@ -143,13 +151,18 @@ pub async fn inject(
     }
     // Let the clients get going first.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    // With a spare, the first fault is a snapshot catch-up across a
-    // membership change, so every short run has one; then faults at random.
-    let mut first = spare.is_some();
+    // Every short run has a snapshot catch-up across a membership change
+    // (with a spare) and a power cut on a leader (with crash points) first;
+    // then faults at random.
+    let mut first: Vec<Fault> =
+        [spare.is_some().then_some(Fault::SnapshotChurn), cfg!(feature = "failpoints").then_some(Fault::PowerCut)]
+            .into_iter()
+            .flatten()
+            .rev()
+            .collect();
     while Instant::now() < until {
         let at = start.elapsed().as_secs_f64();
-        let fault =
-            if std::mem::take(&mut first) { Fault::SnapshotChurn } else { menu[rng.random_range(0..menu.len())] };
+        let fault = first.pop().unwrap_or_else(|| menu[rng.random_range(0..menu.len())]);
         let victim = match fault {
             Fault::LeaderKill | Fault::Isolate => find_leader(&members).await.unwrap_or_else(|| rng.random_range(0..n)),
             // A follower: it must fall behind the leader's log.
@@ -188,6 +201,13 @@ pub async fn inject(
                 let outcome = snapshot_churn(&members, victim, spare).await;
                 log.events.push(format!("  m{victim}: {outcome}"));
                 log.snapshot_churns += 1;
+            }
+            Fault::PowerCut => {
+                let slow = rng.random_range(100..400);
+                let outcome = power_cut(&members, victim, slow, down).await;
+                log.events
+                    .push(format!("{at:.1}s power cut on m{victim} (fdatasync {slow} ms) after {down:?}: {outcome}"));
+                log.power_cuts += 1;
             }
             Fault::CrashPoint => {
                 let point = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
@@ -254,6 +274,49 @@ async fn crash_at(members: &Arc<Mutex<Vec<Proc>>>, victim: usize, spec: &str) ->
     m[victim].set_env("FAILPOINTS", None);
     m[victim].restart();
     outcome
+}
+
+/// Restarts member `victim` on a disk whose fdatasync takes `slow_ms`,
+/// moves the leadership to it (a leader applies entries the others hold
+/// before its own fdatasync covers them), lets it serve for `after`, cuts
+/// its power (kill -9 on the simulated disk: what it did not fdatasync is
+/// lost) and restarts it on a normal disk.
+async fn power_cut(members: &Arc<Mutex<Vec<Proc>>>, victim: usize, slow_ms: u64, after: Duration) -> &'static str {
+    use kvd_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    use kvd_api::etcdserverpb::{MoveLeaderRequest, StatusRequest};
+    let endpoint = {
+        let mut m = members.lock().unwrap();
+        m[victim].set_env("FAILPOINTS", Some(&format!("wal_before_fsync=sleep({slow_ms})")));
+        m[victim].restart();
+        m[victim].endpoint.clone()
+    };
+    let client = |e: String| {
+        MaintenanceClient::new(Channel::from_shared(e).unwrap().timeout(Duration::from_secs(2)).connect_lazy())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut led = false;
+    while Instant::now() < deadline && !led {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(st) = client(endpoint.clone()).status(StatusRequest {}).await else { continue };
+        let id = st.into_inner().header.map_or(0, |h| h.member_id);
+        let Some(l) = find_leader(members).await else { continue };
+        if l == victim {
+            led = true;
+            break;
+        }
+        let leader = members.lock().unwrap()[l].endpoint.clone();
+        let _ = client(leader).move_leader(MoveLeaderRequest { target_id: id }).await;
+    }
+    tokio::time::sleep(after).await;
+    let mut m = members.lock().unwrap();
+    let died = m[victim].child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+    m[victim].set_env("FAILPOINTS", None);
+    m[victim].restart();
+    match (died, led) {
+        (true, _) => "it had stopped before the cut",
+        (false, true) => "cut while leading, restarted",
+        (false, false) => "cut (leadership did not move to it), restarted",
+    }
 }
 
 /// Calls `f` on a Cluster client of each member but `skip` in turn until one
