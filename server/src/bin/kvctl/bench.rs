@@ -289,6 +289,8 @@ async fn leader_endpoint(c: &Common) -> Result<String, String> {
 pub(crate) struct Report {
     pub(crate) took: Duration,
     pub(crate) lat: Vec<Duration>,
+    /// When each answered request was answered, from the start.
+    pub(crate) answered_at: Vec<Duration>,
     pub(crate) errors: BTreeMap<String, u64>,
 }
 
@@ -316,7 +318,7 @@ pub(crate) async fn drive<C: Caller>(c: &Common, callers: Vec<C>) -> Result<Repo
     for (i, mut caller) in callers.into_iter().enumerate() {
         let (issued, done, c) = (issued.clone(), done.clone(), c.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
+            let (mut lat, mut answered_at) = (Vec::new(), Vec::new());
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
             loop {
@@ -335,18 +337,22 @@ pub(crate) async fn drive<C: Caller>(c: &Common, callers: Vec<C>) -> Result<Repo
                 }
                 let t = Instant::now();
                 match caller.call(&mut rng, n).await {
-                    Ok(()) => lat.push(t.elapsed()),
+                    Ok(()) => {
+                        lat.push(t.elapsed());
+                        answered_at.push(start.elapsed());
+                    }
                     Err(s) => *errors.entry(format!("{:?}: {}", s.code(), s.message())).or_default() += 1,
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            (lat, errors)
+            (lat, answered_at, errors)
         }));
     }
-    let mut report = Report { took: Duration::ZERO, lat: Vec::new(), errors: BTreeMap::new() };
+    let mut report = Report { took: Duration::ZERO, lat: Vec::new(), answered_at: Vec::new(), errors: BTreeMap::new() };
     for t in tasks {
-        let (l, e) = t.await.map_err(|e| e.to_string())?;
+        let (l, a, e) = t.await.map_err(|e| e.to_string())?;
         report.lat.extend(l);
+        report.answered_at.extend(a);
         for (k, v) in e {
             *report.errors.entry(k).or_default() += v;
         }
@@ -357,6 +363,7 @@ pub(crate) async fn drive<C: Caller>(c: &Common, callers: Vec<C>) -> Result<Repo
         eprintln!();
     }
     report.lat.sort();
+    report.answered_at.sort();
     Ok(report)
 }
 
@@ -368,16 +375,23 @@ impl Report {
         self.lat[((self.lat.len() as f64 * p).ceil() as usize).clamp(1, self.lat.len()) - 1]
     }
 
+    /// The longest time between two answers (a stall of the server shows
+    /// here even when few requests wait through it).
+    fn longest_gap(&self) -> Duration {
+        self.answered_at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+
     fn print(&self, workload: &str, c: &Common) {
         let rps = self.lat.len() as f64 / self.took.as_secs_f64().max(1e-9);
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let max = self.lat.last().copied().unwrap_or_default();
+        let gap = self.longest_gap();
         if c.json {
             let v = serde_json::json!({
                 "workload": workload, "clients": c.clients, "conns": c.conns, "total": c.total,
                 "ok": self.lat.len(), "seconds": self.took.as_secs_f64(), "requests_per_second": rps,
                 "p50_ms": ms(self.pct(0.5)), "p90_ms": ms(self.pct(0.9)), "p99_ms": ms(self.pct(0.99)),
-                "p999_ms": ms(self.pct(0.999)), "max_ms": ms(max), "errors": self.errors,
+                "p999_ms": ms(self.pct(0.999)), "max_ms": ms(max), "longest_gap_ms": ms(gap), "errors": self.errors,
             });
             println!("{v}");
             return;
@@ -393,6 +407,7 @@ impl Report {
             ms(self.pct(0.999)),
             ms(max)
         );
+        println!("  Longest gap between two answers (ms): {:.3}", ms(gap));
         // A histogram in ten buckets between the fastest and slowest request.
         if let (Some(lo), Some(hi)) = (self.lat.first(), self.lat.last()) {
             println!("\nResponse time histogram (ms):");
