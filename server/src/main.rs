@@ -168,7 +168,9 @@ async fn run(flags: Flags) -> Result<(), String> {
                 tasks.spawn(kvd::rpc::conn::serve(l, acceptor, kvd::rpc::client_service(server.clone())));
             }
             Listener::Metrics => serve(&mut tasks, l, acceptor, kvd::rpc::metrics_router(server.clone()))?,
-            Listener::Peer => serve(&mut tasks, l, acceptor, kvd::rpc::peer_port(server.clone()))?,
+            Listener::Peer => {
+                tasks.spawn(kvd::rpc::conn::serve(l, acceptor, kvd::rpc::peer_port(server.clone())));
+            }
         }
     }
     let stop = async {

@@ -3,8 +3,9 @@
 //! and then streams hundreds of megabytes; a thousand streams on one
 //! connection, each declaring a large message and sending half of it; a
 //! client whose flow-control window stays at zero while it asks for large
-//! replies; a slow-loris stream; and a gateway request whose JSON body
-//! never ends. kvd's resident memory must stay within its per-connection
+//! replies; a slow-loris stream; a gateway request whose JSON body never
+//! ends; and, on the peer port, a raft call that streams past its message
+//! and a thousand half-sent large messages. kvd's resident memory must stay within its per-connection
 //! budgets (`rpc/conn/budget.rs`), and other clients must be served all
 //! along.
 
@@ -330,4 +331,69 @@ async fn a_gateway_body_that_never_ends_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(answer.contains("request body larger than max"), "{answer}");
     assert!(grew < 64 * MIB, "kvd's memory grew by {} MiB", grew / MIB);
+}
+
+/// The peer port is served by the same HTTP/2 layer, with its own limits
+/// (64 MiB messages, 200 streams, 256 MiB of messages being read per
+/// connection): a call that streams past its message is answered and
+/// stopped, and half-sent large messages hold no more than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_bounds_what_a_connection_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
+    others_are_served(&kvd, "warm-up").await;
+    let base = rss(kvd.child.as_ref().unwrap().id());
+    let sampler = Sampler::start(&kvd);
+    let peer = format!("http://{}", kvd.flag("--listen-peer-urls").unwrap().trim_start_matches("http://"));
+    let as_peer = |path: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("{peer}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    };
+    let addr = peer.trim_start_matches("http://").to_string();
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        send.ready().await.unwrap()
+    };
+    // A 2-byte ForwardRequest, then 512 MiB.
+    let mut send = connect().await;
+    let (reply, body) = send.send_request(as_peer("/kvdpeerpb.Peer/Forward"), false).unwrap();
+    let first = framed(&kvd_api::kvdpeerpb::ForwardRequest { cluster_id: 1, request: Vec::new().into() });
+    let chunk = Bytes::from(vec![0x5au8; 1 << 20]);
+    let pusher = tokio::spawn(stream_until_stopped(body, first, chunk, 512 * MIB));
+    let status = tokio::time::timeout(Duration::from_secs(20), status_of(reply)).await.expect("an answer");
+    assert!(status.is_some(), "the peer call was not answered");
+    let sent = tokio::time::timeout(Duration::from_secs(20), pusher).await.expect("the stream is stopped").unwrap();
+    assert!(sent < 512 * MIB, "the peer port read all {} MiB", sent / MIB);
+    // 150 streams each declaring a 48 MiB message and sending 2 MiB of it.
+    let mut send = connect().await;
+    let part = Bytes::from(vec![0x5au8; 2 << 20]);
+    let mut bodies = Vec::new();
+    for _ in 0..150 {
+        send = send.ready().await.unwrap();
+        let (_reply, mut body) = send.send_request(as_peer("/kvdpeerpb.Peer/AppendEntries"), false).unwrap();
+        body.send_data(prefix(48 << 20), false).unwrap();
+        body.send_data(part.clone(), false).unwrap();
+        bodies.push(body);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    others_are_served(&kvd, "hostile peer streams").await;
+    let grew = sampler.peak().saturating_sub(base);
+    eprintln!(
+        "peer port: {} MiB out before the stop; RSS {} MiB before, peak {} MiB",
+        sent / MIB,
+        base / MIB,
+        sampler.peak() / MIB
+    );
+    // Without the budget: 150 x 2 MiB read into buffers.
+    assert!(grew < 200 * MIB, "kvd's memory grew by {} MiB", grew / MIB);
+    drop(bodies);
 }

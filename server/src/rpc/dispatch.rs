@@ -216,6 +216,31 @@ impl Service<Request> for ClientService {
     }
 }
 
+impl super::conn::Port for ClientService {
+    fn max_message(&self) -> usize {
+        self.grpc.max_request_message()
+    }
+
+    fn max_streams(&self) -> u32 {
+        self.grpc.max_concurrent_streams()
+    }
+
+    fn request_budget(&self) -> usize {
+        super::conn::REQUEST_BYTES
+    }
+
+    fn shape(&self, path: &str) -> (bool, bool) {
+        let kind = super::grpc_type(path.rsplit('/').next().unwrap_or_default());
+        // Lock and Campaign wait for their turn, holding no memory.
+        let waits = matches!(path, "/v3lockpb.Lock/Lock" | "/v3electionpb.Election/Campaign");
+        (kind != "bidi_stream", kind == "unary" && !waits)
+    }
+
+    fn direct(&self) -> Option<&Grpc> {
+        Some(&self.grpc)
+    }
+}
+
 /// tonic refuses an oversized message with OutOfRange; Go's gRPC (and so etcd)
 /// answers ResourceExhausted "grpc: received message larger than max (N vs. M)".
 /// Clients check the code, so answer as etcd does.

@@ -99,8 +99,10 @@ impl Peer for PeerService {
                 }
                 file.write_all(&chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
             }
-            // Durable before raft is told the snapshot is here.
-            file.sync_all().await.map_err(|e| Status::internal(e.to_string()))
+            // Written out (not synced: the install commits the data durably
+            // to the backend, and the file is deleted after it; a crash
+            // before that makes the leader send the snapshot again).
+            file.flush().await.map_err(|e| Status::internal(e.to_string()))
         }
         .await;
         let header = match (res, header) {
@@ -174,6 +176,33 @@ pub fn peer_port(server: Arc<EtcdServer>) -> PeerPort {
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE),
     )
+}
+
+/// Streams one member's connection may have open at once (hyper's
+/// default, which the peer port was served with).
+const PEER_STREAMS: u32 = 200;
+
+impl super::conn::Port for PeerPort {
+    fn max_message(&self) -> usize {
+        MAX_PEER_MESSAGE
+    }
+
+    fn max_streams(&self) -> u32 {
+        PEER_STREAMS
+    }
+
+    /// Four of the largest raft messages at once: a leader's appends to a
+    /// member, a follower's forwarded writes and a snapshot's chunks.
+    fn request_budget(&self) -> usize {
+        4 * MAX_PEER_MESSAGE
+    }
+
+    fn shape(&self, path: &str) -> (bool, bool) {
+        // A snapshot comes as a stream of chunks; every other call is one
+        // message and one answer.
+        let streamed = path.ends_with("/InstallSnapshot");
+        (!streamed, true)
+    }
 }
 
 type Answer = axum::http::Response<tonic::body::Body>;

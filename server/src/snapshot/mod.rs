@@ -54,7 +54,7 @@ pub fn write_observed(
     mut observe: impl FnMut(Table, &[u8], &[u8]),
 ) -> Result<u64, SnapshotError> {
     let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
-    let mut out = BufWriter::new(file);
+    let mut out = BufWriter::with_capacity(1 << 20, Paced { file, written: 0, flushed: 0 });
     let mut sha = Sha256::new();
     let mut written = 0u64;
     let mut io_res = Ok(());
@@ -78,10 +78,50 @@ pub fn write_observed(
     sha.update(&tail);
     out.write_all(&tail).map_err(|e| io(path, e))?;
     out.write_all(&sha.finalize()).map_err(|e| io(path, e))?;
-    let f = out.into_inner().map_err(|e| io(path, e.into_error()))?;
-    // The file is complete on disk before anyone is told it exists.
-    f.sync_all().map_err(|e| io(path, e))?;
+    // Complete, but not synced: the file is read back by this process (a
+    // snapshot stream, a raft snapshot for a peer) and then deleted, and a
+    // crash makes it worthless anyway.
+    out.flush().map_err(|e| io(path, e))?;
     Ok(written + tail.len() as u64 + HASH_LEN)
+}
+
+/// Bytes a snapshot file may hold unwritten to the disk (see [`Paced`]).
+const PACE_BYTES: u64 = 8 << 20;
+
+/// A snapshot file written out to the disk as it grows, [`PACE_BYTES`] at a
+/// time. With a gigabyte left dirty in the page cache, the file system's
+/// next journal commit (the WAL's fdatasync makes one) had to write it all
+/// first: puts and reads stalled for 0.2-0.3 s during a snapshot save.
+struct Paced {
+    file: std::fs::File,
+    written: u64,
+    flushed: u64,
+}
+
+impl Write for Paced {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.flushed >= PACE_BYTES {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: sync_file_range only reads its arguments; the fd is ours.
+            // A hint: a file system without it writes the file back itself.
+            let _ = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.flushed as libc::off64_t,
+                    (self.written - self.flushed) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )
+            };
+            self.flushed = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Checks the file's size and SHA-256 without interpreting the records.

@@ -27,8 +27,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-/// Bytes of request messages one connection's calls may be reading at once
-/// (beyond one message, which is always let in).
+/// Bytes of request messages one client connection's calls may be reading
+/// at once (beyond one message, which is always let in).
 pub const REQUEST_BYTES: usize = 64 << 20;
 /// Bytes of replies past which the connection's new calls wait.
 pub const REPLY_BYTES: usize = 64 << 20;
@@ -38,6 +38,8 @@ pub const CALLS: usize = 1024;
 /// One connection's budget, shared by its calls.
 #[derive(Default)]
 pub struct Budget {
+    /// Bytes of request messages the connection may be reading at once.
+    request_limit: usize,
     requests: AtomicUsize,
     /// Bytes of replies waiting for the client's window, and how many
     /// replies they are.
@@ -53,14 +55,16 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new() -> Arc<Budget> {
-        Arc::new(Budget::default())
+    /// A budget of `request_limit` bytes of request messages.
+    pub fn new(request_limit: usize) -> Arc<Budget> {
+        Arc::new(Budget { request_limit, ..Budget::default() })
     }
 
     /// Reserves `n` bytes for a request message, unless the connection's
-    /// messages already hold [`REQUEST_BYTES`] (one message always fits).
+    /// messages already hold the limit (one message always fits).
     pub fn try_request(self: &Arc<Self>, n: usize) -> Option<Held> {
-        let update = |u: usize| (u == 0 || u + n <= REQUEST_BYTES).then_some(u + n);
+        let limit = self.request_limit;
+        let update = |u: usize| (u == 0 || u + n <= limit).then_some(u + n);
         self.requests.fetch_update(Ordering::AcqRel, Ordering::Acquire, update).ok()?;
         Some(Held { budget: self.clone(), kind: Kind::Request, n })
     }
@@ -68,6 +72,11 @@ impl Budget {
     /// Bytes of request messages held now.
     pub fn request_bytes(&self) -> usize {
         self.requests.load(Ordering::Acquire)
+    }
+
+    /// Bytes of request messages the connection may be reading at once.
+    pub fn request_limit(&self) -> usize {
+        self.request_limit
     }
 
     /// Whether the replies leave room for another call.
@@ -233,7 +242,7 @@ mod tests {
 
     #[test]
     fn requests_are_refused_past_the_budget_but_one_always_fits() {
-        let b = Budget::new();
+        let b = Budget::new(REQUEST_BYTES);
         let big = b.try_request(REQUEST_BYTES * 2).expect("one message always fits");
         assert!(b.try_request(1).is_none(), "nothing more while it is held");
         drop(big);
@@ -248,7 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_large_waiting_reply_holds_up_no_call() {
-        let b = Budget::new();
+        let b = Budget::new(REQUEST_BYTES);
         let _big = b.reply(REPLY_BYTES * 4);
         let slot = tokio::time::timeout(std::time::Duration::from_secs(5), b.slot()).await;
         assert!(slot.is_ok(), "one large reply held up a call");
@@ -256,7 +265,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_wait_while_replies_wait_for_the_window() {
-        let b = Budget::new();
+        let b = Budget::new(REQUEST_BYTES);
         let _small = b.reply(1);
         let mut reply = b.reply(REPLY_BYTES);
         let waiting = tokio::spawn({
@@ -276,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_wait_while_the_socket_takes_nothing() {
-        let b = Budget::new();
+        let b = Budget::new(REQUEST_BYTES);
         b.queued(REPLY_BYTES);
         let waiting = tokio::spawn({
             let b = b.clone();
@@ -290,7 +299,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_past_the_slot_count_wait_for_a_slot() {
-        let b = Budget::new();
+        let b = Budget::new(REQUEST_BYTES);
         let mut slots = Vec::new();
         for _ in 0..CALLS {
             slots.push(b.slot().await);

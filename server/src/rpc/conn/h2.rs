@@ -1,7 +1,7 @@
-//! One HTTP/2 connection of the client port, served with the `h2` crate:
-//! KV's unary calls on [`super::unary`] (writes on the connection's task,
-//! reads as their own tasks), every other stream as its own task through
-//! the port's service ([`super::bridge`]).
+//! One HTTP/2 connection of a port, served with the `h2` crate: on the
+//! client port KV's unary calls on [`super::unary`] (writes on the
+//! connection's task, reads as their own tasks), every other stream as its
+//! own task through the port's service ([`super::bridge`]).
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -13,9 +13,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::super::ClientService;
 use super::budget::{Budget, CountWrites};
-use super::{bridge, unary};
+use super::{Port, bridge, unary};
 use crate::tls::TlsAddr;
 
 /// Flow-control windows, frame and header limits, and the send buffer per
@@ -28,11 +27,12 @@ const MAX_SEND_BUFFER: usize = 400 << 10;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Serves `io` (past its preface check) until the client closes it.
-pub async fn serve<T>(io: T, svc: ClientService, peer: Option<ConnectInfo<TlsAddr>>)
+pub async fn serve<T, P: Port>(io: T, svc: P, peer: Option<ConnectInfo<TlsAddr>>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P::Future: Send,
 {
-    let budget = Budget::new();
+    let budget = Budget::new(svc.request_budget());
     let io = CountWrites::new(io, budget.clone());
     let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -41,12 +41,12 @@ where
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        // `--max-concurrent-streams`, unlimited by default as etcd's (Go's
-        // math.MaxUint32): a gRPC client at the limit queues new calls
-        // behind its open streams, and kube-apiserver keeps many watches
-        // open on one connection. Memory is bounded per call instead
-        // (`budget.rs`).
-        .max_concurrent_streams(svc.grpc.max_concurrent_streams())
+        // The client port: `--max-concurrent-streams`, unlimited by default
+        // as etcd's (Go's math.MaxUint32): a gRPC client at the limit queues
+        // new calls behind its open streams, and kube-apiserver keeps many
+        // watches open on one connection. Memory is bounded per call
+        // instead (`budget.rs`).
+        .max_concurrent_streams(svc.max_streams())
         .handshake::<_, Bytes>(io);
     let mut conn = match handshake.await {
         Ok(c) => c,
@@ -72,25 +72,17 @@ where
             if let Some(p) = &peer {
                 parts.extensions.insert(p.clone());
             }
-            match unary::takes(&parts) {
-                Some(unary::Kind::Write) => {
-                    writes.push(unary::serve(svc.grpc.clone(), budget.clone(), parts, body, respond))
+            match svc.direct().and_then(|g| Some((g, unary::takes(&parts)?))) {
+                Some((grpc, unary::Kind::Write)) => {
+                    writes.push(unary::serve(grpc.clone(), budget.clone(), parts, body, respond))
                 }
-                Some(unary::Kind::Read) => {
-                    drop(tokio::spawn(unary::serve(svc.grpc.clone(), budget.clone(), parts, body, respond)))
+                Some((grpc, unary::Kind::Read)) => {
+                    drop(tokio::spawn(unary::serve(grpc.clone(), budget.clone(), parts, body, respond)))
                 }
                 None => {
                     let (body, one_reply) = if unary::is_grpc(&parts) {
-                        let method = parts.uri.path().rsplit('/').next().unwrap_or_default();
-                        let kind = super::super::grpc_type(method);
-                        let limit = svc.grpc.max_request_message();
-                        // Lock and Campaign wait for their turn, holding no memory.
-                        let waits =
-                            matches!(parts.uri.path(), "/v3lockpb.Lock/Lock" | "/v3electionpb.Election/Campaign");
-                        (
-                            bridge::H2Body::grpc(body, budget.clone(), limit, kind != "bidi_stream"),
-                            kind == "unary" && !waits,
-                        )
+                        let (one_message, one_reply) = svc.shape(parts.uri.path());
+                        (bridge::H2Body::grpc(body, budget.clone(), svc.max_message(), one_message), one_reply)
                     } else {
                         (bridge::H2Body::new(body), true)
                     };

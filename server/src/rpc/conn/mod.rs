@@ -1,13 +1,17 @@
-//! The client port's connections. HTTP/2 (every gRPC client) is served with
-//! the `h2` crate directly, so that KV's unary calls skip hyper's and tonic's
-//! layers ([`unary`]); every other stream goes to the port's tower service
-//! through [`bridge`]. HTTP/1 (curl, the JSON gateway, `/metrics`) is served
-//! by hyper. Which one a connection speaks is read from its first bytes
-//! ([`sniff`]), with or without TLS.
+//! The connections of the client and peer ports. HTTP/2 (every gRPC client,
+//! every member) is served with the `h2` crate directly, so that a
+//! connection's memory is bounded ([`budget`]) and, on the client port,
+//! KV's unary calls skip hyper's and tonic's layers ([`unary`]); every other
+//! stream goes to the port's tower service through [`bridge`]. HTTP/1
+//! (curl, the JSON gateway, `/metrics`) is served by hyper. Which one a
+//! connection speaks is read from its first bytes ([`sniff`]), with or
+//! without TLS.
 
 mod bridge;
 mod budget;
 mod h2;
+
+pub use budget::REQUEST_BYTES;
 mod sniff;
 mod unary;
 
@@ -20,12 +24,39 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower::Service;
 
-use super::ClientService;
+use super::Grpc;
 use super::coalesce::Coalesced;
 use crate::tls::{Reloading, TlsAddr, TlsListener};
 
-/// Serves the client port on `l` (over TLS with `tls`) until the listener fails.
-pub async fn serve(l: TcpListener, tls: Option<Arc<Reloading>>, svc: ClientService) -> io::Result<()> {
+/// A port's tower service, with what the HTTP/2 layer needs to know of it.
+pub trait Port:
+    Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// The largest gRPC request message the port takes.
+    fn max_message(&self) -> usize;
+    /// Streams one connection may have open at once.
+    fn max_streams(&self) -> u32;
+    /// Bytes of request messages one connection may be reading at once.
+    fn request_budget(&self) -> usize;
+    /// Of the gRPC method at `path`: whether it takes one request message,
+    /// and whether it answers once (and so takes one of the connection's
+    /// call slots while it runs).
+    fn shape(&self, path: &str) -> (bool, bool);
+    /// The gRPC side, when the port answers KV's unary calls itself.
+    fn direct(&self) -> Option<&Grpc> {
+        None
+    }
+}
+
+/// Serves a port on `l` (over TLS with `tls`) until the listener fails.
+pub async fn serve<P: Port>(l: TcpListener, tls: Option<Arc<Reloading>>, svc: P) -> io::Result<()>
+where
+    P::Future: Send,
+{
     let Some(tls) = tls else {
         loop {
             let (tcp, _) = crate::sockets::accept(&l).await;
@@ -40,9 +71,10 @@ pub async fn serve(l: TcpListener, tls: Option<Arc<Reloading>>, svc: ClientServi
 }
 
 /// One accepted connection, until it closes.
-async fn connection<T>(mut io: T, peer: Option<ConnectInfo<TlsAddr>>, svc: ClientService)
+async fn connection<T, P: Port>(mut io: T, peer: Option<ConnectInfo<TlsAddr>>, svc: P)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P::Future: Send,
 {
     let (is_h2, read) = match sniff::sniff(&mut io).await {
         Ok(s) => s,

@@ -259,7 +259,7 @@ async fn read_message(body: &mut RecvStream, limit: usize, budget: &Arc<Budget>)
                 Status::resource_exhausted(format!(
                     "kvd: this connection's calls hold {} bytes of request messages, over its {} (retry, or spread the calls over connections)",
                     budget.request_bytes(),
-                    super::budget::REQUEST_BYTES
+                    budget.request_limit()
                 ))
             })?;
             // The first DATA frame may run past the message.
