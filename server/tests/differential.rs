@@ -304,6 +304,23 @@ async fn differential_against(dir: &tempfile::TempDir, kvd: &Proc, seed: u64, op
             g.rev = g.rev.max(r);
         }
     }
+    // HashKV is etcd's bit for bit: the same history hashes the same, at
+    // the current revision and at older ones (or is refused alike).
+    let mut ma =
+        kvd_api::etcdserverpb::maintenance_client::MaintenanceClient::connect(etcd.endpoint.clone()).await.unwrap();
+    let mut mb = kvd.maintenance().await;
+    let mut hashed = 0;
+    for revision in [0, g.rev / 2, g.rev * 3 / 4, g.rev - 1] {
+        let req = kvd_api::etcdserverpb::HashKvRequest { revision };
+        let show = |r: Result<tonic::Response<kvd_api::etcdserverpb::HashKvResponse>, tonic::Status>| match r {
+            Ok(r) => format!("hash {} compact {}", r.get_ref().hash, r.get_ref().compact_revision),
+            Err(s) => format!("ERR {:?} {}", s.code(), s.message()),
+        };
+        let (ha, hb) = (show(ma.hash_kv(req).await), show(mb.hash_kv(req).await));
+        assert_eq!(ha, hb, "seed {seed}: HashKV at revision {revision}");
+        hashed += ha.starts_with("hash") as usize;
+    }
+    assert!(hashed >= 1, "no HashKV answered");
     // The workload must have exercised both success and error paths.
     assert!(errors > ops / 50, "only {errors} errors in {ops} ops");
     assert!(g.rev > (ops / 10) as i64, "only {} revisions in {ops} ops", g.rev);

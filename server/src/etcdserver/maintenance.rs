@@ -2,7 +2,6 @@
 //! format is in [`crate::snapshot`]).
 
 use openraft::async_runtime::WatchReceiver;
-use std::path::PathBuf;
 
 use kvd_api::etcdserverpb::{HashKvResponse, HashResponse, StatusResponse};
 
@@ -71,22 +70,16 @@ impl EtcdServer {
         Ok(())
     }
 
-    /// Writes a consistent snapshot of the backend to a temporary file and
-    /// returns its path and size; the caller streams and then removes it.
-    pub async fn snapshot_to_file(&self) -> Result<(PathBuf, u64), ServerError> {
+    /// A consistent snapshot of the backend, streamed in pieces of about
+    /// `chunk` bytes (see [`crate::snapshot::stream`]), and an estimate of
+    /// its size (the bytes in use) for progress.
+    pub fn snapshot_stream(
+        &self,
+        chunk: usize,
+    ) -> (tokio::sync::mpsc::Receiver<Result<crate::snapshot::Piece, crate::snapshot::SnapshotError>>, u64) {
         let be = self.store.backend().clone();
-        let dir = self.cfg.data_dir.join("member").join("tmp");
-        tokio::task::spawn_blocking(move || -> Result<(PathBuf, u64), ServerError> {
-            std::fs::create_dir_all(&dir).map_err(|e| ServerError::Internal(format!("snapshot: {e}")))?;
-            // One file per request: concurrent snapshots never share one.
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path = dir.join(format!("snapshot-{}-{n}.tmp", std::process::id()));
-            let len = crate::snapshot::write(&be, &path).map_err(|e| ServerError::Internal(e.to_string()))?;
-            Ok((path, len))
-        })
-        .await
-        .map_err(|e| ServerError::Internal(e.to_string()))?
+        let estimate = be.size_in_use();
+        (crate::snapshot::stream(be, chunk), estimate)
     }
 }
 

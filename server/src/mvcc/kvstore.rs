@@ -360,8 +360,14 @@ impl KvStore {
         Ok(n)
     }
 
-    /// CRC32-Castagnoli over the MVCC keys and values that a compaction at
-    /// `rev` would keep, as etcd's HashKV. `rev` <= 0 means the current revision.
+    /// etcd's HashKV, bit for bit: CRC32-Castagnoli over the bucket's name
+    /// `key`, then the MVCC keys and values up to `rev` that a compaction at
+    /// `rev` would keep (every row above the compacted revision; below it,
+    /// the kept ones, or all of them if none is kept), less a tombstone at
+    /// the compacted revision itself (etcd before 3.4.34 and 3.5.16
+    /// removed those in compaction, later ones keep them, and both hash
+    /// alike). The rows are encoded as etcd's, so the same history hashes
+    /// the same on kvd and etcd. `rev` <= 0 means the current revision.
     /// Returns (hash, hash revision, compact revision).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
         // Committed first: a commit waits for an install's staging, which
@@ -374,10 +380,11 @@ impl KvStore {
         let keep: HashSet<Revision> = self.index.read().keep(rev);
         let lower = Revision::new(compact + 1, 0);
         let upper = Revision::new(rev + 1, 0).to_key(false);
-        let mut h = 0u32;
+        let mut h = crc32c::crc32c(Table::Key.name().as_bytes());
         self.backend.scan_committed(Table::Key, &[], Some(&upper), |k, v| {
-            if let Some((r, _)) = Revision::from_key(k)
-                && (r >= lower || keep.contains(&r))
+            if let Some((r, tombstone)) = Revision::from_key(k)
+                && (r >= lower || keep.is_empty() || keep.contains(&r))
+                && !(tombstone && r.main == compact)
             {
                 h = crc32c::crc32c_append(h, k);
                 h = crc32c::crc32c_append(h, v);

@@ -10,7 +10,6 @@ use kvd_api::etcdserverpb::{
     HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
     SnapshotResponse, StatusRequest, StatusResponse,
 };
-use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status};
 
 use super::auth_info;
@@ -20,7 +19,7 @@ pub struct MaintenanceService {
     pub server: Arc<EtcdServer>,
 }
 
-/// Snapshot chunk size, as etcd's 32 KiB.
+/// About this many bytes per Snapshot response (etcd's chunk).
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 #[tonic::async_trait]
@@ -53,10 +52,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         self.server.require_admin(&auth_info(&req))?;
-        let (path, size) = self.server.snapshot_to_file().await?;
+        let (pieces, estimate) = self.server.snapshot_stream(SNAPSHOT_CHUNK);
         let header = self.server.header(0);
-        let stream = async_stream(path, size, header);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(snapshot_responses(pieces, estimate, header))))
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
@@ -70,32 +68,25 @@ impl Maintenance for MaintenanceService {
     }
 }
 
-/// Streams the snapshot file in chunks, then removes it.
-fn async_stream(
-    path: std::path::PathBuf,
-    size: u64,
+/// The snapshot's pieces as etcd's responses: the header with the first,
+/// `remaining_bytes` counting down from `estimate` (the size is known only
+/// at the end: it stays above zero until the last piece, which says 0).
+fn snapshot_responses(
+    pieces: tokio::sync::mpsc::Receiver<Result<crate::snapshot::Piece, crate::snapshot::SnapshotError>>,
+    estimate: u64,
     header: kvd_api::etcdserverpb::ResponseHeader,
 ) -> impl Stream<Item = Result<SnapshotResponse, Status>> + Send {
-    futures::stream::unfold(Some((None::<tokio::fs::File>, size, Some(header), path)), |st| async move {
-        let (file, remaining, header, path) = st?;
-        let mut file = match file {
-            Some(f) => f,
-            None => match tokio::fs::File::open(&path).await {
-                Ok(f) => f,
-                Err(e) => return Some((Err(Status::internal(format!("snapshot: {e}"))), None)),
-            },
-        };
-        if remaining == 0 && header.is_none() {
-            let _ = tokio::fs::remove_file(&path).await;
-            return None;
+    futures::stream::unfold(Some((pieces, 0u64, Some(header))), move |st| async move {
+        let (mut pieces, sent, header) = st?;
+        match pieces.recv().await? {
+            Err(e) => Some((Err(Status::internal(format!("snapshot: {e}"))), None)),
+            Ok(p) => {
+                let sent = sent + p.data.len() as u64;
+                let remaining_bytes = if p.last { 0 } else { estimate.saturating_sub(sent).max(1) };
+                let msg = SnapshotResponse { header, remaining_bytes, blob: p.data.to_vec(), version: "3.6.0".into() };
+                let next = (!p.last).then_some((pieces, sent, None));
+                Some((Ok(msg), next))
+            }
         }
-        let mut buf = vec![0u8; SNAPSHOT_CHUNK.min(remaining as usize)];
-        if let Err(e) = file.read_exact(&mut buf).await {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Some((Err(Status::internal(format!("snapshot: {e}"))), None));
-        }
-        let left = remaining - buf.len() as u64;
-        let msg = SnapshotResponse { header, remaining_bytes: left, blob: buf, version: "3.6.0".into() };
-        Some((Ok(msg), Some((Some(file), left, None, path))))
     })
 }

@@ -10,6 +10,13 @@
 //!
 //! As with etcd's snapshots, size % 512 == 32, which is how etcdctl
 //! recognises the trailing hash.
+//!
+//! `status` and `restore` also take etcd's snapshots and backend files
+//! (bbolt: [`bbolt`] reads the format, [`etcd`] maps etcd's buckets to
+//! kvd's tables); the first bytes say which format a file is in.
+
+pub mod bbolt;
+pub mod etcd;
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -59,22 +66,18 @@ pub fn write_observed(
     let mut written = 0u64;
     let mut io_res = Ok(());
     be.commit()?;
+    let mut rec = Vec::new();
     be.scan_all_committed(|t, k, v| {
         observe(t, k, v);
-        let mut rec = Vec::with_capacity(9 + k.len() + v.len());
-        rec.push(t as u8);
-        rec.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        rec.extend_from_slice(k);
-        rec.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        rec.extend_from_slice(v);
+        rec.clear();
+        encode_record(t, k, v, &mut rec);
         sha.update(&rec);
         written += rec.len() as u64;
         io_res = out.write_all(&rec);
         io_res.is_ok()
     })?;
     io_res.map_err(|e| io(path, e))?;
-    let mut tail = vec![END];
-    tail.resize((512 - (written + 1) % 512) as usize % 512 + 1, 0);
+    let tail = tail(written);
     sha.update(&tail);
     out.write_all(&tail).map_err(|e| io(path, e))?;
     out.write_all(&sha.finalize()).map_err(|e| io(path, e))?;
@@ -83,6 +86,78 @@ pub fn write_observed(
     // crash makes it worthless anyway.
     out.flush().map_err(|e| io(path, e))?;
     Ok(written + tail.len() as u64 + HASH_LEN)
+}
+
+/// One record: `table u8 ‖ key_len u32 ‖ key ‖ value_len u32 ‖ value`.
+fn encode_record(t: Table, k: &[u8], v: &[u8], out: &mut Vec<u8>) {
+    out.reserve(9 + k.len() + v.len());
+    out.push(t as u8);
+    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+    out.extend_from_slice(k);
+    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+    out.extend_from_slice(v);
+}
+
+/// What follows `written` bytes of records: the end byte and zeros to a
+/// multiple of 512 bytes (the SHA-256 comes after).
+fn tail(written: u64) -> Vec<u8> {
+    let mut tail = vec![END];
+    tail.resize((512 - (written + 1) % 512) as usize % 512 + 1, 0);
+    tail
+}
+
+/// A piece of a streamed snapshot ([`stream`]); `last` on the final one.
+pub struct Piece {
+    pub data: bytes::Bytes,
+    pub last: bool,
+}
+
+/// A consistent snapshot of `be`, byte for byte what [`write`] writes,
+/// streamed from one read transaction in pieces of about `chunk` bytes as
+/// the receiver takes them (a thread reads ahead by two pieces), without
+/// a file: writing a gigabyte to a temporary file and deleting it held up
+/// the WAL's fdatasync on the same disk for a quarter of a second.
+/// Dropping the receiver stops the read.
+pub fn stream(be: std::sync::Arc<Backend>, chunk: usize) -> tokio::sync::mpsc::Receiver<Result<Piece, SnapshotError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let producer = tx.clone();
+    let spawned = std::thread::Builder::new().name("kvd-snapshot".into()).spawn(move || {
+        let send = |data: &mut bytes::BytesMut, last: bool| {
+            producer.blocking_send(Ok(Piece { data: data.split().freeze(), last })).is_ok()
+        };
+        let res = (|| -> Result<(), SnapshotError> {
+            let (mut sha, mut buf, mut rec) = (Sha256::new(), bytes::BytesMut::with_capacity(chunk + 4096), Vec::new());
+            let (mut written, mut gone) = (0u64, false);
+            be.commit()?;
+            be.scan_all_committed(|t, k, v| {
+                rec.clear();
+                encode_record(t, k, v, &mut rec);
+                sha.update(&rec);
+                written += rec.len() as u64;
+                buf.extend_from_slice(&rec);
+                if buf.len() >= chunk && !send(&mut buf, false) {
+                    gone = true;
+                }
+                !gone
+            })?;
+            if gone {
+                return Ok(());
+            }
+            let tail = tail(written);
+            sha.update(&tail);
+            buf.extend_from_slice(&tail);
+            buf.extend_from_slice(&sha.finalize());
+            send(&mut buf, true);
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = producer.blocking_send(Err(e));
+        }
+    });
+    if let Err(e) = spawned {
+        let _ = tx.try_send(Err(SnapshotError::Io { path: PathBuf::from("<stream>"), msg: e.to_string() }));
+    }
+    rx
 }
 
 /// Bytes a snapshot file may hold unwritten to the disk (see [`Paced`]).
@@ -124,6 +199,100 @@ impl Write for Paced {
     }
 }
 
+/// A snapshot file's format, told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// kvd's own (this module's layout).
+    Kvd,
+    /// etcd's: a bbolt file, with or without the SHA-256 `etcdctl snapshot
+    /// save` appends.
+    Etcd,
+}
+
+/// A checked snapshot file: its format, and the SHA-256 of its data (the
+/// bytes before the trailer; the trailer itself if it has none).
+pub struct Checked {
+    pub format: Format,
+    /// Bytes of data, without the trailing hash.
+    pub data_len: u64,
+    pub sha: [u8; 32],
+    /// Whether the file carried a SHA-256 that was checked.
+    pub hash_checked: bool,
+}
+
+/// Finds the file's format and checks it as `etcdutl snapshot restore`
+/// does: a trailing SHA-256 must match; a bbolt file without one (a `db`
+/// copied from a data dir) is read only with `skip_hash_check`.
+pub fn check(path: &Path, skip_hash_check: bool) -> Result<Checked, SnapshotError> {
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let len = file.metadata().map_err(|e| io(path, e))?.len();
+    let mut head = [0u8; 32];
+    let n = std::io::Read::read(&mut (&file), &mut head).map_err(|e| io(path, e))?;
+    if !bbolt::looks_like_bbolt(&head[..n]) {
+        let sha = verify(path)?;
+        return Ok(Checked { format: Format::Kvd, data_len: len - HASH_LEN, sha, hash_checked: true });
+    }
+    let has_hash = len % 512 == HASH_LEN;
+    let data_len = if has_hash { len - HASH_LEN } else { len };
+    if !has_hash && !skip_hash_check {
+        return Err(corrupt(
+            path,
+            format!(
+                "an etcd backend of {len} bytes without the SHA-256 that etcdctl snapshot save appends (a db file \
+                 copied from a data dir, or a truncated snapshot); pass --skip-hash-check to read it anyway"
+            ),
+        ));
+    }
+    let sha = sha256_of(path, &file, data_len)?;
+    let mut hash_checked = false;
+    if has_hash && !skip_hash_check {
+        let mut want = [0u8; 32];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut want, data_len).map_err(|e| io(path, e))?;
+        if sha != want {
+            return Err(corrupt(path, "SHA-256 mismatch: the etcd snapshot was damaged (or truncated)"));
+        }
+        hash_checked = true;
+    }
+    Ok(Checked { format: Format::Etcd, data_len, sha, hash_checked })
+}
+
+fn sha256_of(path: &Path, file: &std::fs::File, len: u64) -> Result<[u8; 32], SnapshotError> {
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut buf[..n], off).map_err(|e| io(path, e))?;
+        sha.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(sha.finalize().into())
+}
+
+/// Checks the file ([`check`]), then calls `f` for every row it holds,
+/// as kvd's tables hold them, whichever its format.
+pub fn read_any(
+    path: &Path,
+    skip_hash_check: bool,
+    mut f: impl FnMut(Table, &[u8], &[u8]),
+) -> Result<Checked, SnapshotError> {
+    let checked = check(path, skip_hash_check)?;
+    match checked.format {
+        Format::Kvd => read_records(path, &mut f)?,
+        Format::Etcd => {
+            let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+            etcd::read(&file, checked.data_len, f).map_err(|e| match e {
+                bbolt::BoltError::Io { what, err } => {
+                    SnapshotError::Io { path: path.to_path_buf(), msg: format!("{what}: {err}") }
+                }
+                bbolt::BoltError::Corrupt(reason) => corrupt(path, format!("not a readable etcd backend: {reason}")),
+            })?;
+        }
+    }
+    Ok(checked)
+}
+
 /// Checks the file's size and SHA-256 without interpreting the records.
 pub fn verify(path: &Path) -> Result<[u8; 32], SnapshotError> {
     let len = std::fs::metadata(path).map_err(|e| io(path, e))?.len();
@@ -149,9 +318,18 @@ pub fn verify(path: &Path) -> Result<[u8; 32], SnapshotError> {
     Ok(got)
 }
 
-/// Verifies the file, then calls `f` for every record in order.
+/// Verifies a kvd snapshot file, then calls `f` for every record in order.
 pub fn read(path: &Path, mut f: impl FnMut(Table, &[u8], &[u8])) -> Result<(), SnapshotError> {
     verify(path)?;
+    read_records(path, &mut f)
+}
+
+/// What a reader calls with each row: table, key, value.
+type Row<'f> = dyn FnMut(Table, &[u8], &[u8]) + 'f;
+
+/// The records of a verified kvd snapshot file.
+fn read_records(path: &Path, f: &mut Row) -> Result<(), SnapshotError> {
+    let len = std::fs::metadata(path).map_err(|e| io(path, e))?.len();
     let mut r = BufReader::new(std::fs::File::open(path).map_err(|e| io(path, e))?);
     let mut pos = 0u64;
     let u32_at = |r: &mut BufReader<std::fs::File>, pos: &mut u64| -> Result<u32, SnapshotError> {
@@ -170,10 +348,16 @@ pub fn read(path: &Path, mut f: impl FnMut(Table, &[u8], &[u8])) -> Result<(), S
         let table =
             Table::from_u8(t[0]).ok_or_else(|| corrupt(path, format!("unknown table {} at {}", t[0], pos - 1)))?;
         let klen = u32_at(&mut r, &mut pos)? as usize;
+        if pos + klen as u64 > len {
+            return Err(corrupt(path, format!("a key of {klen} bytes at {pos} runs past the end")));
+        }
         let mut key = vec![0u8; klen];
         r.read_exact(&mut key).map_err(|e| io(path, e))?;
         pos += klen as u64;
         let vlen = u32_at(&mut r, &mut pos)? as usize;
+        if pos + vlen as u64 > len {
+            return Err(corrupt(path, format!("a value of {vlen} bytes at {pos} runs past the end")));
+        }
         let mut value = vec![0u8; vlen];
         r.read_exact(&mut value).map_err(|e| io(path, e))?;
         pos += vlen as u64;
@@ -184,25 +368,33 @@ pub fn read(path: &Path, mut f: impl FnMut(Table, &[u8], &[u8])) -> Result<(), S
 /// What a snapshot holds, as `kvctl snapshot status` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
-    /// The first 8 bytes of the SHA-256, in hex.
+    /// The first 8 bytes of the SHA-256 of its data, in hex.
     pub hash: String,
-    /// The highest MVCC revision.
+    /// The store's revision: the highest MVCC revision, or the compacted
+    /// revision if that is higher (a compaction can remove the newest
+    /// tombstones).
     pub revision: i64,
     /// Keys that exist at that revision.
     pub keys: usize,
     /// Revisions stored (including history and tombstones).
     pub revisions: usize,
     pub size: u64,
+    pub format: Format,
 }
 
-/// Verifies and summarises a snapshot file.
-pub fn status(path: &Path) -> Result<Status, SnapshotError> {
+/// Verifies and summarises a snapshot file of either format ([`check`]).
+pub fn status(path: &Path, skip_hash_check: bool) -> Result<Status, SnapshotError> {
     use prost::Message;
-    let sha = verify(path)?;
     let mut index = crate::mvcc::index::TreeIndex::default();
     let (mut revision, mut revisions, mut bad) = (0i64, 0usize, None);
-    read(path, |t, k, v| {
-        if t != Table::Key || bad.is_some() {
+    let checked = read_any(path, skip_hash_check, |t, k, v| {
+        if bad.is_some() {
+            return;
+        }
+        if t == Table::Meta && k == crate::mvcc::meta::SCHEDULED_COMPACT_REV {
+            revision = revision.max(crate::mvcc::meta::decode(v).unwrap_or(0) as i64);
+        }
+        if t != Table::Key {
             return;
         }
         match (crate::mvcc::Revision::from_key(k), kvd_api::mvccpb::KeyValue::decode(v)) {
@@ -218,17 +410,25 @@ pub fn status(path: &Path) -> Result<Status, SnapshotError> {
         return Err(corrupt(path, reason));
     }
     let size = std::fs::metadata(path).map_err(|e| io(path, e))?.len();
-    Ok(Status { hash: hex(&sha[..8]), revision, keys: index.live_keys(), revisions, size })
+    Ok(Status {
+        hash: hex(&checked.sha[..8]),
+        revision,
+        keys: index.live_keys(),
+        revisions,
+        size,
+        format: checked.format,
+    })
 }
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Creates a member's backend from a snapshot file, as `etcdutl snapshot
-/// restore` does: the MVCC data, leases, auth and compaction revisions are kept; raft
-/// state (applied index, membership, snapshot metadata) and alarms are not:
-/// the member starts a new cluster on its first start.
+/// Creates a member's backend from a snapshot file of either format, as
+/// `etcdutl snapshot restore` does: the MVCC data, leases, auth, alarms
+/// and compaction revisions are kept; raft state (applied index,
+/// membership, snapshot metadata) is not: the member starts a new cluster
+/// on its first start.
 ///
 /// `identity` (member id, cluster id) goes into the new WAL's metadata and
 /// `members` (the restored cluster's initial members) into the backend: on
@@ -239,8 +439,9 @@ pub fn restore(
     data_dir: &Path,
     identity: crate::wal::Metadata,
     members: &std::collections::BTreeMap<u64, crate::raft::Member>,
+    skip_hash_check: bool,
 ) -> Result<Status, SnapshotError> {
-    let st = status(path)?;
+    let st = status(path, skip_hash_check)?;
     let member = data_dir.join("member");
     if member.exists() {
         return Err(SnapshotError::Io {
@@ -249,6 +450,20 @@ pub fn restore(
         });
     }
     std::fs::create_dir_all(&member).map_err(|e| io(&member, e))?;
+    // A restore that fails leaves no half-made member behind.
+    restore_into(path, &member, identity, members, skip_hash_check).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&member);
+    })?;
+    Ok(st)
+}
+
+fn restore_into(
+    path: &Path,
+    member: &Path,
+    identity: crate::wal::Metadata,
+    members: &std::collections::BTreeMap<u64, crate::raft::Member>,
+    skip_hash_check: bool,
+) -> Result<(), SnapshotError> {
     let (wal, _) = crate::wal::Wal::open(&member.join("wal"), identity)
         .map_err(|e| SnapshotError::Io { path: member.join("wal"), msg: e.to_string() })?;
     wal.close();
@@ -261,12 +476,10 @@ pub fn restore(
     ];
     let mut n = 0usize;
     let mut err = None;
-    read(path, |t, k, v| {
+    read_any(path, skip_hash_check, |t, k, v| {
         let keep = match t {
-            Table::Key => true,
             Table::Meta => keep_meta.contains(&k),
-            Table::Alarm => false,
-            Table::Lease | Table::AuthUser | Table::AuthRole => true,
+            Table::Key | Table::Alarm | Table::Lease | Table::AuthUser | Table::AuthRole => true,
         };
         if keep && err.is_none() {
             be.write(|b| b.put(t, k.to_vec(), bytes::Bytes::copy_from_slice(v)));
@@ -281,5 +494,79 @@ pub fn restore(
     }
     be.write(|b| b.put(Table::Meta, crate::raft::BOOTSTRAP_MEMBERS.to_vec(), crate::raft::encode(members)));
     be.commit()?;
-    Ok(st)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(be: &Backend, k: &str, v: &[u8]) {
+        be.write(|b| b.put(Table::Key, k.as_bytes().to_vec(), bytes::Bytes::copy_from_slice(v)));
+    }
+
+    fn collect(mut rx: tokio::sync::mpsc::Receiver<Result<Piece, SnapshotError>>) -> (Vec<u8>, usize) {
+        let (mut all, mut pieces) = (Vec::new(), 0);
+        while let Some(p) = rx.blocking_recv() {
+            let p = p.unwrap();
+            all.extend_from_slice(&p.data);
+            pieces += 1;
+            if p.last {
+                assert!(rx.blocking_recv().is_none(), "nothing after the last piece");
+                break;
+            }
+        }
+        (all, pieces)
+    }
+
+    /// The stream is byte for byte the file `write` writes, in pieces of
+    /// about the chunk, and it is the state when it started: writes made
+    /// while it is read are not in it.
+    #[test]
+    fn a_streamed_snapshot_is_the_file_as_of_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let be = Backend::open(&dir.path().join("db.redb"), 100, 1 << 20).unwrap();
+        for i in 0..2000 {
+            put(&be, &format!("k{i:05}"), &vec![b'v'; 100 + i % 300]);
+        }
+        let file = dir.path().join("snap.db");
+        let len = write(&be, &file).unwrap();
+        let mut rx = stream(be.clone(), 4096);
+        // Once the first piece is out, the read transaction is open: what
+        // is written now is after it.
+        let first = rx.blocking_recv().unwrap().unwrap();
+        assert!(!first.last);
+        put(&be, "k00000", b"changed");
+        put(&be, "zz-new", b"new");
+        be.commit().unwrap();
+        let (rest, pieces) = collect(rx);
+        let streamed = [&first.data[..], &rest[..]].concat();
+        assert_eq!(streamed.len() as u64, len);
+        assert!(streamed == std::fs::read(&file).unwrap(), "the stream differs from the file");
+        assert!(pieces > len as usize / 8192, "{pieces} pieces for {len} bytes in 4 KiB chunks");
+        // And it is a valid snapshot file.
+        let again = dir.path().join("streamed.db");
+        std::fs::write(&again, &streamed).unwrap();
+        verify(&again).unwrap();
+    }
+
+    /// A receiver that goes away stops the reader (its read transaction
+    /// would otherwise pin the file's pages).
+    #[test]
+    fn dropping_the_receiver_stops_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let be = Backend::open(&dir.path().join("db.redb"), 100, 1 << 20).unwrap();
+        for i in 0..500 {
+            put(&be, &format!("k{i:05}"), &[b'v'; 512]);
+        }
+        let mut rx = stream(be.clone(), 1024);
+        assert!(rx.blocking_recv().unwrap().is_ok());
+        drop(rx);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // The thread holds a clone of the backend until it ends.
+        while std::sync::Arc::strong_count(&be) > 1 {
+            assert!(std::time::Instant::now() < deadline, "the reader is still running");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }

@@ -201,6 +201,11 @@ impl Proc {
 
     /// Starts the real etcd from Debian on fresh ports.
     pub fn etcd(data_dir: &Path, extra: &[&str]) -> Proc {
+        Proc::etcd_with(Path::new("etcd"), data_dir, extra)
+    }
+
+    /// Starts the etcd binary `bin` (Debian's, or [`etcd36_bin`]) on fresh ports.
+    pub fn etcd_with(bin: &Path, data_dir: &Path, extra: &[&str]) -> Proc {
         let cp = free_port();
         let pp = free_port();
         let mut args: Vec<String> = [
@@ -223,7 +228,7 @@ impl Proc {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start(PathBuf::from("etcd"), format!("http://127.0.0.1:{cp}"), cp, data_dir, args, Vec::new())
+        Proc::start(bin.to_path_buf(), format!("http://127.0.0.1:{cp}"), cp, data_dir, args, Vec::new())
     }
 
     fn spawn(&mut self) {
@@ -367,6 +372,12 @@ pub fn etcdctl_bin() -> PathBuf {
     std::env::var_os("KVD_ETCDCTL")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/etcdctl"))
+}
+
+/// The etcd server (3.6) that scripts/install-deps builds from its pinned
+/// Go module.
+pub fn etcd36_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/etcd")
 }
 
 /// Runs etcdctl against `endpoint` (or a comma-separated list) and returns

@@ -1,5 +1,7 @@
 //! `kvctl snapshot status|restore`: snapshot files saved with `etcdctl
-//! snapshot save` from kvd, and new members' data dirs made from them.
+//! snapshot save` from kvd or from etcd (3.4 to 3.6; or an etcd member's
+//! `db` file, with --skip-hash-check), and new members' data dirs made from
+//! them.
 
 use clap::Subcommand;
 
@@ -11,6 +13,10 @@ pub enum SnapshotCmd {
         /// table or json
         #[arg(short = 'w', long = "write-out", default_value = "table")]
         write_out: String,
+        /// Read an etcd db file that has no SHA-256 trailer (one copied
+        /// from a data dir), as etcdutl's flag.
+        #[arg(long)]
+        skip_hash_check: bool,
     },
     /// Creates a new member's data dir from a snapshot file.
     Restore {
@@ -27,13 +33,17 @@ pub enum SnapshotCmd {
         initial_cluster_token: String,
         #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
         initial_advertise_peer_urls: Vec<String>,
+        /// Read an etcd db file that has no SHA-256 trailer (one copied
+        /// from a data dir), as etcdutl's flag.
+        #[arg(long)]
+        skip_hash_check: bool,
     },
 }
 
 pub fn snapshot_cmd(cmd: SnapshotCmd) -> Result<(), String> {
     match cmd {
-        SnapshotCmd::Status { file, write_out } => {
-            let st = kvd::snapshot::status(&file).map_err(|e| e.to_string())?;
+        SnapshotCmd::Status { file, write_out, skip_hash_check } => {
+            let st = kvd::snapshot::status(&file, skip_hash_check).map_err(|e| e.to_string())?;
             print_status(&st, &write_out);
             Ok(())
         }
@@ -44,6 +54,7 @@ pub fn snapshot_cmd(cmd: SnapshotCmd) -> Result<(), String> {
             initial_cluster,
             initial_cluster_token,
             initial_advertise_peer_urls,
+            skip_hash_check,
         } => {
             let spec = initial_cluster.unwrap_or_else(|| {
                 initial_advertise_peer_urls.iter().map(|u| format!("{name}={u}")).collect::<Vec<_>>().join(",")
@@ -67,7 +78,8 @@ pub fn snapshot_cmd(cmd: SnapshotCmd) -> Result<(), String> {
                 cluster_id: kvd::etcdserver::cluster_id(&ids, &initial_cluster_token),
             };
             let dir = data_dir.unwrap_or_else(|| std::path::PathBuf::from(format!("{name}.kvd")));
-            let st = kvd::snapshot::restore(&file, &dir, identity, &members).map_err(|e| e.to_string())?;
+            let st =
+                kvd::snapshot::restore(&file, &dir, identity, &members, skip_hash_check).map_err(|e| e.to_string())?;
             println!(
                 "restored snapshot {} (revision {}, {} keys) into {}",
                 file.display(),
@@ -85,9 +97,19 @@ fn print_status(st: &kvd::snapshot::Status, write_out: &str) {
         println!("{}", serde_json::to_string(st).unwrap_or_default());
         return;
     }
-    let row =
-        [st.hash.clone(), st.revision.to_string(), st.keys.to_string(), st.revisions.to_string(), st.size.to_string()];
-    let head = ["HASH", "REVISION", "TOTAL KEYS", "REVISIONS", "TOTAL SIZE"];
+    let format = match st.format {
+        kvd::snapshot::Format::Kvd => "kvd",
+        kvd::snapshot::Format::Etcd => "etcd",
+    };
+    let row = [
+        st.hash.clone(),
+        st.revision.to_string(),
+        st.keys.to_string(),
+        st.revisions.to_string(),
+        st.size.to_string(),
+        format.to_string(),
+    ];
+    let head = ["HASH", "REVISION", "TOTAL KEYS", "REVISIONS", "TOTAL SIZE", "FORMAT"];
     let w: Vec<usize> = head.iter().zip(&row).map(|(h, r)| h.len().max(r.len())).collect();
     let line = format!("+{}+", w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("+"));
     let fmt = |cells: &[String]| {
