@@ -2,7 +2,10 @@ module kvd.local/tools
 
 go 1.26.0
 
-require go.etcd.io/etcd/etcdctl/v3 v3.6.16
+require (
+	go.etcd.io/etcd/etcdctl/v3 v3.6.16
+	go.etcd.io/etcd/etcdutl/v3 v3.6.16
+)
 
 require (
 	github.com/VividCortex/ewma v1.2.0 // indirect
@@ -55,7 +58,6 @@ require (
 	go.etcd.io/etcd/api/v3 v3.6.16 // indirect
 	go.etcd.io/etcd/client/pkg/v3 v3.6.16 // indirect
 	go.etcd.io/etcd/client/v3 v3.6.16 // indirect
-	go.etcd.io/etcd/etcdutl/v3 v3.6.8 // indirect
 	go.etcd.io/etcd/pkg/v3 v3.6.16 // indirect
 	go.etcd.io/etcd/server/v3 v3.6.16 // indirect
 	go.etcd.io/etcd/tests/v3 v3.6.8 // indirect

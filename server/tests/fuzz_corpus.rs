@@ -45,3 +45,9 @@ fn grpc_requests_corpus() {
     let n = replay("grpc_requests", kvd::fuzzing::grpc_requests);
     assert!(n > 0, "no kept inputs for grpc_requests");
 }
+
+#[test]
+fn bbolt_file_corpus() {
+    let n = replay("bbolt_file", kvd::fuzzing::bbolt_file);
+    assert!(n > 0, "no kept inputs for bbolt_file");
+}

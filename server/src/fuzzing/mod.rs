@@ -4,8 +4,10 @@
 //! leave the state it works on inconsistent; the invariants it checks panic
 //! on purpose, so the fuzzer reports them.
 
+mod bbolt;
 mod grpc;
 mod grpc_build;
+pub use bbolt::bbolt_file;
 pub use grpc::grpc_requests;
 
 use std::sync::Arc;

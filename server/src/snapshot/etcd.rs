@@ -122,3 +122,120 @@ fn hex(b: &[u8]) -> String {
 fn show(b: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(b))
 }
+
+/// etcd's storage and cluster version that an exported file declares: the
+/// schema etcd 3.6 writes (3.5 ignores it).
+pub const EXPORT_VERSION: &str = "3.6.0";
+
+/// Writes kvd's rows as `rows` produces them (a table's rows together and
+/// in key order, as kvd's snapshots hold them) to `out` as an etcd
+/// snapshot: a bbolt file with etcd's buckets, then its SHA-256, which
+/// `etcdutl snapshot restore` takes. The reverse of [`read`]: the consistent
+/// index and term are kept (etcdutl rewrites them), the storage and cluster
+/// version say 3.6, and the membership buckets are empty (a restore writes
+/// the new cluster's). Returns the file's size.
+pub fn export(
+    out: &std::path::Path,
+    rows: impl FnOnce(&mut dyn FnMut(Table, &[u8], &[u8])) -> Result<(), super::SnapshotError>,
+) -> Result<u64, super::SnapshotError> {
+    use std::collections::BTreeMap;
+
+    use super::bbolt::Writer;
+    let fail = |e: BoltError| super::SnapshotError::Io { path: out.to_path_buf(), msg: e.to_string() };
+    let part = out.with_extension("part");
+    let file = std::fs::File::create(&part).map_err(|e| super::io(&part, e))?;
+    let mut w = Writer::create(file).map_err(fail)?;
+    // Streamed: the large tables. Gathered: the small ones, which map to
+    // other buckets or other orders.
+    let streamed = |t: Table| match t {
+        Table::Key => Some(b"key".as_slice()),
+        Table::Lease => Some(b"lease".as_slice()),
+        Table::AuthUser => Some(b"authUsers".as_slice()),
+        Table::AuthRole => Some(b"authRoles".as_slice()),
+        Table::Meta | Table::Alarm => None,
+    };
+    let mut small: BTreeMap<&[u8], BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+    for name in [b"alarm".as_slice(), b"auth", b"cluster", b"members", b"members_removed", b"meta"] {
+        small.insert(name, BTreeMap::new());
+    }
+    let (mut open, mut written, mut err) = (None, Vec::new(), None::<String>);
+    rows(&mut |t, k, v| {
+        if err.is_some() {
+            return;
+        }
+        let res = (|| -> Result<(), String> {
+            if let Some(bucket) = streamed(t) {
+                if open != Some(t) {
+                    w.bucket(bucket).map_err(|e| e.to_string())?;
+                    open = Some(t);
+                    written.push(bucket);
+                }
+                let lease;
+                let v = if t == Table::Lease {
+                    let (id, ttl) = (<[u8; 8]>::try_from(k), <[u8; 8]>::try_from(v));
+                    let (Ok(id), Ok(ttl)) = (id, ttl) else { return Err(format!("lease row {}", hex(k))) };
+                    let (id, ttl) = (i64::from_be_bytes(id), i64::from_be_bytes(ttl));
+                    lease = Lease { id, ttl, remaining_ttl: 0 }.encode_to_vec();
+                    &lease[..]
+                } else {
+                    v
+                };
+                return w.put(k, v).map_err(|e| e.to_string());
+            }
+            let meta = crate::mvcc::meta::decode(v);
+            match (t, k) {
+                (Table::Meta, crate::mvcc::meta::CONSISTENT_INDEX | crate::mvcc::meta::CONSISTENT_TERM) => {
+                    small.get_mut(b"meta".as_slice()).expect("meta").insert(k.to_vec(), v.to_vec());
+                }
+                (Table::Meta, _) if KEPT_META.contains(&k) => {
+                    let rev = meta.ok_or_else(|| format!("{} is not 8 bytes", show(k)))?;
+                    let key = crate::mvcc::Revision::new(rev as i64, 0).to_key(false);
+                    small.get_mut(b"meta".as_slice()).expect("meta").insert(k.to_vec(), key);
+                }
+                (Table::Meta, crate::auth::AUTH_ENABLED | crate::auth::AUTH_REVISION) => {
+                    small.get_mut(b"auth".as_slice()).expect("auth").insert(k.to_vec(), v.to_vec());
+                }
+                (Table::Alarm, _) => {
+                    if k.len() != 12 {
+                        return Err(format!("alarm row {}", hex(k)));
+                    }
+                    let member = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+                    let alarm = u32::from_be_bytes(k[8..].try_into().expect("4 bytes"));
+                    let a = kvd_api::etcdserverpb::AlarmMember { member_id: member, alarm: alarm as i32 };
+                    small.get_mut(b"alarm".as_slice()).expect("alarm").insert(a.encode_to_vec(), Vec::new());
+                }
+                // Raft's own rows (applied index, membership, snapshot
+                // metadata) stay behind, as etcd's snapshots carry none.
+                _ => {}
+            }
+            Ok(())
+        })();
+        err = res.err();
+    })?;
+    if let Some(e) = err {
+        return Err(super::SnapshotError::Corrupt { path: out.to_path_buf(), reason: e });
+    }
+    for name in [b"key".as_slice(), b"lease", b"authUsers", b"authRoles"] {
+        if !written.contains(&name) {
+            w.bucket(name).map_err(fail)?;
+        }
+    }
+    let version = EXPORT_VERSION.as_bytes().to_vec();
+    small.get_mut(b"meta".as_slice()).expect("meta").insert(STORAGE_VERSION.to_vec(), version.clone());
+    small.get_mut(b"meta".as_slice()).expect("meta").insert(b"confState".to_vec(), br#"{"auto_leave":false}"#.to_vec());
+    small.get_mut(b"cluster".as_slice()).expect("cluster").insert(b"clusterVersion".to_vec(), version);
+    for (name, rows) in small {
+        w.bucket(name).map_err(fail)?;
+        for (k, v) in rows {
+            w.put(&k, &v).map_err(fail)?;
+        }
+    }
+    let len = w.finish().map_err(fail)?;
+    // The SHA-256 etcdctl snapshot save appends.
+    let file = std::fs::OpenOptions::new().read(true).append(true).open(&part).map_err(|e| super::io(&part, e))?;
+    let sha = super::sha256_of(&part, &file, len)?;
+    std::io::Write::write_all(&mut &file, &sha).map_err(|e| super::io(&part, e))?;
+    file.sync_all().map_err(|e| super::io(&part, e))?;
+    std::fs::rename(&part, out).map_err(|e| super::io(out, e))?;
+    Ok(len + sha.len() as u64)
+}

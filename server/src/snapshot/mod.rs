@@ -293,6 +293,21 @@ pub fn read_any(
     Ok(checked)
 }
 
+/// Writes the kvd snapshot `input` as an etcd snapshot at `out` (see
+/// [`etcd::export`]), for `etcdutl snapshot restore`; returns the status of
+/// what it wrote, read back.
+pub fn export_etcd(input: &Path, out: &Path) -> Result<Status, SnapshotError> {
+    let checked = check(input, false)?;
+    if checked.format != Format::Kvd {
+        return Err(SnapshotError::Io {
+            path: input.to_path_buf(),
+            msg: "is an etcd snapshot already; etcdutl snapshot restore takes it as it is".into(),
+        });
+    }
+    etcd::export(out, |f| read_records(input, f))?;
+    status(out, false)
+}
+
 /// Checks the file's size and SHA-256 without interpreting the records.
 pub fn verify(path: &Path) -> Result<[u8; 32], SnapshotError> {
     let len = std::fs::metadata(path).map_err(|e| io(path, e))?.len();

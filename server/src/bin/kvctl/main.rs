@@ -3,8 +3,9 @@
 //!   a load generator that speaks the etcd v3 API (any etcd or kvd endpoint), following etcd's benchmark
 //!   tool's flags.
 //! - `kvctl snapshot status FILE` and `kvctl snapshot restore FILE ...`: read
-//!   a snapshot saved with `etcdctl snapshot save` from kvd, and create a new
-//!   member's data dir from it, as `etcdutl snapshot` does.
+//!   a snapshot saved with `etcdctl snapshot save` from kvd or etcd, and
+//!   create a new member's data dir from it, as `etcdutl snapshot` does;
+//!   `kvctl snapshot export FILE OUT` writes a kvd snapshot as etcd's.
 //! - `kvctl compact` and `kvctl defrag [--rolling]`: scheduled maintenance
 //!   (what kvd-operator's CronJobs run), printing one JSON result line that
 //!   also becomes the pod's termination message.

@@ -1,7 +1,7 @@
 //! `kvctl snapshot status|restore`: snapshot files saved with `etcdctl
 //! snapshot save` from kvd or from etcd (3.4 to 3.6; or an etcd member's
-//! `db` file, with --skip-hash-check), and new members' data dirs made from
-//! them.
+//! `db` file, with --skip-hash-check), new members' data dirs made from
+//! them, and kvd's snapshots written as etcd's (`export`).
 
 use clap::Subcommand;
 
@@ -17,6 +17,16 @@ pub enum SnapshotCmd {
         /// from a data dir), as etcdutl's flag.
         #[arg(long)]
         skip_hash_check: bool,
+    },
+    /// Writes a kvd snapshot file as an etcd snapshot (a bbolt file with
+    /// etcd's buckets and the SHA-256), for `etcdutl snapshot restore`:
+    /// the way back from kvd to etcd, keeping keys, revisions, leases,
+    /// users and roles.
+    Export {
+        /// A snapshot saved from kvd (`etcdctl snapshot save`).
+        file: std::path::PathBuf,
+        /// Where to write the etcd snapshot (replaced if it exists).
+        out: std::path::PathBuf,
     },
     /// Creates a new member's data dir from a snapshot file.
     Restore {
@@ -45,6 +55,18 @@ pub fn snapshot_cmd(cmd: SnapshotCmd) -> Result<(), String> {
         SnapshotCmd::Status { file, write_out, skip_hash_check } => {
             let st = kvd::snapshot::status(&file, skip_hash_check).map_err(|e| e.to_string())?;
             print_status(&st, &write_out);
+            Ok(())
+        }
+        SnapshotCmd::Export { file, out } => {
+            let st = kvd::snapshot::export_etcd(&file, &out).map_err(|e| e.to_string())?;
+            println!(
+                "exported snapshot {} (revision {}, {} keys) as an etcd snapshot {} ({} bytes)",
+                file.display(),
+                st.revision,
+                st.keys,
+                out.display(),
+                st.size
+            );
             Ok(())
         }
         SnapshotCmd::Restore {

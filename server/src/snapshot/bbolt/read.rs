@@ -1,119 +1,17 @@
-//! A reader for bbolt files, the format of etcd's backend and of the
-//! snapshots `etcdctl snapshot save` writes (a bbolt file, then its
-//! SHA-256), so that `kvctl snapshot restore` can bring an etcd's data in.
-//!
-//! The format, as bbolt's `internal/common/{page,meta}.go` define it (all
-//! integers little-endian, as bbolt writes them on every platform etcd
-//! runs on):
-//! - the file is pages of `page_size` bytes; pages 0 and 1 are the two meta
-//!   pages, the valid one with the higher transaction id is current;
-//! - a page starts with `id u64 ‖ flags u16 ‖ count u16 ‖ overflow u32`
-//!   and spans `overflow + 1` pages;
-//! - a meta (at byte 16 of its page) is `magic u32 ‖ version u32 ‖
-//!   page_size u32 ‖ flags u32 ‖ root u64 ‖ sequence u64 ‖ freelist u64 ‖
-//!   high_water u64 ‖ txid u64 ‖ checksum u64`, the checksum being the
-//!   FNV-1a 64 of the 56 bytes before it;
-//! - a branch page holds `count` elements `pos u32 ‖ ksize u32 ‖ child u64`
-//!   (the key at `pos` bytes from the element), a leaf page holds
-//!   `flags u32 ‖ pos u32 ‖ ksize u32 ‖ vsize u32` (the value after the key);
-//! - a leaf element with flag 1 is a bucket: its value is `root u64 ‖
-//!   sequence u64`, followed, when `root` is 0, by the bucket's one leaf page
-//!   inline.
-//!
-//! The root bucket holds the named buckets (etcd's `key`, `meta`, `lease`,
-//! ...). Nothing here trusts the file: every offset is checked against its
-//! page, every page against the file and the high-water mark, a page is
-//! visited once, and keys must ascend, so a damaged file is refused with
-//! what is wrong, never read past or looped over.
+//! Reading a bbolt file: the meta pages, then every bucket's tree, each
+//! page checked before it is believed (see the module above for the layout).
 
 use std::collections::HashSet;
-use std::hash::Hasher;
 use std::os::unix::fs::FileExt;
 
-/// bbolt's magic number and the one format version it has.
-pub const MAGIC: u32 = 0xED0C_DAED;
-pub const VERSION: u32 = 2;
+use super::{
+    BRANCH, BUCKET_FLAG, BoltError, ELEMENT, LEAF, META_LEN, Meta, PAGE_HEADER, corrupt, parse_meta, u16_at, u32_at,
+    u64_at,
+};
 
-const PAGE_HEADER: usize = 16;
-const ELEMENT: usize = 16;
-const BRANCH: u16 = 0x01;
-const LEAF: u16 = 0x02;
-const META: u16 = 0x04;
-const BUCKET_FLAG: u32 = 0x01;
 /// Deeper than any real tree (bbolt splits pages at half full, so depth
 /// grows by one for every ~100-fold more keys).
 const MAX_DEPTH: usize = 64;
-
-/// What is wrong with a bbolt file, in words a user can act on.
-#[derive(Debug, thiserror::Error)]
-pub enum BoltError {
-    #[error("reading {what}: {err}")]
-    Io { what: String, err: std::io::Error },
-    #[error("{0}")]
-    Corrupt(String),
-}
-
-fn corrupt(msg: impl Into<String>) -> BoltError {
-    BoltError::Corrupt(msg.into())
-}
-
-/// The fields of a meta page kvd uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta {
-    pub page_size: u32,
-    pub root: u64,
-    pub high_water: u64,
-    pub txid: u64,
-}
-
-/// Whether `head` (the first bytes of a file) looks like a bbolt file:
-/// page 0 is a meta page with bbolt's magic.
-pub fn looks_like_bbolt(head: &[u8]) -> bool {
-    head.len() >= PAGE_HEADER + 8
-        && u16_at(head, 8) == META
-        && u32_at(head, PAGE_HEADER) == MAGIC
-        && u32_at(head, PAGE_HEADER + 4) == VERSION
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Parses the meta of a meta page's first bytes; `None` if it is not a
-/// valid one (magic, version, checksum, page size).
-fn parse_meta(page: &[u8]) -> Result<Meta, String> {
-    if page.len() < PAGE_HEADER + 64 {
-        return Err("too short for a meta page".into());
-    }
-    if u16_at(page, 8) != META {
-        return Err(format!("page flags {:#x}, not a meta page", u16_at(page, 8)));
-    }
-    let m = &page[PAGE_HEADER..PAGE_HEADER + 64];
-    if u32_at(m, 0) != MAGIC {
-        return Err("no bbolt magic".into());
-    }
-    if u32_at(m, 4) != VERSION {
-        return Err(format!("bbolt format version {}, not {VERSION}", u32_at(m, 4)));
-    }
-    let mut fnv = fnv::FnvHasher::default();
-    fnv.write(&m[..56]);
-    if fnv.finish() != u64_at(m, 56) {
-        return Err("meta checksum mismatch".into());
-    }
-    let page_size = u32_at(m, 8);
-    if !page_size.is_power_of_two() || !(512..=1 << 20).contains(&page_size) {
-        return Err(format!("page size {page_size} is not a power of two from 512 to 1 MiB"));
-    }
-    Ok(Meta { page_size, root: u64_at(m, 16), high_water: u64_at(m, 40), txid: u64_at(m, 48) })
-}
 
 /// An open bbolt file (the first `len` bytes of `file`: a snapshot's
 /// SHA-256 trailer is not part of it).
@@ -136,7 +34,8 @@ impl<'a> Bolt<'a> {
                 .map_err(|err| BoltError::Io { what: format!("the meta page at byte {off}"), err })?;
             Ok(Some(buf))
         };
-        let first = read(0, PAGE_HEADER + 64)?.ok_or_else(|| corrupt(format!("{len} bytes is too short for bbolt")))?;
+        let first =
+            read(0, PAGE_HEADER + META_LEN)?.ok_or_else(|| corrupt(format!("{len} bytes is too short for bbolt")))?;
         let m0 = parse_meta(&first);
         // Page 1 is one page in; when page 0 is damaged its page size is
         // unknown, so try the sizes bbolt is built with.
@@ -146,7 +45,7 @@ impl<'a> Bolt<'a> {
         };
         let mut m1 = Err("not found".to_string());
         for size in sizes {
-            if let Some(p) = read(size, PAGE_HEADER + 64)? {
+            if let Some(p) = read(size, PAGE_HEADER + META_LEN)? {
                 m1 = parse_meta(&p).and_then(|m| {
                     if m.page_size as u64 == size { Ok(m) } else { Err("its page size disagrees".into()) }
                 });
@@ -341,21 +240,8 @@ mod tests {
         let ps = 4096usize;
         let mut f = vec![0u8; ps * 4];
         for (n, txid) in [(0usize, 2u64), (1, 1)] {
-            let p = &mut f[n * ps..];
-            p[0..8].copy_from_slice(&(n as u64).to_le_bytes());
-            p[8..10].copy_from_slice(&META.to_le_bytes());
-            let m = &mut p[16..80];
-            m[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-            m[4..8].copy_from_slice(&VERSION.to_le_bytes());
-            m[8..12].copy_from_slice(&(ps as u32).to_le_bytes());
-            m[16..24].copy_from_slice(&2u64.to_le_bytes()); // root
-            m[32..40].copy_from_slice(&u64::MAX.to_le_bytes()); // no freelist
-            m[40..48].copy_from_slice(&4u64.to_le_bytes()); // high water
-            m[48..56].copy_from_slice(&txid.to_le_bytes());
-            let mut h = fnv::FnvHasher::default();
-            h.write(&m[..56]);
-            let sum = h.finish();
-            m[56..64].copy_from_slice(&sum.to_le_bytes());
+            let meta = Meta { page_size: ps as u32, root: 2, high_water: 4, txid };
+            f[n * ps..(n + 1) * ps].copy_from_slice(&super::super::meta_page(&meta, u64::MAX));
         }
         leaf(&mut f[2 * ps..3 * ps], 2, &[(b"key".as_slice(), [3u64.to_le_bytes(), [0; 8]].concat(), BUCKET_FLAG)]);
         leaf(&mut f[3 * ps..], 3, &[(b"a".as_slice(), b"1".to_vec(), 0), (b"b".as_slice(), b"22".to_vec(), 0)]);
