@@ -127,6 +127,7 @@ impl Wal {
                 last_commit: replay.commit.clone().map(Record::Commit),
                 unsynced: false,
                 failed: None,
+                pipeline: segment::Pipeline::start(dir),
             };
             (w, replay)
         } else {
@@ -151,6 +152,7 @@ impl Wal {
                 last_commit: None,
                 unsynced: false,
                 failed: None,
+                pipeline: segment::Pipeline::start(dir),
             };
             let replay = Replay { metadata: Some(meta), ..Default::default() };
             (w, replay)
@@ -241,12 +243,17 @@ pub fn read_metadata(dir: &Path) -> Result<Option<Metadata>, WalError> {
     Err(WalError::Corrupt { file: path.clone(), offset: off as u64, reason: "no metadata record at the head".into() })
 }
 
-/// A `*.wal.tmp` is a segment whose creation did not finish: it never held data.
+/// A `*.wal.tmp` is a segment whose creation did not finish, or a spare
+/// file made ahead ([`segment::Pipeline`]): it never held data.
 fn remove_stale_tmp(dir: &Path) -> Result<(), WalError> {
     for ent in std::fs::read_dir(dir).map_err(|e| WalError::io(dir, e))? {
         let ent = ent.map_err(|e| WalError::io(dir, e))?;
         if ent.file_name().to_string_lossy().ends_with(".wal.tmp") {
-            std::fs::remove_file(ent.path()).map_err(|e| WalError::io(&ent.path(), e))?;
+            // A closed WAL's file pipeline may remove its spare first.
+            match std::fs::remove_file(ent.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(WalError::io(&ent.path(), e)),
+                _ => {}
+            }
         }
     }
     Ok(())

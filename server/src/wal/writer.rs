@@ -79,6 +79,8 @@ pub(super) struct Writer {
     pub failed: Option<String>,
     /// Every segment on disk, oldest first (the last is the open one).
     pub segments: Vec<SegmentName>,
+    /// The next segment's file, made ahead.
+    pub pipeline: segment::Pipeline,
 }
 
 impl Writer {
@@ -277,7 +279,7 @@ impl Writer {
         for r in self.last_state.iter().chain(self.last_commit.iter()) {
             enc.encode(r, &mut head);
         }
-        let file = segment::create_segment(&self.dir, name, &head).map_err(|e| WalError::io(&self.dir, e))?;
+        let file = self.pipeline.cut_to(name, &head).map_err(|e| WalError::io(&self.dir, e))?;
         self.file = (self.hook)(file);
         self.name = name;
         self.segments.push(name);
