@@ -250,14 +250,19 @@ async fn import_from(bin: &Path) {
     let (ok, out, err) = kvctl(&["snapshot", "restore", snap.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
     assert!(ok && out.contains(&format!("revision {last}")), "{out}{err}");
     let kvd = Proc::kvd(&data, &[]);
-    ready_as_root(&kvd.endpoint).await;
-    compare(&etcd.endpoint, &kvd.endpoint, compacted, last);
-    watch_from(&etcd, &kvd, compacted + 1).await;
+    answers_alike(&etcd, &kvd, compacted, last).await;
+}
 
-    // The restored kvd goes on from the etcd's revision.
+/// `moved`, started on what was moved from `source`, answers the same
+/// reads alike, sees the same watch events from before the move, and goes
+/// on from the source's revision.
+async fn answers_alike(source: &Proc, moved: &Proc, compacted: i64, last: i64) {
+    ready_as_root(&moved.endpoint).await;
+    compare(&source.endpoint, &moved.endpoint, compacted, last);
+    watch_from(source, moved, compacted + 1).await;
     let mut put = vec!["put", "k/after", "1", "-w", "json"];
     put.extend(ROOT);
-    let rev = json(&kvd.endpoint, &put)["header"]["revision"].as_i64().unwrap();
+    let rev = json(&moved.endpoint, &put)["header"]["revision"].as_i64().unwrap();
     assert_eq!(rev, last + 1);
 }
 
@@ -418,11 +423,5 @@ async fn a_kvd_snapshot_exported_restores_on_etcd_3_6() {
     ]);
     assert!(ok, "etcdutl snapshot restore: {out}{err}");
     let etcd = Proc::etcd_with(&common::etcd36_bin(), &data, &[]);
-    ready_as_root(&etcd.endpoint).await;
-    compare(&kvd.endpoint, &etcd.endpoint, compacted, last);
-    watch_from(&kvd, &etcd, compacted + 1).await;
-    let mut put = vec!["put", "k/after", "1", "-w", "json"];
-    put.extend(ROOT);
-    let rev = json(&etcd.endpoint, &put)["header"]["revision"].as_i64().unwrap();
-    assert_eq!(rev, last + 1);
+    answers_alike(&kvd, &etcd, compacted, last).await;
 }

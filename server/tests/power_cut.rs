@@ -48,23 +48,7 @@ async fn a_leader_cut_off_mid_fsync_recovers_and_loses_nothing() {
     // Writes go on through the slow leader while it loses power.
     let leader_ep = members[f].endpoint.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let ch = tonic::transport::Channel::from_shared(leader_ep).unwrap().connect_lazy();
-            let mut kv = kvd_api::etcdserverpb::kv_client::KvClient::new(ch);
-            let (mut acked, mut i) = (Vec::new(), 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("k{i:05}");
-                let req = PutRequest { key: key.as_bytes().to_vec(), value: b"v".to_vec(), ..Default::default() };
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), kv.put(req)).await {
-                    acked.push(key);
-                }
-                i += 1;
-            }
-            acked
-        }
-    });
+    let writer = writer(leader_ep, "k".into(), stop.clone(), Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Power cut: what the member did not fdatasync is gone.
     members[f].kill9();
@@ -125,21 +109,7 @@ async fn a_single_member_cut_off_mid_fsync_keeps_every_acknowledged_write() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..8 {
-        let (ep, stop) = (ep.clone(), stop.clone());
-        writers.push(tokio::spawn(async move {
-            let ch = tonic::transport::Channel::from_shared(ep).unwrap().connect_lazy();
-            let mut kv = kvd_api::etcdserverpb::kv_client::KvClient::new(ch);
-            let (mut acked, mut i) = (Vec::new(), 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("w{w}/{i:05}");
-                let req = PutRequest { key: key.as_bytes().to_vec(), value: b"v".to_vec(), ..Default::default() };
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), kv.put(req)).await {
-                    acked.push(key);
-                }
-                i += 1;
-            }
-            acked
-        }));
+        writers.push(writer(ep.clone(), format!("w{w}/"), stop.clone(), Duration::from_secs(2)));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     kvd.kill9();
@@ -162,4 +132,29 @@ async fn a_single_member_cut_off_mid_fsync_keeps_every_acknowledged_write() {
     let have: std::collections::HashSet<Vec<u8>> = all.kvs.iter().map(|kv| kv.key.clone()).collect();
     let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(k.as_bytes())).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// Puts `<prefix><n>` one after another on `ep` until `stop`; returns the
+/// keys whose puts were acknowledged (a put unanswered within `timeout`
+/// is not).
+fn writer(
+    ep: String,
+    prefix: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let ch = tonic::transport::Channel::from_shared(ep).unwrap().connect_lazy();
+        let mut kv = kvd_api::etcdserverpb::kv_client::KvClient::new(ch);
+        let (mut acked, mut i) = (Vec::new(), 0);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let key = format!("{prefix}{i:05}");
+            let req = PutRequest { key: key.as_bytes().to_vec(), value: b"v".to_vec(), ..Default::default() };
+            if let Ok(Ok(_)) = tokio::time::timeout(timeout, kv.put(req)).await {
+                acked.push(key);
+            }
+            i += 1;
+        }
+        acked
+    })
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::snapshot::bbolt::{Bolt, Writer};
 
-type Buckets = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
+/// Bucket name -> key -> value.
+pub(crate) type Buckets = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
 
 /// etcd's bucket names, so that generated files reach the row mapping.
 const NAMES: [&[u8]; 8] = [b"alarm", b"auth", b"authRoles", b"authUsers", b"cluster", b"key", b"lease", b"meta"];
@@ -56,9 +57,11 @@ fn buckets_from(data: &[u8]) -> Buckets {
     buckets
 }
 
-fn write(buckets: &Buckets, path: &std::path::Path) -> u64 {
+/// Writes `buckets` as a bbolt file with kvd's writer; returns its length.
+pub(crate) fn write(buckets: &Buckets, path: &std::path::Path) -> u64 {
     let mut w = Writer::create(std::fs::File::create(path).expect("create")).expect("create");
-    for (name, rows) in buckets {
+    // Buckets in reverse order of names: the writer's root sorts them.
+    for (name, rows) in buckets.iter().rev() {
         w.bucket(name).expect("bucket");
         for (k, v) in rows {
             w.put(k, v).expect("put");
@@ -67,7 +70,9 @@ fn write(buckets: &Buckets, path: &std::path::Path) -> u64 {
     w.finish().expect("finish")
 }
 
-fn read(path: &std::path::Path, len: u64) -> Option<Buckets> {
+/// Reads a bbolt file's buckets back (empty ones are not seen); `None`
+/// if the reader refuses it.
+pub(crate) fn read(path: &std::path::Path, len: u64) -> Option<Buckets> {
     let file = std::fs::File::open(path).ok()?;
     let bolt = Bolt::open(&file, len).ok()?;
     let mut out = Buckets::new();

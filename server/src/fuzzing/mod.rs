@@ -4,7 +4,7 @@
 //! leave the state it works on inconsistent; the invariants it checks panic
 //! on purpose, so the fuzzer reports them.
 
-mod bbolt;
+pub(crate) mod bbolt;
 mod grpc;
 mod grpc_build;
 pub use bbolt::bbolt_file;

@@ -20,6 +20,7 @@
 use prost::Message;
 
 use super::bbolt::{Bolt, BoltError};
+use super::hex;
 use crate::backend::Table;
 
 /// etcd's leasepb.Lease.
@@ -113,10 +114,6 @@ pub fn read(file: &std::fs::File, len: u64, mut f: impl FnMut(Table, &[u8], &[u8
 pub struct Summary {
     /// etcd 3.6's `storageVersion` (3.4 and 3.5 have none).
     pub storage_version: Option<String>,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn show(b: &[u8]) -> String {

@@ -47,45 +47,58 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> SnapshotError {
     SnapshotError::Corrupt { path: path.to_path_buf(), reason: reason.into() }
 }
 
-/// Writes a consistent snapshot of `be` to `path`; returns its size.
-pub fn write(be: &Backend, path: &Path) -> Result<u64, SnapshotError> {
-    write_observed(be, path, |_, _, _| {})
-}
-
-/// [`write`], showing `observe` every record written, so that a caller can
-/// learn what the file holds (raft's applied log id, say) from the same
-/// read as the file itself.
-pub fn write_observed(
+/// The snapshot of `be`, encoded: every committed row as a record, read in
+/// one read transaction after the write buffer is committed, then the end
+/// byte, padding and SHA-256. `observe` sees each row; `emit` takes the
+/// bytes in order (`true` with the last of them) and returns false to stop.
+/// Returns the size, or `None` if `emit` stopped it.
+fn encode(
     be: &Backend,
-    path: &Path,
     mut observe: impl FnMut(Table, &[u8], &[u8]),
-) -> Result<u64, SnapshotError> {
-    let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, Paced { file, written: 0, flushed: 0 });
-    let mut sha = Sha256::new();
-    let mut written = 0u64;
-    let mut io_res = Ok(());
+    mut emit: impl FnMut(&[u8], bool) -> bool,
+) -> Result<Option<u64>, SnapshotError> {
+    let (mut sha, mut rec, mut written, mut stopped) = (Sha256::new(), Vec::new(), 0u64, false);
     be.commit()?;
-    let mut rec = Vec::new();
     be.scan_all_committed(|t, k, v| {
         observe(t, k, v);
         rec.clear();
         encode_record(t, k, v, &mut rec);
         sha.update(&rec);
         written += rec.len() as u64;
-        io_res = out.write_all(&rec);
+        stopped = !emit(&rec, false);
+        !stopped
+    })?;
+    if stopped {
+        return Ok(None);
+    }
+    let mut tail = tail(written);
+    sha.update(&tail);
+    tail.extend_from_slice(&sha.finalize());
+    Ok(emit(&tail, true).then_some(written + tail.len() as u64))
+}
+
+/// Writes a consistent snapshot of `be` to `path`, showing `observe` every
+/// record written, so that a caller can learn what the file holds (raft's
+/// applied log id, say) from the same read as the file itself; returns its
+/// size.
+pub fn write_observed(
+    be: &Backend,
+    path: &Path,
+    observe: impl FnMut(Table, &[u8], &[u8]),
+) -> Result<u64, SnapshotError> {
+    let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, Paced { file, written: 0, flushed: 0 });
+    let mut io_res = Ok(());
+    let len = encode(be, observe, |b, _| {
+        io_res = out.write_all(b);
         io_res.is_ok()
     })?;
     io_res.map_err(|e| io(path, e))?;
-    let tail = tail(written);
-    sha.update(&tail);
-    out.write_all(&tail).map_err(|e| io(path, e))?;
-    out.write_all(&sha.finalize()).map_err(|e| io(path, e))?;
     // Complete, but not synced: the file is read back by this process (a
-    // snapshot stream, a raft snapshot for a peer) and then deleted, and a
-    // crash makes it worthless anyway.
+    // raft snapshot for a peer) and then deleted, and a crash makes it
+    // worthless anyway.
     out.flush().map_err(|e| io(path, e))?;
-    Ok(written + tail.len() as u64 + HASH_LEN)
+    Ok(len.expect("writing went on to the end"))
 }
 
 /// One record: `table u8 ‖ key_len u32 ‖ key ‖ value_len u32 ‖ value`.
@@ -112,7 +125,7 @@ pub struct Piece {
     pub last: bool,
 }
 
-/// A consistent snapshot of `be`, byte for byte what [`write`] writes,
+/// A consistent snapshot of `be`, byte for byte what [`write_observed`] writes,
 /// streamed from one read transaction in pieces of about `chunk` bytes as
 /// the receiver takes them (a thread reads ahead by two pieces), without
 /// a file: writing a gigabyte to a temporary file and deleting it held up
@@ -122,34 +135,18 @@ pub fn stream(be: std::sync::Arc<Backend>, chunk: usize) -> tokio::sync::mpsc::R
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let producer = tx.clone();
     let spawned = std::thread::Builder::new().name("kvd-snapshot".into()).spawn(move || {
-        let send = |data: &mut bytes::BytesMut, last: bool| {
-            producer.blocking_send(Ok(Piece { data: data.split().freeze(), last })).is_ok()
-        };
-        let res = (|| -> Result<(), SnapshotError> {
-            let (mut sha, mut buf, mut rec) = (Sha256::new(), bytes::BytesMut::with_capacity(chunk + 4096), Vec::new());
-            let (mut written, mut gone) = (0u64, false);
-            be.commit()?;
-            be.scan_all_committed(|t, k, v| {
-                rec.clear();
-                encode_record(t, k, v, &mut rec);
-                sha.update(&rec);
-                written += rec.len() as u64;
-                buf.extend_from_slice(&rec);
-                if buf.len() >= chunk && !send(&mut buf, false) {
-                    gone = true;
+        let mut buf = bytes::BytesMut::with_capacity(chunk + 4096);
+        let res = encode(
+            &be,
+            |_, _, _| {},
+            |b, last| {
+                buf.extend_from_slice(b);
+                if buf.len() < chunk && !last {
+                    return true;
                 }
-                !gone
-            })?;
-            if gone {
-                return Ok(());
-            }
-            let tail = tail(written);
-            sha.update(&tail);
-            buf.extend_from_slice(&tail);
-            buf.extend_from_slice(&sha.finalize());
-            send(&mut buf, true);
-            Ok(())
-        })();
+                producer.blocking_send(Ok(Piece { data: buf.split().freeze(), last })).is_ok()
+            },
+        );
         if let Err(e) = res {
             let _ = producer.blocking_send(Err(e));
         }
@@ -217,8 +214,6 @@ pub struct Checked {
     /// Bytes of data, without the trailing hash.
     pub data_len: u64,
     pub sha: [u8; 32],
-    /// Whether the file carried a SHA-256 that was checked.
-    pub hash_checked: bool,
 }
 
 /// Finds the file's format and checks it as `etcdutl snapshot restore`
@@ -231,7 +226,7 @@ pub fn check(path: &Path, skip_hash_check: bool) -> Result<Checked, SnapshotErro
     let n = std::io::Read::read(&mut (&file), &mut head).map_err(|e| io(path, e))?;
     if !bbolt::looks_like_bbolt(&head[..n]) {
         let sha = verify(path)?;
-        return Ok(Checked { format: Format::Kvd, data_len: len - HASH_LEN, sha, hash_checked: true });
+        return Ok(Checked { format: Format::Kvd, data_len: len - HASH_LEN, sha });
     }
     let has_hash = len % 512 == HASH_LEN;
     let data_len = if has_hash { len - HASH_LEN } else { len };
@@ -244,17 +239,24 @@ pub fn check(path: &Path, skip_hash_check: bool) -> Result<Checked, SnapshotErro
             ),
         ));
     }
-    let sha = sha256_of(path, &file, data_len)?;
-    let mut hash_checked = false;
-    if has_hash && !skip_hash_check {
-        let mut want = [0u8; 32];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut want, data_len).map_err(|e| io(path, e))?;
-        if sha != want {
-            return Err(corrupt(path, "SHA-256 mismatch: the etcd snapshot was damaged (or truncated)"));
-        }
-        hash_checked = true;
+    let sha = if has_hash && !skip_hash_check {
+        hashed(path, &file, data_len, "the etcd snapshot was damaged (or truncated)")?
+    } else {
+        sha256_of(path, &file, data_len)?
+    };
+    Ok(Checked { format: Format::Etcd, data_len, sha })
+}
+
+/// The SHA-256 of the file's first `len` bytes, which must match the 32
+/// bytes after them; `damaged` says what a mismatch means.
+fn hashed(path: &Path, file: &std::fs::File, len: u64, damaged: &str) -> Result<[u8; 32], SnapshotError> {
+    let got = sha256_of(path, file, len)?;
+    let mut want = [0u8; 32];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut want, len).map_err(|e| io(path, e))?;
+    if got != want {
+        return Err(corrupt(path, format!("SHA-256 mismatch: {damaged}")));
     }
-    Ok(Checked { format: Format::Etcd, data_len, sha, hash_checked })
+    Ok(got)
 }
 
 fn sha256_of(path: &Path, file: &std::fs::File, len: u64) -> Result<[u8; 32], SnapshotError> {
@@ -275,9 +277,15 @@ fn sha256_of(path: &Path, file: &std::fs::File, len: u64) -> Result<[u8; 32], Sn
 pub fn read_any(
     path: &Path,
     skip_hash_check: bool,
-    mut f: impl FnMut(Table, &[u8], &[u8]),
+    f: impl FnMut(Table, &[u8], &[u8]),
 ) -> Result<Checked, SnapshotError> {
     let checked = check(path, skip_hash_check)?;
+    read_checked(path, &checked, f)?;
+    Ok(checked)
+}
+
+/// The rows of a file [`check`] found whole, as [`read_any`] gives them.
+fn read_checked(path: &Path, checked: &Checked, mut f: impl FnMut(Table, &[u8], &[u8])) -> Result<(), SnapshotError> {
     match checked.format {
         Format::Kvd => read_records(path, &mut f)?,
         Format::Etcd => {
@@ -290,7 +298,7 @@ pub fn read_any(
             })?;
         }
     }
-    Ok(checked)
+    Ok(())
 }
 
 /// Writes the kvd snapshot `input` as an etcd snapshot at `out` (see
@@ -310,27 +318,12 @@ pub fn export_etcd(input: &Path, out: &Path) -> Result<Status, SnapshotError> {
 
 /// Checks the file's size and SHA-256 without interpreting the records.
 pub fn verify(path: &Path) -> Result<[u8; 32], SnapshotError> {
-    let len = std::fs::metadata(path).map_err(|e| io(path, e))?.len();
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let len = file.metadata().map_err(|e| io(path, e))?.len();
     if len < 512 + HASH_LEN || len % 512 != HASH_LEN {
         return Err(corrupt(path, format!("size {len} is not a multiple of 512 plus a 32-byte hash (truncated?)")));
     }
-    let mut r = BufReader::new(std::fs::File::open(path).map_err(|e| io(path, e))?);
-    let mut sha = Sha256::new();
-    let mut left = len - HASH_LEN;
-    let mut buf = vec![0u8; 1 << 16];
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        r.read_exact(&mut buf[..n]).map_err(|e| io(path, e))?;
-        sha.update(&buf[..n]);
-        left -= n as u64;
-    }
-    let mut want = [0u8; 32];
-    r.read_exact(&mut want).map_err(|e| io(path, e))?;
-    let got: [u8; 32] = sha.finalize().into();
-    if got != want {
-        return Err(corrupt(path, "SHA-256 mismatch: the file was damaged or is not a kvd snapshot"));
-    }
-    Ok(got)
+    hashed(path, &file, len - HASH_LEN, "the file was damaged or is not a kvd snapshot")
 }
 
 /// Verifies a kvd snapshot file, then calls `f` for every record in order.
@@ -399,43 +392,60 @@ pub struct Status {
 
 /// Verifies and summarises a snapshot file of either format ([`check`]).
 pub fn status(path: &Path, skip_hash_check: bool) -> Result<Status, SnapshotError> {
-    use prost::Message;
-    let mut index = crate::mvcc::index::TreeIndex::default();
-    let (mut revision, mut revisions, mut bad) = (0i64, 0usize, None);
-    let checked = read_any(path, skip_hash_check, |t, k, v| {
-        if bad.is_some() {
+    let mut summary = Summary::default();
+    let checked = read_any(path, skip_hash_check, |t, k, v| summary.observe(t, k, v))?;
+    summary.finish(path, &checked)
+}
+
+/// What [`status`] counts, row by row.
+#[derive(Default)]
+struct Summary {
+    index: crate::mvcc::index::TreeIndex,
+    revision: i64,
+    revisions: usize,
+    /// The first row that does not decode.
+    bad: Option<String>,
+}
+
+impl Summary {
+    fn observe(&mut self, t: Table, k: &[u8], v: &[u8]) {
+        use prost::Message;
+        if self.bad.is_some() {
             return;
         }
         if t == Table::Meta && k == crate::mvcc::meta::SCHEDULED_COMPACT_REV {
-            revision = revision.max(crate::mvcc::meta::decode(v).unwrap_or(0) as i64);
+            self.revision = self.revision.max(crate::mvcc::meta::decode(v).unwrap_or(0) as i64);
         }
         if t != Table::Key {
             return;
         }
         match (crate::mvcc::Revision::from_key(k), kvd_api::mvccpb::KeyValue::decode(v)) {
             (Some((rev, tomb)), Ok(kv)) => {
-                index.restore(&kv.key, rev, kv.create_revision, kv.version, tomb);
-                revision = revision.max(rev.main);
-                revisions += 1;
+                self.index.restore(&kv.key, rev, kv.create_revision, kv.version, tomb);
+                self.revision = self.revision.max(rev.main);
+                self.revisions += 1;
             }
-            _ => bad = Some(format!("undecodable MVCC record {}", hex(k))),
+            _ => self.bad = Some(format!("undecodable MVCC record {}", hex(k))),
         }
-    })?;
-    if let Some(reason) = bad {
-        return Err(corrupt(path, reason));
     }
-    let size = std::fs::metadata(path).map_err(|e| io(path, e))?.len();
-    Ok(Status {
-        hash: hex(&checked.sha[..8]),
-        revision,
-        keys: index.live_keys(),
-        revisions,
-        size,
-        format: checked.format,
-    })
+
+    fn finish(self, path: &Path, checked: &Checked) -> Result<Status, SnapshotError> {
+        if let Some(reason) = self.bad {
+            return Err(corrupt(path, reason));
+        }
+        let size = std::fs::metadata(path).map_err(|e| io(path, e))?.len();
+        Ok(Status {
+            hash: hex(&checked.sha[..8]),
+            revision: self.revision,
+            keys: self.index.live_keys(),
+            revisions: self.revisions,
+            size,
+            format: checked.format,
+        })
+    }
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -456,7 +466,8 @@ pub fn restore(
     members: &std::collections::BTreeMap<u64, crate::raft::Member>,
     skip_hash_check: bool,
 ) -> Result<Status, SnapshotError> {
-    let st = status(path, skip_hash_check)?;
+    // The hash first: a damaged file creates nothing.
+    let checked = check(path, skip_hash_check)?;
     let member = data_dir.join("member");
     if member.exists() {
         return Err(SnapshotError::Io {
@@ -464,21 +475,22 @@ pub fn restore(
             msg: "already exists; restore needs a new data dir".into(),
         });
     }
+    let made = if data_dir.exists() { member.clone() } else { data_dir.to_path_buf() };
     std::fs::create_dir_all(&member).map_err(|e| io(&member, e))?;
-    // A restore that fails leaves no half-made member behind.
-    restore_into(path, &member, identity, members, skip_hash_check).inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&member);
-    })?;
-    Ok(st)
+    // A restore that fails (a row that does not decode, the disk) leaves
+    // nothing it made behind.
+    restore_into(path, &checked, &member, identity, members).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&made);
+    })
 }
 
 fn restore_into(
     path: &Path,
+    checked: &Checked,
     member: &Path,
     identity: crate::wal::Metadata,
     members: &std::collections::BTreeMap<u64, crate::raft::Member>,
-    skip_hash_check: bool,
-) -> Result<(), SnapshotError> {
+) -> Result<Status, SnapshotError> {
     let (wal, _) = crate::wal::Wal::open(&member.join("wal"), identity)
         .map_err(|e| SnapshotError::Io { path: member.join("wal"), msg: e.to_string() })?;
     wal.close();
@@ -489,9 +501,10 @@ fn restore_into(
         crate::auth::AUTH_ENABLED,
         crate::auth::AUTH_REVISION,
     ];
-    let mut n = 0usize;
-    let mut err = None;
-    read_any(path, skip_hash_check, |t, k, v| {
+    let (mut n, mut err, mut summary) = (0usize, None, Summary::default());
+    // One pass: the rows are counted for the status as they are written.
+    read_checked(path, checked, |t, k, v| {
+        summary.observe(t, k, v);
         let keep = match t {
             Table::Meta => keep_meta.contains(&k),
             Table::Key | Table::Alarm | Table::Lease | Table::AuthUser | Table::AuthRole => true,
@@ -507,9 +520,10 @@ fn restore_into(
     if let Some(e) = err {
         return Err(e.into());
     }
+    let st = summary.finish(path, checked)?;
     be.write(|b| b.put(Table::Meta, crate::raft::BOOTSTRAP_MEMBERS.to_vec(), crate::raft::encode(members)));
     be.commit()?;
-    Ok(())
+    Ok(st)
 }
 
 #[cfg(test)]
@@ -545,7 +559,7 @@ mod tests {
             put(&be, &format!("k{i:05}"), &vec![b'v'; 100 + i % 300]);
         }
         let file = dir.path().join("snap.db");
-        let len = write(&be, &file).unwrap();
+        let len = write_observed(&be, &file, |_, _, _| {}).unwrap();
         let mut rx = stream(be.clone(), 4096);
         // Once the first piece is out, the read transaction is open: what
         // is written now is after it.

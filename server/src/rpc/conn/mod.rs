@@ -10,10 +10,10 @@
 mod bridge;
 mod budget;
 mod h2;
-
-pub use budget::REQUEST_BYTES;
 mod sniff;
 mod unary;
+
+pub use budget::REQUEST_BYTES;
 
 use std::io;
 use std::sync::Arc;
