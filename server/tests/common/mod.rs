@@ -310,6 +310,12 @@ impl Proc {
         KvClient::new(ch).max_decoding_message_size(usize::MAX)
     }
 
+    pub async fn lease(&self) -> kvd_api::etcdserverpb::lease_client::LeaseClient<Channel> {
+        kvd_api::etcdserverpb::lease_client::LeaseClient::new(
+            Channel::from_shared(self.endpoint.clone()).unwrap().connect_lazy(),
+        )
+    }
+
     pub async fn maintenance(&self) -> MaintenanceClient<Channel> {
         MaintenanceClient::new(Channel::from_shared(self.endpoint.clone()).unwrap().connect_lazy())
     }

@@ -31,18 +31,8 @@ pub enum SnapshotCmd {
     /// Creates a new member's data dir from a snapshot file.
     Restore {
         file: std::path::PathBuf,
-        #[arg(long, default_value = "default")]
-        name: String,
-        /// Defaults to `<name>.kvd`.
-        #[arg(long)]
-        data_dir: Option<std::path::PathBuf>,
-        /// `name=peerURL,...` (default: this member alone).
-        #[arg(long)]
-        initial_cluster: Option<String>,
-        #[arg(long, default_value = "etcd-cluster")]
-        initial_cluster_token: String,
-        #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
-        initial_advertise_peer_urls: Vec<String>,
+        #[command(flatten)]
+        member: MemberArgs,
         /// Read an etcd db file that has no SHA-256 trailer (one copied
         /// from a data dir), as etcdutl's flag.
         #[arg(long)]
@@ -69,49 +59,75 @@ pub fn snapshot_cmd(cmd: SnapshotCmd) -> Result<(), String> {
             );
             Ok(())
         }
-        SnapshotCmd::Restore {
-            file,
-            name,
-            data_dir,
-            initial_cluster,
-            initial_cluster_token,
-            initial_advertise_peer_urls,
-            skip_hash_check,
-        } => {
-            let spec = initial_cluster.unwrap_or_else(|| {
-                initial_advertise_peer_urls.iter().map(|u| format!("{name}={u}")).collect::<Vec<_>>().join(",")
-            });
-            let cluster = kvd::config::parse_initial_cluster(&spec).map_err(|e| e.to_string())?;
-            if !cluster.contains_key(&name) {
-                return Err(format!("--initial-cluster does not contain this member's name {name:?}"));
-            }
-            let members: std::collections::BTreeMap<u64, kvd::raft::Member> = cluster
-                .iter()
-                .map(|(n, urls)| {
-                    let id = kvd::etcdserver::member_id(urls, &initial_cluster_token);
-                    (id, kvd::raft::Member { name: n.clone(), peer_urls: urls.clone(), client_urls: Vec::new() })
-                })
-                .collect();
-            let ids: Vec<u64> = members.keys().copied().collect();
-            let identity = kvd::wal::Metadata {
-                // This member's id from its own --initial-cluster entry, as kvd
-                // computes it on a first start.
-                node_id: kvd::etcdserver::member_id(&cluster[&name], &initial_cluster_token),
-                cluster_id: kvd::etcdserver::cluster_id(&ids, &initial_cluster_token),
-            };
-            let dir = data_dir.unwrap_or_else(|| std::path::PathBuf::from(format!("{name}.kvd")));
-            let st =
-                kvd::snapshot::restore(&file, &dir, identity, &members, skip_hash_check).map_err(|e| e.to_string())?;
+        SnapshotCmd::Restore { file, member, skip_hash_check } => {
+            let st = restore_member(&file, &member, skip_hash_check)?;
             println!(
                 "restored snapshot {} (revision {}, {} keys) into {}",
                 file.display(),
                 st.revision,
                 st.keys,
-                dir.display()
+                member.data_dir().display()
             );
             Ok(())
         }
     }
+}
+
+/// A new member: its name, data dir and the cluster it starts in, named
+/// as etcdutl's flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MemberArgs {
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Defaults to `<name>.kvd`.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// `name=peerURL,...` (default: this member alone).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+}
+
+impl MemberArgs {
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(format!("{}.kvd", self.name)))
+    }
+}
+
+/// Creates the data dir of the member `m` describes from snapshot `file`,
+/// with the member and cluster ids kvd derives from its flags on a first start.
+pub fn restore_member(
+    file: &std::path::Path,
+    m: &MemberArgs,
+    skip_hash_check: bool,
+) -> Result<kvd::snapshot::Status, String> {
+    let name = &m.name;
+    let spec = m.initial_cluster.clone().unwrap_or_else(|| {
+        m.initial_advertise_peer_urls.iter().map(|u| format!("{name}={u}")).collect::<Vec<_>>().join(",")
+    });
+    let cluster = kvd::config::parse_initial_cluster(&spec).map_err(|e| e.to_string())?;
+    if !cluster.contains_key(name) {
+        return Err(format!("--initial-cluster does not contain this member's name {name:?}"));
+    }
+    let token = &m.initial_cluster_token;
+    let members: std::collections::BTreeMap<u64, kvd::raft::Member> = cluster
+        .iter()
+        .map(|(n, urls)| {
+            let id = kvd::etcdserver::member_id(urls, token);
+            (id, kvd::raft::Member { name: n.clone(), peer_urls: urls.clone(), client_urls: Vec::new() })
+        })
+        .collect();
+    let ids: Vec<u64> = members.keys().copied().collect();
+    let identity = kvd::wal::Metadata {
+        // This member's id from its own --initial-cluster entry, as kvd
+        // computes it on a first start.
+        node_id: kvd::etcdserver::member_id(&cluster[name], token),
+        cluster_id: kvd::etcdserver::cluster_id(&ids, token),
+    };
+    kvd::snapshot::restore(file, &m.data_dir(), identity, &members, skip_hash_check).map_err(|e| e.to_string())
 }
 
 fn print_status(st: &kvd::snapshot::Status, write_out: &str) {
