@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -82,6 +82,16 @@ where
     let api = Api::<K>::namespaced(client.clone(), ns);
     api.patch(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await?;
     Ok(())
+}
+
+/// Creates `job`; one already there under its name is the same request.
+async fn create_job(client: &Client, ns: &str, job: &Job) -> Result<()> {
+    let api = Api::<Job>::namespaced(client.clone(), ns);
+    match api.create(&kube::api::PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, job).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Actor<'_> {
@@ -168,6 +178,20 @@ impl Actor<'_> {
                 }
                 let note = format!("{name} deleted: no {} schedule in the spec", task.as_str());
                 self.event(kc, EventType::Normal, "CronJobDeleted", note).await;
+            }
+            Action::CheckBackup => {
+                let job = resources::restore_check_job(kc)
+                    .ok_or_else(|| Error::Invalid("no spec.bootstrap.fromBackup".into()))?;
+                create_job(self.client, &t.ns, &job).await?;
+                let note = format!("{} checks the backup to start from before anything is created", job.name_any());
+                self.event(kc, EventType::Normal, "CheckingBackup", note).await;
+            }
+            Action::BackupNow { token } => {
+                let job =
+                    resources::backup_now_job(kc, token).ok_or_else(|| Error::Invalid("no spec.backup".into()))?;
+                create_job(self.client, &t.ns, &job).await?;
+                let note = format!("{} takes a backup now (kvd.io/backup-now {token:?})", job.name_any());
+                self.event(kc, EventType::Normal, "BackupRequested", note).await;
             }
             Action::UpdateStatefulSet => {
                 self.apply_static(&t, sts_replicas).await?;

@@ -26,7 +26,7 @@ use tokio::sync::RwLock;
 use tracing::{Span, field, info, instrument, warn};
 
 use crate::act::Actor;
-use crate::crd::KvCluster;
+use crate::crd::{KvCluster, KvClusterStatus};
 use crate::etcd::EtcdClient;
 use crate::metrics::{Metrics, action_kind};
 use crate::naming::{FINALIZER, MANAGER};
@@ -174,10 +174,32 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
         ctx.remember_defrag(&key, id, size);
     }
     let st = status::build(&kc, &obs, &action, &outcome);
+    let prev = kc.status.clone().unwrap_or_default();
+    ctx.metrics.backups(&kc, &prev, &st, &obs);
+    backup_events(&ctx.recorder, &kc, &prev, &st).await;
     let patch = json!({ "apiVersion": "kvd.io/v1alpha1", "kind": "KvCluster", "status": st });
     let api: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
     Ok(Requeue::requeue(requeue_after(&action)))
+}
+
+/// Events for a backup that newly succeeded or failed.
+async fn backup_events(recorder: &Recorder, kc: &KvCluster, prev: &KvClusterStatus, st: &KvClusterStatus) {
+    use kube::runtime::events::{Event, EventType};
+    let mut events = Vec::new();
+    if let Some(b) = st.last_backup.as_ref().filter(|b| prev.last_backup.as_ref() != Some(b)) {
+        let note = format!("backup {} of revision {}: {} bytes, from {}", b.key, b.revision, b.size, b.member);
+        events.push((EventType::Normal, "BackupSucceeded", note));
+    }
+    if let Some(f) = st.last_backup_failure.as_ref().filter(|f| prev.last_backup_failure.as_ref() != Some(f)) {
+        events.push((EventType::Warning, "BackupFailed", format!("{}: {}", f.job, f.message)));
+    }
+    for (type_, reason, note) in events {
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        if let Err(e) = recorder.publish(&ev, &kube::Resource::object_ref(kc, &())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
 }
 
 /// Owned objects go with the KvCluster (owner references); claims follow
@@ -186,6 +208,7 @@ async fn cleanup(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let key = format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any());
     ctx.defragged.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     ctx.tls_clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    ctx.metrics.forget(&kc);
     let ev = kube::runtime::events::Event {
         type_: kube::runtime::events::EventType::Normal,
         reason: "DeleteRequested".into(),

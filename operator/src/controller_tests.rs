@@ -39,8 +39,7 @@ async fn first_reconcile_bootstraps_and_writes_status() {
         Expect::get(format!("{core}/services/demo-client"), Reply::NotFound),
         Expect::get(format!("{core}/configmaps/demo-config"), Reply::NotFound),
         Expect::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", Reply::NotFound),
-        Expect::get(format!("{BATCH}/cronjobs/demo-compact"), Reply::NotFound),
-        Expect::get(format!("{BATCH}/cronjobs/demo-defrag"), Reply::NotFound),
+        Expect::get(format!("{BATCH}/cronjobs?&labelSelector={KVCTL}"), empty_list()),
         Expect::get(format!("{BATCH}/jobs?&labelSelector={KVCTL}"), empty_list()),
         Expect::get(format!("{core}/pods?&labelSelector={KVCTL}"), empty_list()),
         Expect::patch(
@@ -108,22 +107,22 @@ fn existing_objects(kc: &KvCluster) -> Vec<Expect> {
 }
 
 /// The maintenance objects: the CronJobs the spec asks for exist as built
-/// (unless `stale`), and `jobs`/`pods` are the Jobs and pods found.
-fn maintenance_objects(kc: &KvCluster, stale: bool, jobs: Vec<Value>, pods: Vec<Value>) -> Vec<Expect> {
+/// (those in `stale` with an old spec hash), and `jobs`/`pods` are the Jobs and pods found.
+fn maintenance_objects(kc: &KvCluster, stale: &[Task], jobs: Vec<Value>, pods: Vec<Value>) -> Vec<Expect> {
     let list =
         |items: Vec<Value>| Reply::Json(json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items }));
-    let cron = |task: Task| match crate::resources::cronjob(kc, task) {
-        Some(mut cj) => {
-            if stale {
+    let crons = Task::SCHEDULED
+        .into_iter()
+        .filter_map(|task| Some((task, crate::resources::cronjob(kc, task)?)))
+        .map(|(task, mut cj)| {
+            if stale.contains(&task) {
                 cj.metadata.annotations = Some([(crate::resources::SPEC_HASH.to_string(), "old".to_string())].into());
             }
-            Reply::Json(serde_json::to_value(cj).expect("json"))
-        }
-        None => Reply::NotFound,
-    };
+            serde_json::to_value(cj).expect("json")
+        })
+        .collect();
     vec![
-        Expect::get(format!("{BATCH}/cronjobs/demo-compact"), cron(Task::Compact)),
-        Expect::get(format!("{BATCH}/cronjobs/demo-defrag"), cron(Task::Defrag)),
+        Expect::get(format!("{BATCH}/cronjobs?&labelSelector={KVCTL}"), list(crons)),
         Expect::get(format!("{BATCH}/jobs?&labelSelector={KVCTL}"), list(jobs)),
         Expect::get(format!("/api/v1/namespaces/ns/pods?&labelSelector={KVCTL}"), list(pods)),
     ]
@@ -146,7 +145,7 @@ async fn unreachable_members_of_a_forming_cluster_mean_wait() {
     let (ctx, server) = Context::test();
     let kc = finalized(kvcluster("demo", 3));
     let mut calls = existing_objects(&kc);
-    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
+    calls.extend(maintenance_objects(&kc, &[], vec![], vec![]));
     calls.push(Expect {
         reply: Reply::Json(as_json(&kc)),
         ..Expect::patch(format!("{NS}/demo/status?"), &["\"phase\":\"Creating\"", "\"reason\":\"Bootstrapping\""])
@@ -163,7 +162,7 @@ async fn unreachable_members_of_a_formed_cluster_mean_quorum_lost() {
     let mut kc = finalized(kvcluster("demo", 3));
     kc.status = Some(crate::crd::KvClusterStatus { formed: true, ..Default::default() });
     let mut calls = existing_objects(&kc);
-    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
+    calls.extend(maintenance_objects(&kc, &[], vec![], vec![]));
     calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["QuorumLost", "\"type\":\"Warning\""]));
     calls.push(Expect {
         reply: Reply::Json(as_json(&kc)),
@@ -200,7 +199,7 @@ async fn add_learner_scenario(pods: Reply, then: Vec<Expect>) {
         Reply::Json(serde_json::to_value(&sts).expect("sts")),
     );
     calls[1] = Expect::get("/api/v1/namespaces/ns/pods?", pods);
-    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
+    calls.extend(maintenance_objects(&kc, &[], vec![], vec![]));
     calls.push(Expect::patch(
         "/api/v1/namespaces/ns/configmaps/demo-config?",
         &["\"initial-cluster-state\":\"existing\"", "demo-1=http://demo-1.demo-peer.ns.svc:2380"],
@@ -258,7 +257,7 @@ async fn cronjobs_are_created_with_the_spec() {
     let (ctx, server) = Context::test();
     let kc = scheduled();
     let mut calls = existing_objects(&kc);
-    calls.extend(maintenance_objects(&kvcluster("demo", 3), false, vec![], vec![]));
+    calls.extend(maintenance_objects(&kvcluster("demo", 3), &[], vec![], vec![]));
     calls.push(Expect::patch(
         format!("{BATCH}/cronjobs/demo-compact?&force=true&fieldManager=kvd-operator"),
         &[
@@ -287,9 +286,7 @@ async fn cronjobs_are_updated_when_the_spec_changes() {
     let kc = scheduled();
     let mut calls = existing_objects(&kc);
     // The compact CronJob is current, the defrag one was built from an older spec.
-    let mut m = maintenance_objects(&kc, false, vec![], vec![]);
-    m[1] = maintenance_objects(&kc, true, vec![], vec![]).swap_remove(1);
-    calls.extend(m);
+    calls.extend(maintenance_objects(&kc, &[Task::Defrag], vec![], vec![]));
     calls.push(Expect::patch(
         format!("{BATCH}/cronjobs/demo-defrag?&force=true&fieldManager=kvd-operator"),
         &["\"args\":[\"defrag\",\"--endpoints\",\"http://demo-client.ns.svc:2379\",\"--rolling\",\"--skip-if-free-below\",\"0.3\"]"],
@@ -306,7 +303,7 @@ async fn cronjobs_are_deleted_when_their_schedule_goes() {
     let (ctx, server) = Context::test();
     let mut kc = scheduled();
     let mut calls = existing_objects(&kc);
-    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
+    calls.extend(maintenance_objects(&kc, &[], vec![], vec![]));
     kc.spec.compaction = None;
     calls.push(Expect::delete(format!("{BATCH}/cronjobs/demo-compact?"), &["\"propagationPolicy\":\"Background\""]));
     calls.push(Expect::post("/apis/events.k8s.io/v1/namespaces/ns/events?", &["CronJobDeleted"]));
@@ -339,7 +336,7 @@ async fn status_records_the_finished_jobs_termination_messages() {
     let defrag = r#"{"members":[{"name":"demo-1","id":"a","bytesFreed":700},{"name":"demo-0","id":"b","bytesFreed":300}],"skipped":[],"leaderMovedTo":"demo-1","time":"2026-01-01T10:05:00Z"}"#;
     calls.extend(maintenance_objects(
         &kc,
-        false,
+        &[],
         vec![
             job("compact", "c1", "2026-01-01T10:00:01Z"),
             job("defrag", "d1", "2026-01-01T10:05:01Z"),
@@ -379,7 +376,7 @@ async fn a_long_quorum_loss_forces_the_survivor_when_asked() {
     let since = Some(Time(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)));
     kc.status = Some(crate::crd::KvClusterStatus { formed: true, quorum_lost_since: since, ..Default::default() });
     let mut calls = existing_objects(&kc);
-    calls.extend(maintenance_objects(&kc, false, vec![], vec![]));
+    calls.extend(maintenance_objects(&kc, &[], vec![], vec![]));
     calls.push(Expect::patch(
         "/api/v1/namespaces/ns/configmaps/demo-config?",
         &["\"force-new-cluster-member\":\"demo-1/00001111-", "\"force-new-cluster-since\":"],

@@ -66,6 +66,14 @@ pub struct KvClusterSpec {
     /// Scheduled rolling defragmentation: a CronJob `<name>-defrag` running `kvctl defrag --rolling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defrag: Option<DefragSpec>,
+    /// Scheduled backups: a CronJob `<name>-backup` running `kvctl backup
+    /// save`, and on-demand ones with the annotation `kvd.io/backup-now`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+    /// How a new cluster starts: empty, or from a backup. Read only before
+    /// the cluster first forms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
     /// Alarm handling.
     #[serde(default)]
     pub alarms: AlarmsSpec,
@@ -185,6 +193,110 @@ fn default_defrag_threshold() -> f64 {
     0.2
 }
 
+/// Where backups are: an object store URL with a Secret of credentials, or
+/// a PersistentVolumeClaim.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.pvc)").message("set exactly one of url and pvc"))]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStore {
+    /// `s3://bucket/prefix` (any S3-compatible store), `gs://bucket/prefix`
+    /// or `az://container/prefix`. Backups of a cluster go under
+    /// `<prefix>/<namespace>/<name>/`, named `<time>-r<revision>.snap[.gz|.zst]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(s3|s3a|gs|az)://[a-z0-9][a-z0-9.-]*[a-z0-9](/.*)?$"))]
+    pub url: Option<String>,
+    /// Secret whose keys become the backup Job's environment, named as the
+    /// object_store crate reads them: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL` (an
+    /// S3-compatible server), `AWS_ALLOW_HTTP`; `GOOGLE_SERVICE_ACCOUNT_KEY`;
+    /// `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// A claim to store into instead (ReadWriteMany if backups and restores
+    /// may run on different nodes), mounted at `/backups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcStore>,
+}
+
+/// A PersistentVolumeClaim holding backups.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcStore {
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
+    /// Directory inside the claim (default: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"))]
+    pub path: Option<String>,
+}
+
+/// Compression of backup objects.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupCompression {
+    None,
+    Gzip,
+    #[default]
+    Zstd,
+}
+
+impl BackupCompression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupCompression::None => "none",
+            BackupCompression::Gzip => "gzip",
+            BackupCompression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Scheduled backups.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Five-field cron schedule (UTC), e.g. `"0 */6 * * *"`.
+    #[schemars(length(min = 1))]
+    pub schedule: String,
+    pub store: BackupStore,
+    /// Keep at most this many backups of the cluster (the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_last: Option<u32>,
+    /// Remove backups older than this (`"7d"`, `"36h"`); the newest is always kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub compression: BackupCompression,
+}
+
+/// How a new cluster starts.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore every initial member from one backup (checked first: a
+    /// missing or damaged backup creates nothing and sets Degraded reason
+    /// BackupInvalid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<FromBackup>,
+}
+
+/// The backup a new cluster starts from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FromBackup {
+    pub store: BackupStore,
+    /// The cluster the backups were taken of, as `<namespace>/<name>`
+    /// (default: this cluster's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The object key, or its file name under the cluster's prefix; an
+    /// etcd snapshot (`etcdctl snapshot save`) put there works too. Default:
+    /// the newest backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
 /// Alarm handling.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -295,6 +407,44 @@ pub struct KvClusterStatus {
     pub last_compaction: Option<CompactionRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_defrag: Option<DefragRecord>,
+    /// The newest successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRecord>,
+    /// The newest failed backup Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_failure: Option<BackupFailure>,
+    /// The last `kvd.io/backup-now` token acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_request: Option<String>,
+    /// The backup this cluster was created from, once checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<BackupRecord>,
+}
+
+/// A backup: where it is, what it holds.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// Object key.
+    pub key: String,
+    pub revision: i64,
+    /// Bytes of snapshot.
+    pub size: i64,
+    /// SHA-256 of the snapshot (its trailer), hex.
+    pub sha256: String,
+    /// The member it was read from (empty for a restore check).
+    #[serde(default)]
+    pub member: String,
+    pub time: Time,
+}
+
+/// A failed backup Job.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct BackupFailure {
+    pub job: String,
+    pub time: Time,
+    /// The end of its log (the error kvctl printed).
+    pub message: String,
 }
 
 /// One member as the cluster reports it.

@@ -4,8 +4,10 @@
 //! Jobs and those Jobs' pods (`observe`), which CronJob the planner creates,
 //! updates or deletes (`cronjob_step`), and what the newest successful
 //! Jobs' termination messages (kvctl's JSON result line) put into
-//! `status.lastCompaction` and `status.lastDefrag` (`records`). A message
-//! that does not parse is ignored.
+//! `status.lastCompaction`, `status.lastDefrag` and `status.lastBackup`,
+//! what the newest failed backup Job said (`status.lastBackupFailure`),
+//! and how the check of a backup to restore from ended (`records`). A
+//! message that does not parse is ignored.
 
 use std::collections::BTreeMap;
 
@@ -16,19 +18,25 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use crate::crd::{CompactionRecord, DefragRecord};
+use crate::crd::{BackupFailure, BackupRecord, CompactionRecord, DefragRecord};
 use crate::observe::Observation;
 use crate::planner::Action;
 use crate::resources::{SPEC_HASH, Task};
 
 /// One finished (or running) maintenance Job.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct JobObs {
+    pub name: String,
     pub task: Task,
     pub succeeded: bool,
+    /// It gave up (its Failed condition).
+    pub failed: bool,
     pub completed: Option<Timestamp>,
-    /// The termination message of its kvctl container, when it terminated.
+    /// The termination message of its kvctl container, when it succeeded.
     pub message: Option<String>,
+    /// When it failed: the last failed container's termination message (the
+    /// end of its log: kvctl's error) and when that container ended.
+    pub failure: Option<(String, Option<Timestamp>)>,
 }
 
 /// The CronJobs that exist (with their spec hash) and the Jobs they left.
@@ -43,19 +51,31 @@ pub fn observe(cronjobs: &[CronJob], jobs: &[Job], pods: &[Pod]) -> (BTreeMap<Ta
             let task = task_of(j.labels())?;
             let st = j.status.as_ref();
             let uid = j.uid();
-            let message = pods
+            let terminated: Vec<_> = pods
                 .iter()
                 .filter(|p| p.owner_references().iter().any(|o| o.kind == "Job" && Some(&o.uid) == uid.as_ref()))
                 .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
                 .flatten()
                 .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
-                .filter(|t| t.exit_code == 0)
-                .find_map(|t| t.message.clone());
+                .collect();
+            let message = terminated.iter().filter(|t| t.exit_code == 0).find_map(|t| t.message.clone());
+            let failed = st
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"));
+            let failure = terminated
+                .iter()
+                .filter(|t| t.exit_code != 0)
+                .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))
+                .map(|t| (t.message.clone().unwrap_or_default(), t.finished_at.as_ref().map(|f| f.0)))
+                .filter(|_| failed);
             Some(JobObs {
+                name: j.name_any(),
                 task,
                 succeeded: st.and_then(|s| s.succeeded).unwrap_or(0) > 0,
+                failed,
                 completed: st.and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
                 message,
+                failure,
             })
         })
         .collect();
@@ -64,7 +84,7 @@ pub fn observe(cronjobs: &[CronJob], jobs: &[Job], pods: &[Pod]) -> (BTreeMap<Ta
 
 /// Create, update or delete one CronJob so that they match the spec.
 pub fn cronjob_step(obs: &Observation) -> Option<Action> {
-    for task in Task::ALL {
+    for task in Task::SCHEDULED {
         match (obs.desired.cronjobs.get(&task), obs.cronjobs.get(&task)) {
             (Some(want), Some(Some(have))) if want == have => {}
             (Some(_), _) => return Some(Action::EnsureCronJob { task }),
@@ -110,11 +130,51 @@ pub fn parse_defrag(message: &str) -> Option<DefragRecord> {
     Some(DefragRecord { member, time: Time(r.time), bytes_freed })
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BackupResult {
+    key: String,
+    revision: Option<i64>,
+    size: i64,
+    sha256: String,
+    #[serde(default)]
+    member: String,
+    time: Timestamp,
+}
+
+/// `kvctl backup save`'s (or `verify`'s) result line.
+pub fn parse_backup(message: &str) -> Option<BackupRecord> {
+    let r: BackupResult = serde_json::from_str(message.trim()).ok()?;
+    Some(BackupRecord {
+        key: r.key,
+        revision: r.revision.unwrap_or(0),
+        size: r.size,
+        sha256: r.sha256,
+        member: r.member,
+        time: Time(r.time),
+    })
+}
+
 /// What the finished Jobs report.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Records {
     pub compaction: Option<CompactionRecord>,
     pub defrag: Option<DefragRecord>,
+    pub backup: Option<BackupRecord>,
+    pub backup_failure: Option<BackupFailure>,
+    /// The restore check: the backup checked, or why it is not usable.
+    pub restore_check: Option<Result<BackupRecord, String>>,
+}
+
+/// The newest failed Job of `task`, as a record.
+fn newest_failure(jobs: &[JobObs], task: Task) -> Option<BackupFailure> {
+    jobs.iter()
+        .filter(|j| j.task == task)
+        .filter_map(|j| {
+            let (message, at) = j.failure.clone()?;
+            Some(BackupFailure { job: j.name.clone(), time: Time(at?), message: message.trim().to_string() })
+        })
+        .max_by_key(|f| f.time.0)
 }
 
 /// The newest parsable result of a successful Job, per task.
@@ -124,10 +184,32 @@ pub fn records(jobs: &[JobObs]) -> Records {
         ok.sort_by_key(|j| std::cmp::Reverse(j.completed));
         ok.into_iter().filter_map(|j| j.message.as_deref())
     };
+    let check = jobs.iter().find(|j| j.task == Task::RestoreCheck);
     Records {
         compaction: newest(Task::Compact).find_map(parse_compaction),
         defrag: newest(Task::Defrag).find_map(parse_defrag),
+        backup: newest(Task::Backup).find_map(parse_backup),
+        backup_failure: newest_failure(jobs, Task::Backup),
+        restore_check: check.and_then(|j| {
+            if j.succeeded {
+                let m = j.message.as_deref().unwrap_or_default();
+                return Some(parse_backup(m).ok_or_else(|| format!("job {}: unreadable result {m:?}", j.name)));
+            }
+            let (why, _) = j.failure.clone()?;
+            Some(Err(format!("job {}: {}", j.name, why.trim())))
+        }),
     }
+}
+
+/// The time between two runs of a five-field cron `schedule` (UTC), after
+/// `now`: what "two schedule periods without a backup" is measured in.
+/// None for a schedule that does not parse.
+pub fn schedule_period(schedule: &str, now: Timestamp) -> Option<std::time::Duration> {
+    let cron: croner::Cron = schedule.parse().ok()?;
+    let now = now.to_zoned(jiff::tz::TimeZone::UTC);
+    let first = cron.find_next_occurrence(&now, false).ok()?;
+    let second = cron.find_next_occurrence(&first, false).ok()?;
+    std::time::Duration::try_from(second.duration_since(&first)).ok()
 }
 
 /// The newest of the given records by time.
@@ -142,7 +224,13 @@ mod tests {
     use super::*;
 
     fn job(task: Task, succeeded: bool, completed: &str, message: &str) -> JobObs {
-        JobObs { task, succeeded, completed: completed.parse().ok(), message: Some(message.into()) }
+        JobObs {
+            task,
+            succeeded,
+            completed: completed.parse().ok(),
+            message: Some(message.into()),
+            ..JobObs::default()
+        }
     }
 
     #[test]
@@ -175,6 +263,62 @@ mod tests {
         for (i, (jobs, want)) in cases.into_iter().enumerate() {
             assert_eq!(records(&jobs).compaction.map(|r| r.revision), want, "case {i}");
         }
+    }
+
+    #[test]
+    fn schedule_periods() {
+        let now: Timestamp = "2026-01-01T10:17:00Z".parse().expect("ts");
+        let p = |s: &str| schedule_period(s, now).map(|d| d.as_secs());
+        assert_eq!(p("*/5 * * * *"), Some(300));
+        assert_eq!(p("0 */6 * * *"), Some(6 * 3600));
+        assert_eq!(p("30 2 * * *"), Some(86_400));
+        assert_eq!(p("0 0 * * 0"), Some(7 * 86_400));
+        assert_eq!(p("not a schedule"), None);
+    }
+
+    #[test]
+    fn backup_results_and_failures() {
+        let saved = json!({ "task": "backup", "result": "saved", "key": "kvd/ns/demo/20260101T100000Z-r42.snap.zst",
+            "member": "demo-1", "revision": 42, "size": 4096, "storedSize": 900, "sha256": "ab",
+            "time": "2026-01-01T10:00:00Z" });
+        let ok = JobObs {
+            name: "demo-backup-1".into(),
+            task: Task::Backup,
+            succeeded: true,
+            completed: "2026-01-01T10:00:05Z".parse().ok(),
+            message: Some(saved.to_string()),
+            ..JobObs::default()
+        };
+        let failed = JobObs {
+            name: "demo-backup-2".into(),
+            task: Task::Backup,
+            failed: true,
+            failure: Some((
+                "kvctl: object store: 403 SignatureDoesNotMatch\n".into(),
+                "2026-01-01T11:00:00Z".parse().ok(),
+            )),
+            ..JobObs::default()
+        };
+        let r = records(&[ok.clone(), failed.clone()]);
+        let b = r.backup.expect("backup");
+        assert_eq!((b.revision, b.size, b.member.as_str()), (42, 4096, "demo-1"));
+        let f = r.backup_failure.expect("failure");
+        assert_eq!(
+            (f.job.as_str(), f.message.as_str()),
+            ("demo-backup-2", "kvctl: object store: 403 SignatureDoesNotMatch")
+        );
+        assert_eq!(r.restore_check, None);
+        // The restore check: a success is the backup checked, a failure its reason.
+        let verified = json!({ "task": "verify", "result": "valid", "key": "k", "revision": 7, "size": 1,
+            "sha256": "cd", "time": "2026-01-01T10:00:00Z" });
+        let check = |j: JobObs| records(&[JobObs { task: Task::RestoreCheck, ..j }]).restore_check;
+        assert_eq!(
+            check(JobObs { message: Some(verified.to_string()), ..ok.clone() }).map(|r| r.map(|b| b.revision)),
+            Some(Ok(7))
+        );
+        let why = check(failed.clone()).expect("ended").expect_err("failed");
+        assert!(why.contains("demo-backup-2") && why.contains("SignatureDoesNotMatch"), "{why}");
+        assert_eq!(check(JobObs { failed: false, failure: None, ..failed }), None, "still running");
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! Operator metrics (prometheus-client): reconciles, failures by error label,
-//! reconcile duration (recorded by a guard on drop) and actions taken by kind.
+//! reconcile duration (recorded by a guard on drop) and actions taken by
+//! kind; per cluster with backups, the last successful backup's time, the
+//! schedule's period, since when backups are configured, and failed backup
+//! Jobs (the chart's PrometheusRule alerts from them).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::Error;
-use crate::crd::KvCluster;
+use crate::crd::{KvCluster, KvClusterStatus};
+use crate::observe::Observation;
 use crate::planner::Action;
 
 /// Labels of a failed reconcile.
@@ -27,6 +33,15 @@ pub struct ActionLabels {
     pub action: String,
 }
 
+/// Labels of a cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub namespace: String,
+    pub cluster: String,
+}
+
+type Seconds = Family<ClusterLabels, Gauge<f64, AtomicU64>>;
+
 /// All operator metrics, registered in one registry.
 pub struct Metrics {
     pub registry: Arc<Registry>,
@@ -34,20 +49,56 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub actions: Family<ActionLabels, Counter>,
+    pub backup_last_success: Seconds,
+    pub backup_period: Seconds,
+    pub backup_configured: Seconds,
+    pub backup_failures: Family<ClusterLabels, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("kvd_operator_reconcile");
+        let mut registry = Registry::with_prefix("kvd_operator");
         let reconciles = Counter::default();
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
         let actions = Family::<ActionLabels, Counter>::default();
-        registry.register("runs", "reconciliations", reconciles.clone());
-        registry.register("failures", "reconciliation errors", failures.clone());
-        registry.register_with_unit("duration", "reconcile duration", Unit::Seconds, duration.clone());
-        registry.register("actions", "planned steps taken, by kind", actions.clone());
-        Metrics { registry: Arc::new(registry), reconciles, failures, duration, actions }
+        registry.register("reconcile_runs", "reconciliations", reconciles.clone());
+        registry.register("reconcile_failures", "reconciliation errors", failures.clone());
+        registry.register_with_unit("reconcile_duration", "reconcile duration", Unit::Seconds, duration.clone());
+        registry.register("reconcile_actions", "planned steps taken, by kind", actions.clone());
+        let (backup_last_success, backup_period, backup_configured) =
+            (Seconds::default(), Seconds::default(), Seconds::default());
+        let backup_failures = Family::<ClusterLabels, Counter>::default();
+        registry.register_with_unit(
+            "backup_last_success_timestamp",
+            "when the newest successful backup was taken (0: none yet)",
+            Unit::Seconds,
+            backup_last_success.clone(),
+        );
+        registry.register_with_unit(
+            "backup_schedule_period",
+            "time between two scheduled backups",
+            Unit::Seconds,
+            backup_period.clone(),
+        );
+        registry.register_with_unit(
+            "backup_configured_timestamp",
+            "since when backups are scheduled (the backup CronJob's creation)",
+            Unit::Seconds,
+            backup_configured.clone(),
+        );
+        registry.register("backup_failures", "backup Jobs that failed", backup_failures.clone());
+        Metrics {
+            registry: Arc::new(registry),
+            reconciles,
+            failures,
+            duration,
+            actions,
+            backup_last_success,
+            backup_period,
+            backup_configured,
+            backup_failures,
+        }
     }
 }
 
@@ -67,6 +118,41 @@ impl Metrics {
     /// Counts an action by its kind.
     pub fn action(&self, a: &Action) {
         self.actions.get_or_create(&ActionLabels { action: action_kind(a).into() }).inc();
+    }
+
+    /// The backup gauges of `kc` from its new status: set while backups
+    /// are scheduled, removed otherwise; a failure newer than `prev`'s counted.
+    pub fn backups(&self, kc: &KvCluster, prev: &KvClusterStatus, st: &KvClusterStatus, obs: &Observation) {
+        let labels = ClusterLabels {
+            namespace: kube::ResourceExt::namespace(kc).unwrap_or_default(),
+            cluster: kube::ResourceExt::name_any(kc),
+        };
+        if st.last_backup_failure.is_some() && st.last_backup_failure != prev.last_backup_failure {
+            self.backup_failures.get_or_create(&labels).inc();
+        }
+        let period = kc.spec.backup.as_ref().and_then(|b| crate::maintenance::schedule_period(&b.schedule, obs.now));
+        let (Some(period), Some(since)) = (period, obs.backup_since) else {
+            for f in [&self.backup_last_success, &self.backup_period, &self.backup_configured] {
+                f.remove(&labels);
+            }
+            return;
+        };
+        let secs = |t: jiff::Timestamp| t.as_millisecond() as f64 / 1000.0;
+        self.backup_period.get_or_create(&labels).set(period.as_secs_f64());
+        self.backup_configured.get_or_create(&labels).set(secs(since));
+        self.backup_last_success.get_or_create(&labels).set(st.last_backup.as_ref().map_or(0.0, |b| secs(b.time.0)));
+    }
+
+    /// Forgets a deleted cluster's gauges.
+    pub fn forget(&self, kc: &KvCluster) {
+        let labels = ClusterLabels {
+            namespace: kube::ResourceExt::namespace(kc).unwrap_or_default(),
+            cluster: kube::ResourceExt::name_any(kc),
+        };
+        for f in [&self.backup_last_success, &self.backup_period, &self.backup_configured] {
+            f.remove(&labels);
+        }
+        self.backup_failures.remove(&labels);
     }
 
     /// Text exposition format.
@@ -98,6 +184,8 @@ pub fn action_kind(a: &Action) -> &'static str {
         Action::DisarmNospace => "disarm_nospace",
         Action::EnsureCronJob { .. } => "ensure_cronjob",
         Action::DeleteCronJob { .. } => "delete_cronjob",
+        Action::CheckBackup => "check_backup",
+        Action::BackupNow { .. } => "backup_now",
         Action::Wait { .. } => "wait",
         Action::Degraded { .. } => "degraded",
         Action::Idle => "idle",

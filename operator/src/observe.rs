@@ -50,6 +50,10 @@ pub struct Desired {
     /// Why the client TLS secret cannot be used, if it cannot (set by the
     /// controller, which reads it).
     pub tls_problem: Option<String>,
+    /// `spec.backup` is set.
+    pub backup_configured: bool,
+    /// `spec.bootstrap.fromBackup` is set.
+    pub from_backup: bool,
 }
 
 impl Default for Desired {
@@ -65,6 +69,8 @@ impl Default for Desired {
             cronjobs: BTreeMap::new(),
             retention_revisions: 0,
             tls_problem: None,
+            backup_configured: false,
+            from_backup: false,
         }
     }
 }
@@ -170,6 +176,14 @@ pub struct Observation {
     pub recovery: Option<RecoveryObs>,
     /// The ConfigMap still says `initial-cluster-state: new`.
     pub initial_state_new: bool,
+    /// The `kvd.io/backup-now` annotation's value.
+    pub backup_token: Option<String>,
+    /// The last token acted on (`status.backupRequest`).
+    pub backup_request: Option<String>,
+    /// The checked backup the cluster starts from (`status.restoredFrom`).
+    pub restored_from: Option<crate::crd::BackupRecord>,
+    /// When the backup CronJob was created (backups expected since).
+    pub backup_since: Option<jiff::Timestamp>,
 }
 
 /// Reads the Kubernetes objects and asks the members; never fails because a
@@ -218,15 +232,20 @@ pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) ->
             (0..n).filter(|o| *o != r.ordinal).map(|o| naming::client_url(&name, &ns, o)).collect();
         r.others = recovery::ask_others(etcd, &others).await;
     }
-    let cjs = Api::<CronJob>::namespaced(client.clone(), &ns);
-    let mut cronjobs = Vec::new();
-    for task in Task::ALL {
-        cronjobs.extend(cjs.get_opt(&naming::cronjob(&name, task.as_str())).await?);
-    }
+    // The CronJobs, their Jobs and pods carry the maintenance labels: one list each.
     let lp = ListParams::default().labels(&naming::maintenance_selector(&name));
+    let cronjobs = Api::<CronJob>::namespaced(client.clone(), &ns).list(&lp).await?.items;
     let jobs = Api::<Job>::namespaced(client.clone(), &ns).list(&lp).await?.items;
     let job_pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await?.items;
     (obs.cronjobs, obs.jobs) = maintenance::observe(&cronjobs, &jobs, &job_pods);
+    obs.backup_since = cronjobs
+        .iter()
+        .find(|c| c.labels().get("app.kubernetes.io/component").map(String::as_str) == Some(Task::Backup.as_str()))
+        .and_then(|c| c.creation_timestamp())
+        .map(|t| t.0);
+    // Only the check of the current fromBackup counts (the Job is named after it).
+    let check = resources::restore_check_job(kc).map(|j| j.name_any());
+    obs.jobs.retain(|j| j.task != Task::RestoreCheck || Some(&j.name) == check.as_ref());
     Ok(obs)
 }
 
@@ -284,6 +303,10 @@ pub fn build(
         quorum_loss_best: status.quorum_loss_best_index.clone(),
         recovery: None,
         initial_state_new: false,
+        backup_token: kc.annotations().get(resources::BACKUP_NOW).filter(|t| !t.is_empty()).cloned(),
+        backup_request: status.backup_request.clone(),
+        restored_from: status.restored_from.clone(),
+        backup_since: None,
     }
 }
 
@@ -300,7 +323,7 @@ pub fn desired(kc: &KvCluster) -> Desired {
             .failed_member_timeout_seconds
             .map_or(crate::FAILED_MEMBER_AFTER, |s| Duration::from_secs(s.into())),
         quota_bytes: spec.quota_bytes(),
-        cronjobs: Task::ALL
+        cronjobs: Task::SCHEDULED
             .into_iter()
             .filter_map(|t| {
                 let cj = resources::cronjob(kc, t)?;
@@ -309,6 +332,8 @@ pub fn desired(kc: &KvCluster) -> Desired {
             .collect(),
         retention_revisions: spec.compaction.as_ref().and_then(|c| c.retention_revisions).unwrap_or(0),
         tls_problem: None,
+        backup_configured: spec.backup.is_some(),
+        from_backup: spec.bootstrap.as_ref().is_some_and(|b| b.from_backup.is_some()),
     }
 }
 

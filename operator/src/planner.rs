@@ -76,6 +76,10 @@ pub enum Action {
     Defragment { id: u64, ordinal: Option<u32>, why: Why },
     /// AlarmRequest DEACTIVATE NOSPACE.
     DisarmNospace,
+    /// Create the Job that checks the backup the cluster is to start from.
+    CheckBackup,
+    /// Create the Job of an on-demand backup (annotation `kvd.io/backup-now`).
+    BackupNow { token: String },
     /// Nothing safe to do yet; look again soon.
     Wait { reason: &'static str, message: String },
     /// Something needs a human or cannot be done safely.
@@ -153,6 +157,30 @@ pub fn has_quorum(members: &[MemberObs]) -> bool {
     v.leader.is_some() && v.healthy_voters() >= quorum(v.voters.len())
 }
 
+/// Before a cluster that starts from a backup is created: the backup is
+/// checked by a Job first; a bad one creates nothing (Degraded
+/// BackupInvalid), a good one is recorded in the status (so every member
+/// restores the very object checked) before the Bootstrap.
+fn restore_gate(obs: &Observation) -> Option<Action> {
+    if !obs.desired.from_backup || obs.bootstrapped || obs.restored_from.is_some() {
+        return None;
+    }
+    Some(match crate::maintenance::records(&obs.jobs).restore_check {
+        Some(Err(why)) => degraded(
+            "BackupInvalid",
+            format!(
+                "the backup to start from cannot be used, so nothing was created: {why}; fix \
+                 spec.bootstrap.fromBackup (a changed one is checked again)"
+            ),
+        ),
+        Some(Ok(b)) => wait("CheckingBackup", format!("backup {} (revision {}) checked", b.key, b.revision)),
+        None if obs.jobs.iter().any(|j| j.task == Task::RestoreCheck) => {
+            wait("CheckingBackup", "a Job is checking the backup to start from".into())
+        }
+        None => Action::CheckBackup,
+    })
+}
+
 /// The next step for this observation.
 pub fn plan(obs: &Observation) -> Action {
     let d = &obs.desired;
@@ -166,6 +194,9 @@ pub fn plan(obs: &Observation) -> Action {
         return degraded("TLSSecretInvalid", problem.clone());
     }
     let Some(sts) = &obs.statefulset else {
+        if let Some(a) = restore_gate(obs) {
+            return a;
+        }
         return Action::Bootstrap { replicas: d.replicas };
     };
     if !obs.missing.is_empty() {
@@ -173,6 +204,13 @@ pub fn plan(obs: &Observation) -> Action {
     }
     if let Some(a) = crate::maintenance::cronjob_step(obs) {
         return a;
+    }
+    if let Some(token) = &obs.backup_token
+        && d.backup_configured
+        && obs.bootstrapped
+        && obs.backup_request.as_ref() != Some(token)
+    {
+        return Action::BackupNow { token: token.clone() };
     }
     if let Some(r) = &obs.recovery {
         return crate::recovery::step(obs, r);

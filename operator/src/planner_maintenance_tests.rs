@@ -151,3 +151,58 @@ fn maintenance_cronjobs_follow_the_spec() {
     obs.members = None;
     assert_eq!(plan(&obs), Action::EnsureCronJob { task: Task::Compact });
 }
+
+/// A cluster that starts from a backup: checked by a Job first; a bad
+/// backup creates nothing; a good one is recorded before the Bootstrap.
+#[test]
+fn a_cluster_from_a_backup_is_created_only_after_the_backup_checks_out() {
+    use crate::maintenance::JobObs;
+    let fresh = || Observation {
+        desired: Desired { replicas: 3, from_backup: true, ..Desired::default() },
+        ..Observation::default()
+    };
+    let check = |succeeded: bool, message: Option<&str>, failure: Option<&str>| JobObs {
+        name: "demo-restore-check-1".into(),
+        task: Task::RestoreCheck,
+        succeeded,
+        failed: failure.is_some(),
+        message: message.map(String::from),
+        failure: failure.map(|f| (f.to_string(), "2026-01-01T10:00:00Z".parse().ok())),
+        ..JobObs::default()
+    };
+    let mut obs = fresh();
+    assert_eq!(plan(&obs), Action::CheckBackup);
+    obs.jobs = vec![check(false, None, None)];
+    assert!(matches!(plan(&obs), Action::Wait { reason: "CheckingBackup", .. }), "while the Job runs");
+    obs.jobs = vec![check(false, None, Some("kvctl: backup k: SHA-256 mismatch over 512 bytes"))];
+    match plan(&obs) {
+        Action::Degraded { reason: "BackupInvalid", message } => {
+            assert!(message.contains("SHA-256 mismatch") && message.contains("nothing was created"), "{message}")
+        }
+        a => panic!("a bad backup must not bootstrap: {a:?}"),
+    }
+    let ok = r#"{"task":"verify","result":"valid","key":"k","revision":9,"size":1,"sha256":"ab","time":"2026-01-01T10:00:00Z"}"#;
+    obs.jobs = vec![check(true, Some(ok), None)];
+    assert!(matches!(plan(&obs), Action::Wait { reason: "CheckingBackup", .. }), "recorded in the status first");
+    obs.restored_from = crate::maintenance::parse_backup(ok);
+    assert_eq!(plan(&obs), Action::Bootstrap { replicas: 3 });
+    // Without fromBackup, or once formed, there is nothing to check.
+    assert_eq!(
+        plan(&Observation { desired: Desired { replicas: 3, ..Desired::default() }, ..Observation::default() }),
+        Action::Bootstrap { replicas: 3 }
+    );
+}
+
+/// `kvd.io/backup-now`: one Job per new token, only with `spec.backup`.
+#[test]
+fn on_demand_backups_run_once_per_token() {
+    let mut obs = cluster(3);
+    obs.backup_token = Some("t1".into());
+    assert_eq!(plan(&obs), Action::Idle, "no spec.backup: nothing to run");
+    obs.desired.backup_configured = true;
+    assert_eq!(plan(&obs), Action::BackupNow { token: "t1".into() });
+    obs.backup_request = Some("t1".into());
+    assert_eq!(plan(&obs), Action::Idle, "acted on once");
+    obs.backup_token = Some("t2".into());
+    assert_eq!(plan(&obs), Action::BackupNow { token: "t2".into() });
+}

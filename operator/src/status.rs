@@ -3,7 +3,9 @@
 //! Progressing, Degraded, QuotaAlarm, Reconfiguring), keeping each
 //! condition's lastTransitionTime while its status does not change, and
 //! `lastCompaction`/`lastDefrag`: the newest of the NOSPACE remediation's,
-//! the maintenance Jobs' and the recorded ones, and `quorumLostSince`. A
+//! the maintenance Jobs' and the recorded ones, `lastBackup` and
+//! `lastBackupFailure` likewise, the backup request acted on, the checked
+//! backup a new cluster starts from, and `quorumLostSince`. A
 //! quorum-loss recovery shows as phase Recovering and Degraded reason
 //! QuorumRecovery.
 
@@ -174,6 +176,17 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
             |r| r.time.0,
         ),
         last_defrag: newest(&[out.last_defrag.as_ref(), jobs.defrag.as_ref(), prev.last_defrag.as_ref()], |r| r.time.0),
+        last_backup: newest(&[jobs.backup.as_ref(), prev.last_backup.as_ref()], |r| r.time.0),
+        last_backup_failure: newest(&[jobs.backup_failure.as_ref(), prev.last_backup_failure.as_ref()], |r| r.time.0),
+        backup_request: match action {
+            Action::BackupNow { token } => Some(token.clone()),
+            _ => prev.backup_request.clone(),
+        },
+        // Recorded once, from the check, before the members are created.
+        restored_from: prev.restored_from.clone().or_else(|| match (&jobs.restore_check, obs.statefulset.is_none()) {
+            (Some(Ok(b)), true) => Some(b.clone()),
+            _ => None,
+        }),
     }
 }
 
@@ -311,5 +324,43 @@ mod tests {
         // Over: nothing is degraded any more.
         let st = build(&kc, &Observation::default(), &Action::Idle, &Outcome::default());
         assert_eq!(degraded(&st), ("False", "AsExpected", ""));
+    }
+
+    #[test]
+    fn backups_and_the_checked_restore_are_recorded() {
+        use crate::maintenance::JobObs;
+        use crate::resources::Task;
+        let mut kc = kvcluster("demo", 3);
+        let saved = |rev: i64, t: &str| {
+            format!(r#"{{"key":"k{rev}","revision":{rev},"size":10,"sha256":"ab","member":"demo-1","time":"{t}"}}"#)
+        };
+        let job = |task: Task, msg: String| JobObs {
+            name: "j".into(),
+            task,
+            succeeded: true,
+            message: Some(msg),
+            ..JobObs::default()
+        };
+        // A good check before the StatefulSet exists: recorded, and kept.
+        let obs = Observation {
+            jobs: vec![job(Task::RestoreCheck, saved(9, "2026-01-01T10:00:00Z"))],
+            ..Observation::default()
+        };
+        let st =
+            build(&kc, &obs, &Action::Wait { reason: "CheckingBackup", message: String::new() }, &Outcome::default());
+        assert_eq!(st.restored_from.as_ref().map(|b| b.revision), Some(9));
+        kc.status = Some(st);
+        let st = build(&kc, &Observation::default(), &Action::Idle, &Outcome::default());
+        assert_eq!(st.restored_from.as_ref().map(|b| b.key.as_str()), Some("k9"));
+        // The newest successful backup wins over an older recorded one; the token acted on is kept.
+        let obs =
+            Observation { jobs: vec![job(Task::Backup, saved(50, "2026-01-02T10:00:00Z"))], ..Observation::default() };
+        let st = build(&kc, &obs, &Action::BackupNow { token: "t".into() }, &Outcome::default());
+        assert_eq!((st.last_backup.as_ref().map(|b| b.revision), st.backup_request.as_deref()), (Some(50), Some("t")));
+        kc.status = Some(st);
+        let older =
+            Observation { jobs: vec![job(Task::Backup, saved(40, "2026-01-01T10:00:00Z"))], ..Observation::default() };
+        let st = build(&kc, &older, &Action::Idle, &Outcome::default());
+        assert_eq!((st.last_backup.map(|b| b.revision), st.backup_request.as_deref()), (Some(50), Some("t")));
     }
 }

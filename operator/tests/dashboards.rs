@@ -7,7 +7,7 @@ mod check;
 
 use std::collections::BTreeSet;
 
-use kvd_operator::metrics::{ErrorLabels, Metrics, action_kind};
+use kvd_operator::metrics::{ClusterLabels, ErrorLabels, Metrics, action_kind};
 use kvd_operator::observe::Owned;
 use kvd_operator::planner::{Action, RemoveReason, Why};
 use kvd_operator::recovery::RecoveryEnd;
@@ -31,6 +31,11 @@ fn every_operator_metric_in_dashboards_and_alerts_is_exported() {
     drop(m.count_and_measure());
     m.action(&Action::Idle);
     m.failures.get_or_create(&ErrorLabels { instance: "demo".into(), error: "unreachable".into() }).inc();
+    let cluster = ClusterLabels { namespace: "ns".into(), cluster: "demo".into() };
+    for g in [&m.backup_last_success, &m.backup_period, &m.backup_configured] {
+        g.get_or_create(&cluster).set(1.0);
+    }
+    m.backup_failures.get_or_create(&cluster).inc();
     let text = m.encode().expect("encode");
     let missing = check::missing(&used, &check::scraped_names(&text));
     assert!(
@@ -67,6 +72,8 @@ fn action_filters_name_real_action_kinds() {
         Action::DisarmNospace,
         Action::EnsureCronJob { task: Task::Compact },
         Action::DeleteCronJob { task: Task::Defrag },
+        Action::CheckBackup,
+        Action::BackupNow { token: "t".into() },
         Action::Wait { reason: "r", message: String::new() },
         Action::Degraded { reason: "r", message: String::new() },
         Action::Idle,

@@ -26,7 +26,11 @@ struct Run {
 fn kvctl(args: &[&str]) -> Run {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
         .args(args)
-        .args(if args[1] == "save" || args[1] == "restore" { &["--termination-log", "/nonexistent"][..] } else { &[] })
+        .args(if ["save", "restore", "verify"].contains(&args[1]) {
+            &["--termination-log", "/nonexistent"][..]
+        } else {
+            &[]
+        })
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -116,7 +120,9 @@ async fn backups_come_from_a_follower_are_pruned_and_restore_with_revisions() {
     // Restored into a new member: the same keys, revisions, history and lease.
     let ip = "127.0.0.64";
     let peer = format!("http://{ip}:{}", common::free_port_on(ip));
+    // The data dir exists, as a volume's mount point does (with lost+found).
     let data = dir.path().join("restored");
+    std::fs::create_dir_all(data.join("lost+found")).unwrap();
     let restore_args = |extra: &[&str]| {
         let mut a = vec![
             "backup",
@@ -139,6 +145,24 @@ async fn backups_come_from_a_follower_are_pruned_and_restore_with_revisions() {
     let r = kvctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(r.ok, "{}", r.stderr);
     assert_eq!((r.json["result"].as_str(), r.json["revision"].as_i64()), (Some("restored"), Some(rev)));
+    let joining = dir.path().join("joining");
+    let j = kvctl(&[
+        "backup",
+        "restore",
+        "--from",
+        &to,
+        "--cluster",
+        "demo",
+        "--data-dir",
+        joining.to_str().unwrap(),
+        "--initial-cluster-state",
+        "existing",
+    ]);
+    assert!(
+        j.ok && j.json["result"] == "skipped" && !joining.exists(),
+        "a joining member restores nothing: {}",
+        j.stderr
+    );
     let args = restore_args(&["--skip-if-exists"]);
     let again = kvctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(again.ok && again.json["result"] == "skipped", "{} {}", again.stdout, again.stderr);
@@ -186,6 +210,8 @@ async fn damaged_truncated_and_missing_backups_are_refused() {
         });
         let r = fetch(&key);
         assert!(!r.ok, "{compression}: a flipped byte is caught");
+        let v = kvctl(&["backup", "verify", "--from", &to, "--cluster", "demo", "--key", &key]);
+        assert!(!v.ok && v.stderr == r.stderr, "{compression}: verify says what fetch says: {}", v.stderr);
         assert!(
             r.stderr.contains("SHA-256 mismatch") || r.stderr.contains("decompress") || r.stderr.contains("cut short"),
             "{compression}: {}",
@@ -214,6 +240,8 @@ async fn damaged_truncated_and_missing_backups_are_refused() {
         assert!(!r.ok && !data.exists(), "{compression}: {}", r.stderr);
         std::fs::write(root.join(&key), &good).unwrap();
         assert!(fetch(&key).ok, "{compression}: the intact object fetches");
+        let v = kvctl(&["backup", "verify", "--from", &to, "--cluster", "demo", "--key", &key]);
+        assert!(v.ok && v.json["result"] == "valid", "{compression}: {}", v.stderr);
         std::fs::remove_file(&out).unwrap();
     }
     let r = fetch("20200101T000000Z-r1.snap");

@@ -1,5 +1,6 @@
 //! The maintenance CronJobs: `<name>-compact` runs `kvctl compact`,
-//! `<name>-defrag` runs `kvctl defrag --rolling`, on the spec's schedules
+//! `<name>-defrag` runs `kvctl defrag --rolling`, `<name>-backup` runs
+//! `kvctl backup save` (with the store's credentials and claim), on the spec's schedules
 //! (UTC), in the cluster's own kvd image (which ships kvctl), against the
 //! client Service. concurrencyPolicy Forbid, so runs never overlap; the
 //! result line kvctl writes to `/dev/termination-log` is how the operator
@@ -17,21 +18,29 @@ use crate::naming;
 /// Annotation on a CronJob carrying the hash of the rest of it.
 pub const SPEC_HASH: &str = "kvd.io/spec-hash";
 
-/// A scheduled maintenance task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A maintenance task: the scheduled ones, and the check of a backup a
+/// cluster is to be created from (a one-off Job).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Task {
+    #[default]
     Compact,
     Defrag,
+    Backup,
+    RestoreCheck,
 }
 
 impl Task {
-    pub const ALL: [Task; 2] = [Task::Compact, Task::Defrag];
+    pub const ALL: [Task; 4] = [Task::Compact, Task::Defrag, Task::Backup, Task::RestoreCheck];
+    /// The tasks with a CronJob.
+    pub const SCHEDULED: [Task; 3] = [Task::Compact, Task::Defrag, Task::Backup];
 
-    /// The kvctl subcommand, the CronJob name suffix and the component label.
+    /// The CronJob name suffix and the component label.
     pub fn as_str(self) -> &'static str {
         match self {
             Task::Compact => "compact",
             Task::Defrag => "defrag",
+            Task::Backup => "backup",
+            Task::RestoreCheck => super::backup::RESTORE_CHECK,
         }
     }
 
@@ -44,7 +53,11 @@ impl Task {
 fn kvctl_args(kc: &KvCluster, task: Task) -> Option<(String, Vec<String>)> {
     let tls = kc.spec.client_tls().is_some();
     let endpoints = naming::client_service_url(&kc.name_any(), &kc.namespace().unwrap_or_default(), tls);
-    let mut args = vec![task.as_str().to_string(), "--endpoints".into(), endpoints];
+    let mut args = match task {
+        Task::Backup => vec!["backup".to_string(), "save".into()],
+        t => vec![t.as_str().to_string()],
+    };
+    args.extend(["--endpoints".into(), endpoints]);
     if tls {
         let dir = naming::CLIENT_TLS_DIR;
         args.extend([
@@ -68,6 +81,20 @@ fn kvctl_args(kc: &KvCluster, task: Task) -> Option<(String, Vec<String>)> {
             args.extend(["--rolling".into(), "--skip-if-free-below".into(), d.free_threshold.to_string()]);
             d.schedule.clone()
         }
+        Task::Backup => {
+            let b = kc.spec.backup.as_ref()?;
+            let to = super::backup::store_io(&b.store).url;
+            args.extend(["--to".into(), to, "--cluster".into(), super::backup::backup_name(kc)]);
+            args.extend(["--compression".into(), b.compression.as_str().into()]);
+            if let Some(n) = b.keep_last {
+                args.extend(["--keep-last".into(), n.to_string()]);
+            }
+            if let Some(a) = &b.max_age {
+                args.extend(["--max-age".into(), a.clone()]);
+            }
+            b.schedule.clone()
+        }
+        Task::RestoreCheck => return None,
     };
     Some((schedule, args))
 }
@@ -80,6 +107,17 @@ pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
     let over = &kc.spec.pod_template;
     // With client TLS the Job presents the client secret's certificate.
     let tls = kc.spec.client_tls().map(|s| super::statefulset::secret_volume("client-tls", s, naming::CLIENT_TLS_DIR));
+    let store = match (task, &kc.spec.backup) {
+        (Task::Backup, Some(b)) => Some(super::backup::store_io(&b.store)),
+        _ => None,
+    };
+    let (mut volumes, mut mounts): (Vec<_>, Vec<_>) = tls.into_iter().unzip();
+    let mut env_from = Vec::new();
+    if let Some(io) = store {
+        volumes.extend(io.volumes);
+        mounts.extend(io.mounts);
+        env_from = io.env_from;
+    }
     let pod = PodSpec {
         restart_policy: Some("Never".into()),
         containers: vec![Container {
@@ -88,10 +126,11 @@ pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
             command: Some(vec!["kvctl".into()]),
             args: Some(args),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
-            volume_mounts: tls.as_ref().map(|(_, m)| vec![m.clone()]),
+            volume_mounts: (!mounts.is_empty()).then_some(mounts),
+            env_from: (!env_from.is_empty()).then_some(env_from),
             ..Container::default()
         }],
-        volumes: tls.map(|(v, _)| vec![v]),
+        volumes: (!volumes.is_empty()).then_some(volumes),
         tolerations: (!over.tolerations.is_empty()).then(|| over.tolerations.clone()),
         node_selector: (!over.node_selector.is_empty()).then(|| over.node_selector.clone()),
         ..PodSpec::default()

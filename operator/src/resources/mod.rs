@@ -1,8 +1,9 @@
 //! Pure builders for the objects a KvCluster owns: headless peer and client
 //! Services, the ConfigMap with `initial-cluster`, the quorum-aware PDB, the
-//! StatefulSet, the maintenance CronJobs and the optional Prometheus
-//! Operator monitor.
+//! StatefulSet, the maintenance CronJobs, the backup and restore Jobs and
+//! init container, and the optional Prometheus Operator monitor.
 
+mod backup;
 mod configmap;
 mod cronjob;
 mod monitor;
@@ -10,6 +11,10 @@ mod pdb;
 mod service;
 mod statefulset;
 
+pub use backup::{
+    BACKUP_NOW, BACKUPS_DIR, RESTORE_CHECK, StoreIo, backup_name, backup_now_job, restore_check_job,
+    restore_init_container, store_io,
+};
 pub use configmap::{
     FORCE_MEMBER, FORCE_SINCE, ForceKey, INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, config_map, force_key,
     recovery_config_map,

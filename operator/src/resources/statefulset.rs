@@ -189,6 +189,12 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
         ),
         ..Container::default()
     };
+    // A cluster created from a backup: each initial member restores it first.
+    let mut volumes = tls_volumes;
+    let init = container.env.as_deref().and_then(|env| super::restore_init_container(kc, env)).map(|(c, v)| {
+        volumes.extend(v);
+        vec![c]
+    });
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
@@ -196,13 +202,14 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
+            init_containers: init,
             containers: vec![container],
             affinity: o.affinity.clone(),
             tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
             node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
             priority_class_name: o.priority_class_name.clone(),
             security_context: Some(pod_security()),
-            volumes: (!tls_volumes.is_empty()).then_some(tls_volumes),
+            volumes: (!volumes.is_empty()).then_some(volumes),
             ..PodSpec::default()
         }),
     }

@@ -82,9 +82,10 @@ impl Destination {
         Ok(Destination { store, prefix: Path::from(prefix), url: url.to_string() })
     }
 
-    /// Where the backups of cluster `name` live.
+    /// Where the backups of cluster `name` live; `/` in it nests
+    /// (`<namespace>/<name>`, as kvd-operator names its clusters).
     pub fn cluster_prefix(&self, name: &str) -> Path {
-        self.prefix.clone().join(name)
+        name.split('/').filter(|p| !p.is_empty()).fold(self.prefix.clone(), |p, part| p.join(part))
     }
 
     /// The object key of a backup of `name` taken at `at`, of `revision`.
@@ -153,6 +154,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let d = Destination::parse(&format!("file://{}", dir.path().display())).expect("file");
         assert_eq!(d.cluster_prefix("demo").as_ref(), "demo");
+        assert_eq!(d.cluster_prefix("ns/demo").as_ref(), "ns/demo");
         assert!(Destination::parse("relative/dir").is_err());
         assert!(Destination::parse("ftp://x/y").is_err());
         let err = Destination::parse("file://relative").err().map(|e| e.to_string()).unwrap_or_default();

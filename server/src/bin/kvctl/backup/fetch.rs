@@ -52,6 +52,18 @@ pub struct FetchArgs {
 }
 
 #[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    source: Source,
+    /// The backup: its object key or file name; the newest when absent.
+    #[arg(long)]
+    key: Option<String>,
+    /// Where the result line also goes, if the file exists (the Kubernetes termination message).
+    #[arg(long, default_value = TERMINATION_LOG, hide = true)]
+    termination_log: PathBuf,
+}
+
+#[derive(Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
     source: Source,
@@ -62,6 +74,10 @@ pub struct RestoreArgs {
     /// for an init container that runs again when the pod restarts.
     #[arg(long)]
     skip_if_exists: bool,
+    /// As kvd's flag: `existing` restores nothing (a member joining a
+    /// running cluster gets its data from the peers), `new` restores.
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    initial_cluster_state: String,
     #[command(flatten)]
     member: MemberArgs,
     /// Where the result line also goes, if the file exists (the Kubernetes termination message).
@@ -96,25 +112,31 @@ async fn resolve(dest: &Destination, cluster: &str, wanted: Option<&str>) -> Res
     })
 }
 
-/// A file that also feeds the trailer check.
+/// A file (or nothing, to only check) that also feeds the trailer check.
 struct Checked {
-    file: std::io::BufWriter<std::fs::File>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
     trailer: Trailer,
 }
 
 impl Write for Checked {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(b)?;
+        let n = match self.file.as_mut() {
+            Some(f) => f.write(b)?,
+            None => b.len(),
+        };
         self.trailer.update(&b[..n]);
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
     }
 }
 
-async fn fetch(dest: &Destination, key: &str, out: &Path) -> Result<Fetched, BackupError> {
+/// Streams backup `key` through the decompressor and the trailer check
+/// into `out` (written as `<out>.part`, fsynced and renamed once whole),
+/// or nowhere when `out` is None.
+async fn fetch(dest: &Destination, key: &str, out: Option<&Path>) -> Result<Fetched, BackupError> {
     let path = object_store::path::Path::from(key);
     let file_name = path.filename().unwrap_or_default().to_string();
     let parsed = parse_object_name(&file_name);
@@ -131,10 +153,15 @@ async fn fetch(dest: &Destination, key: &str, out: &Path) -> Result<Fetched, Bac
         }
         r => r?,
     };
-    let part = out.with_file_name(format!("{}.part", out.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot")));
-    let io = |e: std::io::Error| BackupError::Io(format!("{}: {e}", part.display()));
-    let file = std::fs::File::create(&part).map_err(io)?;
-    let sink = Checked { file: std::io::BufWriter::with_capacity(1 << 20, file), trailer: Trailer::default() };
+    let part =
+        out.map(|o| o.with_file_name(format!("{}.part", o.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot"))));
+    let shown = part.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let io = |e: std::io::Error| BackupError::Io(format!("{shown}: {e}"));
+    let file = match &part {
+        Some(p) => Some(std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(p).map_err(io)?)),
+        None => None,
+    };
+    let sink = Checked { file, trailer: Trailer::default() };
     let res = async {
         let mut dec = Decoder::new(compression, sink).map_err(io)?;
         let mut stream = got.into_stream();
@@ -151,19 +178,25 @@ async fn fetch(dest: &Destination, key: &str, out: &Path) -> Result<Fetched, Bac
             why: format!("the {} stream is cut short: {e}", compression.as_str()),
         })?;
         sink.flush().map_err(io)?;
-        sink.file.get_ref().sync_all().map_err(io)?;
+        if let Some(f) = &sink.file {
+            f.get_ref().sync_all().map_err(io)?;
+        }
         let size = sink.trailer.len();
         let sha = sink.trailer.finish().map_err(|why| BackupError::Invalid { what: key.to_string(), why })?;
         Ok::<_, BackupError>((stored, size, sha))
     }
     .await;
-    match res {
-        Ok((stored, size, sha)) => {
-            std::fs::rename(&part, out).map_err(|e| BackupError::Io(format!("{}: {e}", out.display())))?;
+    match (res, part, out) {
+        (Ok((stored, size, sha)), part, out) => {
+            if let (Some(part), Some(out)) = (part, out) {
+                std::fs::rename(&part, out).map_err(|e| BackupError::Io(format!("{}: {e}", out.display())))?;
+            }
             Ok(Fetched { key: key.to_string(), revision: parsed.map(|p| p.1), stored, size, sha })
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
+        (Err(e), part, _) => {
+            if let Some(p) = part {
+                let _ = std::fs::remove_file(p);
+            }
             Err(e)
         }
     }
@@ -189,7 +222,7 @@ pub async fn list_cmd(a: ListArgs) -> Result<(), BackupError> {
 pub async fn fetch_cmd(a: FetchArgs) -> Result<(), BackupError> {
     let dest = Destination::parse(&a.source.from)?;
     let key = resolve(&dest, &a.source.cluster, a.key.as_deref()).await?;
-    let f = fetch(&dest, &key, &a.out).await?;
+    let f = fetch(&dest, &key, Some(&a.out)).await?;
     println!(
         "{}",
         json!({ "task": "fetch", "key": f.key, "revision": f.revision, "storedSize": f.stored, "size": f.size,
@@ -198,23 +231,56 @@ pub async fn fetch_cmd(a: FetchArgs) -> Result<(), BackupError> {
     Ok(())
 }
 
+pub async fn verify_cmd(a: VerifyArgs) -> Result<(), BackupError> {
+    let dest = Destination::parse(&a.source.from)?;
+    let key = resolve(&dest, &a.source.cluster, a.key.as_deref()).await?;
+    let f = fetch(&dest, &key, None).await?;
+    let result = json!({ "task": "verify", "result": "valid", "key": f.key, "revision": f.revision,
+                         "storedSize": f.stored, "size": f.size, "sha256": hex(&f.sha),
+                         "time": crate::maintenance::rfc3339(std::time::SystemTime::now()) });
+    emit(&result, &a.termination_log);
+    Ok(())
+}
+
 pub async fn restore_cmd(a: RestoreArgs) -> Result<(), BackupError> {
     let dir = a.member.data_dir();
-    let occupied = std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-    if occupied && a.skip_if_exists {
-        let result = json!({ "task": "restore", "result": "skipped", "dataDir": dir.display().to_string(),
-                             "why": "the data dir already holds data" });
+    // A data dir is taken once it has `member/` (a mount point, empty or
+    // with lost+found, is not).
+    let occupied = dir.join("member").exists();
+    let skip = if a.initial_cluster_state == "existing" {
+        Some("the member joins an existing cluster")
+    } else if occupied && a.skip_if_exists {
+        Some("the data dir already holds data")
+    } else {
+        None
+    };
+    if let Some(why) = skip {
+        let result =
+            json!({ "task": "restore", "result": "skipped", "dataDir": dir.display().to_string(), "why": why });
         emit(&result, &a.termination_log);
         return Ok(());
     }
     let dest = Destination::parse(&a.source.from)?;
     let key = resolve(&dest, &a.source.cluster, a.key.as_deref()).await?;
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| BackupError::Io(format!("{}: {e}", parent.display())))?;
-    let snap = parent.join(format!(".{}.backup.snap", dir.file_name().and_then(|n| n.to_str()).unwrap_or("member")));
-    let f = fetch(&dest, &key, &snap).await?;
+    // The download goes inside the data dir: in a pod that is the member's
+    // volume, the one place sure to be writable and large enough.
+    let fresh = !dir.exists();
+    std::fs::create_dir_all(&dir).map_err(|e| BackupError::Io(format!("{}: {e}", dir.display())))?;
+    let snap = dir.join(".backup.snap");
+    let f = match fetch(&dest, &key, Some(&snap)).await {
+        Ok(f) => f,
+        Err(e) => {
+            if fresh {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(e);
+        }
+    };
     let restored = restore_member(&snap, &a.member, false);
     let _ = std::fs::remove_file(&snap);
+    if restored.is_err() && fresh {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let st = restored.map_err(|why| BackupError::Invalid { what: key.clone(), why })?;
     let result = json!({
         "task": "restore", "result": "restored", "key": key, "dataDir": dir.display().to_string(),

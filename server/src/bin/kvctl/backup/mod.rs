@@ -9,7 +9,8 @@
 //! - `list` shows a cluster's backups, newest first;
 //! - `fetch` downloads one (the newest by default), decompresses it and
 //!   checks its SHA-256, into a snapshot file for `kvctl snapshot restore`
-//!   or `etcdutl`;
+//!   or `etcdutl`; `verify` does the same without keeping it (what
+//!   kvd-operator checks before it creates a cluster from a backup);
 //! - `restore` is fetch and `kvctl snapshot restore` in one step, for a
 //!   member's init container: a new member's data dir from a backup.
 
@@ -31,6 +32,8 @@ pub enum BackupCmd {
     List(fetch::ListArgs),
     /// Downloads a backup into a snapshot file, checking its SHA-256.
     Fetch(fetch::FetchArgs),
+    /// Checks a backup (decompresses it and checks its SHA-256) without keeping it.
+    Verify(fetch::VerifyArgs),
     /// Creates a new member's data dir from a backup (fetch, then snapshot restore).
     Restore(fetch::RestoreArgs),
 }
@@ -67,6 +70,7 @@ pub async fn run(cmd: BackupCmd) -> Result<(), BackupError> {
         BackupCmd::Save(a) => save::run(a).await,
         BackupCmd::List(a) => fetch::list_cmd(a).await,
         BackupCmd::Fetch(a) => fetch::fetch_cmd(a).await,
+        BackupCmd::Verify(a) => fetch::verify_cmd(a).await,
         BackupCmd::Restore(a) => fetch::restore_cmd(a).await,
     }
 }
