@@ -19,9 +19,12 @@ SCENARIOS=(
   "quorum_recovered:two of three volumes lost; with quorumLossRecovery the survivor restarts alone and the others rejoin"
   "nospace_remediated:a full quota raises NOSPACE; the operator compacts, defragments and disarms"
   "maintenance_cronjobs:the compaction and defrag CronJobs run and record lastCompaction and lastDefrag"
+  "scheduled_backups:backups to a real S3 server on schedule and on demand; retention prunes them"
   "rolling_upgrade:a new image tag rolls through the members with no failed write"
   "tls_cluster:a KvCluster with client and peer TLS serves only clients with a certificate"
   "cluster_deleted:deleting a KvCluster removes its objects; claims follow whenDeleted"
+  "etcd_import:an etcd 3.6 snapshot becomes a KvCluster; kube-apiserver moved onto it serves its objects with their resourceVersions"
+  "restore_from_backup:a new KvCluster from the deleted one's last backup has its keys and revisions; a damaged backup creates nothing"
   "storage_log_clean:the API server logged no storage errors"
 )
 

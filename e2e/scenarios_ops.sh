@@ -340,3 +340,259 @@ YAML
   eventually 120 kvc_gone secure
   eventually 120 no_claims_left secure
 }
+
+# An S3 server (s3s-fs from scripts/install-deps, checking SigV4) on the pod
+# bridge, serving $E2E_WORK/s3 (bucket kvd-backups), and the Secret of its
+# credentials in $OP_NS. Started once; it runs until the e2e ends.
+S3_PORT=9000
+S3_ROOT=
+s3_up() {
+  S3_ROOT=$E2E_WORK/s3
+  mkdir -p "$S3_ROOT/kvd-backups"
+  if ! [ -s "$E2E_WORK/s3.pid" ]; then
+    "$root/.tools/bin/s3s-fs" --host 10.244.0.1 --port $S3_PORT --access-key e2e-access --secret-key e2e-secret \
+      "$S3_ROOT" >"$E2E_WORK/logs/s3s-fs.log" 2>&1 &
+    echo $! >"$E2E_WORK/s3.pid"
+  fi
+  kubectl -n "$OP_NS" create secret generic s3-creds --dry-run=client -o yaml \
+    --from-literal=AWS_ACCESS_KEY_ID=e2e-access --from-literal=AWS_SECRET_ACCESS_KEY=e2e-secret \
+    --from-literal=AWS_REGION=us-east-1 --from-literal=AWS_ENDPOINT_URL=http://10.244.0.1:$S3_PORT \
+    --from-literal=AWS_ALLOW_HTTP=true | kubectl apply -f -
+}
+s3_down() {
+  [ -s "$E2E_WORK/s3.pid" ] && kill "$(cat "$E2E_WORK/s3.pid")" 2>/dev/null || true
+}
+# backups_stored: the backup objects of KvCluster demo, oldest first.
+backups_stored() { find "$E2E_WORK/s3/kvd-backups/e2e/$OP_NS/demo" -name '*.snap*' -printf '%f\n' 2>/dev/null | sort; }
+backup_count_is() { [ "$(backups_stored | wc -l)" -eq "$1" ]; }
+backup_requested_done() {
+  [ "$(kvc_field '{.status.backupRequest}')" = "$1" ] && recorded lastBackup "$2" &&
+    [ "$(kvc_field '{.status.lastBackup.key}')" != "$3" ]
+}
+
+# Backups every minute to the S3 server, keeping 2: the first scheduled one
+# lands in the bucket and in status.lastBackup (with a BackupSucceeded
+# Event); two on-demand ones (kvd.io/backup-now) follow, and the oldest is
+# pruned. A backup read back from the bucket is checked with kvctl. A
+# wrong secret key fails the Job: status.lastBackupFailure, a BackupFailed
+# Event, and nothing more in the bucket.
+scheduled_backups() {
+  local t0 key first
+  s3_up
+  t0=$(date +%s)
+  kv_all put /e2e/backup/marker before >/dev/null
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"backup":{"schedule":"* * * * *",
+    "store":{"url":"s3://kvd-backups/e2e","credentialsSecret":"s3-creds"},"keepLast":2}}}'
+  eventually 60 cronjob_exists demo-backup
+  eventually 180 recorded lastBackup "$t0"
+  first=$(kvc_field '{.status.lastBackup.key}')
+  kvc_field '{.status.lastBackup}'
+  echo
+  [ "$(kvc_field '{.status.lastBackup.revision}')" -gt 0 ] || fail "lastBackup has no revision"
+  has_event BackupSucceeded || fail "no BackupSucceeded event"
+  backups_stored | grep -q . || fail "nothing in the bucket"
+  # Scheduling stops; two on demand, one after the other.
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"backup":{"schedule":"0 0 1 1 *"}}}'
+  for token in one two; do
+    kv_all put /e2e/backup/marker "$token" >/dev/null
+    key=$(kvc_field '{.status.lastBackup.key}')
+    t0=$(date +%s)
+    kubectl -n "$OP_NS" annotate kvc demo --overwrite "kvd.io/backup-now=$token"
+    eventually 120 backup_requested_done "$token" "$t0" "$key"
+  done
+  backups_stored
+  eventually 30 backup_count_is 2
+  ! backups_stored | grep -qF "$(basename "$first")" || fail "the oldest backup was not pruned"
+  # The newest, read back from the bucket with kvctl: intact, of the revision recorded.
+  local out
+  out=$(AWS_ACCESS_KEY_ID=e2e-access AWS_SECRET_ACCESS_KEY=e2e-secret AWS_ENDPOINT_URL=http://10.244.0.1:$S3_PORT \
+    AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 "$bindir/kvctl" backup verify --from s3://kvd-backups/e2e --cluster "$OP_NS/demo")
+  echo "$out"
+  [ "$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])')" = "$(kvc_field '{.status.lastBackup.revision}')" ] ||
+    fail "the newest backup in the bucket is not status.lastBackup"
+  # A wrong key: the Job fails, the failure is reported, nothing is stored.
+  kubectl -n "$OP_NS" create secret generic s3-wrong --from-literal=AWS_ACCESS_KEY_ID=e2e-access \
+    --from-literal=AWS_SECRET_ACCESS_KEY=wrong --from-literal=AWS_REGION=us-east-1 \
+    --from-literal=AWS_ENDPOINT_URL=http://10.244.0.1:$S3_PORT --from-literal=AWS_ALLOW_HTTP=true
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"backup":{"store":{"credentialsSecret":"s3-wrong"}}}}'
+  kubectl -n "$OP_NS" annotate kvc demo --overwrite kvd.io/backup-now=wrong
+  eventually 180 has_failure_with SignatureDoesNotMatch
+  has_event BackupFailed || fail "no BackupFailed event"
+  backup_count_is 2 || fail "a failed backup left an object: $(backups_stored)"
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"backup":null}}'
+  eventually 60 cronjob_gone demo-backup
+  # What the restore scenario checks after the cluster is gone.
+  kv_all get /e2e/ --prefix -w json >"$E2E_WORK/backed-up.json"
+}
+has_failure_with() { [[ "$(kvc_field '{.status.lastBackupFailure.message}')" == *"$1"* ]]; }
+
+restored_available() {
+  [ "$(kubectl -n "$OP_NS" get kvc restored -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ] &&
+    [ "$(kubectl -n "$OP_NS" get kvc restored -o jsonpath='{.status.readyReplicas}')" = 3 ]
+}
+kvc_degraded_reason() { kubectl -n "$OP_NS" get kvc "$1" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}'; }
+bad_restore_refused() { [ "$(kvc_degraded_reason badrestore)" = BackupInvalid ]; }
+# restored_kv ARGS: etcdctl to KvCluster restored's members.
+restored_kv() {
+  local eps
+  eps=$(awk -v re="^restored-[0-9]+\\.restored-peer\\.$OP_NS\\.svc$" '$3 ~ re {printf "%shttp://%s:2379", sep, $1; sep=","}' \
+    "$E2E_WORK/node/hosts")
+  ectl --endpoints "$eps" --command-timeout 5s "$@"
+}
+# kvs FILE: key, create and mod revision, version and value of every key in an etcdctl JSON answer.
+kvs_of() {
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
+for kv in d.get("kvs", []): print(kv["key"], kv["create_revision"], kv["mod_revision"], kv["version"], kv["value"])' "$1"
+}
+
+# KvCluster demo is gone; a new KvCluster starts from its last backup (a
+# Job checks it first; every member restores it): its keys come back with
+# their create and mod revisions and versions, and the revision goes on
+# from the backup's. A KvCluster naming a damaged backup gets Degraded
+# BackupInvalid and no StatefulSet.
+restore_from_backup() {
+  s3_up
+  kubectl -n "$OP_NS" apply -f - <<'YAML'
+apiVersion: kvd.io/v1alpha1
+kind: KvCluster
+metadata: {name: restored}
+spec:
+  replicas: 3
+  storage: {size: 1Gi, whenDeleted: Delete}
+  bootstrap:
+    fromBackup:
+      store: {url: "s3://kvd-backups/e2e", credentialsSecret: s3-creds}
+      cluster: kvd-e2e/demo
+YAML
+  eventually 300 restored_available
+  kubectl -n "$OP_NS" get kvc restored -o jsonpath='{.status.restoredFrom}'
+  echo
+  local rev
+  rev=$(kubectl -n "$OP_NS" get kvc restored -o jsonpath='{.status.restoredFrom.revision}')
+  restored_kv get /e2e/ --prefix -w json >"$E2E_WORK/restored.json"
+  diff <(kvs_of "$E2E_WORK/backed-up.json") <(kvs_of "$E2E_WORK/restored.json") ||
+    fail "the restored cluster's keys differ from those backed up"
+  [ "$(restored_kv get /e2e/backup/marker --print-value-only)" = two ] || fail "marker not restored"
+  local next
+  next=$(restored_kv put /e2e/after-restore 1 -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
+  [ "$next" -eq $((rev + 1)) ] || fail "the first write after the restore has revision $next, not $((rev + 1))"
+  [ "$(restored_kv member list | grep -c ', started, ')" -eq 3 ] || fail "$(restored_kv member list)"
+
+  # A damaged backup: one byte flipped in the newest object.
+  local obj
+  obj=$(find "$E2E_WORK/s3/kvd-backups/e2e/$OP_NS/demo" -name '*.snap*' | sort | tail -1)
+  mkdir -p "$E2E_WORK/s3/kvd-backups/bad/$OP_NS/demo"
+  python3 -c 'import sys; b=bytearray(open(sys.argv[1],"rb").read()); b[len(b)//2]^=1; open(sys.argv[2],"wb").write(b)' \
+    "$obj" "$E2E_WORK/s3/kvd-backups/bad/$OP_NS/demo/$(basename "$obj")"
+  kubectl -n "$OP_NS" apply -f - <<'YAML'
+apiVersion: kvd.io/v1alpha1
+kind: KvCluster
+metadata: {name: badrestore}
+spec:
+  replicas: 1
+  bootstrap:
+    fromBackup:
+      store: {url: "s3://kvd-backups/bad", credentialsSecret: s3-creds}
+      cluster: kvd-e2e/demo
+YAML
+  eventually 180 bad_restore_refused
+  kubectl -n "$OP_NS" get kvc badrestore -o jsonpath='{.status.conditions[?(@.type=="Degraded")].message}'
+  echo
+  ! kubectl -n "$OP_NS" get sts badrestore >/dev/null 2>&1 || fail "a StatefulSet was created from a damaged backup"
+  kubectl -n "$OP_NS" delete kvc badrestore restored
+  eventually 120 kvc_gone restored
+  eventually 120 owned_gone restored
+}
+
+# A second kube-apiserver on 127.0.0.241:6444 (its certificate names that
+# address), with the control plane's keys, over the --etcd-servers given.
+MIG_API=https://127.0.0.241:6444
+mig_kubectl() { "$bin/kubectl" --server "$MIG_API" "$@"; }
+mig_apiserver_up() {
+  "$bin/kube-apiserver" --etcd-servers "$1" \
+    --bind-address 127.0.0.241 --advertise-address 127.0.0.241 --secure-port 6444 \
+    --tls-cert-file "$E2E_WORK/apiserver.crt" --tls-private-key-file "$E2E_WORK/apiserver.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$E2E_WORK/sa.pub" --service-account-signing-key-file "$E2E_WORK/sa.key" \
+    --token-auth-file "$E2E_WORK/tokens.csv" --authorization-mode RBAC \
+    --service-cluster-ip-range 10.96.0.0/16 >"$E2E_WORK/logs/kube-apiserver-$2.log" 2>&1 &
+  echo $! >"$E2E_WORK/mig-apiserver.pid"
+  eventually 120 mig_kubectl get --raw /readyz
+}
+mig_apiserver_down() {
+  local pid
+  pid=$(cat "$E2E_WORK/mig-apiserver.pid")
+  kill "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+}
+rv_of() { mig_kubectl -n moved get configmap "$1" -o jsonpath='{.metadata.resourceVersion}'; }
+imported_available() {
+  [ "$(kubectl -n "$OP_NS" get kvc imported -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ] &&
+    [ "$(kubectl -n "$OP_NS" get kvc imported -o jsonpath='{.status.readyReplicas}')" = 3 ]
+}
+imported_endpoints() {
+  awk -v re="^imported-[0-9]+\\.imported-peer\\.$OP_NS\\.svc$" '$3 ~ re {printf "%shttp://%s:2379", sep, $1; sep=","}' \
+    "$E2E_WORK/node/hosts"
+}
+
+# kube-apiserver runs on etcd 3.6 (from the pinned module) and stores
+# ConfigMaps; the etcd snapshot goes into the bucket, and a KvCluster
+# starts from it (spec.bootstrap.fromBackup with its key). The API server,
+# restarted on the KvCluster's members, serves the same objects with the
+# same resourceVersions, a list at a resourceVersion from before the move
+# gives that older state, and new writes get later resourceVersions.
+etcd_import() {
+  s3_up
+  local etcd_url=http://127.0.0.242:2379
+  "$root/.tools/bin/etcd" --name mig --data-dir "$E2E_WORK/etcd36" \
+    --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
+    --listen-peer-urls http://127.0.0.242:2380 --initial-advertise-peer-urls http://127.0.0.242:2380 \
+    --initial-cluster mig=http://127.0.0.242:2380 >"$E2E_WORK/logs/etcd36.log" 2>&1 &
+  local etcd_pid=$!
+  eventually 30 ectl --endpoints "$etcd_url" endpoint health
+  mig_apiserver_up "$etcd_url" etcd
+  mig_kubectl create namespace moved
+  mig_kubectl -n moved create configmap a --from-literal=v=1
+  local rv_a1 rv_a2 rv_b
+  rv_a1=$(rv_of a)
+  mig_kubectl -n moved create configmap b --from-literal=v=1
+  mig_kubectl -n moved patch configmap a --type merge -p '{"data":{"v":"2"}}'
+  rv_a2=$(rv_of a)
+  rv_b=$(rv_of b)
+  echo "on etcd: a at $rv_a1 then $rv_a2, b at $rv_b"
+  mig_apiserver_down
+  ectl --endpoints "$etcd_url" snapshot save "$E2E_WORK/etcd36.db"
+  kill "$etcd_pid"
+  mkdir -p "$S3_ROOT/kvd-backups/import/$OP_NS/imported"
+  cp "$E2E_WORK/etcd36.db" "$S3_ROOT/kvd-backups/import/$OP_NS/imported/etcd36.db"
+
+  kubectl -n "$OP_NS" apply -f - <<'YAML'
+apiVersion: kvd.io/v1alpha1
+kind: KvCluster
+metadata: {name: imported}
+spec:
+  replicas: 3
+  storage: {size: 1Gi, whenDeleted: Delete}
+  bootstrap:
+    fromBackup:
+      store: {url: "s3://kvd-backups/import", credentialsSecret: s3-creds}
+      key: etcd36.db
+YAML
+  eventually 300 imported_available
+  kubectl -n "$OP_NS" get kvc imported -o jsonpath='{.status.restoredFrom}'
+  echo
+  mig_apiserver_up "$(imported_endpoints)" kvd
+  [ "$(rv_of a)" = "$rv_a2" ] || fail "configmap a: resourceVersion $(rv_of a), was $rv_a2 on etcd"
+  [ "$(rv_of b)" = "$rv_b" ] || fail "configmap b: resourceVersion $(rv_of b), was $rv_b on etcd"
+  [ "$(mig_kubectl -n moved get configmap a -o jsonpath='{.data.v}')" = 2 ] || fail "configmap a lost its data"
+  # The state at a resourceVersion from before the move: only a, at v=1.
+  local old
+  old=$(mig_kubectl get --raw "/api/v1/namespaces/moved/configmaps?resourceVersion=$rv_a1&resourceVersionMatch=Exact")
+  echo "$old" | python3 -c 'import json,sys; d=json.load(sys.stdin); names=[(i["metadata"]["name"], i["data"]["v"]) for i in d["items"] if i["metadata"]["name"] in "ab"]; print(names); assert names == [("a","1")], names' ||
+    fail "the list at resourceVersion $rv_a1 is not the old state"
+  mig_kubectl -n moved create configmap c --from-literal=v=1
+  [ "$(rv_of c)" -gt "$rv_b" ] || fail "a new object's resourceVersion $(rv_of c) is not after $rv_b"
+  mig_apiserver_down
+  kubectl -n "$OP_NS" delete kvc imported
+  eventually 120 kvc_gone imported
+}

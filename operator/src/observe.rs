@@ -184,6 +184,8 @@ pub struct Observation {
     pub restored_from: Option<crate::crd::BackupRecord>,
     /// When the backup CronJob was created (backups expected since).
     pub backup_since: Option<jiff::Timestamp>,
+    /// The newest successful backup's key (`status.lastBackup`).
+    pub last_backup_key: Option<String>,
 }
 
 /// Reads the Kubernetes objects and asks the members; never fails because a
@@ -307,6 +309,7 @@ pub fn build(
         backup_request: status.backup_request.clone(),
         restored_from: status.restored_from.clone(),
         backup_since: None,
+        last_backup_key: status.last_backup.as_ref().map(|b| b.key.clone()),
     }
 }
 

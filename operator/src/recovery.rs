@@ -122,12 +122,20 @@ pub fn token(obs: &Observation) -> String {
     format!("{uid}-{}", obs.now.as_second())
 }
 
+/// How to start over from a backup when no member can be recovered.
+fn restore_hint(obs: &Observation) -> String {
+    match &obs.last_backup_key {
+        Some(k) => format!("create a KvCluster with spec.bootstrap.fromBackup naming the last backup, key {k}"),
+        None => "restore from a snapshot (no backup recorded: spec.backup schedules them)".to_string(),
+    }
+}
+
 /// The step when quorum is lost and no recovery is under way: Degraded, or
 /// with recovery on and the loss old enough, force the best survivor.
 pub fn on_quorum_loss(obs: &Observation, detail: &str) -> Action {
     let d = &obs.desired;
     if !d.quorum_loss_recovery {
-        return lost(format!("{detail}; quorumLossRecovery is off: bring members back or restore from a snapshot"));
+        return lost(format!("{detail}; quorumLossRecovery is off: bring members back, or {}", restore_hint(obs)));
     }
     let members = obs.members.as_deref().unwrap_or_default();
     let voters: Vec<&MemberObs> = members.iter().filter(|m| !m.is_learner).collect();
@@ -151,7 +159,7 @@ pub fn on_quorum_loss(obs: &Observation, detail: &str) -> Action {
         .filter_map(|m| Some((m, m.health.as_ref()?.raft_index)))
         .max_by_key(|(m, index)| (*index, std::cmp::Reverse(m.ordinal)));
     let Some((m, index, ordinal)) = best.and_then(|(m, index)| Some((m, index, m.ordinal?))) else {
-        return lost(format!("{detail}; no voter answers Status: no member to recover from"));
+        return lost(format!("{detail}; no voter answers Status: no member to recover from; {}", restore_hint(obs)));
     };
     // A member that was ahead earlier in this loss may only be slow to
     // answer now, unless the volume that held its log has been replaced.

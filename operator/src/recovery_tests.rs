@@ -90,6 +90,11 @@ fn off_it_only_reports() {
     let (reason, message) = degraded(&plan(&obs));
     assert_eq!(reason, "QuorumLost");
     assert!(message.contains("quorumLossRecovery is off"), "{message}");
+    assert!(message.contains("spec.backup schedules them"), "no backup yet: {message}");
+    // With a backup recorded, the message names it.
+    obs.last_backup_key = Some("kvd/ns/demo/20260101T000000Z-r9.snap.zst".into());
+    let (_, message) = degraded(&plan(&obs));
+    assert!(message.contains("fromBackup") && message.contains("r9.snap.zst"), "{message}");
 }
 
 #[test]

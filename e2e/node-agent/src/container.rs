@@ -80,6 +80,11 @@ impl ContainerRun {
         self.child.is_some()
     }
 
+    /// Whether it ran to completion with exit code 0 (an init container's end).
+    pub fn succeeded(&self) -> bool {
+        self.child.is_none() && matches!(&self.state, State::Terminated(t) if t.exit_code == 0)
+    }
+
     /// Whether it has finished for good (terminated, no restart coming).
     pub fn finished(&self) -> bool {
         self.child.is_none() && matches!(self.state, State::Terminated(_))

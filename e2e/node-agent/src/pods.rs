@@ -38,6 +38,8 @@ struct PodRun {
     pod: Pod,
     slot: u8,
     dir: PathBuf,
+    /// Init containers: run one at a time, each to success, before the containers.
+    init: Vec<ContainerRun>,
     containers: Vec<ContainerRun>,
     start_time: Timestamp,
     ready_to_run: bool,
@@ -136,17 +138,20 @@ impl Supervisor {
             if let Err(e) = std::fs::create_dir_all(&dir) {
                 warn!(error = %e, "creating the pod directory");
             }
-            let containers = pod
-                .spec
-                .iter()
-                .flat_map(|s| s.containers.iter())
-                .map(|c| ContainerRun::new(c.clone(), dir.join(format!("{}.termination-log", c.name))))
-                .collect();
+            let runs = |cs: &[k8s_openapi::api::core::v1::Container]| -> Vec<ContainerRun> {
+                cs.iter()
+                    .map(|c| ContainerRun::new(c.clone(), dir.join(format!("{}.termination-log", c.name))))
+                    .collect()
+            };
+            let spec = pod.spec.clone().unwrap_or_default();
+            let (init, containers) =
+                (runs(spec.init_containers.as_deref().unwrap_or_default()), runs(&spec.containers));
             info!(pod = key(pod), ip = %self.cfg.net.addr(slot), "admitted");
             let run = PodRun {
                 pod: pod.clone(),
                 slot,
                 dir,
+                init,
                 containers,
                 start_time: Timestamp::now(),
                 ready_to_run: false,
@@ -182,7 +187,7 @@ impl Supervisor {
             let Some(mut run) = self.runs.remove(&uid) else { continue };
             if !live.contains(&uid) {
                 info!(pod = key(&run.pod), "gone from the API: killing");
-                run.containers.iter_mut().for_each(ContainerRun::kill_now);
+                run.init.iter_mut().chain(run.containers.iter_mut()).for_each(ContainerRun::kill_now);
                 if run.net_up {
                     self.cfg.net.remove(run.slot);
                 }
@@ -191,13 +196,16 @@ impl Supervisor {
             if run.pod.metadata.deletion_timestamp.is_some() && run.deleting.is_none() {
                 let g = grace(&run.pod);
                 info!(pod = key(&run.pod), grace = g.as_secs(), "stopping");
-                run.containers.iter_mut().for_each(|c| c.stop(g));
+                run.init.iter_mut().chain(run.containers.iter_mut()).for_each(|c| c.stop(g));
                 run.deleting = Some(Instant::now());
             }
             if !run.ready_to_run && run.deleting.is_none() {
                 match setup::launches(&self.cfg, &self.client, &run.pod, run.slot, &run.dir).await {
                     Ok(launches) => {
-                        for (c, l) in run.containers.iter_mut().zip(launches) {
+                        for (c, l) in run.init.iter_mut().zip(launches.init) {
+                            c.set_launch(l);
+                        }
+                        for (c, l) in run.containers.iter_mut().zip(launches.main) {
                             c.set_launch(l);
                         }
                         run.ready_to_run = true;
@@ -207,7 +215,7 @@ impl Supervisor {
                             Error::Spec { reason, message } => (reason, message),
                             other => ("ContainerCreating", other.to_string()),
                         };
-                        for c in &mut run.containers {
+                        for c in run.init.iter_mut().chain(run.containers.iter_mut()) {
                             c.set_launch(Err(Error::Spec { reason, message: message.clone() }));
                         }
                     }
@@ -215,10 +223,17 @@ impl Supervisor {
             }
             let ip = self.cfg.net.addr(run.slot).to_string();
             let pol = policy(&run.pod);
-            for c in &mut run.containers {
-                c.tick(&ip, &pol).await;
+            // Init containers first, one at a time, each restarted until it
+            // succeeds (kubelet does so unless the pod's policy is Never;
+            // no pod here has both Never and init containers).
+            if let Some(c) = run.init.iter_mut().find(|c| !c.succeeded()) {
+                c.tick(&ip, "OnFailure").await;
+            } else {
+                for c in &mut run.containers {
+                    c.tick(&ip, &pol).await;
+                }
             }
-            let all_stopped = run.containers.iter().all(|c| !c.alive());
+            let all_stopped = run.init.iter().chain(&run.containers).all(|c| !c.alive());
             if run.deleting.is_some() && all_stopped {
                 if run.net_up {
                     self.cfg.net.remove(run.slot);

@@ -35,15 +35,22 @@ fn env_sources(c: &Container) -> Vec<(String, bool)> {
     out
 }
 
-/// The volumes of `pod` (made now), then one launch (or the reason it
-/// cannot start) per container, in spec order.
-pub async fn launches(cfg: &Config, client: &Client, pod: &Pod, slot: u8, dir: &Path) -> Result<Vec<Result<Launch>>> {
+/// One launch (or the reason it cannot start) per container, in spec
+/// order: the init containers', then the containers'.
+pub struct Launches {
+    pub init: Vec<Result<Launch>>,
+    pub main: Vec<Result<Launch>>,
+}
+
+/// The volumes of `pod` (made now), then the launches of its containers.
+pub async fn launches(cfg: &Config, client: &Client, pod: &Pod, slot: u8, dir: &Path) -> Result<Launches> {
     let ip = cfg.net.addr(slot).to_string();
     let vols = volumes::prepare(client, pod, dir, &ip).await?;
     let ns = pod.namespace().unwrap_or_default();
     let mut src = Sources::default();
+    let init: Vec<Container> = pod.spec.iter().flat_map(|s| s.init_containers.clone().unwrap_or_default()).collect();
     let containers: Vec<Container> = pod.spec.iter().flat_map(|s| s.containers.clone()).collect();
-    for c in &containers {
+    for c in init.iter().chain(&containers) {
         for (name, secret) in env_sources(c) {
             if let Some(d) = volumes::string_data(client, &ns, &name, secret).await? {
                 if secret {
@@ -54,7 +61,8 @@ pub async fn launches(cfg: &Config, client: &Client, pod: &Pod, slot: u8, dir: &
             }
         }
     }
-    Ok(containers.iter().map(|c| launch(cfg, pod, c, slot, &vols, &src, dir)).collect())
+    let all = |cs: &[Container]| cs.iter().map(|c| launch(cfg, pod, c, slot, &vols, &src, dir)).collect();
+    Ok(Launches { init: all(&init), main: all(&containers) })
 }
 
 fn launch(
