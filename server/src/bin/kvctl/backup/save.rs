@@ -187,7 +187,13 @@ async fn upload(
             return Err(invalid(why));
         }
     };
-    let last = enc.finish().map_err(|e| BackupError::Io(e.to_string()))?;
+    let last = match enc.finish() {
+        Ok(last) => last,
+        Err(e) => {
+            let _ = w.abort().await;
+            return Err(BackupError::Io(e.to_string()));
+        }
+    };
     stored += last.len() as u64;
     w.write(&last);
     w.finish().await?;
