@@ -11,6 +11,7 @@
 SCENARIOS=(
   "kubernetes_on_kvd:Kubernetes stores itself in kvd"
   "operator_installs_cluster:helm installs the operator; a 3-member KvCluster becomes Available and serves etcdctl"
+  "quiet_reconciles:reconciles stay at a few a minute for an idle cluster and one under writes"
   "member_process_killed:a killed member process is restarted and rejoins"
   "cluster_scales:the cluster scales 3 -> 5 -> 3; scaled-in claims are retained"
   "released_volumes_deleted:deleting the retained claims deletes their volumes and directories"

@@ -596,3 +596,36 @@ YAML
   kubectl -n "$OP_NS" delete kvc imported
   eventually 120 kvc_gone imported
 }
+
+# The operator's reconcile count, read through the API server's pod proxy.
+reconciles() {
+  local pod
+  pod=$(kubectl -n kvd-system get pods -l app.kubernetes.io/name=kvd-operator -o jsonpath='{.items[0].metadata.name}')
+  kubectl get --raw "/api/v1/namespaces/kvd-system/pods/$pod:8080/proxy/metrics" |
+    awk '$1 == "kvd_operator_reconcile_runs_total" {print $2}'
+}
+# reconciles_in SECONDS: reconciles during the next SECONDS.
+reconciles_in() {
+  local before after
+  before=$(reconciles)
+  sleep "$1"
+  after=$(reconciles)
+  echo $((after - before))
+}
+
+# A settled cluster is reconciled about once a minute (the periodic
+# requeue), not after each of its own status writes: idle, and under a
+# put every 0.2 s (each put moves the members' revisions, which the status
+# used to carry, so every status write triggered the next reconcile).
+quiet_reconciles() {
+  local idle busy
+  eventually 60 kvc_available_with 3
+  sleep 10
+  idle=$(reconciles_in 60)
+  writer_start quiet
+  busy=$(reconciles_in 60)
+  writer_stop quiet
+  echo "reconciles in 60 s: $idle idle, $busy under writes"
+  [ "$idle" -le 4 ] || fail "$idle reconciles in a minute of an idle cluster"
+  [ "$busy" -le 4 ] || fail "$busy reconciles in a minute of a cluster under writes"
+}

@@ -1,7 +1,8 @@
 //! The controller: `Context` (client, event recorder, diagnostics, metrics,
 //! etcd client), `reconcile` wrapped in kube's `finalizer()`, `error_policy`,
-//! status written by server-side apply, and `run`, which watches KvClusters,
-//! the objects they own and the Jobs of their maintenance CronJobs.
+//! status written by server-side apply, and `run`, which watches KvClusters
+//! (not their status: `intent`), the objects they own and the Jobs of their
+//! maintenance CronJobs. Errors back off per KvCluster, 5 s doubling to 5 min.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{PredicateConfig, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
@@ -48,6 +49,8 @@ pub struct Context {
     pub defragged: Arc<std::sync::Mutex<BTreeMap<String, BTreeMap<u64, i64>>>>,
     /// Per TLS cluster: the client TLS its channels were made with.
     pub tls_clients: Arc<std::sync::Mutex<BTreeMap<String, (ClientTls, EtcdClient)>>>,
+    /// Per cluster: reconciles failed in a row (the error backoff).
+    pub failures: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
 }
 
 /// What `/` of the HTTP server reports.
@@ -96,6 +99,7 @@ impl State {
             etcd: EtcdClient::new("", etcd_timeout),
             defragged: Default::default(),
             tls_clients: Default::default(),
+            failures: Default::default(),
         })
     }
 }
@@ -121,6 +125,15 @@ impl Context {
         let c = self.etcd.for_cluster(name).with_tls(tls.clone());
         cache.insert(key.to_string(), (tls, c.clone()));
         c
+    }
+
+    /// Counts a failed reconcile of `kc`; returns how many in a row.
+    fn failed(&self, kc: &KvCluster) -> u32 {
+        let key = format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any());
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key).or_default();
+        *n = n.saturating_add(1);
+        *n
     }
 
     fn remember_defrag(&self, key: &str, id: u64, size: i64) {
@@ -180,6 +193,7 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let patch = json!({ "apiVersion": "kvd.io/v1alpha1", "kind": "KvCluster", "status": st });
     let api: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     Ok(Requeue::requeue(requeue_after(&action)))
 }
 
@@ -208,6 +222,7 @@ async fn cleanup(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let key = format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any());
     ctx.defragged.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     ctx.tls_clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     ctx.metrics.forget(&kc);
     let ev = kube::runtime::events::Event {
         type_: kube::runtime::events::EventType::Normal,
@@ -222,11 +237,29 @@ async fn cleanup(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     Ok(Requeue::await_change())
 }
 
-/// Logs, counts and requeues.
+/// What of a KvCluster asks for a reconcile: its generation (the spec),
+/// annotations (`kvd.io/backup-now`), labels, finalizers and deletion; a
+/// change of status alone does not.
+pub fn intent(kc: &KvCluster) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let m = &kc.metadata;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (m.generation, &m.annotations, &m.labels, &m.finalizers, m.deletion_timestamp.is_some()).hash(&mut h);
+    Some(h.finish())
+}
+
+/// The wait after the `n`th failure in a row of one KvCluster: 5 s,
+/// doubling, at most 5 minutes.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << n.saturating_sub(1).min(6)).min(300))
+}
+
+/// Logs, counts and requeues after a per-object exponential backoff.
 fn error_policy(kc: Arc<KvCluster>, error: &Error, ctx: Arc<Context>) -> Requeue {
-    warn!(kvcluster = %kc.name_any(), error = %error, "reconcile failed");
+    let n = ctx.failed(&kc);
+    warn!(kvcluster = %kc.name_any(), error = %error, failures = n, "reconcile failed");
     ctx.metrics.reconcile_failure(&kc, error);
-    Requeue::requeue(Duration::from_secs(30))
+    Requeue::requeue(backoff(n))
 }
 
 /// Runs the controller until a shutdown signal.
@@ -234,7 +267,15 @@ pub async fn run(state: State, client: Client, etcd_timeout: Duration) -> Result
     let kcs = Api::<KvCluster>::all(client.clone());
     kcs.list(&ListParams::default().limit(1)).await?;
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new(kcs, watcher::Config::default().any_semantic())
+    // KvCluster events that change what the operator is asked to do: not
+    // its own status writes (the periodic requeue observes the members).
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(kcs, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(intent, PredicateConfig::default());
+    Controller::for_stream(trigger, reader)
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())

@@ -395,3 +395,34 @@ async fn a_long_quorum_loss_forces_the_survivor_when_asked() {
     assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
     finish(done).await;
 }
+
+/// Status writes do not trigger a reconcile; spec, annotations, finalizers
+/// and deletion do.
+#[test]
+fn only_intent_changes_trigger() {
+    let kc = finalized(kvcluster("demo", 3));
+    let base = super::intent(&kc);
+    let mut st = kc.clone();
+    st.status = Some(crate::crd::KvClusterStatus { phase: Some("Running".into()), ..Default::default() });
+    assert_eq!(super::intent(&st), base, "status alone");
+    let mut spec = kc.clone();
+    spec.metadata.generation = Some(2);
+    assert_ne!(super::intent(&spec), base, "a new generation");
+    let mut ann = kc.clone();
+    ann.metadata.annotations = Some([("kvd.io/backup-now".to_string(), "t".to_string())].into());
+    assert_ne!(super::intent(&ann), base, "an annotation");
+    let mut del = kc.clone();
+    del.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+    assert_ne!(super::intent(&del), base, "deletion");
+}
+
+#[test]
+fn errors_back_off_per_cluster_and_carry_their_kind() {
+    let secs: Vec<u64> = (1..=8).map(|n| super::backoff(n).as_secs()).collect();
+    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300]);
+    let inner = crate::Error::Unreachable("x".into());
+    let wrapped = crate::Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(inner)));
+    assert_eq!(wrapped.metric_label(), "unreachable", "the error inside the finalizer wrapper");
+    let bare = crate::Error::Finalizer(Box::new(kube::runtime::finalizer::Error::UnnamedObject));
+    assert_eq!(bare.metric_label(), "finalizer");
+}

@@ -130,6 +130,7 @@ impl Context {
             etcd: crate::etcd::EtcdClient::new("", Duration::from_millis(200)),
             defragged: Default::default(),
             tls_clients: Default::default(),
+            failures: Default::default(),
         };
         (Arc::new(ctx), ApiServerVerifier(handle))
     }

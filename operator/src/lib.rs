@@ -54,7 +54,13 @@ impl Error {
     pub fn metric_label(&self) -> String {
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
+            // The error inside the finalizer wrapper that reconcile returns.
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    return e.metric_label();
+                }
+                _ => "finalizer",
+            },
             Error::Etcd { .. } => "etcd",
             Error::Unreachable(_) => "unreachable",
             Error::Serialization(_) => "serialization",
