@@ -18,6 +18,12 @@ use promql_parser::parser::{self, Expr, VectorSelector};
 /// Prefix of every operator metric (operator/src/metrics.rs registry prefix).
 pub const OPERATOR_PREFIX: &str = "kvd_operator_";
 
+/// Series Prometheus makes itself for every target (no exporter has them).
+pub const SCRAPE_SERIES: &[&str] = &["up"];
+/// Labels Prometheus (and the Prometheus Operator's monitors) attach to
+/// every scraped series: a matcher on them says nothing of the exporter.
+pub const TARGET_LABELS: &[&str] = &["job", "instance", "namespace", "pod", "app_kubernetes_io_instance"];
+
 /// The folder holding the dashboards (the repository's `dashboards/`).
 pub fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards")
@@ -224,7 +230,8 @@ pub fn missing_label_values(
 ) -> Vec<String> {
     let mut out: Vec<String> = matches
         .iter()
-        .filter(|(m, _)| matches!(m.op, "=" | "!="))
+        .filter(|(m, _)| matches!(m.op, "=" | "!=") && !TARGET_LABELS.contains(&m.label.as_str()))
+        .filter(|(m, _)| !SCRAPE_SERIES.contains(&m.metric.as_str()))
         .filter(|(m, _)| !labels.contains(&(m.metric.clone(), m.label.clone(), m.value.clone())))
         .map(|(m, at)| format!("{}{{{}{}\"{}\"}} (used by {at})", m.metric, m.label, m.op, m.value))
         .collect();
@@ -406,7 +413,7 @@ pub fn names_used(queries: &[Query], wanted: impl Fn(&str) -> bool) -> BTreeMap<
     for q in queries {
         match metric_names(&q.expr) {
             Ok(names) => {
-                for n in names.into_iter().filter(|n| wanted(n)) {
+                for n in names.into_iter().filter(|n| wanted(n) && !SCRAPE_SERIES.contains(&n.as_str())) {
                     used.entry(n).or_default().push(q.source.clone());
                 }
             }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -54,7 +54,9 @@ pub struct KvClusterSpec {
     /// Persistent storage of each member.
     #[serde(default)]
     pub storage: StorageSpec,
-    /// Container resources of each member.
+    /// Container resources of each member (default: requests of 250m CPU
+    /// and 512Mi memory, no limits: a memory limit kills a database under
+    /// load instead of slowing it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Backend quota in bytes (`--quota-backend-bytes`; 0 or unset = 2 GiB).
@@ -332,6 +334,28 @@ pub struct PodTemplateOverrides {
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// Secrets for pulling the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// The members' ServiceAccount (default: the namespace's `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Spreading members when `affinity` is not given: `Preferred` (the
+    /// default) asks the scheduler for one member per node and an even
+    /// spread over zones; `Required` refuses two members on one node (the
+    /// zone spread stays a preference: nodes without a zone label would
+    /// otherwise take no member); `None` leaves scheduling alone.
+    #[serde(default)]
+    pub anti_affinity: AntiAffinity,
+}
+
+/// How members are spread over nodes and zones.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AntiAffinity {
+    #[default]
+    Preferred,
+    Required,
+    None,
 }
 
 /// TLS secrets, each with `tls.crt`, `tls.key` and `ca.crt` (the shape

@@ -12,10 +12,10 @@ use crate::naming;
 /// The monitor object and its API resource, if the spec asks for one.
 pub fn monitor(kc: &KvCluster) -> Option<(ApiResource, DynamicObject)> {
     let name = kc.name_any();
-    let (kind, endpoints_key, port) = match kc.spec.metrics.monitor {
+    let (kind, endpoints_key, port, target_labels) = match kc.spec.metrics.monitor {
         MonitorKind::None => return None,
-        MonitorKind::PodMonitor => ("PodMonitor", "podMetricsEndpoints", "metrics"),
-        MonitorKind::ServiceMonitor => ("ServiceMonitor", "endpoints", "metrics"),
+        MonitorKind::PodMonitor => ("PodMonitor", "podMetricsEndpoints", "metrics", "podTargetLabels"),
+        MonitorKind::ServiceMonitor => ("ServiceMonitor", "endpoints", "metrics", "targetLabels"),
     };
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind));
     let mut obj = DynamicObject::new(&name, &ar);
@@ -25,9 +25,13 @@ pub fn monitor(kc: &KvCluster) -> Option<(ApiResource, DynamicObject)> {
         // Pods carry no such label; Services do, and only the client one should be scraped.
         labels.insert(super::SERVICE_ROLE.into(), "client".into());
     }
+    // Every member's series carry job="kvd" (the alerts select it) and the
+    // cluster's name as `app_kubernetes_io_instance` (they count members per cluster).
     obj.data = json!({
         "spec": {
             "selector": { "matchLabels": labels },
+            "jobLabel": "app.kubernetes.io/name",
+            target_labels: ["app.kubernetes.io/instance"],
             endpoints_key: [ { "port": port, "path": "/metrics" } ],
         }
     });
@@ -47,9 +51,12 @@ mod tests {
         let (ar, obj) = monitor(&kc).expect("monitor");
         assert_eq!(ar.kind, "PodMonitor");
         assert_eq!(obj.data["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+        assert_eq!(obj.data["spec"]["jobLabel"], "app.kubernetes.io/name");
+        assert_eq!(obj.data["spec"]["podTargetLabels"][0], "app.kubernetes.io/instance");
         kc.spec.metrics.monitor = MonitorKind::ServiceMonitor;
         let (_, obj) = monitor(&kc).expect("monitor");
         assert_eq!(obj.data["spec"]["selector"]["matchLabels"]["kvd.io/service"], "client");
         assert_eq!(obj.data["spec"]["endpoints"][0]["port"], "metrics");
+        assert_eq!(obj.data["spec"]["targetLabels"][0], "app.kubernetes.io/instance");
     }
 }

@@ -1,8 +1,10 @@
 //! The StatefulSet of members: Parallel pod management (all initial members
 //! must start together to form a quorum), OnDelete updates (the operator
 //! restarts pods one at a time, leader last), claim templates with the spec's
-//! retention, probes on `/readyz` and `/livez`, etcd-style flags, and the
-//! image's non-root user with `fsGroup` on the data volume.
+//! retention, probes on `/readyz` and `/livez` (and a startup probe of 10
+//! minutes), etcd-style flags, the image's non-root user with `fsGroup` on
+//! the data volume, default resource requests, and members spread over
+//! nodes and zones.
 
 use std::collections::BTreeMap;
 
@@ -10,10 +12,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Affinity, Capabilities, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{FORCE_MEMBER, INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, TEMPLATE_HASH, meta, template_hash};
-use crate::crd::{KvCluster, Retention};
+use crate::crd::{AntiAffinity, KvCluster, Retention};
 use crate::naming::{self, CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, MEMBER_UID, METRICS_PORT, PEER_PORT, PEER_TLS_DIR};
 
 /// kvd's environment variable for `--force-new-cluster-member`.
@@ -179,7 +182,11 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
         ]),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/livez", 15)),
-        resources: kc.spec.resources.clone(),
+        // A member replaying a long WAL or installing a large snapshot at
+        // start is given 10 minutes before liveness may restart it.
+        // Probed every 2 s, so a member that starts at once is ready at once.
+        startup_probe: Some(Probe { failure_threshold: Some(300), period_seconds: Some(2), ..probe("/livez", 0) }),
+        resources: Some(kc.spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(container_security()),
         volume_mounts: Some(
             [VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() }]
@@ -204,7 +211,11 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
         spec: Some(PodSpec {
             init_containers: init,
             containers: vec![container],
-            affinity: o.affinity.clone(),
+            affinity: o.affinity.clone().or_else(|| anti_affinity(&name, o.anti_affinity)),
+            topology_spread_constraints: (o.affinity.is_none() && o.anti_affinity != AntiAffinity::None)
+                .then(|| vec![zone_spread(&name)]),
+            image_pull_secrets: (!o.image_pull_secrets.is_empty()).then(|| o.image_pull_secrets.clone()),
+            service_account_name: o.service_account_name.clone(),
             tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
             node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
             priority_class_name: o.priority_class_name.clone(),
@@ -212,6 +223,58 @@ pub fn pod_template(kc: &KvCluster) -> PodTemplateSpec {
             volumes: (!volumes.is_empty()).then_some(volumes),
             ..PodSpec::default()
         }),
+    }
+}
+
+/// Requests when the spec gives no resources: what a small member needs
+/// (an idle kvd holds about 30 MB; under load a few hundred).
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [("cpu".to_string(), Quantity("250m".into())), ("memory".to_string(), Quantity("512Mi".into()))].into(),
+        ),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// One member per node: preferred, or required.
+fn anti_affinity(cluster: &str, how: AntiAffinity) -> Option<Affinity> {
+    let term = PodAffinityTerm {
+        label_selector: Some(LabelSelector {
+            match_labels: Some(naming::selector_labels(cluster)),
+            ..LabelSelector::default()
+        }),
+        topology_key: "kubernetes.io/hostname".into(),
+        ..PodAffinityTerm::default()
+    };
+    let anti = match how {
+        AntiAffinity::None => return None,
+        AntiAffinity::Preferred => PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: term,
+            }]),
+            ..PodAntiAffinity::default()
+        },
+        AntiAffinity::Required => PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![term]),
+            ..PodAntiAffinity::default()
+        },
+    };
+    Some(Affinity { pod_anti_affinity: Some(anti), ..Affinity::default() })
+}
+
+/// An even spread over zones, as a preference.
+fn zone_spread(cluster: &str) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "topology.kubernetes.io/zone".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(naming::selector_labels(cluster)),
+            ..LabelSelector::default()
+        }),
+        ..TopologySpreadConstraint::default()
     }
 }
 
@@ -265,6 +328,7 @@ pub fn statefulset(kc: &KvCluster, replicas: u32) -> StatefulSet {
 mod tests {
     use super::*;
     use crate::fixtures::kvcluster;
+    use k8s_openapi::api::core::v1::LocalObjectReference;
 
     #[test]
     fn statefulset_shape() {
@@ -353,5 +417,43 @@ mod tests {
             "{args}"
         );
         assert_ne!(template_hash(&kc), template_hash(&kvcluster("demo", 3)), "TLS changes restart the members");
+    }
+
+    #[test]
+    fn production_pod_defaults() {
+        let mut kc = kvcluster("demo", 3);
+        let pod = |kc: &KvCluster| pod_template(kc).spec.expect("pod");
+        let p = pod(&kc);
+        let c = &p.containers[0];
+        let requests = c.resources.as_ref().and_then(|r| r.requests.clone()).expect("requests");
+        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("250m", "512Mi"));
+        assert!(c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_none(), "no limits by default");
+        let startup = c.startup_probe.as_ref().expect("startup probe");
+        assert_eq!(startup.failure_threshold.unwrap_or(0) * startup.period_seconds.unwrap_or(0), 600);
+        // Preferred by default: one member per node, zones evened out.
+        let anti = p.affinity.as_ref().and_then(|a| a.pod_anti_affinity.clone()).expect("anti-affinity");
+        let term = &anti.preferred_during_scheduling_ignored_during_execution.expect("preferred")[0];
+        assert_eq!(term.pod_affinity_term.topology_key, "kubernetes.io/hostname");
+        let spread = &p.topology_spread_constraints.expect("spread")[0];
+        assert_eq!(
+            (spread.topology_key.as_str(), spread.when_unsatisfiable.as_str()),
+            ("topology.kubernetes.io/zone", "ScheduleAnyway")
+        );
+        kc.spec.pod_template.anti_affinity = crate::crd::AntiAffinity::Required;
+        let anti = pod(&kc).affinity.and_then(|a| a.pod_anti_affinity).expect("anti-affinity");
+        assert!(anti.required_during_scheduling_ignored_during_execution.is_some());
+        kc.spec.pod_template.anti_affinity = crate::crd::AntiAffinity::None;
+        let p = pod(&kc);
+        assert!(p.affinity.is_none() && p.topology_spread_constraints.is_none());
+        // The user's affinity wins; pull secrets and the service account pass through.
+        kc.spec.pod_template.anti_affinity = crate::crd::AntiAffinity::Required;
+        kc.spec.pod_template.affinity = Some(Affinity::default());
+        kc.spec.pod_template.image_pull_secrets = vec![LocalObjectReference { name: "regcred".into() }];
+        kc.spec.pod_template.service_account_name = Some("kvd".into());
+        let p = pod(&kc);
+        assert_eq!(p.affinity, Some(Affinity::default()));
+        assert!(p.topology_spread_constraints.is_none());
+        assert_eq!(p.image_pull_secrets.expect("secrets")[0].name, "regcred");
+        assert_eq!(p.service_account_name.as_deref(), Some("kvd"));
     }
 }
