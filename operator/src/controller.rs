@@ -189,6 +189,7 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let st = status::build(&kc, &obs, &action, &outcome);
     let prev = kc.status.clone().unwrap_or_default();
     ctx.metrics.backups(&kc, &prev, &st, &obs);
+    ctx.metrics.cluster(&kc, &st, &action);
     backup_events(&ctx.recorder, &kc, &prev, &st).await;
     let patch = json!({ "apiVersion": "kvd.io/v1alpha1", "kind": "KvCluster", "status": st });
     let api: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &ns);

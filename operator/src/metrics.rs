@@ -42,6 +42,17 @@ pub struct ClusterLabels {
 
 type Seconds = Family<ClusterLabels, Gauge<f64, AtomicU64>>;
 
+/// Labels of a cluster's state-set series (`phase` or `action`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterStateLabels {
+    pub namespace: String,
+    pub cluster: String,
+    pub state: String,
+}
+
+/// The phases `kubectl get kvc` shows.
+pub const PHASES: [&str; 7] = ["Creating", "Running", "Scaling", "Upgrading", "Degraded", "Recovering", "Remediating"];
+
 /// All operator metrics, registered in one registry.
 pub struct Metrics {
     pub registry: Arc<Registry>,
@@ -53,6 +64,15 @@ pub struct Metrics {
     pub backup_period: Seconds,
     pub backup_configured: Seconds,
     pub backup_failures: Family<ClusterLabels, Counter>,
+    /// 1 for the cluster's phase, 0 for the others.
+    pub cluster_phase: Family<ClusterStateLabels, Gauge>,
+    pub cluster_members: Family<ClusterLabels, Gauge>,
+    pub cluster_members_ready: Family<ClusterLabels, Gauge>,
+    /// 1 while the cluster has a leader and a quorum (condition Available).
+    pub cluster_quorum: Family<ClusterLabels, Gauge>,
+    /// 1 for the kind of the last step planned (one series per cluster).
+    pub cluster_last_action: Family<ClusterStateLabels, Gauge>,
+    last_actions: std::sync::Mutex<std::collections::HashMap<ClusterLabels, String>>,
 }
 
 impl Default for Metrics {
@@ -88,6 +108,23 @@ impl Default for Metrics {
             backup_configured.clone(),
         );
         registry.register("backup_failures", "backup Jobs that failed", backup_failures.clone());
+        let cluster_phase = Family::<ClusterStateLabels, Gauge>::default();
+        let (cluster_members, cluster_members_ready, cluster_quorum) =
+            (Family::<ClusterLabels, Gauge>::default(), Family::default(), Family::default());
+        let cluster_last_action = Family::<ClusterStateLabels, Gauge>::default();
+        registry.register(
+            "cluster_phase",
+            "1 for the KvCluster's phase (label state), 0 for the others",
+            cluster_phase.clone(),
+        );
+        registry.register("cluster_members", "voting members the cluster reports", cluster_members.clone());
+        registry.register("cluster_members_ready", "member pods that are ready", cluster_members_ready.clone());
+        registry.register("cluster_quorum", "1 while the cluster has a leader and a quorum", cluster_quorum.clone());
+        registry.register(
+            "cluster_last_action",
+            "1 for the kind of the last step planned (label state)",
+            cluster_last_action.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             reconciles,
@@ -98,6 +135,12 @@ impl Default for Metrics {
             backup_period,
             backup_configured,
             backup_failures,
+            cluster_phase,
+            cluster_members,
+            cluster_members_ready,
+            cluster_quorum,
+            cluster_last_action,
+            last_actions: Default::default(),
         }
     }
 }
@@ -123,10 +166,7 @@ impl Metrics {
     /// The backup gauges of `kc` from its new status: set while backups
     /// are scheduled, removed otherwise; a failure newer than `prev`'s counted.
     pub fn backups(&self, kc: &KvCluster, prev: &KvClusterStatus, st: &KvClusterStatus, obs: &Observation) {
-        let labels = ClusterLabels {
-            namespace: kube::ResourceExt::namespace(kc).unwrap_or_default(),
-            cluster: kube::ResourceExt::name_any(kc),
-        };
+        let labels = cluster_labels(kc);
         if st.last_backup_failure.is_some() && st.last_backup_failure != prev.last_backup_failure {
             self.backup_failures.get_or_create(&labels).inc();
         }
@@ -143,16 +183,52 @@ impl Metrics {
         self.backup_last_success.get_or_create(&labels).set(st.last_backup.as_ref().map_or(0.0, |b| secs(b.time.0)));
     }
 
+    /// The cluster gauges of `kc` from its new status and the step planned.
+    pub fn cluster(&self, kc: &KvCluster, st: &KvClusterStatus, action: &Action) {
+        let labels = cluster_labels(kc);
+        let state = |s: &str| ClusterStateLabels {
+            namespace: labels.namespace.clone(),
+            cluster: labels.cluster.clone(),
+            state: s.to_string(),
+        };
+        let phase = st.phase.as_deref().unwrap_or_default();
+        for p in PHASES {
+            self.cluster_phase.get_or_create(&state(p)).set(i64::from(p == phase));
+        }
+        self.cluster_members.get_or_create(&labels).set(i64::from(st.replicas));
+        self.cluster_members_ready.get_or_create(&labels).set(i64::from(st.ready_replicas));
+        let quorum = st.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
+        self.cluster_quorum.get_or_create(&labels).set(i64::from(quorum));
+        let kind = action_kind(action).to_string();
+        let mut last = self.last_actions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = last.insert(labels.clone(), kind.clone()).filter(|o| *o != kind) {
+            self.cluster_last_action.remove(&state(&old));
+        }
+        self.cluster_last_action.get_or_create(&state(&kind)).set(1);
+    }
+
     /// Forgets a deleted cluster's gauges.
     pub fn forget(&self, kc: &KvCluster) {
-        let labels = ClusterLabels {
-            namespace: kube::ResourceExt::namespace(kc).unwrap_or_default(),
-            cluster: kube::ResourceExt::name_any(kc),
-        };
+        let labels = cluster_labels(kc);
         for f in [&self.backup_last_success, &self.backup_period, &self.backup_configured] {
             f.remove(&labels);
         }
         self.backup_failures.remove(&labels);
+        for f in [&self.cluster_members, &self.cluster_members_ready, &self.cluster_quorum] {
+            f.remove(&labels);
+        }
+        let state = |s: &str| ClusterStateLabels {
+            namespace: labels.namespace.clone(),
+            cluster: labels.cluster.clone(),
+            state: s.to_string(),
+        };
+        for p in PHASES {
+            self.cluster_phase.remove(&state(p));
+        }
+        let old = self.last_actions.lock().unwrap_or_else(|e| e.into_inner()).remove(&labels);
+        if let Some(old) = old {
+            self.cluster_last_action.remove(&state(&old));
+        }
     }
 
     /// Text exposition format.
@@ -160,6 +236,13 @@ impl Metrics {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry)?;
         Ok(s)
+    }
+}
+
+fn cluster_labels(kc: &KvCluster) -> ClusterLabels {
+    ClusterLabels {
+        namespace: kube::ResourceExt::namespace(kc).unwrap_or_default(),
+        cluster: kube::ResourceExt::name_any(kc),
     }
 }
 
@@ -219,5 +302,37 @@ mod tests {
         assert!(text.contains("kvd_operator_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains(r#"kvd_operator_reconcile_actions_total{action="idle"} 1"#), "{text}");
         assert!(text.contains(r#"error="unreachable""#), "{text}");
+    }
+
+    #[test]
+    fn cluster_gauges_follow_the_status_and_go_with_the_cluster() {
+        let m = Metrics::default();
+        let kc = crate::fixtures::kvcluster("demo", 3);
+        let mut st =
+            KvClusterStatus { phase: Some("Scaling".into()), replicas: 3, ready_replicas: 2, ..Default::default() };
+        st.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Available".into(),
+            status: "True".into(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+            message: String::new(),
+            observed_generation: None,
+            reason: "QuorumHealthy".into(),
+        });
+        m.cluster(&kc, &st, &Action::AddLearner { ordinal: 3 });
+        m.cluster(&kc, &st, &Action::PromoteLearner { id: 1, ordinal: 3 });
+        let text = m.encode().expect("encode");
+        let l = r#"namespace="ns",cluster="demo""#;
+        for want in [
+            format!("kvd_operator_cluster_phase{{{l},state=\"Scaling\"}} 1"),
+            format!("kvd_operator_cluster_phase{{{l},state=\"Running\"}} 0"),
+            format!("kvd_operator_cluster_members_ready{{{l}}} 2"),
+            format!("kvd_operator_cluster_quorum{{{l}}} 1"),
+            format!("kvd_operator_cluster_last_action{{{l},state=\"promote_learner\"}} 1"),
+        ] {
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
+        assert!(!text.contains("add_learner"), "one last action per cluster: {text}");
+        m.forget(&kc);
+        assert!(!m.encode().expect("encode").contains("cluster=\"demo\""), "forgotten");
     }
 }

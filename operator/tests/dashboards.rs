@@ -36,6 +36,7 @@ fn every_operator_metric_in_dashboards_and_alerts_is_exported() {
         g.get_or_create(&cluster).set(1.0);
     }
     m.backup_failures.get_or_create(&cluster).inc();
+    m.cluster_quorum.get_or_create(&cluster).set(1);
     let text = m.encode().expect("encode");
     let missing = check::missing(&used, &check::scraped_names(&text));
     assert!(
