@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::{INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, Task, cronjob, fnv, meta};
+use super::{Task, cronjob, fnv, meta};
 use crate::crd::{BackupStore, KvCluster};
 use crate::naming::{self, DATA_DIR, PEER_PORT};
 
@@ -173,7 +173,6 @@ pub fn restore_init_container(kc: &KvCluster, env: &[EnvVar]) -> Option<(Contain
         .filter(|e| ["POD_NAME", "INITIAL_CLUSTER", "INITIAL_CLUSTER_STATE"].contains(&e.name.as_str()))
         .cloned()
         .collect();
-    debug_assert!(env.len() == 3, "{INITIAL_CLUSTER} {INITIAL_CLUSTER_STATE}");
     let container = Container {
         name: "restore".into(),
         image: Some(kc.spec.image()),
