@@ -8,8 +8,8 @@
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretEnvSource,
-    Volume, VolumeMount,
+    Container, EnvFromSource, EnvVar, PersistentVolumeClaimVolumeSource, PodTemplateSpec, SecretEnvSource, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -71,24 +71,7 @@ pub fn backup_name(kc: &KvCluster) -> String {
 fn kvctl_job(kc: &KvCluster, name: String, component: &str, args: Vec<String>, io: StoreIo) -> Job {
     let cluster = kc.name_any();
     let labels = naming::maintenance_labels(&cluster, component);
-    let over = &kc.spec.pod_template;
-    let pod = PodSpec {
-        restart_policy: Some("Never".into()),
-        containers: vec![Container {
-            name: "kvctl".into(),
-            image: Some(kc.spec.image()),
-            command: Some(vec!["kvctl".into()]),
-            args: Some(args),
-            termination_message_policy: Some("FallbackToLogsOnError".into()),
-            env_from: (!io.env_from.is_empty()).then_some(io.env_from),
-            volume_mounts: (!io.mounts.is_empty()).then_some(io.mounts),
-            ..Container::default()
-        }],
-        volumes: (!io.volumes.is_empty()).then_some(io.volumes),
-        tolerations: (!over.tolerations.is_empty()).then(|| over.tolerations.clone()),
-        node_selector: (!over.node_selector.is_empty()).then(|| over.node_selector.clone()),
-        ..PodSpec::default()
-    };
+    let pod = super::cronjob::kvctl_pod(kc, args, io);
     let mut m = meta(kc, name);
     m.labels = Some(labels.clone());
     Job {
@@ -197,6 +180,7 @@ mod tests {
     use super::*;
     use crate::crd::{BackupSpec, BootstrapSpec, FromBackup, PvcStore};
     use crate::fixtures::kvcluster;
+    use k8s_openapi::api::core::v1::PodSpec;
 
     fn s3() -> BackupStore {
         BackupStore { url: Some("s3://bkt/kvd".into()), credentials_secret: Some("s3-creds".into()), pvc: None }

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
+use super::backup::StoreIo;
 use super::meta;
 use crate::crd::KvCluster;
 use crate::naming;
@@ -99,26 +100,13 @@ fn kvctl_args(kc: &KvCluster, task: Task) -> Option<(String, Vec<String>)> {
     Some((schedule, args))
 }
 
-/// The CronJob for `task`, or None when the spec has no schedule for it.
-pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
-    let (schedule, args) = kvctl_args(kc, task)?;
-    let cluster = kc.name_any();
-    let labels = naming::maintenance_labels(&cluster, task.as_str());
+/// The pod of a kvctl Job: kvctl from the cluster's image with `args`, the
+/// volumes, mounts and environment of `io`, never restarted (the Job
+/// retries), its termination message the result line (or the log's end on
+/// an error), on the members' tolerations and node selector.
+pub(super) fn kvctl_pod(kc: &KvCluster, args: Vec<String>, io: StoreIo) -> PodSpec {
     let over = &kc.spec.pod_template;
-    // With client TLS the Job presents the client secret's certificate.
-    let tls = kc.spec.client_tls().map(|s| super::statefulset::secret_volume("client-tls", s, naming::CLIENT_TLS_DIR));
-    let store = match (task, &kc.spec.backup) {
-        (Task::Backup, Some(b)) => Some(super::backup::store_io(&b.store)),
-        _ => None,
-    };
-    let (mut volumes, mut mounts): (Vec<_>, Vec<_>) = tls.into_iter().unzip();
-    let mut env_from = Vec::new();
-    if let Some(io) = store {
-        volumes.extend(io.volumes);
-        mounts.extend(io.mounts);
-        env_from = io.env_from;
-    }
-    let pod = PodSpec {
+    PodSpec {
         restart_policy: Some("Never".into()),
         containers: vec![Container {
             name: "kvctl".into(),
@@ -126,15 +114,33 @@ pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
             command: Some(vec!["kvctl".into()]),
             args: Some(args),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
-            volume_mounts: (!mounts.is_empty()).then_some(mounts),
-            env_from: (!env_from.is_empty()).then_some(env_from),
+            volume_mounts: (!io.mounts.is_empty()).then_some(io.mounts),
+            env_from: (!io.env_from.is_empty()).then_some(io.env_from),
             ..Container::default()
         }],
-        volumes: (!volumes.is_empty()).then_some(volumes),
+        volumes: (!io.volumes.is_empty()).then_some(io.volumes),
         tolerations: (!over.tolerations.is_empty()).then(|| over.tolerations.clone()),
         node_selector: (!over.node_selector.is_empty()).then(|| over.node_selector.clone()),
         ..PodSpec::default()
-    };
+    }
+}
+
+/// The CronJob for `task`, or None when the spec has no schedule for it.
+pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
+    let (schedule, args) = kvctl_args(kc, task)?;
+    let cluster = kc.name_any();
+    let labels = naming::maintenance_labels(&cluster, task.as_str());
+    // With client TLS the Job presents the client secret's certificate.
+    let tls = kc.spec.client_tls().map(|s| super::statefulset::secret_volume("client-tls", s, naming::CLIENT_TLS_DIR));
+    let (volumes, mounts): (Vec<_>, Vec<_>) = tls.into_iter().unzip();
+    let mut io = StoreIo { url: String::new(), env_from: Vec::new(), volumes, mounts };
+    if let (Task::Backup, Some(b)) = (task, &kc.spec.backup) {
+        let store = super::backup::store_io(&b.store);
+        io.volumes.extend(store.volumes);
+        io.mounts.extend(store.mounts);
+        io.env_from = store.env_from;
+    }
+    let pod = kvctl_pod(kc, args, io);
     let job_meta = ObjectMeta { labels: Some(labels.clone()), ..ObjectMeta::default() };
     let mut m = meta(kc, naming::cronjob(&cluster, task.as_str()));
     m.labels = Some(labels);
