@@ -74,6 +74,21 @@ struct Source {
     applied: u64,
 }
 
+impl Source {
+    /// Member `id` behind `endpoint`, as its Status `s` describes it.
+    fn new(name: String, id: u64, endpoint: String, s: kvd_api::etcdserverpb::StatusResponse) -> Source {
+        Source {
+            name,
+            id,
+            endpoint,
+            leader: s.leader == id,
+            revision: s.header.map(|h| h.revision).unwrap_or(0),
+            db_size: s.db_size,
+            applied: s.raft_applied_index,
+        }
+    }
+}
+
 /// The member to read: among members that answer Status with a leader and
 /// no errors, a follower at most [`MAX_LAG`] entries behind, the most
 /// advanced first; else the leader. Members are reached on their client
@@ -87,15 +102,7 @@ async fn pick_source(client: &Client, endpoints: &[String]) -> Result<Source, Ba
             continue;
         }
         match client.status(&url).await {
-            Ok(s) if s.leader != 0 && s.errors.is_empty() => found.push(Source {
-                name: m.name,
-                id: m.id,
-                endpoint: url,
-                leader: s.leader == m.id,
-                revision: s.header.map(|h| h.revision).unwrap_or(0),
-                db_size: s.db_size,
-                applied: s.raft_applied_index,
-            }),
+            Ok(s) if s.leader != 0 && s.errors.is_empty() => found.push(Source::new(m.name, m.id, url, s)),
             Ok(s) => problems.push(format!("{} ({:x}): leader {:x}, errors {:?}", m.name, m.id, s.leader, s.errors)),
             Err(e) => problems.push(format!("{} ({:x}): {e}", m.name, m.id)),
         }
@@ -107,15 +114,7 @@ async fn pick_source(client: &Client, endpoints: &[String]) -> Result<Source, Ba
                 && s.errors.is_empty()
             {
                 let id = s.header.as_ref().map(|h| h.member_id).unwrap_or(0);
-                found.push(Source {
-                    name: ep.clone(),
-                    id,
-                    endpoint: ep.clone(),
-                    leader: s.leader == id,
-                    revision: s.header.map(|h| h.revision).unwrap_or(0),
-                    db_size: s.db_size,
-                    applied: s.raft_applied_index,
-                });
+                found.push(Source::new(ep.clone(), id, ep.clone(), s));
             }
         }
     }
