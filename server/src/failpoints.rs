@@ -20,6 +20,11 @@
 //! - `defrag_mid_copy`, `defrag_after_rename`: a defragmentation after the
 //!   copy, and after the new file replaced the old one but before the swap
 //!   (backend/defrag.rs).
+//!
+//! And one fault point, [`fails`], that makes an attempt fail without
+//! crashing:
+//! - `publish_attributes`: a member's publish of its name and client URLs
+//!   (etcdserver/cluster.rs), retried as when no leader answers.
 
 /// The exit status of a process ended by a crash point.
 pub const CRASH_EXIT_CODE: i32 = 97;
@@ -36,6 +41,18 @@ pub fn crash_point(name: &str) {
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+}
+
+/// True if fault point `name` is set to `return` for this evaluation.
+#[inline(always)]
+pub fn fails(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    return fail::eval(name, |_| ()).is_some();
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
 }
 
 /// Reads `FAILPOINTS`; keep the guard for the life of the process.

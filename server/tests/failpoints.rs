@@ -239,3 +239,65 @@ async fn crash_in_a_snapshot_install(point: &str, base: u8) {
     let hashes = common::hashes_at(&endpoints, rev).await;
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members differ at {rev}: {hashes:?}");
 }
+
+/// GET `path` over plain HTTP from the member's client URL; the status code.
+fn http_status(p: &Proc, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = p.endpoint.trim_start_matches("http://");
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return 0 };
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// The name member `id` has in `p`'s member list ("" while unstarted).
+async fn listed_name(p: &Proc, id: u64) -> String {
+    use kvd_api::etcdserverpb::MemberListRequest;
+    use kvd_api::etcdserverpb::cluster_client::ClusterClient;
+    let ch = tonic::transport::Channel::from_shared(p.endpoint.clone()).unwrap().connect_lazy();
+    let list = ClusterClient::new(ch).member_list(MemberListRequest { linearizable: true }).await.unwrap();
+    list.into_inner().members.into_iter().find(|m| m.id == id).map(|m| m.name).unwrap_or_default()
+}
+
+/// A member whose publish of its name and client URLs keeps failing (as
+/// when its proposals find no leader) serves linearizable reads, but is not
+/// ready: clients (and a Service) must not be sent to a member that the
+/// member list still calls unstarted. It becomes ready once it has
+/// published. Found by the e2e, where a TLS cluster was Available with one
+/// member unstarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_is_not_ready_before_it_has_published_its_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    // 40 failed attempts, 100 ms apart: about 4 s unpublished.
+    let members = common::cluster_with_env(dir.path(), 3, 201, &[], |i| {
+        if i == 0 { vec![("FAILPOINTS", "publish_attributes=40*return")] } else { vec![] }
+    });
+    for m in &members {
+        m.ready().await;
+    }
+    let id = members[0].maintenance().await.status(kvd_api::etcdserverpb::StatusRequest {}).await.unwrap();
+    let id = id.into_inner().header.unwrap().member_id;
+    let (mut unpublished, deadline) = (0, Instant::now() + Duration::from_secs(30));
+    loop {
+        // Readiness first, then the list: a publish in between only makes
+        // the member look published while unready, which is allowed.
+        let code = http_status(&members[0], "/readyz");
+        let name = listed_name(&members[1], id).await;
+        if name.is_empty() {
+            unpublished += 1;
+            assert_ne!(code, 200, "m0 is ready while the member list calls it unstarted");
+        } else {
+            assert_eq!(name, "m0");
+            break;
+        }
+        assert!(Instant::now() < deadline, "m0 never published:\n{}", members[0].log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(unpublished > 0, "m0 published before it was first observed; the failpoint did not hold it back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_status(&members[0], "/readyz") != 200 {
+        assert!(Instant::now() < deadline, "m0 published but never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

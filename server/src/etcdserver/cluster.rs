@@ -21,17 +21,34 @@ use crate::raft::Member;
 const PROMOTE_READY_RATIO: f64 = 0.9;
 
 impl EtcdServer {
+    /// This member's name and client URLs, as it publishes them.
+    fn own_attributes(&self) -> Attributes {
+        Attributes { name: self.cfg.name.clone(), client_urls: self.cfg.client_urls.clone() }
+    }
+
+    /// True once this member's name and client URLs, as configured, are
+    /// applied here: etcd serves no client before its publish, and a member
+    /// is not ready (`/readyz`) before it, so that no client is sent to a
+    /// member that the member list still calls "unstarted".
+    pub fn is_published(&self) -> bool {
+        self.applier.member_attributes(self.member_id).is_some_and(|a| a == self.own_attributes())
+    }
+
     /// Publishes this member's name and client URLs through raft, retrying
     /// until it is applied (etcd's publish).
     pub fn publish_attributes(self: &std::sync::Arc<Self>) {
         let s = self.clone();
         tokio::spawn(async move {
-            let attrs = Attributes { name: s.cfg.name.clone(), client_urls: s.cfg.client_urls.clone() };
+            let attrs = s.own_attributes();
             loop {
                 let req =
                     ClusterMemberAttrSetRequest { member_id: s.member_id, member_attributes: Some(attrs.clone()) };
-                match s.propose(InternalRaftRequest { cluster_member_attr_set: Some(req), ..Default::default() }).await
-                {
+                let res = if crate::failpoints::fails("publish_attributes") {
+                    Err(ServerError::Timeout)
+                } else {
+                    s.propose(InternalRaftRequest { cluster_member_attr_set: Some(req), ..Default::default() }).await
+                };
+                match res {
                     Ok(_) => {
                         tracing::info!(name = %attrs.name, client_urls = ?attrs.client_urls, "published member attributes");
                         return;

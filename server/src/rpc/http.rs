@@ -55,10 +55,13 @@ async fn livez() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
-/// Ready: a leader exists and a linearizable read succeeds (alarms do not make a member unready).
+/// Ready: the member has published its attributes (etcd serves no client
+/// before that), a leader exists and a linearizable read succeeds (alarms do
+/// not make a member unready).
 async fn readyz(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
     let probe = RangeRequest { key: b"health".to_vec(), ..Default::default() };
-    let ok = s.has_leader()
+    let ok = s.is_published()
+        && s.has_leader()
         && matches!(
             tokio::time::timeout(Duration::from_secs(2), s.range(probe, &Credentials::internal())).await,
             Ok(Ok(_))

@@ -98,10 +98,24 @@ impl Proc {
     /// A cluster member: client URL on a fresh port of `ip`, peer URL `peer`,
     /// bootstrapping from `initial_cluster`.
     pub fn member(data_dir: &Path, ip: &str, name: &str, peer: &str, initial_cluster: &str, extra: &[&str]) -> Proc {
+        Self::member_with_env(data_dir, ip, name, peer, initial_cluster, extra, &[])
+    }
+
+    /// [`member`](Self::member) with extra environment variables.
+    pub fn member_with_env(
+        data_dir: &Path,
+        ip: &str,
+        name: &str,
+        peer: &str,
+        initial_cluster: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Proc {
         let cp = free_port_on(ip);
         let client = format!("http://{ip}:{cp}");
         let args = member_args(data_dir, name, &client, peer, initial_cluster, extra);
-        Proc::start(kvd_bin(), client, cp, data_dir, args, Vec::new())
+        let envs = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Proc::start(kvd_bin(), client, cp, data_dir, args, envs)
     }
 
     /// A cluster member inside network namespace `ns` (common/netns.rs),
@@ -460,6 +474,17 @@ pub fn cluster(dir: &std::path::Path, n: usize, base: u8) -> Vec<Proc> {
 
 /// [`cluster`] with extra flags for every member.
 pub fn cluster_with(dir: &std::path::Path, n: usize, base: u8, extra: &[&str]) -> Vec<Proc> {
+    cluster_with_env(dir, n, base, extra, |_| Vec::new())
+}
+
+/// [`cluster_with`], member `i` started with the environment `env(i)`.
+pub fn cluster_with_env(
+    dir: &std::path::Path,
+    n: usize,
+    base: u8,
+    extra: &[&str],
+    env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+) -> Vec<Proc> {
     let peers: Vec<(String, String)> = (0..n)
         .map(|i| {
             let ip = format!("127.0.0.{}", base as usize + i);
@@ -470,7 +495,7 @@ pub fn cluster_with(dir: &std::path::Path, n: usize, base: u8, extra: &[&str]) -
     (0..n)
         .map(|i| {
             let ip = format!("127.0.0.{}", base as usize + i);
-            Proc::member(&dir.join(&peers[i].0), &ip, &peers[i].0, &peers[i].1, &ic, extra)
+            Proc::member_with_env(&dir.join(&peers[i].0), &ip, &peers[i].0, &peers[i].1, &ic, extra, &env(i))
         })
         .collect()
 }
