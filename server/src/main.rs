@@ -109,6 +109,9 @@ where
     Ok(())
 }
 
+/// How long a stop waits for client connections to finish their calls.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Debug, Clone, Copy)]
 enum Listener {
     Client,
@@ -154,6 +157,9 @@ async fn run(flags: Flags) -> Result<(), String> {
     let server = EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
     server.run_background();
     let mut tasks = tokio::task::JoinSet::new();
+    // Client connections drain at a stop (rpc/conn/drain.rs); peer traffic
+    // goes on meanwhile, so that the calls being finished can commit.
+    let (clients, peers) = (kvd::rpc::conn::Drain::new(), kvd::rpc::conn::Drain::new());
     for (l, kind, tls) in listeners {
         info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), ?kind, "serving");
         let acceptor = if tls {
@@ -165,11 +171,12 @@ async fn run(flags: Flags) -> Result<(), String> {
         };
         match kind {
             Listener::Client => {
-                tasks.spawn(kvd::rpc::conn::serve(l, acceptor, kvd::rpc::client_service(server.clone())));
+                let svc = kvd::rpc::client_service(server.clone());
+                tasks.spawn(kvd::rpc::conn::serve(l, acceptor, svc, clients.watch()));
             }
             Listener::Metrics => serve(&mut tasks, l, acceptor, kvd::rpc::metrics_router(server.clone()))?,
             Listener::Peer => {
-                tasks.spawn(kvd::rpc::conn::serve(l, acceptor, kvd::rpc::peer_port(server.clone())));
+                tasks.spawn(kvd::rpc::conn::serve(l, acceptor, kvd::rpc::peer_port(server.clone()), peers.watch()));
             }
         }
     }
@@ -181,13 +188,19 @@ async fn run(flags: Flags) -> Result<(), String> {
         }
     };
     tokio::select! {
-        _ = stop => info!("received signal, shutting down"),
+        _ = stop => {
+            info!("received signal, draining client connections");
+            if !clients.drain(DRAIN_WITHIN).await {
+                info!(within = ?DRAIN_WITHIN, "client connections still open (watches) are closed");
+            }
+        }
         r = tasks.join_next() => {
             if let Some(Ok(Err(e))) = r {
                 error!(error = %e, "listener failed");
             }
         }
     }
+    drop(peers);
     server.shutdown().await;
     info!("stopped");
     Ok(())

@@ -3,7 +3,7 @@
 //! connection's task, reads as their own tasks), every other stream as its
 //! own task through the port's service ([`super::bridge`]).
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::task::Poll;
 
 use axum::body::Body;
@@ -14,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::budget::{Budget, CountWrites};
-use super::{Port, bridge, unary};
+use super::{Port, Watch, bridge, unary};
 use crate::tls::TlsAddr;
 
 /// Flow-control windows, frame and header limits, and the send buffer per
@@ -26,8 +26,9 @@ const MAX_HEADER_LIST: u32 = 16 << 10;
 const MAX_SEND_BUFFER: usize = 400 << 10;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-/// Serves `io` (past its preface check) until the client closes it.
-pub async fn serve<T, P: Port>(io: T, svc: P, peer: Option<ConnectInfo<TlsAddr>>)
+/// Serves `io` (past its preface check) until the client closes it, or,
+/// once `drain` begins, until the streams it had accepted are done.
+pub async fn serve<T, P: Port>(io: T, svc: P, peer: Option<ConnectInfo<TlsAddr>>, drain: &Watch)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P::Future: Send,
@@ -58,8 +59,16 @@ where
     // Everything else runs as its own task, so that reads of one connection
     // use every core.
     let mut writes = FuturesUnordered::new();
+    let mut stopping = Box::pin(drain.stopping());
+    let mut going_away = false;
     let accepted = poll_fn(|cx| {
         loop {
+            if !going_away && stopping.as_mut().poll(cx).is_ready() {
+                // GOAWAY: the client sends no new stream here; those it had
+                // begun are served (h2 refuses later ones, which gRPC retries).
+                conn.graceful_shutdown();
+                going_away = true;
+            }
             while let Poll::Ready(Some(())) = writes.poll_next_unpin(cx) {}
             // Polling for the next stream also writes the replies queued above.
             let (req, respond) = match conn.poll_accept(cx) {

@@ -9,11 +9,13 @@
 
 mod bridge;
 mod budget;
+mod drain;
 mod h2;
 mod sniff;
 mod unary;
 
 pub use budget::REQUEST_BYTES;
+pub use drain::{Drain, Watch};
 
 use std::io;
 use std::sync::Arc;
@@ -52,26 +54,38 @@ pub trait Port:
     }
 }
 
-/// Serves a port on `l` (over TLS with `tls`) until the listener fails.
-pub async fn serve<P: Port>(l: TcpListener, tls: Option<Arc<Reloading>>, svc: P) -> io::Result<()>
+/// Serves a port on `l` (over TLS with `tls`) until the listener fails or
+/// `drain` begins; each connection then finishes as [`drain`] describes.
+pub async fn serve<P: Port>(l: TcpListener, tls: Option<Arc<Reloading>>, svc: P, drain: Watch) -> io::Result<()>
 where
     P::Future: Send,
 {
+    let stopping = drain.stopping();
+    tokio::pin!(stopping);
     let Some(tls) = tls else {
         loop {
-            let (tcp, _) = crate::sockets::accept(&l).await;
-            tokio::spawn(connection(tcp, None, svc.clone()));
+            tokio::select! {
+                (tcp, _) = crate::sockets::accept(&l) => {
+                    tokio::spawn(connection(tcp, None, svc.clone(), drain.clone()));
+                }
+                _ = &mut stopping => return Ok(()),
+            }
         }
     };
     let mut l = TlsListener::new(l, tls)?;
     loop {
-        let (io, addr) = l.next().await;
-        tokio::spawn(connection(io, Some(ConnectInfo(addr)), svc.clone()));
+        tokio::select! {
+            (io, addr) = l.next() => {
+                tokio::spawn(connection(io, Some(ConnectInfo(addr)), svc.clone(), drain.clone()));
+            }
+            _ = &mut stopping => return Ok(()),
+        }
     }
 }
 
-/// One accepted connection, until it closes.
-async fn connection<T, P: Port>(mut io: T, peer: Option<ConnectInfo<TlsAddr>>, svc: P)
+/// One accepted connection, until it closes (`drain` holds its place in the
+/// count of open connections).
+async fn connection<T, P: Port>(mut io: T, peer: Option<ConnectInfo<TlsAddr>>, svc: P, drain: Watch)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P::Future: Send,
@@ -82,7 +96,7 @@ where
     };
     let io = Coalesced::new(sniff::Rewind::new(read, io));
     if is_h2 {
-        return h2::serve(io, svc, peer).await;
+        return h2::serve(io, svc, peer, &drain).await;
     }
     let hyper_svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         if let Some(p) = &peer {
@@ -91,7 +105,17 @@ where
         let mut svc = svc.clone();
         async move { svc.call(req.map(axum::body::Body::new)).await }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), hyper_svc).await {
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), hyper_svc);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.stopping() => {
+            // Closes once the request under way (if any) is answered.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, "HTTP/1 connection failed");
     }
 }
