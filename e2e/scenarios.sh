@@ -12,6 +12,7 @@ SCENARIOS=(
   "kubernetes_on_kvd:Kubernetes stores itself in kvd"
   "operator_installs_cluster:helm installs the operator; a 3-member KvCluster becomes Available and serves etcdctl"
   "quiet_reconciles:reconciles stay at a few a minute for an idle cluster and one under writes"
+  "secure_by_default:the cluster runs on the operator's certificates: https only, clients need one; a rotation restarts no member"
   "member_process_killed:a killed member process is restarted and rejoins"
   "cluster_scales:the cluster scales 3 -> 5 -> 3; scaled-in claims are retained"
   "released_volumes_deleted:deleting the retained claims deletes their volumes and directories"
@@ -115,8 +116,48 @@ kvc_available_with() {
     [ "$(kvc_field '{.status.readyReplicas}')" = "$1" ]
 }
 client_ip_known() { [ -n "$(client_ip)" ]; }
-# kv ARGS: etcdctl through the client Service's address.
-kv() { ectl --endpoints "http://$(client_ip):2379" --command-timeout 5s "$@"; }
+
+# tls_files NAME: the users' client certificate of KvCluster NAME (Secret
+# NAME-client-tls, which the operator issues in TLS mode Operator), copied
+# once into $E2E_WORK/tls-NAME; fails for a plain-text cluster. Renewals
+# keep the CA, so the first copy stays valid.
+tls_files() {
+  local d=$E2E_WORK/tls-$1 k
+  [ -s "$d/tls.key" ] && return 0
+  kubectl -n "$OP_NS" get secret "$1-client-tls" >/dev/null 2>&1 || return 1
+  mkdir -p "$d"
+  for k in ca.crt tls.crt tls.key; do
+    kubectl -n "$OP_NS" get secret "$1-client-tls" -o "jsonpath={.data.${k/./\\.}}" | base64 -d >"$d/$k.tmp"
+    mv "$d/$k.tmp" "$d/$k"
+  done
+}
+# tls_flags NAME: etcdctl's flags for that certificate.
+tls_flags() {
+  local d=$E2E_WORK/tls-$1
+  echo "--cacert=$d/ca.crt --cert=$d/tls.crt --key=$d/tls.key"
+}
+# ctl_of NAME ARGS: etcdctl to every member of KvCluster NAME (re-read each
+# time: pod addresses change when a pod is re-created): over mutual TLS by
+# the members' names with its client certificate, or in plain text.
+ctl_of() {
+  local name=$1
+  shift
+  if tls_files "$name"; then
+    # shellcheck disable=SC2046
+    ectl_by_name --endpoints "$(member_urls "$name" https)" $(tls_flags "$name") --command-timeout 5s "$@"
+  else
+    ectl --endpoints "$(member_urls "$name" http)" --command-timeout 5s "$@"
+  fi
+}
+# kv ARGS: etcdctl through the client Service of KvCluster demo.
+kv() {
+  if tls_files demo; then
+    # shellcheck disable=SC2046
+    ectl_by_name --endpoints "https://demo-client.$OP_NS.svc:2379" $(tls_flags demo) --command-timeout 5s "$@"
+  else
+    ectl --endpoints "http://$(client_ip):2379" --command-timeout 5s "$@"
+  fi
+}
 started_members() { [ "$(kv member list | grep -c ', started, ')" -eq "$1" ]; }
 operator_ready() {
   [ "$(kubectl -n kvd-system get deploy kvd-operator -o jsonpath='{.status.readyReplicas}')" = 1 ]

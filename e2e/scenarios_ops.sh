@@ -4,17 +4,21 @@
 # losing its volume, quorum-loss recovery, NOSPACE remediation, the
 # maintenance CronJobs, a rolling image upgrade under load, a TLS cluster,
 # and deletion by policy; plus the write load the scaling scenario uses.
-# Helpers (eventually, fail, kv, kvc_field, ...) come from e2e/scenarios.sh,
-# the hooks (ectl, member_endpoints, ...) from e2e/hooks/.
+# Helpers (eventually, fail, kv, ctl_of, kvc_field, ...) come from
+# e2e/scenarios.sh, the hooks (ectl, member_urls, ...) from e2e/hooks/.
 
-# kv_all ARGS: etcdctl with every member's address (read again each time:
-# pod addresses change when a pod is re-created).
-kv_all() { ectl --endpoints "$(member_endpoints)" --command-timeout 5s "$@"; }
+# kv_all ARGS: etcdctl to every member of KvCluster demo.
+kv_all() { ctl_of demo "$@"; }
 member_id_of() { kv_all member list -w json | python3 -c "import json,sys
 ms=[m for m in json.load(sys.stdin)['members'] if m.get('name')=='$1' and not m.get('isLearner')]
 print('%x' % ms[0]['ID'] if ms else '')"; }
 events_with_reason() { kubectl -n "$OP_NS" get events --field-selector "involvedObject.name=demo,reason=$1" -o name | wc -l; }
 has_event() { [ "$(events_with_reason "$1")" -ge 1 ]; }
+# event_noted REASON TEXT: an Event of demo with REASON says TEXT.
+event_noted() {
+  kubectl -n "$OP_NS" get events --field-selector "involvedObject.name=demo,reason=$1" \
+    -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | grep -qF -- "$2"
+}
 # condition_changed_after TYPE EPOCH: TYPE's lastTransitionTime is later than EPOCH.
 condition_changed_after() {
   local t
@@ -244,7 +248,7 @@ kvc_gone() { ! kubectl -n "$OP_NS" get kvc "$1" >/dev/null 2>&1; }
 # owned_left NAME: objects of cluster NAME still there (the garbage
 # collector removes what the KvCluster owns once it is gone).
 owned_left() {
-  kubectl -n "$OP_NS" get sts,svc,cm,pdb,cronjob,pod -l "app.kubernetes.io/instance=$1" -o name
+  kubectl -n "$OP_NS" get sts,svc,cm,pdb,cronjob,pod,secret -l "app.kubernetes.io/instance=$1" -o name
 }
 owned_gone() { [ -z "$(owned_left "$1")" ]; }
 claims_of() { kubectl -n "$OP_NS" get pvc -o name | grep -cE "/data-$1-[0-9]+$" || true; }
@@ -343,6 +347,61 @@ YAML
   eventually 120 no_claims_left secure
 }
 
+# secret_field SECRET KEY: a key of a Secret, decoded.
+secret_field() { kubectl -n "$OP_NS" get secret "$1" -o "jsonpath={.data.${2/./\\.}}" | base64 -d; }
+member_pod_uids() { kubectl -n "$OP_NS" get pods -l "$MEMBERS" -o jsonpath='{.items[*].metadata.uid}'; }
+rotated_to() {
+  local s
+  for s in server peer client operator; do
+    [ "$(kubectl -n "$OP_NS" get secret "demo-$s-tls" -o 'jsonpath={.metadata.annotations.kvd\.io/rotation}')" = "$1" ] ||
+      return 1
+  done
+}
+
+# KvCluster demo (the chart's defaults) runs on certificates the operator
+# issued: status.tls says mode Operator and when they expire; members
+# advertise https for clients and peers; a client without a certificate,
+# or in plain text, is refused; the operator's certificate is its own.
+# kvd.io/rotate-certificates renews the four certificates (not the CA):
+# Events say so, no member pod is re-created, the cluster stays Available,
+# and the renewed client certificate is accepted.
+secure_by_default() {
+  [ "$(kvc_field '{.status.tls.mode}')" = Operator ] || fail "status.tls: $(kvc_field '{.status.tls}')"
+  [ -n "$(kvc_field '{.status.tls.notAfter}')" ] || fail "no certificate expiry in status.tls"
+  local out
+  out=$(kv member list)
+  echo "$out"
+  [ "$(grep -c "https://demo-[0-9].demo-peer.$OP_NS.svc:2380, https://demo-[0-9].demo-peer.$OP_NS.svc:2379" <<<"$out")" -eq 3 ] ||
+    fail "members do not advertise https URLs"
+  if ectl_by_name --endpoints "https://demo-client.$OP_NS.svc:2379" --cacert "$E2E_WORK/tls-demo/ca.crt" \
+    --command-timeout 3s get /e2e/greeting >/dev/null 2>&1; then
+    fail "a client without a certificate was served"
+  fi
+  if ectl_by_name --endpoints "http://demo-client.$OP_NS.svc:2379" --command-timeout 3s get /e2e/greeting >/dev/null 2>&1; then
+    fail "a plaintext client was served"
+  fi
+  [ "$(secret_field demo-operator-tls tls.crt)" != "$(secret_field demo-client-tls tls.crt)" ] ||
+    fail "the operator presents the users' certificate"
+  secret_field demo-client-tls tls.crt | openssl x509 -noout -subject -enddate
+
+  local uids before_server
+  uids=$(member_pod_uids)
+  before_server=$(secret_field demo-server-tls tls.crt)
+  kubectl -n "$OP_NS" annotate kvc demo kvd.io/rotate-certificates=e2e-1
+  eventually 60 rotated_to e2e-1
+  [ "$(secret_field demo-server-tls tls.crt)" != "$before_server" ] || fail "the serving certificate was not renewed"
+  [ "$(secret_field demo-server-tls ca.crt)" = "$(cat "$E2E_WORK/tls-demo/ca.crt")" ] || fail "the CA changed"
+  # Events of one reason are aggregated (a count and the first note).
+  eventually 30 event_noted CertificateRenewed "rotation requested (kvd.io/rotate-certificates=e2e-1)"
+  # The renewed client certificate works.
+  rm -rf "$E2E_WORK/tls-demo"
+  tls_files demo
+  kv put /e2e/rotated yes
+  [ "$(kv get /e2e/rotated --print-value-only)" = yes ] || fail "read back with the renewed certificate"
+  kvc_available_with 3 || fail "not Available after the rotation"
+  [ "$(member_pod_uids)" = "$uids" ] || fail "a rotation re-created member pods"
+}
+
 # An S3 server (s3s-fs from scripts/install-deps, checking SigV4) on the pod
 # bridge, serving $E2E_WORK/s3 (bucket kvd-backups), and the Secret of its
 # credentials in $OP_NS. Started once; it runs until the e2e ends.
@@ -435,12 +494,7 @@ restored_available() {
 kvc_degraded_reason() { kubectl -n "$OP_NS" get kvc "$1" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}'; }
 bad_restore_refused() { [ "$(kvc_degraded_reason badrestore)" = BackupInvalid ]; }
 # restored_kv ARGS: etcdctl to KvCluster restored's members.
-restored_kv() {
-  local eps
-  eps=$(awk -v re="^restored-[0-9]+\\.restored-peer\\.$OP_NS\\.svc$" '$3 ~ re {printf "%shttp://%s:2379", sep, $1; sep=","}' \
-    "$E2E_WORK/node/hosts")
-  ectl --endpoints "$eps" --command-timeout 5s "$@"
-}
+restored_kv() { ctl_of restored "$@"; }
 # kvs FILE: key, create and mod revision, version and value of every key in an etcdctl JSON answer.
 kvs_of() {
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
@@ -507,17 +561,22 @@ YAML
 }
 
 # A second kube-apiserver on 127.0.0.241:6444 (its certificate names that
-# address), with the control plane's keys, over the --etcd-servers given.
+# address), with the control plane's keys, over the --etcd-servers given
+# (mig_apiserver_up URLS LOGNAME [ETCD-TLS-FLAGS...]), resolving names with
+# the node agent's hosts file as etcdctl does (ectl_by_name).
 MIG_API=https://127.0.0.241:6444
 mig_kubectl() { "$bin/kubectl" --server "$MIG_API" "$@"; }
 mig_apiserver_up() {
-  "$bin/kube-apiserver" --etcd-servers "$1" \
+  local urls=$1 logname=$2
+  shift 2
+  unshare -m sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' _ "$E2E_WORK/node/hosts" \
+    "$bin/kube-apiserver" --etcd-servers "$urls" "$@" \
     --bind-address 127.0.0.241 --advertise-address 127.0.0.241 --secure-port 6444 \
     --tls-cert-file "$E2E_WORK/apiserver.crt" --tls-private-key-file "$E2E_WORK/apiserver.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$E2E_WORK/sa.pub" --service-account-signing-key-file "$E2E_WORK/sa.key" \
     --token-auth-file "$E2E_WORK/tokens.csv" --authorization-mode RBAC \
-    --service-cluster-ip-range 10.96.0.0/16 >"$E2E_WORK/logs/kube-apiserver-$2.log" 2>&1 &
+    --service-cluster-ip-range 10.96.0.0/16 >"$E2E_WORK/logs/kube-apiserver-$logname.log" 2>&1 &
   echo $! >"$E2E_WORK/mig-apiserver.pid"
   eventually 120 mig_kubectl get --raw /readyz
 }
@@ -531,10 +590,6 @@ rv_of() { mig_kubectl -n moved get configmap "$1" -o jsonpath='{.metadata.resour
 imported_available() {
   [ "$(kubectl -n "$OP_NS" get kvc imported -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ] &&
     [ "$(kubectl -n "$OP_NS" get kvc imported -o jsonpath='{.status.readyReplicas}')" = 3 ]
-}
-imported_endpoints() {
-  awk -v re="^imported-[0-9]+\\.imported-peer\\.$OP_NS\\.svc$" '$3 ~ re {printf "%shttp://%s:2379", sep, $1; sep=","}' \
-    "$E2E_WORK/node/hosts"
 }
 
 # kube-apiserver runs on etcd 3.6 (from the pinned module) and stores
@@ -583,7 +638,11 @@ YAML
   eventually 300 imported_available
   kubectl -n "$OP_NS" get kvc imported -o jsonpath='{.status.restoredFrom}'
   echo
-  mig_apiserver_up "$(imported_endpoints)" kvd
+  # Over mutual TLS, with the client certificate the operator issued.
+  tls_files imported || fail "no client certificate for KvCluster imported"
+  local d=$E2E_WORK/tls-imported
+  mig_apiserver_up "$(member_urls imported https)" kvd \
+    --etcd-cafile "$d/ca.crt" --etcd-certfile "$d/tls.crt" --etcd-keyfile "$d/tls.key"
   [ "$(rv_of a)" = "$rv_a2" ] || fail "configmap a: resourceVersion $(rv_of a), was $rv_a2 on etcd"
   [ "$(rv_of b)" = "$rv_b" ] || fail "configmap b: resourceVersion $(rv_of b), was $rv_b on etcd"
   [ "$(mig_kubectl -n moved get configmap a -o jsonpath='{.data.v}')" = 2 ] || fail "configmap a lost its data"

@@ -7,7 +7,9 @@
 
 # The images e2e/kind/run built and loaded into the nodes.
 OPERATOR_HELM_ARGS=(--set "image.tag=$KIND_TAG")
-CLUSTER_HELM_ARGS=(--set "image=ghcr.io/kvd-io/kvd:$KIND_TAG")
+# Plain text: the TLS certificates name the cluster's DNS names, which the
+# node running etcdctl cannot resolve.
+CLUSTER_HELM_ARGS=(--set "image=ghcr.io/kvd-io/kvd:$KIND_TAG" --set tls.mode=Disabled)
 
 ectl() { docker exec -i "$KIND_NODE" /usr/local/bin/etcdctl "$@"; }
 
@@ -17,8 +19,9 @@ ectl_by_name() { fail "ectl_by_name is not available on kind"; }
 
 client_ip() { kubectl -n "$OP_NS" get svc demo-client -o jsonpath='{.spec.clusterIP}' 2>/dev/null || true; }
 
-member_endpoints() {
-  kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=kvd,app.kubernetes.io/instance=demo \
+# Plain text only (by address): the clusters run with tls.mode Disabled here.
+member_urls() {
+  kubectl -n "$OP_NS" get pods -l "app.kubernetes.io/name=kvd,app.kubernetes.io/instance=$1" \
     -o jsonpath='{range .items[*]}{.status.podIP}{"\n"}{end}' |
     awk 'NF {printf "%shttp://%s:2379", sep, $1; sep=","}'
 }

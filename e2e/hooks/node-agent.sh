@@ -7,7 +7,9 @@
 #   ectl ARGS                  etcdctl (the pinned one) from where the pods are reachable
 #   ectl_by_name ARGS          the same, resolving the cluster's DNS names (for TLS)
 #   client_ip                  an address of the client Service of KvCluster demo
-#   member_endpoints           client URLs of every member pod of demo, comma-separated
+#   member_urls NAME SCHEME    client URLs of every member pod of KvCluster NAME,
+#                              comma-separated: by address for http, by name for
+#                              https (the certificates name no address)
 #   kill_member_process NAME   SIGKILL to member NAME's kvd process
 #   volume_dirs                how many provisioned volume directories exist
 #   member_logs NAME           the logs of member NAME's containers, past and present
@@ -27,9 +29,10 @@ ectl_by_name() {
 # The hosts file names the client Service after one ready endpoint.
 client_ip() { awk -v n="demo-client.$OP_NS.svc" '$3 == n {print $1; exit}' "$E2E_WORK/node/hosts"; }
 
-member_endpoints() {
-  awk -v re="^demo-[0-9]+\\\\.demo-peer\\\\.$OP_NS\\\\.svc$" '$3 ~ re {printf "%shttp://%s:2379", sep, $1; sep=","}' \
-    "$E2E_WORK/node/hosts"
+member_urls() {
+  awk -v re="^$1-[0-9]+\\\\.$1-peer\\\\.$OP_NS\\\\.svc$" -v scheme="$2" '$3 ~ re {
+      printf "%s%s://%s:2379", sep, scheme, (scheme == "https" ? $3 : $1); sep=","
+    }' "$E2E_WORK/node/hosts"
 }
 
 kill_member_process() {

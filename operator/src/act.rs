@@ -210,7 +210,7 @@ impl Actor<'_> {
             Action::AddLearner { ordinal } => {
                 let id = self
                     .etcd
-                    .add_learner(&eps, &naming::peer_url(&t.name, &t.ns, *ordinal, kc.spec.peer_tls().is_some()))
+                    .add_learner(&eps, &naming::peer_url(&t.name, &t.ns, *ordinal, kc.tls().peer_tls()))
                     .await?;
                 let mut ordinals = t.member_ordinals(obs);
                 ordinals.push(*ordinal);

@@ -173,11 +173,14 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let name = kc.name_any();
     let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
     let key = format!("{ns}/{name}");
+    // Mode Operator's certificates first: the operator's own is read next.
+    let certs_not_after = crate::certs::ensure(&ctx.client, &ctx.recorder, &kc).await?;
     let tls = crate::tls::client_tls(&ctx.client, &kc).await;
     let etcd = ctx.etcd_for(&key, &name, tls.clone().ok().flatten());
     let mut obs = observe::gather(&kc, &ctx.client, &etcd).await?;
     obs.defragged = ctx.defragged_of(&key);
     obs.desired.tls_problem = tls.err();
+    obs.certs_not_after = certs_not_after;
     let action = plan(&obs);
     info!(action = action_kind(&action), detail = ?action, "planned");
     ctx.metrics.action(&action);

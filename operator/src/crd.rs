@@ -358,22 +358,57 @@ pub enum AntiAffinity {
     None,
 }
 
-/// TLS secrets, each with `tls.crt`, `tls.key` and `ca.crt` (the shape
-/// cert-manager writes). Changing them restarts the members one at a time.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+/// How client and peer traffic is secured.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    /// The operator issues a CA for the cluster (Secret `<name>-ca`) and
+    /// from it the members' serving certificate (`<name>-server-tls`), their
+    /// peer certificate (`<name>-peer-tls`), a client certificate for users
+    /// and the maintenance Jobs (`<name>-client-tls`) and its own
+    /// (`<name>-operator-tls`), and renews each when a third of its
+    /// lifetime is left. Client and peer traffic are mutual TLS.
+    Operator,
+    /// Secrets you provide: `clientSecretName` and `peerSecretName`.
+    Secrets,
+    /// Plain text.
+    Disabled,
+}
+
+/// TLS of client and peer traffic. Without it (or without `mode`), a new
+/// cluster gets `Operator` (or `Secrets` when a secret is named); a cluster
+/// formed before the operator turned TLS on by default stays plain text.
+/// The scheme cannot change once the cluster has formed.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode == 'Secrets' || (!has(self.clientSecretName) && !has(self.peerSecretName))")
+    .message("clientSecretName and peerSecretName are for mode Secrets"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Secrets' || has(self.clientSecretName) || has(self.peerSecretName)")
+    .message("mode Secrets needs clientSecretName or peerSecretName"))]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// Client traffic over TLS with client-certificate authentication: the
-    /// members serve `tls.crt` (SANs `*.<name>-peer.<ns>.svc` and
-    /// `<name>-client.<ns>.svc`) and accept clients signed by `ca.crt`. The
-    /// operator and the maintenance Jobs present the same certificate, so it
-    /// needs both the serverAuth and clientAuth usages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsMode>,
+    /// Mode Secrets: client traffic over TLS with client-certificate
+    /// authentication. Each Secret holds `tls.crt`, `tls.key` and `ca.crt`
+    /// (the shape cert-manager writes). The members serve `tls.crt` (SANs
+    /// `*.<name>-peer.<ns>.svc` and `<name>-client.<ns>.svc`) and accept
+    /// clients signed by `ca.crt`. The operator and the maintenance Jobs
+    /// present the same certificate, so it needs both the serverAuth and
+    /// clientAuth usages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_name: Option<String>,
-    /// Peer traffic over mutual TLS: `tls.crt` (SAN `*.<name>-peer.<ns>.svc`,
-    /// serverAuth and clientAuth) presented both ways, peers signed by `ca.crt`.
+    /// Mode Secrets: peer traffic over mutual TLS: `tls.crt` (SAN
+    /// `*.<name>-peer.<ns>.svc`, serverAuth and clientAuth) presented both
+    /// ways, peers signed by `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_secret_name: Option<String>,
+    /// Mode Operator: lifetime of the issued certificates (not the CA's,
+    /// which is 10 years), e.g. `"2160h"` (the default, 90 days). They are
+    /// renewed when a third of it is left; members reload renewed files
+    /// without a restart. The annotation `kvd.io/rotate-certificates=<token>`
+    /// renews them at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(m|h))+$"))]
+    pub certificate_duration: Option<String>,
 }
 
 /// Which Prometheus Operator object to create, if any.
@@ -443,6 +478,26 @@ pub struct KvClusterStatus {
     /// The backup this cluster was created from, once checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<BackupRecord>,
+    /// The TLS mode the cluster runs with, recorded when it is first
+    /// reconciled (it cannot change afterwards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// TLS as the cluster runs it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    pub mode: TlsMode,
+    /// Clients use https.
+    #[serde(default)]
+    pub client_tls: bool,
+    /// Peers use https.
+    #[serde(default)]
+    pub peer_tls: bool,
+    /// Mode Operator: when the first of the issued certificates expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
 }
 
 /// A backup: where it is, what it holds.
@@ -531,13 +586,13 @@ impl KvClusterSpec {
         }
     }
 
-    /// The client TLS secret, if client traffic is TLS.
-    pub fn client_tls(&self) -> Option<&str> {
+    /// The client TLS secret named in the spec.
+    fn client_secret(&self) -> Option<&str> {
         self.tls.as_ref()?.client_secret_name.as_deref().filter(|s| !s.is_empty())
     }
 
-    /// The peer TLS secret, if peer traffic is TLS.
-    pub fn peer_tls(&self) -> Option<&str> {
+    /// The peer TLS secret named in the spec.
+    fn peer_secret(&self) -> Option<&str> {
         self.tls.as_ref()?.peer_secret_name.as_deref().filter(|s| !s.is_empty())
     }
 
@@ -546,6 +601,104 @@ impl KvClusterSpec {
         match self.quota_backend_bytes {
             Some(q) if q != 0 => q,
             _ => DEFAULT_QUOTA_BYTES,
+        }
+    }
+}
+
+/// Which Secret each side of the cluster's TLS uses (None: plain text).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TlsLayout {
+    /// Served on the client port; its `ca.crt` verifies clients.
+    pub server: Option<String>,
+    /// Presented both ways on the peer port.
+    pub peer: Option<String>,
+    /// Presented by the operator to the members.
+    pub operator: Option<String>,
+    /// Presented by the maintenance, backup and restore Jobs.
+    pub jobs: Option<String>,
+}
+
+impl TlsLayout {
+    /// Whether clients must use https.
+    pub fn client_tls(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Whether peers use https.
+    pub fn peer_tls(&self) -> bool {
+        self.peer.is_some()
+    }
+}
+
+impl KvCluster {
+    /// The TLS mode: the spec's; else `Secrets` when a secret is named;
+    /// else the mode recorded in status; else `Disabled` for a cluster that
+    /// formed before the mode was recorded (an older operator's, plain
+    /// text), and `Operator` for a new one.
+    pub fn tls_mode(&self) -> TlsMode {
+        if let Some(m) = self.spec.tls.as_ref().and_then(|t| t.mode) {
+            return m;
+        }
+        if self.spec.client_secret().is_some() || self.spec.peer_secret().is_some() {
+            return TlsMode::Secrets;
+        }
+        self.recorded_tls().map(|t| t.mode).unwrap_or(TlsMode::Operator)
+    }
+
+    /// The TLS the cluster formed with: as recorded in status, or plain
+    /// text for a cluster that formed before it was recorded.
+    pub fn recorded_tls(&self) -> Option<TlsStatus> {
+        let st = self.status.as_ref()?;
+        match &st.tls {
+            Some(t) => Some(t.clone()),
+            None if st.formed => {
+                Some(TlsStatus { mode: TlsMode::Disabled, client_tls: false, peer_tls: false, not_after: None })
+            }
+            None => None,
+        }
+    }
+
+    /// Why the spec's TLS cannot be applied, if it cannot: a formed
+    /// cluster's members advertise their URLs with the scheme they formed
+    /// with, so TLS cannot be turned on or off for clients or peers.
+    pub fn tls_conflict(&self) -> Option<String> {
+        let rec = self.recorded_tls().filter(|_| self.status.as_ref().is_some_and(|s| s.formed))?;
+        let want = self.tls();
+        let on = |b: bool| if b { "on" } else { "off" };
+        ((rec.client_tls, rec.peer_tls) != (want.client_tls(), want.peer_tls())).then(|| {
+            format!(
+                "the cluster formed with client TLS {} and peer TLS {} (mode {:?}); the spec asks for client TLS {} \
+                 and peer TLS {}, which a formed cluster cannot change: set spec.tls back, or move the data into \
+                 a new KvCluster through a backup (spec.bootstrap.fromBackup)",
+                on(rec.client_tls),
+                on(rec.peer_tls),
+                rec.mode,
+                on(want.client_tls()),
+                on(want.peer_tls())
+            )
+        })
+    }
+
+    /// The Secrets of the cluster's TLS.
+    pub fn tls(&self) -> TlsLayout {
+        let name = kube::ResourceExt::name_any(self);
+        match self.tls_mode() {
+            TlsMode::Disabled => TlsLayout::default(),
+            TlsMode::Secrets => {
+                let client = self.spec.client_secret().map(str::to_string);
+                TlsLayout {
+                    server: client.clone(),
+                    peer: self.spec.peer_secret().map(str::to_string),
+                    operator: client.clone(),
+                    jobs: client,
+                }
+            }
+            TlsMode::Operator => TlsLayout {
+                server: Some(crate::naming::server_tls_secret(&name)),
+                peer: Some(crate::naming::peer_tls_secret(&name)),
+                operator: Some(crate::naming::operator_tls_secret(&name)),
+                jobs: Some(crate::naming::client_tls_secret(&name)),
+            },
         }
     }
 }

@@ -42,3 +42,85 @@ fn image_and_quota_defaults() {
     assert_eq!(spec.image(), "ghcr.io/kvd-io/kvd:0.2.0");
     assert_eq!(spec.quota_bytes(), 1024);
 }
+
+/// `kvcluster_default_tls` with `status` set from JSON.
+fn with_status(status: serde_json::Value) -> KvCluster {
+    let mut kc = crate::fixtures::kvcluster_default_tls("demo", 3);
+    kc.status = Some(serde_json::from_value(status).expect("status"));
+    kc
+}
+
+#[test]
+fn tls_defaults_to_operator_issued_for_a_new_cluster_only() {
+    // New: the operator's certificates, mutual TLS both ways.
+    let kc = crate::fixtures::kvcluster_default_tls("demo", 3);
+    assert_eq!(kc.tls_mode(), TlsMode::Operator);
+    let t = kc.tls();
+    assert_eq!(
+        t,
+        TlsLayout {
+            server: Some("demo-server-tls".into()),
+            peer: Some("demo-peer-tls".into()),
+            operator: Some("demo-operator-tls".into()),
+            jobs: Some("demo-client-tls".into()),
+        }
+    );
+    // Recorded at the first reconcile, before it forms: kept.
+    let kc = with_status(
+        serde_json::json!({"formed": true, "tls": {"mode": "Operator", "clientTls": true, "peerTls": true}}),
+    );
+    assert_eq!(kc.tls_mode(), TlsMode::Operator);
+    assert_eq!(kc.tls_conflict(), None);
+    // Formed under an operator that recorded nothing (plain text then): stays plain text.
+    let kc = with_status(serde_json::json!({"formed": true}));
+    assert_eq!(kc.tls_mode(), TlsMode::Disabled);
+    assert_eq!(kc.tls(), TlsLayout::default());
+    assert_eq!(kc.tls_conflict(), None);
+    // Not formed yet and nothing recorded: still a new cluster.
+    assert_eq!(with_status(serde_json::json!({"formed": false})).tls_mode(), TlsMode::Operator);
+    // Secrets named: mode Secrets, the client secret on every client side.
+    let mut kc = crate::fixtures::kvcluster_default_tls("demo", 3);
+    kc.spec.tls = Some(TlsSpec { client_secret_name: Some("c".into()), ..Default::default() });
+    assert_eq!(kc.tls_mode(), TlsMode::Secrets);
+    assert_eq!(
+        kc.tls(),
+        TlsLayout { server: Some("c".into()), peer: None, operator: Some("c".into()), jobs: Some("c".into()) }
+    );
+}
+
+#[test]
+fn a_formed_cluster_cannot_turn_tls_on_or_off() {
+    // A plain-text cluster of an older operator asked for TLS.
+    let mut kc = with_status(serde_json::json!({"formed": true}));
+    kc.spec.tls = Some(TlsSpec { mode: Some(TlsMode::Operator), ..Default::default() });
+    let why = kc.tls_conflict().expect("conflict");
+    assert!(why.contains("client TLS off and peer TLS off") && why.contains("asks for client TLS on"), "{why}");
+    // An operator-issued cluster asked for plain text, or for peer TLS only.
+    let mut kc = with_status(
+        serde_json::json!({"formed": true, "tls": {"mode": "Operator", "clientTls": true, "peerTls": true}}),
+    );
+    kc.spec.tls = Some(TlsSpec { mode: Some(TlsMode::Disabled), ..Default::default() });
+    assert!(kc.tls_conflict().is_some());
+    kc.spec.tls = Some(TlsSpec { peer_secret_name: Some("p".into()), ..Default::default() });
+    assert!(kc.tls_conflict().is_some());
+    // Moving from the operator's certificates to one's own, both ways TLS: allowed.
+    kc.spec.tls = Some(TlsSpec {
+        client_secret_name: Some("c".into()),
+        peer_secret_name: Some("p".into()),
+        ..Default::default()
+    });
+    assert_eq!(kc.tls_conflict(), None);
+    // Before the cluster forms, anything goes.
+    let mut kc = with_status(
+        serde_json::json!({"formed": false, "tls": {"mode": "Operator", "clientTls": true, "peerTls": true}}),
+    );
+    kc.spec.tls = Some(TlsSpec { mode: Some(TlsMode::Disabled), ..Default::default() });
+    assert_eq!(kc.tls_conflict(), None);
+}
+
+#[test]
+fn tls_rules_are_in_the_crd() {
+    let y = crd_yaml().expect("yaml");
+    assert!(y.contains("clientSecretName and peerSecretName are for mode Secrets"));
+    assert!(y.contains("mode Secrets needs clientSecretName or peerSecretName"));
+}

@@ -15,8 +15,17 @@ use crate::controller::{Context, State};
 use crate::crd::{KvCluster, KvClusterSpec};
 use crate::naming::FINALIZER;
 
-/// A KvCluster `name` in namespace `ns` with `replicas` and defaults.
+/// A KvCluster `name` in namespace `ns` with `replicas` and defaults, but
+/// for TLS: plain text (`tls.mode: Disabled`), which the tests of other
+/// features read most simply; [`kvcluster_default_tls`] has the default.
 pub fn kvcluster(name: &str, replicas: i32) -> KvCluster {
+    let mut kc = kvcluster_default_tls(name, replicas);
+    kc.spec.tls = Some(crate::crd::TlsSpec { mode: Some(crate::crd::TlsMode::Disabled), ..Default::default() });
+    kc
+}
+
+/// A KvCluster `name` in namespace `ns` with `replicas` and every default.
+pub fn kvcluster_default_tls(name: &str, replicas: i32) -> KvCluster {
     let spec: KvClusterSpec = serde_json::from_value(json!({ "replicas": replicas })).expect("spec");
     let mut kc = KvCluster::new(name, spec);
     kc.meta_mut().namespace = Some("ns".into());

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 pub mod act;
+pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod etcd;
@@ -13,6 +14,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod naming;
 pub mod observe;
+pub mod pki;
 pub mod planner;
 pub mod recovery;
 pub mod resources;

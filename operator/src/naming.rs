@@ -59,6 +59,53 @@ pub fn statefulset(cluster: &str) -> String {
     cluster.to_string()
 }
 
+/// TLS mode Operator: the cluster's CA (`ca.crt`, `ca.key`).
+pub fn ca_secret(cluster: &str) -> String {
+    format!("{cluster}-ca")
+}
+
+/// TLS mode Operator: the members' serving certificate on the client port.
+pub fn server_tls_secret(cluster: &str) -> String {
+    format!("{cluster}-server-tls")
+}
+
+/// TLS mode Operator: the members' peer certificate.
+pub fn peer_tls_secret(cluster: &str) -> String {
+    format!("{cluster}-peer-tls")
+}
+
+/// TLS mode Operator: the client certificate for users and the Jobs.
+pub fn client_tls_secret(cluster: &str) -> String {
+    format!("{cluster}-client-tls")
+}
+
+/// TLS mode Operator: the operator's own client certificate.
+pub fn operator_tls_secret(cluster: &str) -> String {
+    format!("{cluster}-operator-tls")
+}
+
+/// DNS names a member's serving certificate must hold: every member
+/// through the peer Service, the client Service in its short and long
+/// forms, and localhost for a client inside the pod.
+pub fn server_names(cluster: &str, ns: &str) -> Vec<String> {
+    let (peer, client) = (peer_service(cluster), client_service(cluster));
+    vec![
+        format!("*.{peer}.{ns}.svc"),
+        format!("*.{peer}.{ns}.svc.cluster.local"),
+        client.clone(),
+        format!("{client}.{ns}"),
+        format!("{client}.{ns}.svc"),
+        format!("{client}.{ns}.svc.cluster.local"),
+        "localhost".into(),
+    ]
+}
+
+/// DNS names of a member's peer certificate.
+pub fn peer_names(cluster: &str, ns: &str) -> Vec<String> {
+    let peer = peer_service(cluster);
+    vec![format!("*.{peer}.{ns}.svc"), format!("*.{peer}.{ns}.svc.cluster.local")]
+}
+
 /// Member (and pod) name of ordinal `i`.
 pub fn member_name(cluster: &str, i: u32) -> String {
     format!("{cluster}-{i}")

@@ -50,6 +50,8 @@ pub struct Desired {
     /// Why the client TLS secret cannot be used, if it cannot (set by the
     /// controller, which reads it).
     pub tls_problem: Option<String>,
+    /// Why the spec's TLS cannot be applied to the formed cluster.
+    pub tls_conflict: Option<String>,
     /// `spec.backup` is set.
     pub backup_configured: bool,
     /// `spec.bootstrap.fromBackup` is set.
@@ -69,6 +71,7 @@ impl Default for Desired {
             cronjobs: BTreeMap::new(),
             retention_revisions: 0,
             tls_problem: None,
+            tls_conflict: None,
             backup_configured: false,
             from_backup: false,
         }
@@ -178,6 +181,9 @@ pub struct Observation {
     pub initial_state_new: bool,
     /// The `kvd.io/backup-now` annotation's value.
     pub backup_token: Option<String>,
+    /// Mode Operator: when the first issued certificate expires (set by
+    /// the controller, which keeps them).
+    pub certs_not_after: Option<jiff::Timestamp>,
     /// The last token acted on (`status.backupRequest`).
     pub backup_request: Option<String>,
     /// The checked backup the cluster starts from (`status.restoredFrom`).
@@ -306,6 +312,7 @@ pub fn build(
         recovery: None,
         initial_state_new: false,
         backup_token: kc.annotations().get(resources::BACKUP_NOW).filter(|t| !t.is_empty()).cloned(),
+        certs_not_after: None,
         backup_request: status.backup_request.clone(),
         restored_from: status.restored_from.clone(),
         backup_since: None,
@@ -335,6 +342,7 @@ pub fn desired(kc: &KvCluster) -> Desired {
             .collect(),
         retention_revisions: spec.compaction.as_ref().and_then(|c| c.retention_revisions).unwrap_or(0),
         tls_problem: None,
+        tls_conflict: kc.tls_conflict(),
         backup_configured: spec.backup.is_some(),
         from_backup: spec.bootstrap.as_ref().is_some_and(|b| b.from_backup.is_some()),
     }

@@ -190,6 +190,9 @@ pub fn plan(obs: &Observation) -> Action {
     if d.replicas.is_multiple_of(2) && !d.allow_even {
         return degraded("EvenReplicas", format!("replicas {} is even; set allowEvenReplicas", d.replicas));
     }
+    if let Some(conflict) = &d.tls_conflict {
+        return degraded("TLSChangeUnsupported", conflict.clone());
+    }
     if let Some(problem) = &d.tls_problem {
         return degraded("TLSSecretInvalid", problem.clone());
     }

@@ -210,6 +210,15 @@ fn even_replicas_need_opt_in() {
         plan(&obs),
         Action::Degraded { reason: "TLSSecretInvalid", message: "secret ns/tls has no key ca.crt".into() }
     );
+    // A TLS change a formed cluster cannot make: nothing else is done (the
+    // pods are not rolled onto the other scheme).
+    let mut obs = cluster(3);
+    obs.desired.template_hash = "changed".into();
+    obs.desired.tls_conflict = Some("the cluster formed with client TLS off".into());
+    assert_eq!(
+        plan(&obs),
+        Action::Degraded { reason: "TLSChangeUnsupported", message: "the cluster formed with client TLS off".into() }
+    );
 }
 
 #[test]

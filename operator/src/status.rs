@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::act::Outcome;
-use crate::crd::{KvCluster, KvClusterStatus, MemberStatus, RaftIndexRecord};
+use crate::crd::{KvCluster, KvClusterStatus, MemberStatus, RaftIndexRecord, TlsMode, TlsStatus};
 use crate::maintenance::{newest, records};
 use crate::naming;
 use crate::observe::{AlarmKind, Observation};
@@ -182,6 +182,24 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
             Action::BackupNow { token } => Some(token.clone()),
             _ => prev.backup_request.clone(),
         },
+        // The TLS the members run with; kept as it was while the spec asks
+        // for a change a formed cluster cannot make.
+        tls: match (&obs.desired.tls_conflict, kc.recorded_tls()) {
+            (Some(_), Some(rec)) => Some(rec),
+            _ => {
+                let (layout, mode) = (kc.tls(), kc.tls_mode());
+                let kept = prev.tls.as_ref().filter(|t| t.mode == mode).and_then(|t| t.not_after.clone());
+                Some(TlsStatus {
+                    mode,
+                    client_tls: layout.client_tls(),
+                    peer_tls: layout.peer_tls(),
+                    not_after: match mode {
+                        TlsMode::Operator => obs.certs_not_after.map(Time).or(kept),
+                        _ => None,
+                    },
+                })
+            }
+        },
         // Recorded once, from the check, before the members are created.
         restored_from: prev.restored_from.clone().or_else(|| match (&jobs.restore_check, obs.statefulset.is_none()) {
             (Some(Ok(b)), true) => Some(b.clone()),
@@ -213,6 +231,29 @@ mod tests {
                 ("Reconfiguring", "False")
             ]
         );
+        assert_eq!(
+            st.tls,
+            Some(TlsStatus { mode: TlsMode::Disabled, client_tls: false, peer_tls: false, not_after: None })
+        );
+    }
+
+    #[test]
+    fn the_tls_mode_is_recorded_and_kept_through_a_refused_change() {
+        let kc = crate::fixtures::kvcluster_default_tls("demo", 3);
+        let expiry: Timestamp = "2027-03-06T00:00:00Z".parse().expect("ts");
+        let obs = Observation { certs_not_after: Some(expiry), ..Observation::default() };
+        let st = build(&kc, &obs, &Action::Bootstrap { replicas: 3 }, &Outcome::default());
+        let recorded =
+            TlsStatus { mode: TlsMode::Operator, client_tls: true, peer_tls: true, not_after: Some(Time(expiry)) };
+        assert_eq!(st.tls.as_ref(), Some(&recorded));
+        // Formed, then asked for plain text: the record stays as it was.
+        let mut kc = kc;
+        kc.status = Some(KvClusterStatus { formed: true, ..st });
+        kc.spec.tls = Some(crate::crd::TlsSpec { mode: Some(TlsMode::Disabled), ..Default::default() });
+        let mut obs = Observation::default();
+        obs.desired.tls_conflict = kc.tls_conflict();
+        let a = Action::Degraded { reason: "TLSChangeUnsupported", message: String::new() };
+        assert_eq!(build(&kc, &obs, &a, &Outcome::default()).tls, Some(recorded));
     }
 
     #[test]

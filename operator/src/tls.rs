@@ -1,7 +1,8 @@
 //! The certificate the operator presents to a cluster's members when
-//! `spec.tls.clientSecretName` is set: the Secret's `tls.crt` and `tls.key`,
-//! with `ca.crt` to verify the members. Read at every reconcile, so a
-//! rotated Secret is used from the next one on.
+//! clients need TLS: its own (`<name>-operator-tls`) in mode Operator, the
+//! client Secret's in mode Secrets; `tls.crt` and `tls.key`, with `ca.crt`
+//! to verify the members. Read at every reconcile, so a rotated Secret is
+//! used from the next one on.
 
 use std::collections::BTreeMap;
 
@@ -18,13 +19,13 @@ pub const KEYS: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
 /// The client TLS of `kc`: None without client TLS, Err(why) when the
 /// Secret is missing or incomplete (reported as Degraded, TLSSecretInvalid).
 pub async fn client_tls(client: &kube::Client, kc: &KvCluster) -> Result<Option<ClientTls>, String> {
-    let Some(name) = kc.spec.client_tls() else { return Ok(None) };
+    let Some(name) = kc.tls().operator else { return Ok(None) };
     let ns = kc.namespace().unwrap_or_default();
     let secret = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get_opt(name)
+        .get_opt(&name)
         .await
         .map_err(|e| format!("secret {ns}/{name}: {e}"))?
-        .ok_or_else(|| format!("secret {ns}/{name} (spec.tls.clientSecretName) does not exist"))?;
+        .ok_or_else(|| format!("secret {ns}/{name} does not exist"))?;
     from_data(&format!("{ns}/{name}"), secret.data.unwrap_or_default()).map(Some)
 }
 

@@ -130,7 +130,7 @@ pub fn restore_init_container(kc: &KvCluster, env: &[EnvVar]) -> Option<(Contain
     let io = store_io(&from.store);
     let ns = kc.namespace().unwrap_or_default();
     let name = kc.name_any();
-    let peer = naming::scheme(kc.spec.peer_tls().is_some());
+    let peer = naming::scheme(kc.tls().peer_tls());
     let host = format!("$(POD_NAME).{}.{ns}.svc", naming::peer_service(&name));
     let cluster = from.cluster.clone().unwrap_or_else(|| backup_name(kc));
     let args = vec![

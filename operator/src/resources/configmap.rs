@@ -59,7 +59,7 @@ pub fn config_map(kc: &KvCluster, ordinals: &[u32], new: bool) -> ConfigMap {
         data: Some(BTreeMap::from([
             (
                 INITIAL_CLUSTER.to_string(),
-                naming::initial_cluster(&name, &ns, ordinals.iter().copied(), kc.spec.peer_tls().is_some()),
+                naming::initial_cluster(&name, &ns, ordinals.iter().copied(), kc.tls().peer_tls()),
             ),
             (INITIAL_CLUSTER_STATE.to_string(), if new { "new" } else { "existing" }.to_string()),
         ])),

@@ -52,7 +52,7 @@ impl Task {
 }
 
 fn kvctl_args(kc: &KvCluster, task: Task) -> Option<(String, Vec<String>)> {
-    let tls = kc.spec.client_tls().is_some();
+    let tls = kc.tls().client_tls();
     let endpoints = naming::client_service_url(&kc.name_any(), &kc.namespace().unwrap_or_default(), tls);
     let mut args = match task {
         Task::Backup => vec!["backup".to_string(), "save".into()],
@@ -130,8 +130,8 @@ pub fn cronjob(kc: &KvCluster, task: Task) -> Option<CronJob> {
     let (schedule, args) = kvctl_args(kc, task)?;
     let cluster = kc.name_any();
     let labels = naming::maintenance_labels(&cluster, task.as_str());
-    // With client TLS the Job presents the client secret's certificate.
-    let tls = kc.spec.client_tls().map(|s| super::statefulset::secret_volume("client-tls", s, naming::CLIENT_TLS_DIR));
+    // With client TLS the Job presents the Jobs' client certificate.
+    let tls = kc.tls().jobs.map(|s| super::statefulset::secret_volume("client-tls", &s, naming::CLIENT_TLS_DIR));
     let (volumes, mounts): (Vec<_>, Vec<_>) = tls.into_iter().unzip();
     let mut io = StoreIo { url: String::new(), env_from: Vec::new(), volumes, mounts };
     if let (Task::Backup, Some(b)) = (task, &kc.spec.backup) {
@@ -219,7 +219,7 @@ mod tests {
         }
         assert_ne!(h(&kc), before);
         // Client TLS: https, the client secret mounted, etcdctl's TLS flags.
-        kc.spec.tls = Some(crate::crd::TlsSpec { client_secret_name: Some("certs".into()), peer_secret_name: None });
+        kc.spec.tls = Some(crate::crd::TlsSpec { client_secret_name: Some("certs".into()), ..Default::default() });
         let pod = cronjob(&kc, Task::Compact).expect("compact").spec.job_template.spec.expect("job").template.spec;
         let pod = pod.expect("pod");
         let args = pod.containers[0].args.clone().expect("args").join(" ");

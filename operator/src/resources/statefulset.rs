@@ -91,7 +91,8 @@ fn args(kc: &KvCluster) -> Vec<String> {
     let name = kc.name_any();
     let ns = kc.namespace().unwrap_or_default();
     let host = format!("$(POD_NAME).{}.{ns}.svc", naming::peer_service(&name));
-    let (client, peer) = (naming::scheme(kc.spec.client_tls().is_some()), naming::scheme(kc.spec.peer_tls().is_some()));
+    let tls = kc.tls();
+    let (client, peer) = (naming::scheme(tls.client_tls()), naming::scheme(tls.peer_tls()));
     let mut args = vec![
         "--name=$(POD_NAME)".into(),
         format!("--data-dir={DATA_DIR}"),
@@ -105,7 +106,7 @@ fn args(kc: &KvCluster) -> Vec<String> {
         format!("--initial-cluster-token={ns}-{name}"),
         format!("--quota-backend-bytes={}", kc.spec.quota_bytes()),
     ];
-    if kc.spec.client_tls().is_some() {
+    if tls.client_tls() {
         args.extend([
             format!("--cert-file={CLIENT_TLS_DIR}/tls.crt"),
             format!("--key-file={CLIENT_TLS_DIR}/tls.key"),
@@ -113,7 +114,7 @@ fn args(kc: &KvCluster) -> Vec<String> {
             "--client-cert-auth=true".into(),
         ]);
     }
-    if kc.spec.peer_tls().is_some() {
+    if tls.peer_tls() {
         args.extend([
             format!("--peer-cert-file={PEER_TLS_DIR}/tls.crt"),
             format!("--peer-key-file={PEER_TLS_DIR}/tls.key"),
@@ -142,8 +143,9 @@ pub fn secret_volume(name: &str, secret: &str, dir: &str) -> (Volume, VolumeMoun
 
 /// The TLS secrets' volumes and mounts.
 fn tls_volumes(kc: &KvCluster) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let client = kc.spec.client_tls().map(|s| secret_volume("client-tls", s, CLIENT_TLS_DIR));
-    let peer = kc.spec.peer_tls().map(|s| secret_volume("peer-tls", s, PEER_TLS_DIR));
+    let tls = kc.tls();
+    let client = tls.server.map(|s| secret_volume("client-tls", &s, CLIENT_TLS_DIR));
+    let peer = tls.peer.map(|s| secret_volume("peer-tls", &s, PEER_TLS_DIR));
     client.into_iter().chain(peer).unzip()
 }
 
@@ -381,6 +383,7 @@ mod tests {
         kc.spec.tls = Some(crate::crd::TlsSpec {
             client_secret_name: Some("client-certs".into()),
             peer_secret_name: Some("peer-certs".into()),
+            ..Default::default()
         });
         let pod = pod_template(&kc).spec.expect("pod");
         let c = &pod.containers[0];
@@ -410,13 +413,49 @@ mod tests {
             mounts.iter().filter(|m| m.read_only == Some(true)).map(|m| m.mount_path.as_str()).collect();
         assert_eq!(tls_mounts, ["/etc/kvd/tls/client", "/etc/kvd/tls/peer"]);
         // Peer TLS alone: clients stay on http.
-        kc.spec.tls = Some(crate::crd::TlsSpec { client_secret_name: None, peer_secret_name: Some("p".into()) });
+        kc.spec.tls = Some(crate::crd::TlsSpec { peer_secret_name: Some("p".into()), ..Default::default() });
         let args = pod_template(&kc).spec.expect("pod").containers[0].args.clone().expect("args").join(" ");
         assert!(
             args.contains("--listen-client-urls=http://") && args.contains("--listen-peer-urls=https://"),
             "{args}"
         );
         assert_ne!(template_hash(&kc), template_hash(&kvcluster("demo", 3)), "TLS changes restart the members");
+    }
+
+    #[test]
+    fn by_default_members_serve_the_operator_issued_certificates() {
+        let kc = crate::fixtures::kvcluster_default_tls("demo", 3);
+        let pod = pod_template(&kc).spec.expect("pod");
+        let args = pod.containers[0].args.clone().expect("args").join(" ");
+        for want in ["--listen-client-urls=https://", "--listen-peer-urls=https://", "--client-cert-auth=true"] {
+            assert!(args.contains(want), "missing {want} in {args}");
+        }
+        let secrets: Vec<_> = pod
+            .volumes
+            .expect("volumes")
+            .iter()
+            .filter_map(|v| v.secret.as_ref().and_then(|s| s.secret_name.clone()))
+            .collect();
+        assert_eq!(secrets, ["demo-server-tls", "demo-peer-tls"]);
+        // The maintenance Jobs present the users' client certificate, not the operator's.
+        let mut kc = kc;
+        kc.spec.compaction = Some(crate::crd::CompactionSpec {
+            schedule: "0 * * * *".into(),
+            retention_revisions: None,
+            retention_duration: None,
+        });
+        let cj = crate::resources::cronjob(&kc, crate::resources::Task::Compact).expect("cronjob");
+        let job_pod = cj.spec.job_template.spec.expect("job").template.spec.expect("pod");
+        let job_secrets: Vec<_> = job_pod
+            .volumes
+            .expect("volumes")
+            .iter()
+            .filter_map(|v| v.secret.as_ref().and_then(|s| s.secret_name.clone()))
+            .collect();
+        assert_eq!(job_secrets, ["demo-client-tls"]);
+        assert!(
+            job_pod.containers[0].args.clone().expect("args").join(" ").contains("https://demo-client.ns.svc:2379")
+        );
     }
 
     #[test]
