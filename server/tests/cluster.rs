@@ -351,3 +351,39 @@ async fn forward_batches(p: &common::Proc) -> (f64, f64) {
     let value = |name| common::metric_value(&metrics, name);
     (value("kvd_forward_batch_writes_count"), value("kvd_forward_batch_writes_sum"))
 }
+
+/// The Status of `m`: (its leader, the raft term).
+async fn leader_and_term(m: &common::Proc) -> (u64, u64) {
+    let st = m.maintenance().await.status(kvd_api::etcdserverpb::StatusRequest {}).await.unwrap().into_inner();
+    (st.leader, st.raft_term)
+}
+
+/// A follower stopped (SIGSTOP) for several election timeouts comes back
+/// without deposing the leader: with Pre-Vote it asks first whether it
+/// could win, the others still hear from their leader and say no, so it
+/// never raises the term. Without it, its higher term made the leader step
+/// down and the cluster went 2 s without one (the e2e's failover scenario
+/// saw "leader changed" errors right after the pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_from_a_pause_does_not_depose_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = ready_cluster(dir.path(), 3, 101, &[]).await;
+    let l = leader(&members).await;
+    let f = (l + 1) % 3;
+    let before = leader_and_term(&members[l]).await;
+    members[f].signal(libc::SIGSTOP);
+    // The election timeout here is 500 ms (common::member_args): 8 of them.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The other two go on meanwhile.
+    let mut kv = members[l].kv().await;
+    kv.put(PutRequest { key: b"during".to_vec(), value: b"pause".to_vec(), ..Default::default() }).await.unwrap();
+    members[f].signal(libc::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The follower caught up and serves, under the same leader and term.
+    members[f].ready().await;
+    let r = members[f].kv().await.range(RangeRequest { key: b"during".to_vec(), ..Default::default() }).await;
+    assert_eq!(r.unwrap().into_inner().kvs.len(), 1);
+    for m in &members {
+        assert_eq!(leader_and_term(m).await, before, "the leader or the term changed after the pause");
+    }
+}

@@ -301,6 +301,9 @@ impl EtcdServer {
             // harness caught reads missing acknowledged writes right after a
             // leader's kill -9 and restart.
             enable_leader_restore: Some(false),
+            // etcd's --pre-vote (on by default since 3.5): a member back from
+            // a pause or a partition does not depose a working leader.
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()

@@ -65,6 +65,9 @@ impl Peer for StandIn {
     async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         unimplemented()
     }
+    async fn pre_vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        unimplemented()
+    }
     async fn transfer_leader(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         unimplemented()
     }

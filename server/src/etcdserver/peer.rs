@@ -128,6 +128,13 @@ impl EtcdServer {
         Ok(encode(&resp).to_vec())
     }
 
+    /// Peer RPC: raft Pre-Vote (would this member grant the vote?).
+    pub async fn peer_pre_vote(&self, data: &[u8]) -> Result<Vec<u8>, ServerError> {
+        let req = decode(data).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let resp = self.raft.pre_vote(req).await.map_err(|e| ServerError::Internal(e.to_string()))?;
+        Ok(encode(&resp).to_vec())
+    }
+
     /// Peer RPC: raft TransferLeader (this member is asked to take over).
     pub async fn peer_transfer_leader(&self, data: &[u8]) -> Result<Vec<u8>, ServerError> {
         let req = decode(data).map_err(|e| ServerError::Internal(e.to_string()))?;

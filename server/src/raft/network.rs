@@ -67,8 +67,12 @@ fn peer_client(endpoint: &Endpoint) -> PeerClient<Channel> {
 enum Rpc {
     Append,
     Vote,
+    PreVote,
     TransferLeader,
 }
+
+/// A peer's answer to PreVote when it predates it (a rolling upgrade).
+const PRE_VOTE_UNIMPLEMENTED: &str = "PreVote unimplemented";
 
 /// Makes one client per peer.
 pub struct PeerNetwork {
@@ -139,6 +143,7 @@ impl Peer {
             match kind {
                 Rpc::Append => client.append_entries(payload).await,
                 Rpc::Vote => client.vote(payload).await,
+                Rpc::PreVote => client.pre_vote(payload).await,
                 Rpc::TransferLeader => client.transfer_leader(payload).await,
             }
         };
@@ -164,6 +169,9 @@ impl Peer {
                     || self.reconnect_if_wrong_member(&s) =>
             {
                 return Err(unreachable(format!("peer {:x}: {}", self.target, s.message())));
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented && matches!(kind, Rpc::PreVote) => {
+                return Err(RPCError::Network(NetworkError::from_string(PRE_VOTE_UNIMPLEMENTED)));
             }
             Ok(Err(s)) => {
                 return Err(RPCError::Network(NetworkError::from_string(format!("peer {:x}: {s}", self.target))));
@@ -191,6 +199,24 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(&rpc, &option, Rpc::Vote).await
+    }
+
+    /// Pre-Vote (raft §9.6, etcd's `--pre-vote`): a member back from a pause
+    /// or a partition asks before it raises the term, so that it cannot
+    /// depose a leader the others still hear from. A peer that cannot be
+    /// reached is no grant; one too old to know the RPC grants, as openraft
+    /// does for a network without it.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(&rpc, &option, Rpc::PreVote).await {
+            Err(RPCError::Network(e)) if e.to_string().contains(PRE_VOTE_UNIMPLEMENTED) => {
+                Ok(VoteResponse::new(rpc.vote, None, true))
+            }
+            other => other,
+        }
     }
 
     async fn transfer_leader(

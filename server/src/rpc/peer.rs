@@ -60,6 +60,13 @@ impl Peer for PeerService {
         Ok(self.answer(data))
     }
 
+    async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let r = req.into_inner();
+        self.check_target(r.cluster_id, r.to)?;
+        let data = self.server.peer_pre_vote(&r.data).await?;
+        Ok(self.answer(data))
+    }
+
     async fn transfer_leader(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let r = req.into_inner();
         self.check_target(r.cluster_id, r.to)?;
