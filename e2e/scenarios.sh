@@ -13,10 +13,13 @@ SCENARIOS=(
   "operator_installs_cluster:helm installs the operator; a 3-member KvCluster becomes Available and serves etcdctl"
   "quiet_reconciles:reconciles stay at a few a minute for an idle cluster and one under writes"
   "secure_by_default:the cluster runs on the operator's certificates: https only, clients need one; a rotation restarts no member"
+  "namespace_scoped:the operator watches its namespaces only, with a Role and no ClusterRole"
+  "auth_enabled:spec.auth turns etcd authentication on: root has its Secret, certificates map to users, roles are enforced"
   "member_process_killed:a killed member process is restarted and rejoins"
   "cluster_scales:the cluster scales 3 -> 5 -> 3; scaled-in claims are retained"
   "released_volumes_deleted:deleting the retained claims deletes their volumes and directories"
   "claims_deleted_on_scale_in:with whenScaled Delete, scale-in deletes the claims and their volumes"
+  "kubernetes_failover:kube-apiserver on the 3 members over mTLS keeps serving through a leader kill, a paused follower and a replaced member; its watch misses nothing"
   "member_replaced:a member that lost its volume is removed and added back as a learner"
   "quorum_recovered:two of three volumes lost; with quorumLossRecovery the survivor restarts alone and the others rejoin"
   "nospace_remediated:a full quota raises NOSPACE; the operator compacts, defragments and disarms"
@@ -164,13 +167,18 @@ operator_ready() {
 }
 
 # The operator chart installs the operator (its image maps to the locally
-# built kvd-operator), the kvd-cluster chart a 3-member KvCluster; the
+# built kvd-operator) scoped to namespace $OP_NS (a Role there, no
+# ClusterRole: every scenario runs on those permissions), the kvd-cluster
+# chart a 3-member KvCluster; the
 # operator bootstraps it through the StatefulSet, claims are provisioned,
 # members find each other by their peer names, and the cluster is
 # Available with 3 members, serving etcdctl through its client Service.
 operator_installs_cluster() {
+  # The namespace first: the operator's Role goes there.
+  kubectl create namespace "$OP_NS"
   helm install kvd-operator "$root/charts/kvd-operator" --namespace kvd-system --create-namespace \
-    --set image.repository=ghcr.io/kvd-io/kvd-operator --set logJson=false "${OPERATOR_HELM_ARGS[@]}"
+    --set image.repository=ghcr.io/kvd-io/kvd-operator --set logJson=false --set "watchNamespaces={$OP_NS}" \
+    "${OPERATOR_HELM_ARGS[@]}"
   eventually 90 operator_ready
   helm install demo "$root/charts/kvd-cluster" --namespace "$OP_NS" --create-namespace --set storage.size=1Gi \
     "${CLUSTER_HELM_ARGS[@]}"

@@ -347,6 +347,58 @@ YAML
   eventually 120 no_claims_left secure
 }
 
+# The operator, installed for $OP_NS only, holds a Role there and no
+# ClusterRole, and leaves a KvCluster in another namespace alone (no
+# finalizer, no status, no StatefulSet) while it runs demo.
+namespace_scoped() {
+  kubectl -n "$OP_NS" get role kvd-operator >/dev/null || fail "no Role in $OP_NS"
+  ! kubectl get clusterrole kvd-operator >/dev/null 2>&1 || fail "a ClusterRole was installed"
+  kubectl create namespace kvd-elsewhere
+  kubectl -n kvd-elsewhere apply -f - <<'YAML'
+apiVersion: kvd.io/v1alpha1
+kind: KvCluster
+metadata: {name: ignored}
+spec: {replicas: 1}
+YAML
+  # Long enough for several reconciles of demo (one a minute when idle,
+  # sooner after the annotation).
+  kubectl -n "$OP_NS" annotate kvc demo --overwrite e2e/poke="$(date +%s)"
+  sleep 20
+  [ -z "$(kubectl -n kvd-elsewhere get kvc ignored -o jsonpath='{.metadata.finalizers}{.status}')" ] ||
+    fail "the operator acted on a KvCluster outside its namespaces: $(kubectl -n kvd-elsewhere get kvc ignored -o yaml)"
+  ! kubectl -n kvd-elsewhere get sts ignored >/dev/null 2>&1 || fail "a StatefulSet was made outside its namespaces"
+  kvc_available_with 3 || fail "demo is not Available"
+  kubectl delete namespace kvd-elsewhere --wait=false
+}
+
+auth_on() { [ "$(kvc_field '{.status.authEnabled}')" = true ]; }
+
+# spec.auth.enabled on demo: the operator creates root (password in Secret
+# demo-root) and the users of its own and the Jobs' certificates, then
+# turns authentication on. The users' certificate (CN kvd-client, role
+# root) still writes; root with its password reads, a wrong password is
+# refused, and a user without a role is denied. Every later scenario runs
+# with authentication on: the operator, its Jobs and the second API
+# server authenticate by certificate.
+auth_enabled() {
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"auth":{"enabled":true}}}'
+  eventually 120 auth_on
+  kv auth status
+  [[ "$(kv auth status)" == *"Authentication Status: true"* ]] || fail "authentication is off"
+  has_event AuthEnabled || fail "no AuthEnabled event"
+  kv put /e2e/auth yes
+  local pw out
+  pw=$(secret_field demo-root password)
+  [ -n "$pw" ] || fail "no root password in Secret demo-root"
+  [ "$(kv --user "root:$pw" get /e2e/auth --print-value-only)" = yes ] || fail "root with its password cannot read"
+  if kv --user root:wrong get /e2e/auth >/dev/null 2>&1; then fail "a wrong password was accepted"; fi
+  kv user add reader --new-user-password=pw1
+  if out=$(kv --user reader:pw1 get /e2e/auth 2>&1); then fail "a user without a role read: $out"; fi
+  [[ "$out" == *"permission denied"* ]] || fail "not denied for want of permission: $out"
+  kv user list
+  eventually 60 kvc_available_with 3
+}
+
 # secret_field SECRET KEY: a key of a Secret, decoded.
 secret_field() { kubectl -n "$OP_NS" get secret "$1" -o "jsonpath={.data.${2/./\\.}}" | base64 -d; }
 member_pod_uids() { kubectl -n "$OP_NS" get pods -l "$MEMBERS" -o jsonpath='{.items[*].metadata.uid}'; }

@@ -13,13 +13,18 @@ use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::etcdserverpb::alarm_request::AlarmAction;
+use crate::etcdserverpb::auth_client::AuthClient;
 use crate::etcdserverpb::cluster_client::ClusterClient;
 use crate::etcdserverpb::kv_client::KvClient;
 use crate::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmType, CompactionRequest, DefragmentRequest, Member, MemberAddRequest,
-    MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmType, AuthDisableRequest, AuthEnableRequest, AuthStatusRequest, AuthUserAddRequest,
+    AuthUserGrantRoleRequest, CompactionRequest, DefragmentRequest, Member, MemberAddRequest, MemberListRequest,
+    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, StatusRequest, StatusResponse,
 };
+
+/// etcd's answer to adding a user that exists (FailedPrecondition).
+pub const ERR_USER_EXISTS: &str = "etcdserver: user name already exists";
 
 /// etcd's answer to compacting at or below the compacted revision (OutOfRange).
 pub const ERR_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
@@ -301,6 +306,57 @@ impl Client {
             Err(ClientError::Etcd { message, .. }) if message.contains(ERR_COMPACTED) => Ok(Compacted::Already),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether authentication is on (AuthStatus).
+    pub async fn auth_enabled(&self, endpoints: &[String]) -> Result<bool> {
+        self.any(endpoints, |c, ep| async move {
+            let mut c = AuthClient::new(c);
+            Ok(self.timed(&ep, self.timeout, c.auth_status(AuthStatusRequest {})).await?.enabled)
+        })
+        .await
+    }
+
+    /// UserAdd of `name` with `password`, or with none (it can then only
+    /// authenticate by a client certificate whose common name is `name`),
+    /// then the role `role` granted; a user that exists is kept (and granted).
+    pub async fn ensure_user(
+        &self,
+        endpoints: &[String],
+        name: &str,
+        password: Option<&str>,
+        role: &str,
+    ) -> Result<()> {
+        self.any(endpoints, |c, ep| async move {
+            let mut c = AuthClient::new(c);
+            let req = AuthUserAddRequest {
+                name: name.to_string(),
+                password: password.unwrap_or_default().to_string(),
+                options: Some(crate::authpb::UserAddOptions { no_password: password.is_none() }),
+                hashed_password: String::new(),
+            };
+            match self.timed(&ep, self.timeout, c.user_add(req)).await {
+                Ok(_) => {}
+                Err(ClientError::Etcd { message, .. }) if message.contains(ERR_USER_EXISTS) => {}
+                Err(e) => return Err(e),
+            }
+            let grant = AuthUserGrantRoleRequest { user: name.to_string(), role: role.to_string() };
+            self.timed(&ep, self.timeout, c.user_grant_role(grant)).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// AuthEnable (`on`) or AuthDisable.
+    pub async fn set_auth(&self, endpoints: &[String], on: bool) -> Result<()> {
+        self.any(endpoints, |c, ep| async move {
+            let mut c = AuthClient::new(c);
+            if on {
+                self.timed(&ep, self.timeout, c.auth_enable(AuthEnableRequest {})).await.map(|_| ())
+            } else {
+                self.timed(&ep, self.timeout, c.auth_disable(AuthDisableRequest {})).await.map(|_| ())
+            }
+        })
+        .await
     }
 
     /// AlarmRequest DEACTIVATE NOSPACE for `member_id`.

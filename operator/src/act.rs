@@ -26,6 +26,9 @@ use crate::recovery::RecoveryEnd;
 use crate::resources::{self, ForceKey};
 use crate::{Error, Result};
 
+/// etcd's root user and role.
+const ROOT: &str = "root";
+
 /// What an action changed that the status must remember.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
@@ -99,6 +102,43 @@ impl Actor<'_> {
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &kc.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// The root user's password, from the Secret `<name>-root`, which is
+    /// made with a random one if missing. It is owned by the KvCluster only
+    /// when the claims go with it (`whenDeleted: Delete`): retained data
+    /// keeps its password.
+    async fn root_password(&self, kc: &KvCluster) -> Result<String> {
+        use k8s_openapi::api::core::v1::Secret;
+        let (name, ns) = (naming::root_secret(&kc.name_any()), kc.namespace().unwrap_or_default());
+        let api = Api::<Secret>::namespaced(self.client.clone(), &ns);
+        if let Some(s) = api.get_opt(&name).await? {
+            let pw =
+                s.data.as_ref().and_then(|d| d.get("password")).map(|b| String::from_utf8_lossy(&b.0).into_owned());
+            return pw
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| Error::Invalid(format!("secret {ns}/{name} has no password")));
+        }
+        let password = crate::pki::random_password().map_err(|e| Error::Invalid(format!("random password: {e}")))?;
+        let mut meta = resources::meta(kc, name.clone());
+        if kc.spec.storage.when_deleted != crate::crd::Retention::Delete {
+            meta.owner_references = None;
+        }
+        let secret = Secret {
+            metadata: meta,
+            type_: Some("kubernetes.io/basic-auth".into()),
+            string_data: Some(
+                [("username".to_string(), ROOT.to_string()), ("password".to_string(), password.clone())].into(),
+            ),
+            ..Secret::default()
+        };
+        let pp = kube::api::PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        match api.create(&pp, &secret).await {
+            Ok(_) => Ok(password),
+            // Made meanwhile (another replica, a retry): use what is there.
+            Err(kube::Error::Api(s)) if s.code == 409 => Box::pin(self.root_password(kc)).await,
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -185,6 +225,25 @@ impl Actor<'_> {
                 create_job(self.client, &t.ns, &job).await?;
                 let note = format!("{} checks the backup to start from before anything is created", job.name_any());
                 self.event(kc, EventType::Normal, "CheckingBackup", note).await;
+            }
+            Action::SetAuth { enable: true } => {
+                let password = self.root_password(kc).await?;
+                self.etcd.ensure_user(&eps, ROOT, Some(&password), ROOT).await?;
+                let users = crate::tls::certificate_users(self.client, kc).await.map_err(Error::Invalid)?;
+                for user in &users {
+                    self.etcd.ensure_user(&eps, user, None, ROOT).await?;
+                }
+                self.etcd.set_auth(&eps, true).await?;
+                let note = format!(
+                    "authentication on: users {ROOT} (password in Secret {}) and {} (by certificate), role {ROOT}",
+                    naming::root_secret(&t.name),
+                    users.join(", ")
+                );
+                self.event(kc, EventType::Normal, "AuthEnabled", note).await;
+            }
+            Action::SetAuth { enable: false } => {
+                self.etcd.set_auth(&eps, false).await?;
+                self.event(kc, EventType::Normal, "AuthDisabled", "authentication off".into()).await;
             }
             Action::BackupNow { token } => {
                 let job =

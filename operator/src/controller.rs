@@ -266,9 +266,57 @@ fn error_policy(kc: Arc<KvCluster>, error: &Error, ctx: Arc<Context>) -> Requeue
     Requeue::requeue(backoff(n))
 }
 
-/// Runs the controller until a shutdown signal.
-pub async fn run(state: State, client: Client, etcd_timeout: Duration) -> Result<()> {
-    let kcs = Api::<KvCluster>::all(client.clone());
+/// Where the operator looks for KvClusters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (a ClusterRole).
+    Cluster,
+    /// These namespaces only (a Role in each).
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    /// `names` (empty: the whole cluster).
+    pub fn of(names: &[String]) -> Scope {
+        let mut names: Vec<String> = names.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() { Scope::Cluster } else { Scope::Namespaces(names) }
+    }
+}
+
+/// `Api::all`, or `Api::namespaced` in `ns`.
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until a shutdown signal: one over the whole cluster,
+/// or one per namespace of `scope` (each with its own watches, which is what
+/// a Role in each namespace allows), sharing one context.
+pub async fn run(state: State, client: Client, etcd_timeout: Duration, scope: Scope) -> Result<()> {
+    let ctx = state.to_context(client.clone(), etcd_timeout).await;
+    match scope {
+        Scope::Cluster => run_in(client, None, ctx).await,
+        Scope::Namespaces(names) => {
+            info!(namespaces = ?names, "watching these namespaces only");
+            let runs = names.iter().map(|ns| run_in(client.clone(), Some(ns.as_str()), ctx.clone()));
+            futures::future::try_join_all(runs).await.map(|_| ())
+        }
+    }
+}
+
+/// The controller over `ns` (None: every namespace).
+async fn run_in(client: Client, ns: Option<&str>, ctx: Arc<Context>) -> Result<()> {
+    let kcs = api::<KvCluster>(&client, ns);
     kcs.list(&ListParams::default().limit(1)).await?;
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     // KvCluster events that change what the operator is asked to do: not
@@ -280,18 +328,18 @@ pub async fn run(state: State, client: Client, etcd_timeout: Duration) -> Result
         .applied_objects()
         .predicate_filter(intent, PredicateConfig::default());
     Controller::for_stream(trigger, reader)
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<CronJob>::all(client.clone()), owned.clone())
+        .owns(api::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<CronJob>(&client, ns), owned.clone())
         // Jobs belong to a CronJob, not to the KvCluster: map them by their instance label.
-        .watches(Api::<Job>::all(client.clone()), owned, |job: Job| {
+        .watches(api::<Job>(&client, ns), owned, |job: Job| {
             let instance = job.labels().get("app.kubernetes.io/instance").cloned();
             instance.map(|name| ObjectRef::<KvCluster>::new(&name).within(&job.namespace().unwrap_or_default()))
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, state.to_context(client, etcd_timeout).await)
+        .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 warn!(error = %e, "controller event");

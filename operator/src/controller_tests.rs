@@ -426,3 +426,11 @@ fn errors_back_off_per_cluster_and_carry_their_kind() {
     let bare = crate::Error::Finalizer(Box::new(kube::runtime::finalizer::Error::UnnamedObject));
     assert_eq!(bare.metric_label(), "finalizer");
 }
+
+#[test]
+fn the_scope_is_the_namespaces_named_or_the_whole_cluster() {
+    assert_eq!(Scope::of(&[]), Scope::Cluster);
+    assert_eq!(Scope::of(&[String::new(), " ".into()]), Scope::Cluster, "KVD_OPERATOR_NAMESPACES set empty");
+    let named: Vec<String> = ["prod", " db", "prod"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(Scope::of(&named), Scope::Namespaces(vec!["db".into(), "prod".into()]));
+}

@@ -82,9 +82,12 @@ pub struct KvClusterSpec {
     /// Overrides merged into the member pods.
     #[serde(default)]
     pub pod_template: PodTemplateOverrides,
-    /// TLS secrets for client and peer traffic.
+    /// TLS of client and peer traffic (default: mode Operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// etcd authentication. Unset, the operator leaves it as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
     /// Prometheus Operator monitor objects.
     #[serde(default)]
     pub metrics: MetricsSpec,
@@ -337,9 +340,15 @@ pub struct PodTemplateOverrides {
     /// Secrets for pulling the image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
-    /// The members' ServiceAccount (default: the namespace's `default`).
+    /// The members' ServiceAccount (default: the namespace's `default`);
+    /// the kvctl Jobs run as it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Resources of the kvctl Jobs' containers (compaction, defrag, backup,
+    /// the restore check); default: requests of 100m CPU and 128Mi memory,
+    /// no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_resources: Option<ResourceRequirements>,
     /// Spreading members when `affinity` is not given: `Preferred` (the
     /// default) asks the scheduler for one member per node and an even
     /// spread over zones; `Required` refuses two members on one node (the
@@ -411,6 +420,20 @@ pub struct TlsSpec {
     pub certificate_duration: Option<String>,
 }
 
+/// etcd authentication, turned on or off by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// On: once every member is healthy, the operator creates the user
+    /// `root` (its password in the Secret `<name>-root`, keys `username`
+    /// and `password`), users without a password for the common names of
+    /// the client certificates it and the Jobs present (`kvd-operator` and
+    /// `kvd-client` in TLS mode Operator), each with the role `root`, and
+    /// then turns authentication on. Off: it turns it off. Needs client TLS:
+    /// the operator and the Jobs authenticate by certificate.
+    pub enabled: bool,
+}
+
 /// Which Prometheus Operator object to create, if any.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum MonitorKind {
@@ -478,6 +501,9 @@ pub struct KvClusterStatus {
     /// The backup this cluster was created from, once checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<BackupRecord>,
+    /// Whether etcd authentication is on, as the members say (with `spec.auth` set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_enabled: Option<bool>,
     /// The TLS mode the cluster runs with, recorded when it is first
     /// reconciled (it cannot change afterwards).
     #[serde(default, skip_serializing_if = "Option::is_none")]

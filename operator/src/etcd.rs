@@ -111,6 +111,27 @@ impl EtcdClient {
         }
     }
 
+    /// Whether etcd authentication is on.
+    pub async fn auth_enabled(&self, endpoints: &[String]) -> Result<bool> {
+        Ok(self.inner.auth_enabled(endpoints).await?)
+    }
+
+    /// The user `name` (with `password`, or certificate-only), granted `role`.
+    pub async fn ensure_user(
+        &self,
+        endpoints: &[String],
+        name: &str,
+        password: Option<&str>,
+        role: &str,
+    ) -> Result<()> {
+        Ok(self.inner.ensure_user(endpoints, name, password, role).await?)
+    }
+
+    /// AuthEnable or AuthDisable.
+    pub async fn set_auth(&self, endpoints: &[String], on: bool) -> Result<()> {
+        Ok(self.inner.set_auth(endpoints, on).await?)
+    }
+
     /// MemberList (serializable) from the first of `endpoints` that answers.
     pub async fn member_list(&self, endpoints: &[String]) -> Result<Vec<Member>> {
         Ok(self.inner.member_list(endpoints).await?)

@@ -61,6 +61,10 @@ struct Args {
     /// This replica's identity in the Lease (default: the pod's name, else the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Watch only these namespaces (comma-separated), with a Role in each
+    /// instead of a ClusterRole; empty: every namespace.
+    #[arg(long, env = "KVD_OPERATOR_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
 }
 
 /// The namespace a pod runs in, from its service-account mount.
@@ -156,7 +160,8 @@ async fn run(args: Args) -> std::process::ExitCode {
         if let Some(e) = &elector {
             e.acquire().await;
         }
-        let ctrl = controller::run(state, client, Duration::from_secs(args.etcd_timeout));
+        let scope = controller::Scope::of(&args.namespaces);
+        let ctrl = controller::run(state, client, Duration::from_secs(args.etcd_timeout), scope);
         match &elector {
             Some(e) => tokio::select! {
                 r = ctrl => {

@@ -269,6 +269,7 @@ pub fn action_kind(a: &Action) -> &'static str {
         Action::DeleteCronJob { .. } => "delete_cronjob",
         Action::CheckBackup => "check_backup",
         Action::BackupNow { .. } => "backup_now",
+        Action::SetAuth { .. } => "set_auth",
         Action::Wait { .. } => "wait",
         Action::Degraded { .. } => "degraded",
         Action::Idle => "idle",

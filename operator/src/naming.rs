@@ -106,6 +106,11 @@ pub fn peer_names(cluster: &str, ns: &str) -> Vec<String> {
     vec![format!("*.{peer}.{ns}.svc"), format!("*.{peer}.{ns}.svc.cluster.local")]
 }
 
+/// With `spec.auth`: the root user's credentials (`username`, `password`).
+pub fn root_secret(cluster: &str) -> String {
+    format!("{cluster}-root")
+}
+
 /// Member (and pod) name of ordinal `i`.
 pub fn member_name(cluster: &str, i: u32) -> String {
     format!("{cluster}-{i}")

@@ -52,6 +52,10 @@ pub struct Desired {
     pub tls_problem: Option<String>,
     /// Why the spec's TLS cannot be applied to the formed cluster.
     pub tls_conflict: Option<String>,
+    /// `spec.auth.enabled`, if `spec.auth` is set.
+    pub auth: Option<bool>,
+    /// Clients (the operator among them) use TLS.
+    pub client_tls: bool,
     /// `spec.backup` is set.
     pub backup_configured: bool,
     /// `spec.bootstrap.fromBackup` is set.
@@ -72,6 +76,8 @@ impl Default for Desired {
             retention_revisions: 0,
             tls_problem: None,
             tls_conflict: None,
+            auth: None,
+            client_tls: false,
             backup_configured: false,
             from_backup: false,
         }
@@ -181,6 +187,8 @@ pub struct Observation {
     pub initial_state_new: bool,
     /// The `kvd.io/backup-now` annotation's value.
     pub backup_token: Option<String>,
+    /// Whether authentication is on (asked only with `spec.auth` set).
+    pub auth_enabled: Option<bool>,
     /// Mode Operator: when the first issued certificate expires (set by
     /// the controller, which keeps them).
     pub certs_not_after: Option<jiff::Timestamp>,
@@ -220,16 +228,18 @@ pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) ->
     if pdbs.get_opt(&naming::pdb(&name)).await?.is_none() {
         missing.push(Owned::Pdb);
     }
-    let view = match &sts {
-        Some(s) => {
-            let n = s.spec.replicas.unwrap_or(0).max(0) as u32;
-            let endpoints: Vec<String> = (0..n).map(|i| naming::client_url(&name, &ns, i)).collect();
-            Some(etcd.view(&endpoints).await)
+    let (mut view, mut auth_enabled) = (None, None);
+    if let Some(s) = &sts {
+        let n = s.spec.replicas.unwrap_or(0).max(0) as u32;
+        let endpoints: Vec<String> = (0..n).map(|i| naming::client_url(&name, &ns, i)).collect();
+        view = Some(etcd.view(&endpoints).await);
+        if kc.spec.auth.is_some() {
+            auth_enabled = etcd.auth_enabled(&endpoints).await.ok();
         }
-        None => None,
-    };
+    }
     let now = jiff::Timestamp::now();
     let mut obs = build(kc, sts.as_ref(), &pods, &pvcs, missing, view.as_ref(), now);
+    obs.auth_enabled = auth_enabled;
     obs.recovery = cm.as_ref().and_then(|c| recovery::from_config(&name, c.data.as_ref()?));
     obs.initial_state_new =
         cm.as_ref().and_then(|c| c.data.as_ref()?.get(resources::INITIAL_CLUSTER_STATE)).is_some_and(|s| s == "new");
@@ -313,6 +323,7 @@ pub fn build(
         initial_state_new: false,
         backup_token: kc.annotations().get(resources::BACKUP_NOW).filter(|t| !t.is_empty()).cloned(),
         certs_not_after: None,
+        auth_enabled: None,
         backup_request: status.backup_request.clone(),
         restored_from: status.restored_from.clone(),
         backup_since: None,
@@ -343,6 +354,8 @@ pub fn desired(kc: &KvCluster) -> Desired {
         retention_revisions: spec.compaction.as_ref().and_then(|c| c.retention_revisions).unwrap_or(0),
         tls_problem: None,
         tls_conflict: kc.tls_conflict(),
+        auth: spec.auth.as_ref().map(|a| a.enabled),
+        client_tls: kc.tls().client_tls(),
         backup_configured: spec.backup.is_some(),
         from_backup: spec.bootstrap.as_ref().is_some_and(|b| b.from_backup.is_some()),
     }

@@ -22,6 +22,11 @@ use crate::naming;
 pub const CA_LIFETIME: SignedDuration = SignedDuration::from_hours(10 * 365 * 24);
 /// Default lifetime of the issued certificates (90 days).
 pub const DEFAULT_LIFETIME: SignedDuration = SignedDuration::from_hours(90 * 24);
+/// The common name of the operator's client certificate: with auth on, the
+/// user it authenticates as.
+pub const OPERATOR_USER: &str = "kvd-operator";
+/// The common name of the users' and the Jobs' client certificate.
+pub const CLIENT_USER: &str = "kvd-client";
 /// Issued certificates are backdated this much, for clocks a little behind.
 const BACKDATE: SignedDuration = SignedDuration::from_mins(5);
 /// Secret annotation: the rotation token the certificate was issued under.
@@ -68,8 +73,8 @@ impl Leaf {
         match self {
             Leaf::Server => format!("{cluster} member"),
             Leaf::Peer => format!("{cluster} peer"),
-            Leaf::Client => "kvd-client".into(),
-            Leaf::Operator => "kvd-operator".into(),
+            Leaf::Client => CLIENT_USER.into(),
+            Leaf::Operator => OPERATOR_USER.into(),
         }
     }
 
@@ -103,6 +108,8 @@ pub enum PkiError {
     BadCertificate(&'static str),
     #[error("time out of range: {0}")]
     Time(String),
+    #[error("the system's random source failed")]
+    Random,
 }
 
 fn offset_time(t: Timestamp) -> Result<time::OffsetDateTime, PkiError> {
@@ -345,6 +352,14 @@ pub fn earliest_expiry(cluster: &str, found: &Found) -> Option<Timestamp> {
         .filter_map(|c| facts(&String::from_utf8(c).ok()?, &ca).ok())
         .map(|f| f.not_after)
         .min()
+}
+
+/// A random password: 24 bytes from the system's generator, in hex.
+pub fn random_password() -> Result<String, PkiError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 24];
+    ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| PkiError::Random)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// A Go-style duration of hours and minutes (`"2160h"`, `"1h30m"`).

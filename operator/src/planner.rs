@@ -80,6 +80,9 @@ pub enum Action {
     CheckBackup,
     /// Create the Job of an on-demand backup (annotation `kvd.io/backup-now`).
     BackupNow { token: String },
+    /// Turn etcd authentication on (creating the root user and the users of
+    /// the operator's and the Jobs' certificates first) or off.
+    SetAuth { enable: bool },
     /// Nothing safe to do yet; look again soon.
     Wait { reason: &'static str, message: String },
     /// Something needs a human or cannot be done safely.
@@ -196,6 +199,12 @@ pub fn plan(obs: &Observation) -> Action {
     if let Some(problem) = &d.tls_problem {
         return degraded("TLSSecretInvalid", problem.clone());
     }
+    if d.auth == Some(true) && !d.client_tls {
+        return degraded(
+            "AuthNeedsClientTLS",
+            "spec.auth needs client TLS: the operator and the Jobs authenticate by certificate".into(),
+        );
+    }
     let Some(sts) = &obs.statefulset else {
         if let Some(a) = restore_gate(obs) {
             return a;
@@ -272,6 +281,11 @@ pub fn plan(obs: &Observation) -> Action {
     let member_pod_unready = obs.pods.iter().any(|(o, p)| member_ordinals.contains(o) && !p.ready);
     if !v.all_healthy() || member_pod_unready {
         return wait("MembersNotReady", "waiting for every member to be healthy".into());
+    }
+    if let (Some(want), Some(on)) = (d.auth, obs.auth_enabled)
+        && want != on
+    {
+        return Action::SetAuth { enable: want };
     }
     if let Some(a) = rolling(obs, &v) {
         return a;

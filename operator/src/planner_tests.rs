@@ -210,6 +210,10 @@ fn even_replicas_need_opt_in() {
         plan(&obs),
         Action::Degraded { reason: "TLSSecretInvalid", message: "secret ns/tls has no key ca.crt".into() }
     );
+    // Auth without client TLS: the operator could not authenticate.
+    let mut obs = cluster(3);
+    obs.desired.auth = Some(true);
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "AuthNeedsClientTLS", .. }));
     // A TLS change a formed cluster cannot make: nothing else is done (the
     // pods are not rolled onto the other scheme).
     let mut obs = cluster(3);
@@ -386,4 +390,32 @@ proptest! {
         let adds = steps.iter().filter(|a| matches!(a, Action::AddLearner { .. })).count();
         prop_assert_eq!(adds as u32, (want * 2 + 1).saturating_sub(n));
     }
+}
+
+#[test]
+fn auth_is_turned_on_or_off_once_every_member_is_healthy() {
+    let mut obs = cluster(3);
+    obs.desired.client_tls = true;
+    obs.desired.auth = Some(true);
+    obs.auth_enabled = Some(false);
+    assert_eq!(plan(&obs), Action::SetAuth { enable: true });
+    obs.auth_enabled = Some(true);
+    assert_eq!(plan(&obs), Action::Idle);
+    obs.desired.auth = Some(false);
+    assert_eq!(plan(&obs), Action::SetAuth { enable: false });
+    // Unknown (AuthStatus did not answer), or not asked for: nothing.
+    obs.auth_enabled = None;
+    assert_eq!(plan(&obs), Action::Idle);
+    obs.desired.auth = None;
+    obs.auth_enabled = Some(true);
+    assert_eq!(plan(&obs), Action::Idle);
+    // Not while a member is unhealthy.
+    let mut obs = cluster(3);
+    obs.desired.client_tls = true;
+    obs.desired.auth = Some(true);
+    obs.auth_enabled = Some(false);
+    if let Some(m) = obs.members.as_mut().and_then(|m| m.get_mut(1)) {
+        m.health = None;
+    }
+    assert!(matches!(plan(&obs), Action::Wait { .. }), "{:?}", plan(&obs));
 }

@@ -182,6 +182,12 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
             Action::BackupNow { token } => Some(token.clone()),
             _ => prev.backup_request.clone(),
         },
+        // As the members said; the step just taken; or as last seen.
+        auth_enabled: match action {
+            Action::SetAuth { enable } => Some(*enable),
+            _ if kc.spec.auth.is_some() => obs.auth_enabled.or(prev.auth_enabled),
+            _ => None,
+        },
         // The TLS the members run with; kept as it was while the spec asks
         // for a change a formed cluster cannot make.
         tls: match (&obs.desired.tls_conflict, kc.recorded_tls()) {

@@ -29,6 +29,26 @@ pub async fn client_tls(client: &kube::Client, kc: &KvCluster) -> Result<Option<
     from_data(&format!("{ns}/{name}"), secret.data.unwrap_or_default()).map(Some)
 }
 
+/// The users the operator and the Jobs authenticate as (the common names
+/// of the certificates they present): in TLS mode Operator those the
+/// operator issues; in mode Secrets the client Secret's.
+pub async fn certificate_users(client: &kube::Client, kc: &KvCluster) -> Result<Vec<String>, String> {
+    if kc.tls_mode() == crate::crd::TlsMode::Operator {
+        return Ok(vec![crate::pki::OPERATOR_USER.to_string(), crate::pki::CLIENT_USER.to_string()]);
+    }
+    let Some(tls) = client_tls(client, kc).await? else { return Err("no client TLS".into()) };
+    let (cert, _) = tls.identity.ok_or("no client certificate")?;
+    common_name(&cert).map(|cn| vec![cn]).ok_or_else(|| "the client certificate has no common name".into())
+}
+
+/// The subject common name of a PEM certificate.
+pub fn common_name(pem_text: &[u8]) -> Option<String> {
+    let p = pem::parse(pem_text).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(p.contents()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
 /// The three PEM entries of a TLS secret's data.
 pub fn from_data(name: &str, mut data: BTreeMap<String, ByteString>) -> Result<ClientTls, String> {
     let mut take = |key: &str| {
@@ -43,6 +63,23 @@ pub fn from_data(name: &str, mut data: BTreeMap<String, ByteString>) -> Result<C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_common_name_is_read_from_a_certificate() {
+        let found = crate::pki::plan(
+            "demo",
+            "ns",
+            &Default::default(),
+            jiff::Timestamp::now(),
+            crate::pki::DEFAULT_LIFETIME,
+            "",
+        )
+        .expect("plan");
+        let of = |secret: &str| found.iter().find(|w| w.secret == secret).expect(secret).data["tls.crt"].clone();
+        assert_eq!(common_name(&of("demo-operator-tls")).as_deref(), Some(crate::pki::OPERATOR_USER));
+        assert_eq!(common_name(&of("demo-client-tls")).as_deref(), Some(crate::pki::CLIENT_USER));
+        assert_eq!(common_name(b"not a certificate"), None);
+    }
 
     #[test]
     fn every_key_is_needed() {

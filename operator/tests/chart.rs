@@ -165,6 +165,8 @@ fn cluster_values_are_the_kvcluster_spec() {
     }
     let mut have = keys(&values);
     assert!(have.remove("name"), "values.yaml has no name");
+    // The chart's own object besides the KvCluster.
+    assert!(have.remove("networkPolicy"), "values.yaml has no networkPolicy");
     assert_eq!(have, want, "charts/kvd-cluster/values.yaml keys against the KvCluster spec");
 
     // Nested keys: those in values.yaml and those the schema allows.
@@ -193,12 +195,21 @@ fn cluster_role_rules(text: &str) -> String {
     rest[start..end].trim_end().to_string()
 }
 
+/// The rules the chart grants, in its ClusterRole or in each namespace's
+/// Role: the body of its `kvd-operator.rules` template.
+fn chart_rules(text: &str) -> String {
+    let start = text.find("{{- define \"kvd-operator.rules\" }}\n").expect("the rules template")
+        + "{{- define \"kvd-operator.rules\" }}\n".len();
+    let end = start + text[start..].find("\n{{- end }}").expect("its end");
+    text[start..end].trim_end().to_string()
+}
+
 #[test]
 fn plain_manifest_grants_what_the_chart_grants() {
     let root = root();
-    let chart = cluster_role_rules(&read(&root.join("charts/kvd-operator/templates/rbac.yaml")));
+    let chart = chart_rules(&read(&root.join("charts/kvd-operator/templates/rbac.yaml")));
     let plain = cluster_role_rules(&read(&root.join("operator/deploy/operator.yaml")));
-    assert!(!chart.contains("{{"), "the chart's ClusterRole rules are plain YAML");
+    assert!(!chart.contains("{{"), "the chart's rules are plain YAML");
     assert_eq!(plain, chart, "operator/deploy/operator.yaml's ClusterRole differs from the chart's");
 }
 

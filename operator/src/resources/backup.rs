@@ -164,6 +164,7 @@ pub fn restore_init_container(kc: &KvCluster, env: &[EnvVar]) -> Option<(Contain
         env: Some(env),
         env_from: (!io.env_from.is_empty()).then_some(io.env_from),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(super::statefulset::container_security()),
         volume_mounts: Some(
             [VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() }]
                 .into_iter()

@@ -116,12 +116,31 @@ pub(super) fn kvctl_pod(kc: &KvCluster, args: Vec<String>, io: StoreIo) -> PodSp
             termination_message_policy: Some("FallbackToLogsOnError".into()),
             volume_mounts: (!io.mounts.is_empty()).then_some(io.mounts),
             env_from: (!io.env_from.is_empty()).then_some(io.env_from),
+            resources: Some(over.job_resources.clone().unwrap_or_else(default_job_resources)),
+            security_context: Some(super::statefulset::container_security()),
             ..Container::default()
         }],
         volumes: (!io.volumes.is_empty()).then_some(io.volumes),
         tolerations: (!over.tolerations.is_empty()).then(|| over.tolerations.clone()),
         node_selector: (!over.node_selector.is_empty()).then(|| over.node_selector.clone()),
+        priority_class_name: over.priority_class_name.clone(),
+        image_pull_secrets: (!over.image_pull_secrets.is_empty()).then(|| over.image_pull_secrets.clone()),
+        service_account_name: over.service_account_name.clone(),
+        security_context: Some(super::statefulset::pod_security()),
         ..PodSpec::default()
+    }
+}
+
+/// A kvctl Job's resources unless `podTemplate.jobResources` says: it
+/// streams (a backup of 187 MiB peaked at 37 MiB), so small requests and no
+/// limit (a restore of a large database must not be killed halfway).
+fn default_job_resources() -> k8s_openapi::api::core::v1::ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    k8s_openapi::api::core::v1::ResourceRequirements {
+        requests: Some(
+            [("cpu".to_string(), Quantity("100m".into())), ("memory".to_string(), Quantity("128Mi".into()))].into(),
+        ),
+        ..Default::default()
     }
 }
 
@@ -199,6 +218,27 @@ mod tests {
         assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
         let args = c.args.clone().expect("args").join(" ");
         assert_eq!(args, "compact --endpoints http://demo-client.ns.svc:2379 --retain-revisions 1000");
+        // Hardened as the members are, with small requests and no limit.
+        let sc = c.security_context.as_ref().expect("container security");
+        assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
+        let psc = pod.security_context.as_ref().expect("pod security");
+        assert_eq!((psc.run_as_non_root, psc.run_as_user), (Some(true), Some(65532)));
+        let res = c.resources.as_ref().expect("resources");
+        assert_eq!(res.requests.as_ref().map(|r| r["memory"].0.as_str()), Some("128Mi"));
+        assert!(res.limits.is_none());
+        kc.spec.pod_template.job_resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            limits: Some(
+                [("memory".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()))].into(),
+            ),
+            ..Default::default()
+        });
+        kc.spec.pod_template.priority_class_name = Some("high".into());
+        let cj2 = cronjob(&kc, Task::Compact).expect("compact");
+        let pod2 = cj2.spec.job_template.spec.expect("job").template.spec.expect("pod");
+        assert_eq!(pod2.priority_class_name.as_deref(), Some("high"));
+        assert!(pod2.containers[0].resources.as_ref().and_then(|r| r.limits.as_ref()).is_some());
+        kc.spec.pod_template.job_resources = None;
+        kc.spec.pod_template.priority_class_name = None;
         // Job pods must not match the members' selector (PDB, member pod list).
         let pod_labels = job.template.metadata.as_ref().and_then(|m| m.labels.clone()).expect("labels");
         assert_eq!(pod_labels.get("app.kubernetes.io/name").map(String::as_str), Some("kvctl"));

@@ -64,7 +64,9 @@ fn probe(path: &str, initial_delay: i32) -> Probe {
 
 /// Members run as the image's non-root user; `fsGroup` makes the claim
 /// mounted at the data directory writable by it (volumes start root-owned).
-fn pod_security() -> PodSecurityContext {
+/// The members' and the kvctl Jobs' pod security: non-root as the image's
+/// user, which owns the volumes through `fsGroup`; the runtime's seccomp.
+pub(super) fn pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(MEMBER_UID),
@@ -76,10 +78,13 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
-fn container_security() -> SecurityContext {
+/// Every container's: no privilege, no capability, and a read-only root
+/// filesystem (kvd and kvctl write only under their mounted volumes).
+pub(super) fn container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        read_only_root_filesystem: Some(true),
         ..SecurityContext::default()
     }
 }
