@@ -25,7 +25,7 @@ SCENARIOS=(
   "nospace_remediated:a full quota raises NOSPACE; the operator compacts, defragments and disarms"
   "maintenance_cronjobs:the compaction and defrag CronJobs run and record lastCompaction and lastDefrag"
   "scheduled_backups:backups to a real S3 server on schedule and on demand; retention prunes them"
-  "rolling_upgrade:a new image tag rolls through the members with no failed write"
+  "rolling_upgrade:an upgrade skipping a minor version is refused; the next version rolls through after a backup, with no failed write"
   "tls_cluster:a KvCluster with client and peer TLS serves only clients with a certificate"
   "cluster_deleted:deleting a KvCluster removes its objects; claims follow whenDeleted"
   "etcd_import:an etcd 3.6 snapshot becomes a KvCluster; kube-apiserver moved onto it serves its objects with their resourceVersions"

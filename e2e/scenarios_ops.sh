@@ -224,10 +224,37 @@ ready_members() {
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true
 }
 
-# A new image tag (the same binary under another name) rolls through the
-# members one at a time: never fewer than 2 ready, no failed write.
+# member_versions: the kvd version each member reports on /version
+# (its metrics port), sorted.
+member_versions() {
+  local ip
+  for ip in $(kubectl -n "$OP_NS" get pods -l $MEMBERS -o jsonpath='{.items[*].status.podIP}'); do
+    curl -s --max-time 3 "http://$ip:2381/version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["kvd"])'
+  done | sort | tr '\n' ' '
+}
+
+# An upgrade to the next version (e2e/next-version): first one that skips a
+# minor version, refused (Degraded UpgradeRefused, no pod restarted); then
+# the next one, with spec.backup set: a backup is taken first (an
+# UpgradeBackup Event and a new object in the bucket), then the members
+# restart one at a time under the writer, never fewer than 2 ready and no
+# failed write, and each then reports the new version (where the next
+# image is a second kvd build that says so: UPGRADE_REPORTS_VERSION).
 rolling_upgrade() {
-  local image=ghcr.io/kvd-io/kvd:e2e-next least=3 n
+  local next skip image least=3 n uids
+  next=$(cat "$root/e2e/next-version")
+  skip=$(echo "$next" | awk -F. '{printf "%d.%d.0", $1, $2 + 1}')
+  image=ghcr.io/kvd-io/kvd:$next
+  uids=$(member_pod_uids)
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p "{\"spec\":{\"image\":\"ghcr.io/kvd-io/kvd:$skip\"}}"
+  eventually 60 degraded_because UpgradeRefused
+  kvc_field '{.status.conditions[?(@.type=="Degraded")].message}'
+  echo
+  sleep 10
+  [ "$(member_pod_uids)" = "$uids" ] || fail "a refused upgrade restarted members"
+  s3_up
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"backup":{"schedule":"0 0 1 1 *",
+    "store":{"url":"s3://kvd-backups/upgrade","credentialsSecret":"s3-creds"}}}}'
   writer_start upgrade
   kubectl -n "$OP_NS" patch kvc demo --type merge -p "{\"spec\":{\"image\":\"$image\"}}"
   local deadline=$(($(date +%s) + 300))
@@ -242,13 +269,24 @@ rolling_upgrade() {
   echo "fewest ready members during the upgrade: $least"
   [ "$least" -ge 2 ] || fail "only $least members were ready at one point"
   has_event PodRestarted || fail "no PodRestarted event"
+  has_event UpgradeBackup || fail "no UpgradeBackup event"
+  [ -n "$(find "$S3_ROOT/kvd-backups/upgrade/$OP_NS/demo" -name '*.snap*' 2>/dev/null)" ] ||
+    fail "no backup was taken before the upgrade"
+  echo "members report: $(member_versions)"
+  if [ -n "${UPGRADE_REPORTS_VERSION:-}" ]; then
+    [ "$(member_versions)" = "$next $next $next " ] || fail "members report $(member_versions), not $next"
+  fi
+  echo "measured: upgrade to $next: fewest ready members $least; members report $(member_versions)"
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"backup":null}}'
 }
 
 kvc_gone() { ! kubectl -n "$OP_NS" get kvc "$1" >/dev/null 2>&1; }
 # owned_left NAME: objects of cluster NAME still there (the garbage
-# collector removes what the KvCluster owns once it is gone).
+# collector removes what the KvCluster owns once it is gone). The root
+# password Secret of spec.auth is left out: it stays with retained claims.
 owned_left() {
-  kubectl -n "$OP_NS" get sts,svc,cm,pdb,cronjob,pod,secret -l "app.kubernetes.io/instance=$1" -o name
+  kubectl -n "$OP_NS" get sts,svc,cm,pdb,cronjob,pod,secret -l "app.kubernetes.io/instance=$1" -o name |
+    grep -vx "secret/$1-root" || true
 }
 owned_gone() { [ -z "$(owned_left "$1")" ]; }
 claims_of() { kubectl -n "$OP_NS" get pvc -o name | grep -cE "/data-$1-[0-9]+$" || true; }
@@ -267,6 +305,8 @@ cluster_deleted() {
   eventually 120 owned_gone demo
   [ "$(claims_of demo)" -eq 3 ] || fail "claims after deletion with whenDeleted Retain: $(kubectl -n "$OP_NS" get pvc)"
   has_event DeleteRequested || fail "no DeleteRequested event"
+  # The retained data keeps its root password (spec.auth was on).
+  kubectl -n "$OP_NS" get secret demo-root >/dev/null || fail "the root password went while the claims stay"
 
   kubectl -n "$OP_NS" apply -f - <<'YAML'
 apiVersion: kvd.io/v1alpha1

@@ -18,6 +18,9 @@
 # the images to the local binaries).
 OPERATOR_HELM_ARGS=()
 CLUSTER_HELM_ARGS=()
+# The node agent runs image tag T from kvd-T when there is one: the second
+# build scripts/test makes reports the next version (e2e/next-version).
+UPGRADE_REPORTS_VERSION=1
 
 ectl() { "$ETCDCTL" "$@"; }
 

@@ -245,6 +245,13 @@ impl Actor<'_> {
                 self.etcd.set_auth(&eps, false).await?;
                 self.event(kc, EventType::Normal, "AuthDisabled", "authentication off".into()).await;
             }
+            Action::UpgradeBackup { token } => {
+                let job =
+                    resources::backup_now_job(kc, token).ok_or_else(|| Error::Invalid("no spec.backup".into()))?;
+                create_job(self.client, &t.ns, &job).await?;
+                let note = format!("{} takes a backup before the members move to {}", job.name_any(), kc.spec.image());
+                self.event(kc, EventType::Normal, "UpgradeBackup", note).await;
+            }
             Action::BackupNow { token } => {
                 let job =
                     resources::backup_now_job(kc, token).ok_or_else(|| Error::Invalid("no spec.backup".into()))?;

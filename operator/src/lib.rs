@@ -21,6 +21,7 @@ pub mod resources;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 
 #[cfg(test)]
 pub mod fixtures;

@@ -270,6 +270,7 @@ pub fn action_kind(a: &Action) -> &'static str {
         Action::CheckBackup => "check_backup",
         Action::BackupNow { .. } => "backup_now",
         Action::SetAuth { .. } => "set_auth",
+        Action::UpgradeBackup { .. } => "upgrade_backup",
         Action::Wait { .. } => "wait",
         Action::Degraded { .. } => "degraded",
         Action::Idle => "idle",

@@ -52,6 +52,11 @@ pub struct Desired {
     pub tls_problem: Option<String>,
     /// Why the spec's TLS cannot be applied to the formed cluster.
     pub tls_conflict: Option<String>,
+    /// The member image the spec asks for.
+    pub image: String,
+    /// With `spec.backup`: the token of the backup taken before moving to
+    /// `image`, and the name of its Job.
+    pub upgrade_backup: Option<(String, String)>,
     /// `spec.auth.enabled`, if `spec.auth` is set.
     pub auth: Option<bool>,
     /// Clients (the operator among them) use TLS.
@@ -76,6 +81,8 @@ impl Default for Desired {
             retention_revisions: 0,
             tls_problem: None,
             tls_conflict: None,
+            image: "r/kvd:0.1.0".into(),
+            upgrade_backup: None,
             auth: None,
             client_tls: false,
             backup_configured: false,
@@ -106,6 +113,8 @@ pub struct PodObs {
     pub uid: Option<String>,
     /// Being deleted already (it has a deletion timestamp).
     pub terminating: bool,
+    /// The image of its kvd container.
+    pub image: Option<String>,
 }
 
 /// What one member reports about itself through Status.
@@ -354,6 +363,12 @@ pub fn desired(kc: &KvCluster) -> Desired {
         retention_revisions: spec.compaction.as_ref().and_then(|c| c.retention_revisions).unwrap_or(0),
         tls_problem: None,
         tls_conflict: kc.tls_conflict(),
+        image: spec.image(),
+        upgrade_backup: spec.backup.as_ref().and_then(|_| {
+            let token = crate::upgrade::backup_token(&spec.image());
+            let job = resources::backup_now_job(kc, &token)?.name_any();
+            Some((token, job))
+        }),
         auth: spec.auth.as_ref().map(|a| a.enabled),
         client_tls: kc.tls().client_tls(),
         backup_configured: spec.backup.is_some(),
@@ -382,6 +397,7 @@ fn pod_obs(p: &Pod, update_revision: Option<&str>, now: jiff::Timestamp) -> PodO
         created: p.creation_timestamp().map(|t| t.0),
         uid: p.uid(),
         terminating: p.metadata.deletion_timestamp.is_some(),
+        image: p.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone()),
     }
 }
 

@@ -13,6 +13,7 @@
 use crate::observe::{AlarmKind, MemberObs, Observation, Owned};
 use crate::recovery::RecoveryEnd;
 use crate::resources::Task;
+use crate::upgrade::Gate;
 
 /// Smallest free fraction worth a defragmentation while remediating NOSPACE.
 pub const NOSPACE_MIN_FREE_FRACTION: f64 = 0.05;
@@ -80,6 +81,8 @@ pub enum Action {
     CheckBackup,
     /// Create the Job of an on-demand backup (annotation `kvd.io/backup-now`).
     BackupNow { token: String },
+    /// Take the backup before an upgrade to a new image (`upgrade.rs`).
+    UpgradeBackup { token: String },
     /// Turn etcd authentication on (creating the root user and the users of
     /// the operator's and the Jobs' certificates first) or off.
     SetAuth { enable: bool },
@@ -256,6 +259,15 @@ pub fn plan(obs: &Observation) -> Action {
     }
     if let Some(l) = v.learners.first() {
         return learner_step(&v, l, sts.replicas);
+    }
+    let running: Vec<&str> = obs.pods.values().filter_map(|p| p.image.as_deref()).collect();
+    let healthy = v.all_healthy() && obs.pods.values().all(|p| p.ready);
+    let backup = d.upgrade_backup.as_ref().map(|(t, j)| (t.as_str(), j.as_str()));
+    match crate::upgrade::gate(&d.image, &running, backup, &obs.jobs, healthy) {
+        Gate::Open => {}
+        Gate::Refused(reason, message) => return degraded(reason, message),
+        Gate::Backup(token) => return Action::UpgradeBackup { token },
+        Gate::Wait(reason, message) => return wait(reason, message),
     }
     if sts.template_hash.as_deref() != Some(d.template_hash.as_str()) {
         return Action::UpdateStatefulSet;

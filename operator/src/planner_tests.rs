@@ -419,3 +419,31 @@ fn auth_is_turned_on_or_off_once_every_member_is_healthy() {
     }
     assert!(matches!(plan(&obs), Action::Wait { .. }), "{:?}", plan(&obs));
 }
+
+#[test]
+fn a_new_image_waits_for_its_backup_and_is_refused_when_it_skips_a_minor_version() {
+    let mut obs = cluster(3);
+    for p in obs.pods.values_mut() {
+        p.image = Some("r/kvd:0.1.0".into());
+    }
+    obs.desired.template_hash = "new".into();
+    obs.desired.image = "r/kvd:0.3.0".into();
+    assert!(matches!(plan(&obs), Action::Degraded { reason: "UpgradeRefused", .. }), "{:?}", plan(&obs));
+    obs.desired.image = "r/kvd:0.2.0".into();
+    obs.desired.upgrade_backup = Some(("upgrade to r/kvd:0.2.0".into(), "demo-backup-now-x".into()));
+    assert_eq!(plan(&obs), Action::UpgradeBackup { token: "upgrade to r/kvd:0.2.0".into() });
+    obs.jobs = vec![crate::maintenance::JobObs {
+        name: "demo-backup-now-x".into(),
+        task: Task::Backup,
+        succeeded: true,
+        failed: false,
+        completed: None,
+        message: None,
+        failure: None,
+    }];
+    assert_eq!(plan(&obs), Action::UpdateStatefulSet);
+    // Without spec.backup the template goes at once.
+    obs.desired.upgrade_backup = None;
+    obs.jobs.clear();
+    assert_eq!(plan(&obs), Action::UpdateStatefulSet);
+}

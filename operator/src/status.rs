@@ -32,9 +32,10 @@ pub fn phase(obs: &Observation, action: &Action) -> &'static str {
         | Action::ResizeStatefulSet { .. }
         | Action::RecycleMember { .. }
         | Action::MoveLeader { why: Why::ScaleDown, .. } => "Scaling",
-        Action::UpdateStatefulSet | Action::RestartPod { .. } | Action::MoveLeader { why: Why::Rolling, .. } => {
-            "Upgrading"
-        }
+        Action::UpdateStatefulSet
+        | Action::RestartPod { .. }
+        | Action::UpgradeBackup { .. }
+        | Action::MoveLeader { why: Why::Rolling, .. } => "Upgrading",
         _ if obs.alarms.iter().any(|a| a.kind == AlarmKind::Nospace) => "Remediating",
         _ => "Running",
     }

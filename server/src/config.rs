@@ -11,7 +11,7 @@ use clap::Parser;
 use crate::etcdserver::ServerConfig;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kvd", version, about = "kvd: an etcd-compatible, Raft-replicated key-value store")]
+#[command(name = "kvd", version = crate::VERSION, about = "kvd: an etcd-compatible, Raft-replicated key-value store")]
 pub struct Flags {
     /// Human-readable name for this member.
     #[arg(long, env = "KVD_NAME", default_value = "default")]

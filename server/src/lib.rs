@@ -6,6 +6,14 @@
 //! Beside apply: [`lease`] (the lessor apply grants and revokes with) and
 //! [`watch`] (apply hands it each revision's events).
 
+/// kvd's version, as `/version` and `kvd --version` report it: the crate's,
+/// unless the build sets `KVD_VERSION` (the e2e builds a second kvd that
+/// reports another version, to upgrade to).
+pub const VERSION: &str = match option_env!("KVD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 pub mod apply;
 pub mod auth;
 pub mod backend;

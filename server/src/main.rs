@@ -153,7 +153,7 @@ async fn run(flags: Flags) -> Result<(), String> {
             acceptors.insert(files.clone(), r);
         }
     }
-    info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting kvd");
+    info!(name = %cfg.name, data_dir = %cfg.data_dir.display(), version = kvd::VERSION, "starting kvd");
     let server = EtcdServer::start(cfg).await.map_err(|e| e.to_string())?;
     server.run_background();
     let mut tasks = tokio::task::JoinSet::new();

@@ -98,7 +98,9 @@ fn launch(
         read_only: false,
     });
     Ok(Launch {
-        program: cfg.bin_dir.join(bin.file_name()),
+        program: cfg
+            .bin_dir
+            .join(spec::binary_file(bin, c.image.as_deref().unwrap_or_default(), &|f| cfg.bin_dir.join(f).is_file())),
         args,
         env,
         cwd: c.working_dir.clone().map(PathBuf::from).unwrap_or_else(|| "/".into()),

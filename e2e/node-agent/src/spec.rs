@@ -23,6 +23,23 @@ impl Binary {
     }
 }
 
+/// The tag of an image reference, if it has one (not a digest).
+pub fn image_tag(image: &str) -> Option<&str> {
+    let image = image.split('@').next().unwrap_or(image);
+    let repo = image_repository(image);
+    image.strip_prefix(repo)?.strip_prefix(':').filter(|t| !t.is_empty())
+}
+
+/// The file that stands for `bin` in `image`: `<name>-<tag>` when the
+/// directory has one for the image's tag (the e2e's second kvd build,
+/// reporting another version), else `<name>`.
+pub fn binary_file(bin: Binary, image: &str, exists: &dyn Fn(&str) -> bool) -> String {
+    match image_tag(image).map(|t| format!("{}-{t}", bin.file_name())) {
+        Some(tagged) if exists(&tagged) => tagged,
+        _ => bin.file_name().to_string(),
+    }
+}
+
 /// The repository part of an image reference: no `@digest`, no `:tag`.
 pub fn image_repository(image: &str) -> &str {
     let image = image.split('@').next().unwrap_or(image);
@@ -130,6 +147,17 @@ mod tests {
         assert_eq!((b, a), (Binary::Operator, s(&["--port=8080"])));
         assert!(matches!(resolve("registry.invalid/web", &[], &[]), Err(Error::Spec { reason: "ErrImagePull", .. })));
         assert!(resolve("ghcr.io/kvd-io/kvd:1", &s(&["sh"]), &[]).is_err());
+    }
+
+    #[test]
+    fn a_tagged_binary_stands_for_its_tag() {
+        assert_eq!(image_tag("ghcr.io/kvd-io/kvd:0.2.0"), Some("0.2.0"));
+        assert_eq!(image_tag("localhost:5000/kvd"), None);
+        assert_eq!(image_tag("x/kvd@sha256:abc"), None);
+        let have = |f: &str| f == "kvd-0.2.0";
+        assert_eq!(binary_file(Binary::Kvd, "ghcr.io/kvd-io/kvd:0.2.0", &have), "kvd-0.2.0");
+        assert_eq!(binary_file(Binary::Kvd, "ghcr.io/kvd-io/kvd:0.1.0", &have), "kvd");
+        assert_eq!(binary_file(Binary::Kvctl, "ghcr.io/kvd-io/kvd:0.2.0", &have), "kvctl");
     }
 
     #[test]

@@ -78,7 +78,7 @@ async fn version() -> impl IntoResponse {
     let body = serde_json::json!({
         "etcdserver": ETCD_API_VERSION,
         "etcdcluster": ETCD_API_VERSION,
-        "kvd": env!("CARGO_PKG_VERSION"),
+        "kvd": crate::VERSION,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
