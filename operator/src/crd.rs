@@ -671,14 +671,18 @@ impl KvCluster {
         self.recorded_tls().map(|t| t.mode).unwrap_or(TlsMode::Operator)
     }
 
-    /// The TLS the cluster formed with: as recorded in status, or plain
-    /// text for a cluster that formed before it was recorded.
+    /// The TLS the cluster formed with: as recorded in status, or, for a
+    /// cluster that formed before it was recorded, what the operator of
+    /// that time made of the spec: the Secrets named (mode Secrets), else
+    /// plain text.
     pub fn recorded_tls(&self) -> Option<TlsStatus> {
         let st = self.status.as_ref()?;
         match &st.tls {
             Some(t) => Some(t.clone()),
             None if st.formed => {
-                Some(TlsStatus { mode: TlsMode::Disabled, client_tls: false, peer_tls: false, not_after: None })
+                let (client_tls, peer_tls) = (self.spec.client_secret().is_some(), self.spec.peer_secret().is_some());
+                let mode = if client_tls || peer_tls { TlsMode::Secrets } else { TlsMode::Disabled };
+                Some(TlsStatus { mode, client_tls, peer_tls, not_after: None })
             }
             None => None,
         }

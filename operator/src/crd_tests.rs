@@ -110,6 +110,19 @@ fn a_formed_cluster_cannot_turn_tls_on_or_off() {
         ..Default::default()
     });
     assert_eq!(kc.tls_conflict(), None);
+    // A cluster an older operator formed with its own Secrets (no
+    // status.tls yet): it runs on them, no conflict (the first reconcile
+    // records them).
+    let mut kc = with_status(serde_json::json!({"formed": true}));
+    kc.spec.tls = Some(TlsSpec {
+        client_secret_name: Some("c".into()),
+        peer_secret_name: Some("p".into()),
+        ..Default::default()
+    });
+    assert_eq!(kc.tls_conflict(), None);
+    assert_eq!(kc.tls_mode(), TlsMode::Secrets);
+    let rec = kc.recorded_tls().expect("recorded");
+    assert_eq!((rec.mode, rec.client_tls, rec.peer_tls), (TlsMode::Secrets, true, true));
     // Before the cluster forms, anything goes.
     let mut kc = with_status(
         serde_json::json!({"formed": false, "tls": {"mode": "Operator", "clientTls": true, "peerTls": true}}),
