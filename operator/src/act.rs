@@ -245,19 +245,21 @@ impl Actor<'_> {
                 self.etcd.set_auth(&eps, false).await?;
                 self.event(kc, EventType::Normal, "AuthDisabled", "authentication off".into()).await;
             }
-            Action::UpgradeBackup { token } => {
+            Action::UpgradeBackup { token } | Action::BackupNow { token } => {
                 let job =
                     resources::backup_now_job(kc, token).ok_or_else(|| Error::Invalid("no spec.backup".into()))?;
                 create_job(self.client, &t.ns, &job).await?;
-                let note = format!("{} takes a backup before the members move to {}", job.name_any(), kc.spec.image());
-                self.event(kc, EventType::Normal, "UpgradeBackup", note).await;
-            }
-            Action::BackupNow { token } => {
-                let job =
-                    resources::backup_now_job(kc, token).ok_or_else(|| Error::Invalid("no spec.backup".into()))?;
-                create_job(self.client, &t.ns, &job).await?;
-                let note = format!("{} takes a backup now (kvd.io/backup-now {token:?})", job.name_any());
-                self.event(kc, EventType::Normal, "BackupRequested", note).await;
+                let (reason, note) = match action {
+                    Action::UpgradeBackup { .. } => (
+                        "UpgradeBackup",
+                        format!("{} takes a backup before the members move to {}", job.name_any(), kc.spec.image()),
+                    ),
+                    _ => (
+                        "BackupRequested",
+                        format!("{} takes a backup now (kvd.io/backup-now {token:?})", job.name_any()),
+                    ),
+                };
+                self.event(kc, EventType::Normal, reason, note).await;
             }
             Action::UpdateStatefulSet => {
                 self.apply_static(&t, sts_replicas).await?;

@@ -364,10 +364,10 @@ pub fn desired(kc: &KvCluster) -> Desired {
         tls_problem: None,
         tls_conflict: kc.tls_conflict(),
         image: spec.image(),
-        upgrade_backup: spec.backup.as_ref().and_then(|_| {
+        upgrade_backup: spec.backup.as_ref().map(|_| {
             let token = crate::upgrade::backup_token(&spec.image());
-            let job = resources::backup_now_job(kc, &token)?.name_any();
-            Some((token, job))
+            let job = resources::backup_now_name(kc, &token);
+            (token, job)
         }),
         auth: spec.auth.as_ref().map(|a| a.enabled),
         client_tls: kc.tls().client_tls(),

@@ -260,10 +260,13 @@ pub fn plan(obs: &Observation) -> Action {
     if let Some(l) = v.learners.first() {
         return learner_step(&v, l, sts.replicas);
     }
+    let member_ordinals: Vec<u32> = members.iter().filter_map(|m| m.ordinal).collect();
+    // Every member healthy, and each one's pod ready: the gate of upgrades,
+    // rolling restarts and scale-down below.
+    let all_ready = v.all_healthy() && obs.pods.iter().all(|(o, p)| !member_ordinals.contains(o) || p.ready);
     let running: Vec<&str> = obs.pods.values().filter_map(|p| p.image.as_deref()).collect();
-    let healthy = v.all_healthy() && obs.pods.values().all(|p| p.ready);
     let backup = d.upgrade_backup.as_ref().map(|(t, j)| (t.as_str(), j.as_str()));
-    match crate::upgrade::gate(&d.image, &running, backup, &obs.jobs, healthy) {
+    match crate::upgrade::gate(&d.image, &running, backup, &obs.jobs, all_ready) {
         Gate::Open => {}
         Gate::Refused(reason, message) => return degraded(reason, message),
         Gate::Backup(token) => return Action::UpgradeBackup { token },
@@ -272,7 +275,6 @@ pub fn plan(obs: &Observation) -> Action {
     if sts.template_hash.as_deref() != Some(d.template_hash.as_str()) {
         return Action::UpdateStatefulSet;
     }
-    let member_ordinals: Vec<u32> = members.iter().filter_map(|m| m.ordinal).collect();
     let voters = v.voters.len() as u32;
     // A removed member's pod is still there: shrink the StatefulSet.
     if sts.replicas > 0 && !member_ordinals.contains(&(sts.replicas - 1)) && voters >= d.replicas {
@@ -290,8 +292,7 @@ pub fn plan(obs: &Observation) -> Action {
         }
         return Action::AddLearner { ordinal };
     }
-    let member_pod_unready = obs.pods.iter().any(|(o, p)| member_ordinals.contains(o) && !p.ready);
-    if !v.all_healthy() || member_pod_unready {
+    if !all_ready {
         return wait("MembersNotReady", "waiting for every member to be healthy".into());
     }
     if let (Some(want), Some(on)) = (d.auth, obs.auth_enabled)

@@ -90,13 +90,18 @@ fn kvctl_job(kc: &KvCluster, name: String, component: &str, args: Vec<String>, i
     }
 }
 
+/// The name of the on-demand backup Job for `token`.
+pub fn backup_now_name(kc: &KvCluster, token: &str) -> String {
+    format!("{}-backup-now-{}", kc.name_any(), &fnv(token.as_bytes())[..10])
+}
+
 /// The Job of an on-demand backup for `token` (the backup CronJob's
 /// template, named after the token), or None without `spec.backup`.
 pub fn backup_now_job(kc: &KvCluster, token: &str) -> Option<Job> {
     let cj = cronjob(kc, Task::Backup)?;
     let mut job_spec = cj.spec.job_template.spec?;
     job_spec.ttl_seconds_after_finished = Some(86_400);
-    let mut m = meta(kc, format!("{}-backup-now-{}", kc.name_any(), &fnv(token.as_bytes())[..10]));
+    let mut m = meta(kc, backup_now_name(kc, token));
     m.labels = cj.spec.job_template.metadata.and_then(|m| m.labels);
     m.annotations = Some([(BACKUP_NOW.to_string(), token.to_string())].into());
     Some(Job { metadata: m, spec: Some(job_spec), status: None })

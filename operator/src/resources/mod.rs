@@ -12,7 +12,7 @@ mod service;
 mod statefulset;
 
 pub use backup::{
-    BACKUP_NOW, BACKUPS_DIR, RESTORE_CHECK, StoreIo, backup_name, backup_now_job, restore_check_job,
+    BACKUP_NOW, BACKUPS_DIR, RESTORE_CHECK, StoreIo, backup_name, backup_now_job, backup_now_name, restore_check_job,
     restore_init_container, store_io,
 };
 pub use configmap::{
