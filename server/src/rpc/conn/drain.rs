@@ -9,12 +9,17 @@
 //! cannot tell whether it was applied.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 /// The stop signal, and the count of what has not finished since.
 pub struct Drain {
+    /// Set before the signal is sent: what a connection reads on its hot
+    /// path, without the watch channel's shared lock.
+    flag: Arc<AtomicBool>,
     signal: watch::Sender<bool>,
     open: mpsc::Sender<()>,
     closed: mpsc::Receiver<()>,
@@ -24,6 +29,7 @@ pub struct Drain {
 /// place in the count the drain waits for.
 #[derive(Clone)]
 pub struct Watch {
+    flag: Arc<AtomicBool>,
     signal: watch::Receiver<bool>,
     _open: mpsc::Sender<()>,
 }
@@ -38,18 +44,19 @@ impl Drain {
     pub fn new() -> Self {
         let (signal, _) = watch::channel(false);
         let (open, closed) = mpsc::channel(1);
-        Drain { signal, open, closed }
+        Drain { flag: Arc::new(AtomicBool::new(false)), signal, open, closed }
     }
 
     /// A watch for a listener, which clones it for each connection.
     pub fn watch(&self) -> Watch {
-        Watch { signal: self.signal.subscribe(), _open: self.open.clone() }
+        Watch { flag: self.flag.clone(), signal: self.signal.subscribe(), _open: self.open.clone() }
     }
 
     /// Signals every listener and connection, then waits until each has
     /// finished or `within` has passed; returns whether all finished.
     pub async fn drain(self, within: Duration) -> bool {
-        let Drain { signal, open, mut closed } = self;
+        let Drain { flag, signal, open, mut closed } = self;
+        flag.store(true, Ordering::Release);
         signal.send_replace(true);
         drop(open);
         // recv() answers None once every Watch (each holding a sender) is gone.
@@ -67,9 +74,9 @@ impl Watch {
         }
     }
 
-    /// Whether the drain has begun.
+    /// Whether the drain has begun (one atomic load).
     pub fn is_stopping(&self) -> bool {
-        *self.signal.borrow()
+        self.flag.load(Ordering::Acquire)
     }
 }
 

@@ -59,15 +59,27 @@ where
     // Everything else runs as its own task, so that reads of one connection
     // use every core.
     let mut writes = FuturesUnordered::new();
+    // The drain's signal is polled once, so that it wakes this task; after
+    // that each wake-up reads its flag (one atomic load), not the channel
+    // every connection shares: this loop is on the write path.
     let mut stopping = Box::pin(drain.stopping());
-    let mut going_away = false;
+    let (mut registered, mut going_away) = (false, false);
     let accepted = poll_fn(|cx| {
         loop {
-            if !going_away && stopping.as_mut().poll(cx).is_ready() {
-                // GOAWAY: the client sends no new stream here; those it had
-                // begun are served (h2 refuses later ones, which gRPC retries).
-                conn.graceful_shutdown();
-                going_away = true;
+            if !going_away {
+                let stop = if registered {
+                    drain.is_stopping()
+                } else {
+                    registered = true;
+                    stopping.as_mut().poll(cx).is_ready()
+                };
+                if stop {
+                    // GOAWAY: the client sends no new stream here; those it
+                    // had begun are served (h2 refuses later ones, which gRPC
+                    // retries).
+                    conn.graceful_shutdown();
+                    going_away = true;
+                }
             }
             while let Poll::Ready(Some(())) = writes.poll_next_unpin(cx) {}
             // Polling for the next stream also writes the replies queued above.
