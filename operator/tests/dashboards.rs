@@ -7,6 +7,7 @@ mod check;
 
 use std::collections::BTreeSet;
 
+use kvd_operator::crd::KvClusterStatus;
 use kvd_operator::metrics::{ClusterLabels, ErrorLabels, Metrics, action_kind};
 use kvd_operator::observe::Owned;
 use kvd_operator::planner::{Action, RemoveReason, Why};
@@ -36,7 +37,16 @@ fn every_operator_metric_in_dashboards_and_alerts_is_exported() {
         g.get_or_create(&cluster).set(1.0);
     }
     m.backup_failures.get_or_create(&cluster).inc();
-    m.cluster_quorum.get_or_create(&cluster).set(1);
+    let spec = serde_json::from_value(serde_json::json!({ "replicas": 3 })).expect("spec");
+    let mut kc = kvd_operator::crd::KvCluster::new("demo", spec);
+    kc.metadata.namespace = Some("ns".into());
+    let status: KvClusterStatus = serde_json::from_value(serde_json::json!({
+        "phase": "Running", "replicas": 3, "readyReplicas": 3,
+        "conditions": [{"type": "Available", "status": "True", "reason": "Quorum", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    }))
+    .expect("status");
+    m.cluster(&kc, &status, &Action::Idle);
     let text = m.encode().expect("encode");
     let missing = check::missing(&used, &check::scraped_names(&text));
     assert!(
