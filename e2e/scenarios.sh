@@ -19,6 +19,7 @@ SCENARIOS=(
   "cluster_scales:the cluster scales 3 -> 5 -> 3; scaled-in claims are retained"
   "released_volumes_deleted:deleting the retained claims deletes their volumes and directories"
   "claims_deleted_on_scale_in:with whenScaled Delete, scale-in deletes the claims and their volumes"
+  "volumes_expanded:a grown storage size expands every member's claim in place, with no restart; a shrink is refused"
   "kubernetes_failover:kube-apiserver on the 3 members over mTLS keeps serving through a leader kill, a paused follower and a replaced member; its watch misses nothing"
   "member_replaced:a member that lost its volume is removed and added back as a learner"
   "quorum_recovered:two of three volumes lost; with quorumLossRecovery the survivor restarts alone and the others rejoin"
@@ -294,6 +295,43 @@ claims_deleted_on_scale_in() {
   [ "$(volume_dirs)" -eq 3 ] || fail "volume directories left: $(volume_dirs)"
   eventually 30 started_members 3
   [ "$(kv get /e2e/scaled --print-value-only)" = yes ] || fail "key lost"
+}
+
+# claims_at SIZE N: N member claims of demo have SIZE, asked and given.
+claims_at() {
+  [ "$(kubectl -n "$OP_NS" get pvc -l app.kubernetes.io/instance=demo,app.kubernetes.io/name=kvd \
+    -o jsonpath='{range .items[*]}{.spec.resources.requests.storage}/{.status.capacity.storage}{"\n"}{end}' |
+    grep -cx "$1/$1")" -eq "$2" ]
+}
+member_pod_uids() { kubectl -n "$OP_NS" get pods -l app.kubernetes.io/instance=demo,app.kubernetes.io/name=kvd -o jsonpath='{.items[*].metadata.uid}'; }
+kvc_settled() { [ "$(kvc_field '{.status.conditions[?(@.type=="Progressing")].status}')" = False ]; }
+
+# spec.storage.size 1Gi -> 2Gi: the operator asks each member's claim for
+# the new size, one per step, and the provisioner (external-resizer's part)
+# grows them; no member restarts, the StatefulSet keeps its claim template
+# (which cannot change), and a smaller size is refused by the CRD's rule.
+volumes_expanded() {
+  local before after out started
+  eventually 60 kvc_available_with 3
+  claims_at 1Gi 3 || fail "the claims are not at 1Gi to start with"
+  before=$(member_pod_uids)
+  started=$(date +%s)
+  kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"storage":{"size":"2Gi"}}}'
+  eventually 120 claims_at 2Gi 3
+  echo "measured: 3 claims expanded to 2Gi in $(($(date +%s) - started)) s"
+  eventually 60 kvc_settled
+  after=$(member_pod_uids)
+  [ "$before" = "$after" ] || fail "members restarted while their volumes grew: $before -> $after"
+  [ "$(kubectl -n "$OP_NS" get sts demo -o jsonpath='{.spec.volumeClaimTemplates[0].spec.resources.requests.storage}')" = 1Gi ] ||
+    fail "the StatefulSet's claim template changed"
+  # (the recorder folds repeats of one reason into a series: one Event)
+  [ "$(events_with_reason VolumeExpansion)" -ge 1 ] || fail "no VolumeExpansion event"
+  if out=$(kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"storage":{"size":"1Gi"}}}' 2>&1); then
+    fail "a smaller size was accepted: $out"
+  fi
+  echo "$out" | grep -q "can grow but not shrink" || fail "shrink refused with: $out"
+  kv put /e2e/expanded yes
+  [ "$(kv get /e2e/expanded --print-value-only)" = yes ] || fail "the cluster does not serve after the expansion"
 }
 
 # Last: nothing the API server logged as an error came from its storage.

@@ -93,6 +93,9 @@ member_replaced() {
     fail "kvd on the fresh volume did not refuse to rejoin"
   [ "$(kv_all get /e2e/greeting --print-value-only)" = hello ] ||
     fail "key lost"
+  # The fresh claim came from the StatefulSet's template; after a grown
+  # spec.storage.size (volumes_expanded) it is expanded like the others.
+  eventually 90 claims_at "$(kvc_field '{.spec.storage.size}')" 3
 }
 
 degraded_because() { [ "$(kvc_field '{.status.conditions[?(@.type=="Degraded")].reason}')" = "$1" ]; }
@@ -753,12 +756,19 @@ YAML
   eventually 120 kvc_gone imported
 }
 
-# The operator's reconcile count, read through the API server's pod proxy.
-reconciles() {
+# The operator's metrics, read through the API server's pod proxy.
+operator_metrics() {
   local pod
   pod=$(kubectl -n kvd-system get pods -l app.kubernetes.io/name=kvd-operator -o jsonpath='{.items[0].metadata.name}')
-  kubectl get --raw "/api/v1/namespaces/kvd-system/pods/$pod:8080/proxy/metrics" |
-    awk '$1 == "kvd_operator_reconcile_runs_total" {print $2}'
+  kubectl get --raw "/api/v1/namespaces/kvd-system/pods/$pod:8080/proxy/metrics"
+}
+# The operator's reconcile count.
+reconciles() {
+  operator_metrics | awk '$1 == "kvd_operator_reconcile_runs_total" {print $2}'
+}
+# observations SOURCE: reconciles that read their objects from SOURCE (cache or api).
+observations() {
+  operator_metrics | awk -v s="kvd_operator_observe_total{source=\"$1\"}" '$1 == s {print $2 + 0; found = 1} END {if (!found) print 0}'
 }
 # reconciles_in SECONDS: reconciles during the next SECONDS.
 reconciles_in() {
@@ -773,15 +783,24 @@ reconciles_in() {
 # requeue), not after each of its own status writes: idle, and under a
 # put every 0.2 s (each put moves the members' revisions, which the status
 # used to carry, so every status write triggered the next reconcile).
+# Those reconciles read the objects from the operator's caches: none of
+# them lists or gets from the API server (only a reconcile within 10 s of a
+# step of its own does).
 quiet_reconciles() {
-  local idle busy
+  local idle busy api0 cache0 api cache
   eventually 60 kvc_available_with 3
   sleep 10
+  api0=$(observations api)
+  cache0=$(observations cache)
   idle=$(reconciles_in 60)
   writer_start quiet
   busy=$(reconciles_in 60)
   writer_stop quiet
-  echo "reconciles in 60 s: $idle idle, $busy under writes"
+  api=$(($(observations api) - api0))
+  cache=$(($(observations cache) - cache0))
+  echo "measured: reconciles in 60 s: $idle idle, $busy under writes; objects read from the caches $cache times, from the API server $api"
   [ "$idle" -le 4 ] || fail "$idle reconciles in a minute of an idle cluster"
   [ "$busy" -le 4 ] || fail "$busy reconciles in a minute of a cluster under writes"
+  [ "$api" -eq 0 ] || fail "$api reconciles of a settled cluster read the API server instead of the caches"
+  [ "$cache" -ge 1 ] || fail "no reconcile read the caches"
 }

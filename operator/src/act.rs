@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::crd::{CompactionRecord, DefragRecord, KvCluster};
+use crate::crd::{CompactionRecord, DefragRecord, ExpansionRefusal, KvCluster};
 use crate::etcd::EtcdClient;
 use crate::naming::{self, MANAGER};
 use crate::observe::{AlarmKind, Observation, Owned};
@@ -36,6 +36,8 @@ pub struct Outcome {
     pub last_defrag: Option<DefragRecord>,
     /// The member just defragmented, and its db size afterwards.
     pub defragged: Option<(u64, i64)>,
+    /// The API server refused to expand a claim.
+    pub expansion_refused: Option<ExpansionRefusal>,
 }
 
 /// Everything `act` needs.
@@ -175,11 +177,36 @@ impl Actor<'_> {
         }
     }
 
+    /// Asks claim `ordinal` for `spec.storage.size`; a refusal of the API
+    /// server (the StorageClass does not allow expansion, the volume was not
+    /// dynamically provisioned) is returned for the status, not as an error.
+    async fn expand_claim(&self, t: &Target<'_>, ordinal: u32) -> Result<Option<ExpansionRefusal>> {
+        let claim = naming::pvc_name(&t.name, ordinal);
+        let size = t.kc.spec.storage.size.clone();
+        let patch = serde_json::json!({ "spec": { "resources": { "requests": { "storage": size } } } });
+        let api = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &t.ns);
+        match api.patch(&claim, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                let note = format!("claim {claim} asked for {size}; the member keeps running while it grows");
+                self.event(t.kc, EventType::Normal, "VolumeExpansion", note).await;
+                Ok(None)
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => {
+                let note = format!("claim {claim} cannot grow to {size}: {}", e.message);
+                self.event(t.kc, EventType::Warning, "VolumeExpansionRefused", note).await;
+                Ok(Some(ExpansionRefusal { size, claim, message: e.message, time: Time(Timestamp::now()) }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Runs `action`; returns what the status must record.
     pub async fn act(&self, kc: &KvCluster, obs: &Observation, action: &Action) -> Result<Outcome> {
         let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
         let t = Target { kc, name: kc.name_any(), ns };
         let sts_replicas = obs.statefulset.as_ref().map(|s| s.replicas).unwrap_or(0);
+        // An existing StatefulSet keeps its claim template (it cannot change).
+        let claim_size = obs.statefulset.as_ref().and_then(|s| s.claim_size.as_deref());
         let eps = t.endpoints(obs);
         let mut out = Outcome::default();
         match action {
@@ -187,7 +214,7 @@ impl Actor<'_> {
                 let ordinals: Vec<u32> = (0..*replicas).collect();
                 apply(self.client, &t.ns, &resources::config_map(kc, &ordinals, true)).await?;
                 self.apply_static(&t, *replicas).await?;
-                apply(self.client, &t.ns, &resources::statefulset(kc, *replicas)).await?;
+                apply(self.client, &t.ns, &resources::statefulset(kc, *replicas, claim_size)).await?;
                 self.event(kc, EventType::Normal, "Bootstrapping", format!("creating {replicas} members")).await;
             }
             Action::EnsureObjects { missing } => {
@@ -245,6 +272,7 @@ impl Actor<'_> {
                 self.etcd.set_auth(&eps, false).await?;
                 self.event(kc, EventType::Normal, "AuthDisabled", "authentication off".into()).await;
             }
+            Action::ExpandClaim { ordinal } => out.expansion_refused = self.expand_claim(&t, *ordinal).await?,
             Action::UpgradeBackup { token } | Action::BackupNow { token } => {
                 let job =
                     resources::backup_now_job(kc, token).ok_or_else(|| Error::Invalid("no spec.backup".into()))?;
@@ -263,14 +291,14 @@ impl Actor<'_> {
             }
             Action::UpdateStatefulSet => {
                 self.apply_static(&t, sts_replicas).await?;
-                apply(self.client, &t.ns, &resources::statefulset(kc, sts_replicas)).await?;
+                apply(self.client, &t.ns, &resources::statefulset(kc, sts_replicas, claim_size)).await?;
                 self.event(kc, EventType::Normal, "TemplateUpdated", "pods restart one at a time".into()).await;
             }
             Action::ResizeStatefulSet { replicas } => {
                 if *replicas > sts_replicas {
                     apply(self.client, &t.ns, &resources::config_map(kc, &t.member_ordinals(obs), false)).await?;
                 }
-                apply(self.client, &t.ns, &resources::statefulset(kc, *replicas)).await?;
+                apply(self.client, &t.ns, &resources::statefulset(kc, *replicas, claim_size)).await?;
                 self.apply_static(&t, *replicas).await?;
                 let note = format!("StatefulSet {sts_replicas} -> {replicas}");
                 self.event(kc, EventType::Normal, "Resized", note).await;

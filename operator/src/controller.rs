@@ -2,7 +2,8 @@
 //! etcd client), `reconcile` wrapped in kube's `finalizer()`, `error_policy`,
 //! status written by server-side apply, and `run`, which watches KvClusters
 //! (not their status: `intent`), the objects they own and the Jobs of their
-//! maintenance CronJobs. Errors back off per KvCluster, 5 s doubling to 5 min.
+//! maintenance CronJobs, into the caches reconciles read (`cache.rs`).
+//! Errors back off per KvCluster, 5 s doubling to 5 min.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
@@ -27,6 +28,7 @@ use tokio::sync::RwLock;
 use tracing::{Span, field, info, instrument, warn};
 
 use crate::act::Actor;
+use crate::cache::{self, CLAIM_SELECTOR, Caches, Objects, POD_SELECTOR, Source};
 use crate::crd::{KvCluster, KvClusterStatus};
 use crate::etcd::EtcdClient;
 use crate::metrics::{Metrics, action_kind};
@@ -51,6 +53,9 @@ pub struct Context {
     pub tls_clients: Arc<std::sync::Mutex<BTreeMap<String, (ClientTls, EtcdClient)>>>,
     /// Per cluster: reconciles failed in a row (the error backoff).
     pub failures: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    /// The object caches of the controller running this reconcile (None:
+    /// every read goes to the API server).
+    pub caches: Option<Caches>,
 }
 
 /// What `/` of the HTTP server reports.
@@ -100,6 +105,7 @@ impl State {
             defragged: Default::default(),
             tls_clients: Default::default(),
             failures: Default::default(),
+            caches: None,
         })
     }
 }
@@ -177,7 +183,18 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let certs_not_after = crate::certs::ensure(&ctx.client, &ctx.recorder, &kc).await?;
     let tls = crate::tls::client_tls(&ctx.client, &kc).await;
     let etcd = ctx.etcd_for(&key, &name, tls.clone().ok().flatten());
-    let mut obs = observe::gather(&kc, &ctx.client, &etcd).await?;
+    let objects = match ctx.caches.as_ref().filter(|c| c.may_read_cache(&key)) {
+        Some(c) => {
+            c.ready().await?;
+            ctx.metrics.observed(Source::Cache);
+            Objects::from_cache(c, &ns, &name)
+        }
+        None => {
+            ctx.metrics.observed(Source::Api);
+            Objects::from_api(&ctx.client, &ns, &name).await?
+        }
+    };
+    let mut obs = observe::gather(&kc, objects, &etcd).await?;
     obs.defragged = ctx.defragged_of(&key);
     obs.desired.tls_problem = tls.err();
     obs.certs_not_after = certs_not_after;
@@ -185,7 +202,12 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     info!(action = action_kind(&action), detail = ?action, "planned");
     ctx.metrics.action(&action);
     let actor = Actor { client: &ctx.client, etcd: &etcd, recorder: &ctx.recorder };
-    let outcome = actor.act(&kc, &obs, &action).await?;
+    let stepped = !matches!(action, Action::Idle | Action::Wait { .. } | Action::Degraded { .. });
+    let outcome = actor.act(&kc, &obs, &action).await;
+    if stepped && let Some(c) = &ctx.caches {
+        c.stepped(&key);
+    }
+    let outcome = outcome?;
     if let Some((id, size)) = outcome.defragged {
         ctx.remember_defrag(&key, id, size);
     }
@@ -227,6 +249,9 @@ async fn cleanup(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     ctx.defragged.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     ctx.tls_clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    if let Some(c) = &ctx.caches {
+        c.forget(&key);
+    }
     ctx.metrics.forget(&kc);
     let ev = kube::runtime::events::Event {
         type_: kube::runtime::events::EventType::Normal,
@@ -314,7 +339,9 @@ pub async fn run(state: State, client: Client, etcd_timeout: Duration, scope: Sc
     }
 }
 
-/// The controller over `ns` (None: every namespace).
+/// The controller over `ns` (None: every namespace). Every watch fills a
+/// cache (`cache.rs`) that the reconciles read; the owned objects' and the
+/// Jobs' also trigger reconciles, the pods' and claims' do not.
 async fn run_in(client: Client, ns: Option<&str>, ctx: Arc<Context>) -> Result<()> {
     let kcs = api::<KvCluster>(&client, ns);
     kcs.list(&ListParams::default().limit(1)).await?;
@@ -327,17 +354,30 @@ async fn run_in(client: Client, ns: Option<&str>, ctx: Arc<Context>) -> Result<(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(intent, PredicateConfig::default());
+    let (statefulsets, sts_stream) = cache::reflect(api::<StatefulSet>(&client, ns), owned.clone());
+    let (services, svc_stream) = cache::reflect(api::<Service>(&client, ns), owned.clone());
+    let (config_maps, cm_stream) = cache::reflect(api::<ConfigMap>(&client, ns), owned.clone());
+    let (pdbs, pdb_stream) = cache::reflect(api::<PodDisruptionBudget>(&client, ns), owned.clone());
+    let (cronjobs, cronjob_stream) = cache::reflect(api::<CronJob>(&client, ns), owned.clone());
+    let (jobs, job_stream) = cache::reflect(api::<Job>(&client, ns), owned);
+    let (pods, pod_stream) = cache::reflect(api::<Pod>(&client, ns), watcher::Config::default().labels(POD_SELECTOR));
+    let (claims, claim_stream) =
+        cache::reflect(api::<PersistentVolumeClaim>(&client, ns), watcher::Config::default().labels(CLAIM_SELECTOR));
+    let caches = Caches::new(statefulsets, services, config_maps, pdbs, cronjobs, jobs, pods, claims);
+    let ctx = Arc::new(Context { caches: Some(caches), ..(*ctx).clone() });
     Controller::for_stream(trigger, reader)
-        .owns(api::<StatefulSet>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<CronJob>(&client, ns), owned.clone())
+        .owns_stream(sts_stream)
+        .owns_stream(svc_stream)
+        .owns_stream(pdb_stream)
+        .owns_stream(cm_stream)
+        .owns_stream(cronjob_stream)
         // Jobs belong to a CronJob, not to the KvCluster: map them by their instance label.
-        .watches(api::<Job>(&client, ns), owned, |job: Job| {
+        .watches_stream(job_stream, |job: Job| {
             let instance = job.labels().get("app.kubernetes.io/instance").cloned();
             instance.map(|name| ObjectRef::<KvCluster>::new(&name).within(&job.namespace().unwrap_or_default()))
         })
+        .watches_stream(pod_stream, |_: Pod| None::<ObjectRef<KvCluster>>)
+        .watches_stream(claim_stream, |_: PersistentVolumeClaim| None::<ObjectRef<KvCluster>>)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {

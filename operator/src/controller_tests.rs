@@ -89,7 +89,7 @@ async fn deleted_kvcluster_runs_cleanup_and_drops_the_finalizer() {
 fn existing_objects(kc: &KvCluster) -> Vec<Expect> {
     let formed = kc.status.as_ref().is_some_and(|s| s.formed);
     let core = "/api/v1/namespaces/ns";
-    let mut sts = serde_json::to_value(crate::resources::statefulset(kc, 3)).expect("sts");
+    let mut sts = serde_json::to_value(crate::resources::statefulset(kc, 3, None)).expect("sts");
     sts["status"] = serde_json::json!({ "replicas": 3, "updateRevision": "r1" });
     let json = |v: &dyn erased::Ser| Reply::Json(v.value());
     vec![
@@ -191,7 +191,7 @@ async fn add_learner_scenario(pods: Reply, then: Vec<Expect>) {
     let mut kc = finalized(kvcluster("demo", 3));
     kc.status = Some(crate::crd::KvClusterStatus { formed: true, ..Default::default() });
     let mut calls = existing_objects(&kc);
-    let mut sts = crate::resources::statefulset(&kc, 1);
+    let mut sts = crate::resources::statefulset(&kc, 1, None);
     sts.status =
         Some(serde_json::from_value(serde_json::json!({ "replicas": 1, "updateRevision": "r1" })).expect("st"));
     calls[0] = Expect::get(

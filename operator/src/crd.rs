@@ -88,6 +88,11 @@ pub struct KvClusterSpec {
     /// etcd authentication. Unset, the operator leaves it as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+    /// kvd's own settings, each one of its etcd-compatible flags; unset
+    /// fields keep kvd's defaults (etcd's). A change restarts the members
+    /// one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerSpec>,
     /// Prometheus Operator monitor objects.
     #[serde(default)]
     pub metrics: MetricsSpec,
@@ -123,16 +128,25 @@ pub enum Retention {
     Delete,
 }
 
-/// Member storage. Claim templates of a StatefulSet cannot change, so size
-/// and class are immutable (volume resize is not implemented yet).
+/// Member storage. The class is immutable; the size may grow (the
+/// operator expands each member's claim, where its StorageClass allows it)
+/// but never shrink.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName)")
     .message("storageClassName cannot be added or removed"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Requested size of each member's volume; immutable.
+    /// Requested size of each member's volume (a quantity, e.g. `8Gi`). It
+    /// may grow: the operator then expands the members' claims one at a
+    /// time (the StorageClass must have `allowVolumeExpansion`); it cannot
+    /// shrink.
     #[serde(default = "default_storage_size")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("storage size is immutable (resize is not supported yet)"))]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(
+        validation = Rule::new("isQuantity(self)").message("storage size must be a quantity, e.g. 8Gi"),
+        validation = Rule::new("!isQuantity(oldSelf) || !isQuantity(self) || quantity(self).compareTo(quantity(oldSelf)) >= 0")
+            .message("storage size can grow but not shrink")
+    )]
     pub size: String,
     /// StorageClass of the claims; immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -420,6 +434,103 @@ pub struct TlsSpec {
     pub certificate_duration: Option<String>,
 }
 
+/// kvd flags, typed: the settings an etcd operator is asked for, not a
+/// free list of strings (a typo would crash-loop every member).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "(has(self.electionTimeoutMs) ? self.electionTimeoutMs : 1000) >= 5 * (has(self.heartbeatIntervalMs) ? self.heartbeatIntervalMs : 100)"
+).message("electionTimeoutMs must be at least 5 times heartbeatIntervalMs (defaults 1000 and 100)"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.autoCompactionMode) || self.autoCompactionMode != 'Revision' || !has(self.autoCompactionRetention) || self.autoCompactionRetention.matches('^[0-9]+$')"
+).message("with autoCompactionMode Revision, autoCompactionRetention is a number of revisions"))]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    /// `--heartbeat-interval`: milliseconds between leader heartbeats (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 10000))]
+    pub heartbeat_interval_ms: Option<u32>,
+    /// `--election-timeout`: milliseconds a follower waits before it stands
+    /// for election (default 1000); at least 5 heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 50, max = 50000))]
+    pub election_timeout_ms: Option<u32>,
+    /// `--snapshot-count`: applied entries between raft snapshots (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub snapshot_count: Option<u64>,
+    /// `--max-request-bytes`: largest client request (default 1572864, 1.5 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 2147483647))]
+    pub max_request_bytes: Option<u32>,
+    /// `--max-txn-ops`: most operations in one transaction (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_txn_ops: Option<u32>,
+    /// `--auto-compaction-mode` (default periodic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_mode: Option<AutoCompactionMode>,
+    /// `--auto-compaction-retention`: Periodic, hours (`"1"`) or a duration
+    /// (`"30m"`); Revision, a count. `"0"` (the default) is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^([0-9]+|([0-9]+(ns|us|ms|s|m|h))+)$"))]
+    pub auto_compaction_retention: Option<String>,
+    /// `--experimental-watch-progress-notify-interval`: how often watchers
+    /// that asked for progress notifications get one (default `10m`;
+    /// kube-apiserver asks for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    pub watch_progress_notify_interval: Option<String>,
+    /// `--log-level` (default info).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// What `--auto-compaction-retention` counts.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AutoCompactionMode {
+    /// Keep the retention period's history.
+    Periodic,
+    /// Keep that many revisions.
+    Revision,
+}
+
+/// kvd's log level.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl ServerSpec {
+    /// The kvd flags these settings ask for, in a fixed order.
+    pub fn flags(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        let mut push = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                f.push(format!("--{flag}={v}"));
+            }
+        };
+        push("heartbeat-interval", self.heartbeat_interval_ms.map(|v| v.to_string()));
+        push("election-timeout", self.election_timeout_ms.map(|v| v.to_string()));
+        push("snapshot-count", self.snapshot_count.map(|v| v.to_string()));
+        push("max-request-bytes", self.max_request_bytes.map(|v| v.to_string()));
+        push("max-txn-ops", self.max_txn_ops.map(|v| v.to_string()));
+        push(
+            "auto-compaction-mode",
+            self.auto_compaction_mode.map(|m| match m {
+                AutoCompactionMode::Periodic => "periodic".into(),
+                AutoCompactionMode::Revision => "revision".into(),
+            }),
+        );
+        push("auto-compaction-retention", self.auto_compaction_retention.clone());
+        push("experimental-watch-progress-notify-interval", self.watch_progress_notify_interval.clone());
+        push("log-level", self.log_level.map(|l| format!("{l:?}").to_lowercase()));
+        f
+    }
+}
+
 /// etcd authentication, turned on or off by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -508,6 +619,23 @@ pub struct KvClusterStatus {
     /// reconciled (it cannot change afterwards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
+    /// The API server refused to expand a claim to `spec.storage.size`
+    /// (tried again after 5 minutes, or at once for another size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_expansion_refused: Option<ExpansionRefusal>,
+}
+
+/// A refused claim expansion.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpansionRefusal {
+    /// The size asked for.
+    pub size: String,
+    /// The claim refused.
+    pub claim: String,
+    /// The API server's message.
+    pub message: String,
+    pub time: Time,
 }
 
 /// TLS as the cluster runs it.

@@ -18,7 +18,8 @@ fn crd_has_rules_scale_and_columns() {
     let y = crd_yaml().expect("yaml");
     for needle in [
         "self == oldSelf",
-        "storage size is immutable",
+        "storage size can grow but not shrink",
+        "quantity(self).compareTo(quantity(oldSelf)) >= 0",
         "has(self.storageClassName) == has(oldSelf.storageClassName)",
         "self.replicas % 2 == 1",
         "specReplicasPath: .spec.replicas",
@@ -136,4 +137,32 @@ fn tls_rules_are_in_the_crd() {
     let y = crd_yaml().expect("yaml");
     assert!(y.contains("clientSecretName and peerSecretName are for mode Secrets"));
     assert!(y.contains("mode Secrets needs clientSecretName or peerSecretName"));
+}
+
+/// `spec.server` becomes kvd flags in a fixed order, only those set; the
+/// CRD bounds the election timeout by the heartbeat.
+#[test]
+fn server_settings_become_flags() {
+    let spec: KvClusterSpec = serde_json::from_value(serde_json::json!({
+        "replicas": 3,
+        "server": { "logLevel": "Warn", "heartbeatIntervalMs": 150, "electionTimeoutMs": 1500,
+                    "autoCompactionMode": "Revision", "autoCompactionRetention": "1000" }
+    }))
+    .expect("spec");
+    assert_eq!(
+        spec.server.expect("server").flags(),
+        [
+            "--heartbeat-interval=150",
+            "--election-timeout=1500",
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+            "--log-level=warn"
+        ]
+    );
+    assert!(ServerSpec::default().flags().is_empty());
+    let y = crd_yaml().expect("yaml");
+    assert!(y.contains("electionTimeoutMs must be at least 5 times heartbeatIntervalMs"), "no timeout rule");
+    let bad =
+        serde_json::from_value::<KvClusterSpec>(serde_json::json!({ "replicas": 3, "server": { "logLevel": "loud" } }));
+    assert!(bad.is_err(), "an unknown log level parsed");
 }

@@ -140,6 +140,7 @@ impl Context {
             defragged: Default::default(),
             tls_clients: Default::default(),
             failures: Default::default(),
+            caches: None,
         };
         (Arc::new(ctx), ApiServerVerifier(handle))
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 pub mod act;
+pub mod cache;
 pub mod certs;
 pub mod controller;
 pub mod crd;
@@ -16,12 +17,14 @@ pub mod naming;
 pub mod observe;
 pub mod pki;
 pub mod planner;
+pub mod quantity;
 pub mod recovery;
 pub mod resources;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
+pub mod volumes;
 
 #[cfg(test)]
 pub mod fixtures;
@@ -47,6 +50,9 @@ pub enum Error {
     /// The object lacks something the controller needs (namespace, name, ...).
     #[error("invalid object: {0}")]
     Invalid(String),
+    /// The object caches have not had their first lists (or their watches ended).
+    #[error("object caches not ready: {0}")]
+    CacheNotReady(String),
     /// The leader election Lease was lost (taken over, or not renewed in time).
     #[error("leadership lost: the lease was not renewed in time or was taken over")]
     LeadershipLost,
@@ -68,6 +74,7 @@ impl Error {
             Error::Unreachable(_) => "unreachable",
             Error::Serialization(_) => "serialization",
             Error::Invalid(_) => "invalid",
+            Error::CacheNotReady(_) => "cache_not_ready",
             Error::LeadershipLost => "leadership_lost",
         }
         .to_string()

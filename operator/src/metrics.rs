@@ -2,7 +2,8 @@
 //! reconcile duration (recorded by a guard on drop) and actions taken by
 //! kind; per cluster with backups, the last successful backup's time, the
 //! schedule's period, since when backups are configured, and failed backup
-//! Jobs (the chart's PrometheusRule alerts from them).
+//! Jobs (the chart's PrometheusRule alerts from them); and how many
+//! reconciles read their objects from the caches or the API server.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -33,6 +34,12 @@ pub struct ActionLabels {
     pub action: String,
 }
 
+/// Where a reconcile read its Kubernetes objects (`cache::Source`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
 /// Labels of a cluster.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
@@ -60,6 +67,7 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub actions: Family<ActionLabels, Counter>,
+    pub observe: Family<SourceLabels, Counter>,
     pub backup_last_success: Seconds,
     pub backup_period: Seconds,
     pub backup_configured: Seconds,
@@ -86,6 +94,12 @@ impl Default for Metrics {
         registry.register("reconcile_failures", "reconciliation errors", failures.clone());
         registry.register_with_unit("reconcile_duration", "reconcile duration", Unit::Seconds, duration.clone());
         registry.register("reconcile_actions", "planned steps taken, by kind", actions.clone());
+        let observe = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "observe",
+            "reconciles by where they read Kubernetes objects: the caches, or the API server after a step",
+            observe.clone(),
+        );
         let (backup_last_success, backup_period, backup_configured) =
             (Seconds::default(), Seconds::default(), Seconds::default());
         let backup_failures = Family::<ClusterLabels, Counter>::default();
@@ -131,6 +145,7 @@ impl Default for Metrics {
             failures,
             duration,
             actions,
+            observe,
             backup_last_success,
             backup_period,
             backup_configured,
@@ -161,6 +176,11 @@ impl Metrics {
     /// Counts an action by its kind.
     pub fn action(&self, a: &Action) {
         self.actions.get_or_create(&ActionLabels { action: action_kind(a).into() }).inc();
+    }
+
+    /// Counts a reconcile's read of its objects from `source`.
+    pub fn observed(&self, source: crate::cache::Source) {
+        self.observe.get_or_create(&SourceLabels { source: source.as_str().into() }).inc();
     }
 
     /// The backup gauges of `kc` from its new status: set while backups
@@ -270,6 +290,7 @@ pub fn action_kind(a: &Action) -> &'static str {
         Action::CheckBackup => "check_backup",
         Action::BackupNow { .. } => "backup_now",
         Action::SetAuth { .. } => "set_auth",
+        Action::ExpandClaim { .. } => "expand_claim",
         Action::UpgradeBackup { .. } => "upgrade_backup",
         Action::Wait { .. } => "wait",
         Action::Degraded { .. } => "degraded",

@@ -191,9 +191,17 @@ pub fn maintenance_labels(cluster: &str, task: &str) -> BTreeMap<String, String>
     ])
 }
 
-/// Selects every maintenance Job and pod of `cluster`.
+/// The labels that select every maintenance CronJob, Job and pod of `cluster`.
+pub fn maintenance_selector_labels(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".to_string(), cluster.to_string()),
+        ("app.kubernetes.io/name".to_string(), "kvctl".to_string()),
+    ])
+}
+
+/// `maintenance_selector_labels` as a label selector string.
 pub fn maintenance_selector(cluster: &str) -> String {
-    format!("app.kubernetes.io/instance={cluster},app.kubernetes.io/name=kvctl")
+    maintenance_selector_labels(cluster).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// `selector_labels` as a label selector string.

@@ -1,19 +1,18 @@
 //! Observation: plain data describing what exists (Kubernetes objects,
 //! including the maintenance CronJobs and their Jobs) and what the members
 //! themselves report (MemberList, Status, alarms), with a quorum-loss
-//! recovery under way (`recovery.rs`). `gather` reads the world; the planner
-//! only ever sees an `Observation`.
+//! recovery under way (`recovery.rs`). `gather` turns the objects read
+//! (`cache.rs`) and the members' answers into one; the planner only ever
+//! sees an `Observation`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
 
+use crate::cache::Objects;
 use crate::crd::KvCluster;
 use crate::etcd::{ClusterView, EtcdClient};
 use crate::maintenance::{self, JobObs};
@@ -65,6 +64,9 @@ pub struct Desired {
     pub backup_configured: bool,
     /// `spec.bootstrap.fromBackup` is set.
     pub from_backup: bool,
+    /// `spec.storage.size`, and its value in bytes (None if it is no quantity).
+    pub storage_size: String,
+    pub storage_bytes: Option<u64>,
 }
 
 impl Default for Desired {
@@ -87,6 +89,8 @@ impl Default for Desired {
             client_tls: false,
             backup_configured: false,
             from_backup: false,
+            storage_size: "1Gi".into(),
+            storage_bytes: Some(1 << 30),
         }
     }
 }
@@ -96,6 +100,17 @@ impl Default for Desired {
 pub struct StsObs {
     pub replicas: u32,
     pub template_hash: Option<String>,
+    /// The size its claim template asks for (claim templates never change).
+    pub claim_size: Option<String>,
+}
+
+/// One member's claim, in bytes.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ClaimObs {
+    /// `spec.resources.requests.storage`.
+    pub requested: Option<u64>,
+    /// `status.capacity.storage`: what the volume has.
+    pub capacity: Option<u64>,
 }
 
 /// One member pod.
@@ -163,6 +178,10 @@ pub struct Observation {
     pub missing: Vec<Owned>,
     pub pods: BTreeMap<u32, PodObs>,
     pub pvcs: BTreeSet<u32>,
+    /// Each member claim's requested and actual size.
+    pub claim_sizes: BTreeMap<u32, ClaimObs>,
+    /// The last refused expansion (`status.volumeExpansionRefused`).
+    pub expansion_refused: Option<crate::crd::ExpansionRefusal>,
     /// None when no member answered MemberList.
     pub members: Option<Vec<MemberObs>>,
     pub alarms: Vec<AlarmObs>,
@@ -211,32 +230,23 @@ pub struct Observation {
     pub last_backup_key: Option<String>,
 }
 
-/// Reads the Kubernetes objects and asks the members; never fails because a
-/// member is down (that is data for the planner), only on API errors.
-pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) -> Result<Observation> {
+/// Turns the Kubernetes objects read for `kc` (from the caches or the API
+/// server: `cache::Objects`) and what its members answer into an
+/// Observation; never fails because a member is down (that is data for the
+/// planner).
+pub async fn gather(kc: &KvCluster, objects: Objects, etcd: &EtcdClient) -> Result<Observation> {
     let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
     let name = kc.name_any();
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(&naming::statefulset(&name)).await?;
-    let lp = ListParams::default().labels(&naming::selector_string(&name));
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await?.items;
-    let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns).list(&lp).await?.items;
-    let mut missing = Vec::new();
-    let svcs = Api::<Service>::namespaced(client.clone(), &ns);
-    if svcs.get_opt(&naming::peer_service(&name)).await?.is_none() {
-        missing.push(Owned::PeerService);
-    }
-    if svcs.get_opt(&naming::client_service(&name)).await?.is_none() {
-        missing.push(Owned::ClientService);
-    }
-    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    let cm = cms.get_opt(&naming::config_map(&name)).await?;
-    if cm.is_none() {
-        missing.push(Owned::ConfigMap);
-    }
-    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
-    if pdbs.get_opt(&naming::pdb(&name)).await?.is_none() {
-        missing.push(Owned::Pdb);
-    }
+    let Objects { statefulset: sts, pods, claims: pvcs, config_map: cm, cronjobs, jobs, job_pods, .. } = objects;
+    let missing = [
+        (objects.peer_service, Owned::PeerService),
+        (objects.client_service, Owned::ClientService),
+        (cm.is_some(), Owned::ConfigMap),
+        (objects.pdb, Owned::Pdb),
+    ]
+    .into_iter()
+    .filter_map(|(present, o)| (!present).then_some(o))
+    .collect();
     let (mut view, mut auth_enabled) = (None, None);
     if let Some(s) = &sts {
         let n = s.spec.replicas.unwrap_or(0).max(0) as u32;
@@ -259,11 +269,6 @@ pub async fn gather(kc: &KvCluster, client: &kube::Client, etcd: &EtcdClient) ->
             (0..n).filter(|o| *o != r.ordinal).map(|o| naming::client_url(&name, &ns, o)).collect();
         r.others = recovery::ask_others(etcd, &others).await;
     }
-    // The CronJobs, their Jobs and pods carry the maintenance labels: one list each.
-    let lp = ListParams::default().labels(&naming::maintenance_selector(&name));
-    let cronjobs = Api::<CronJob>::namespaced(client.clone(), &ns).list(&lp).await?.items;
-    let jobs = Api::<Job>::namespaced(client.clone(), &ns).list(&lp).await?.items;
-    let job_pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await?.items;
     (obs.cronjobs, obs.jobs) = maintenance::observe(&cronjobs, &jobs, &job_pods);
     obs.backup_since = cronjobs
         .iter()
@@ -292,6 +297,12 @@ pub fn build(
     let statefulset = sts.map(|s| StsObs {
         replicas: s.spec.replicas.unwrap_or(0).max(0) as u32,
         template_hash: s.metadata.annotations.as_ref().and_then(|a| a.get(TEMPLATE_HASH)).cloned(),
+        claim_size: s
+            .spec
+            .volume_claim_templates
+            .as_ref()
+            .and_then(|t| t.first()?.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage").cloned())
+            .map(|q| q.0),
     });
     let update_revision = sts.and_then(|s| s.status.as_ref()).and_then(|s| s.update_revision.clone());
     let pods = pods
@@ -300,11 +311,11 @@ pub fn build(
             Some((naming::ordinal_from_name(&name, &p.name_any())?, pod_obs(p, update_revision.as_deref(), now)))
         })
         .collect();
-    let claims: Vec<(u32, Option<jiff::Timestamp>, Option<String>)> = pvcs
+    let claims: Vec<(u32, Option<jiff::Timestamp>, Option<String>, ClaimObs)> = pvcs
         .iter()
         .filter_map(|p| {
             let ordinal = naming::ordinal_from_name(&name, p.name_any().strip_prefix("data-")?)?;
-            Some((ordinal, p.creation_timestamp().map(|t| t.0), p.uid()))
+            Some((ordinal, p.creation_timestamp().map(|t| t.0), p.uid(), claim_obs(p)))
         })
         .collect();
     let members = view.and_then(|v| v.members.clone());
@@ -315,8 +326,10 @@ pub fn build(
         missing,
         pods,
         pvcs: claims.iter().map(|(o, ..)| *o).collect(),
-        claims_created: claims.iter().filter_map(|(o, t, _)| Some((*o, (*t)?))).collect(),
-        claim_uids: claims.iter().filter_map(|(o, _, u)| Some((*o, u.clone()?))).collect(),
+        claims_created: claims.iter().filter_map(|(o, t, ..)| Some((*o, (*t)?))).collect(),
+        claim_uids: claims.iter().filter_map(|(o, _, u, _)| Some((*o, u.clone()?))).collect(),
+        claim_sizes: claims.iter().map(|(o, .., c)| (*o, c.clone())).collect(),
+        expansion_refused: status.volume_expansion_refused.clone(),
         members,
         alarms: view.map(|v| v.alarms.clone()).unwrap_or_default(),
         bootstrapped: status.formed,
@@ -373,6 +386,17 @@ pub fn desired(kc: &KvCluster) -> Desired {
         client_tls: kc.tls().client_tls(),
         backup_configured: spec.backup.is_some(),
         from_backup: spec.bootstrap.as_ref().is_some_and(|b| b.from_backup.is_some()),
+        storage_size: spec.storage.size.clone(),
+        storage_bytes: crate::quantity::bytes(&spec.storage.size),
+    }
+}
+
+fn claim_obs(p: &PersistentVolumeClaim) -> ClaimObs {
+    let requested = p.spec.as_ref().and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").cloned());
+    let capacity = p.status.as_ref().and_then(|s| s.capacity.as_ref()?.get("storage").cloned());
+    ClaimObs {
+        requested: requested.and_then(|q| crate::quantity::bytes(&q.0)),
+        capacity: capacity.and_then(|q| crate::quantity::bytes(&q.0)),
     }
 }
 
@@ -441,18 +465,29 @@ mod tests {
             quorum_lost_since: Some(ago(7)),
             ..KvClusterStatus::default()
         });
-        let mut sts = resources::statefulset(&kc, 3);
+        let mut sts = resources::statefulset(&kc, 3, None);
         sts.status = Some(serde_json::from_value(json!({ "replicas": 3, "updateRevision": "r1" })).expect("status"));
         let pods = [pod("demo-0", true, 60, "r1"), pod("demo-1", false, 10, "r0"), pod("other-0", true, 1, "r1")];
         let pvcs: Vec<PersistentVolumeClaim> = vec![
-            serde_json::from_value(json!({ "metadata": { "name": "data-demo-4", "creationTimestamp": ago(30) } }))
-                .expect("pvc"),
+            serde_json::from_value(json!({
+                "metadata": { "name": "data-demo-4", "creationTimestamp": ago(30) },
+                "spec": { "resources": { "requests": { "storage": "8Gi" } } },
+                "status": { "capacity": { "storage": "4Gi" } }
+            }))
+            .expect("pvc"),
         ];
         let obs = build(&kc, Some(&sts), &pods, &pvcs, vec![Owned::Pdb], None, now());
         assert_eq!(
             obs.statefulset,
-            Some(StsObs { replicas: 3, template_hash: Some(obs.desired.template_hash.clone()) })
+            Some(StsObs {
+                replicas: 3,
+                template_hash: Some(obs.desired.template_hash.clone()),
+                claim_size: Some("8Gi".into())
+            })
         );
+        let claim = ClaimObs { requested: Some(8 << 30), capacity: Some(4 << 30) };
+        assert_eq!(obs.claim_sizes, BTreeMap::from([(4, claim)]));
+        assert_eq!((obs.desired.storage_size.as_str(), obs.desired.storage_bytes), ("8Gi", Some(8 << 30)));
         assert_eq!(obs.pods.len(), 2);
         let want = PodObs { ready: true, created: Some(ago(65).0), ..PodObs::default() };
         assert_eq!(obs.pods[&0], want);

@@ -86,6 +86,8 @@ pub enum Action {
     /// Turn etcd authentication on (creating the root user and the users of
     /// the operator's and the Jobs' certificates first) or off.
     SetAuth { enable: bool },
+    /// Ask member `ordinal`'s claim for `spec.storage.size` (`volumes.rs`).
+    ExpandClaim { ordinal: u32 },
     /// Nothing safe to do yet; look again soon.
     Wait { reason: &'static str, message: String },
     /// Something needs a human or cannot be done safely.
@@ -308,6 +310,9 @@ pub fn plan(obs: &Observation) -> Action {
             return Action::Idle;
         };
         return remove_voter(&v, victim, RemoveReason::ScaleDown);
+    }
+    if let Some(a) = crate::volumes::step(obs, &member_ordinals) {
+        return a;
     }
     Action::Idle
 }

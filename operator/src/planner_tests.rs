@@ -37,7 +37,7 @@ pub(crate) fn member(o: u32, leader: u64) -> MemberObs {
 pub(crate) fn cluster(n: u32) -> Observation {
     Observation {
         desired: Desired { replicas: n, ..Desired::default() },
-        statefulset: Some(StsObs { replicas: n, template_hash: Some("h1".into()) }),
+        statefulset: Some(StsObs { replicas: n, template_hash: Some("h1".into()), claim_size: None }),
         pods: (0..n).map(|o| (o, PodObs { ready: true, ..PodObs::default() })).collect(),
         pvcs: (0..n).collect(),
         members: Some((0..n).map(|o| member(o, id(0))).collect()),
@@ -194,6 +194,32 @@ fn steady_state_is_idle() {
     for n in [1, 3, 5] {
         assert_eq!(plan(&cluster(n)), Action::Idle);
     }
+}
+
+/// A grown storage size is the last step: claims are expanded only when
+/// nothing else is due (here a pending rolling restart comes first), and
+/// only the members' claims.
+#[test]
+fn volume_expansion_comes_last() {
+    use crate::observe::ClaimObs;
+    let mut obs = cluster(3);
+    let small = ClaimObs { requested: Some(1 << 30), capacity: Some(1 << 30) };
+    obs.claim_sizes = (0..4).map(|o| (o, small.clone())).collect();
+    obs.desired.storage_size = "2Gi".into();
+    obs.desired.storage_bytes = Some(2 << 30);
+    obs.pods.get_mut(&1).expect("pod").outdated = true;
+    assert_eq!(plan(&obs), Action::RestartPod { ordinal: 1 });
+    obs.pods.get_mut(&1).expect("pod").outdated = false;
+    assert_eq!(plan(&obs), Action::ExpandClaim { ordinal: 0 });
+    for o in 0..3 {
+        obs.claim_sizes.get_mut(&o).expect("claim").requested = Some(2 << 30);
+    }
+    assert!(matches!(plan(&obs), Action::Wait { reason: "VolumesExpanding", .. }));
+    for o in 0..3 {
+        obs.claim_sizes.get_mut(&o).expect("claim").capacity = Some(2 << 30);
+    }
+    // Ordinal 3's claim belongs to no member: left as it is.
+    assert_eq!(plan(&obs), Action::Idle);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! `lastCompaction`/`lastDefrag`: the newest of the NOSPACE remediation's,
 //! the maintenance Jobs' and the recorded ones, `lastBackup` and
 //! `lastBackupFailure` likewise, the backup request acted on, the checked
-//! backup a new cluster starts from, and `quorumLostSince`. A
+//! backup a new cluster starts from, `quorumLostSince` and a refused
+//! volume expansion (`volumeExpansionRefused`). A
 //! quorum-loss recovery shows as phase Recovering and Degraded reason
 //! QuorumRecovery.
 
@@ -212,6 +213,13 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
             (Some(Ok(b)), true) => Some(b.clone()),
             _ => None,
         }),
+        // This step's refusal; cleared by an expansion that went through,
+        // or once the spec asks for another size.
+        volume_expansion_refused: match (action, &out.expansion_refused) {
+            (_, Some(r)) => Some(r.clone()),
+            (Action::ExpandClaim { .. }, None) => None,
+            _ => prev.volume_expansion_refused.filter(|r| r.size == obs.desired.storage_size),
+        },
     }
 }
 

@@ -209,7 +209,7 @@ impl World {
                 failed_member_after: AFTER,
                 ..Desired::default()
             },
-            statefulset: Some(StsObs { replicas: N, template_hash: Some("h1".into()) }),
+            statefulset: Some(StsObs { replicas: N, template_hash: Some("h1".into()), claim_size: None }),
             pods: (0..N)
                 .map(|o| (o, PodObs { ready: true, created: Some(self.created[&o]), ..PodObs::default() }))
                 .collect(),

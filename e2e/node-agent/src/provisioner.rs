@@ -4,7 +4,10 @@
 //! dir exposed as `hostPath`, pre-bound to the claim through `claimRef` (the
 //! PV controller completes the binding). A Released volume of ours is
 //! deleted, directory and all, which makes StatefulSet claim retention
-//! observable.
+//! observable. The class allows volume expansion: a bound claim asking for
+//! more than it has gets it, as external-resizer and kubelet's online file
+//! system expansion give it (the volume's capacity, then the claim's
+//! status), while its pod keeps running (a directory has no size to grow).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +17,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
@@ -40,6 +43,7 @@ pub async fn ensure_class(client: &Client) -> Result<()> {
         provisioner: PROVISIONER.into(),
         reclaim_policy: Some("Delete".into()),
         volume_binding_mode: Some("Immediate".into()),
+        allow_volume_expansion: Some(true),
         ..Default::default()
     };
     match classes.create(&PostParams::default(), &sc).await {
@@ -83,7 +87,36 @@ fn volume_for(pvc: &PersistentVolumeClaim, dir: &Path) -> Option<PersistentVolum
     })
 }
 
-/// One provisioning pass: volumes for new claims, deletion of released ones.
+/// Grows `pvc`'s volume and then the claim's status to what it requests,
+/// if it is a bound claim of ours asking for another size.
+async fn expand(client: &Client, pvc: &PersistentVolumeClaim) -> Result<()> {
+    let spec = pvc.spec.as_ref();
+    let requested = spec.and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").cloned());
+    let capacity = pvc.status.as_ref().and_then(|s| s.capacity.as_ref()?.get("storage").cloned());
+    let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let ours = spec.and_then(|s| s.storage_class_name.as_deref()) == Some(CLASS);
+    let (Some(requested), Some(capacity), Some(pv)) = (requested, capacity, spec.and_then(|s| s.volume_name.clone()))
+    else {
+        return Ok(());
+    };
+    if !bound || !ours || requested == capacity {
+        return Ok(());
+    }
+    let (ns, name) = (pvc.namespace().unwrap_or_default(), pvc.name_any());
+    let size = serde_json::json!({ "storage": requested });
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    volumes
+        .patch(&pv, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "spec": { "capacity": size } })))
+        .await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let status = serde_json::json!({ "status": { "capacity": size, "allocatedResources": size, "conditions": null } });
+    claims.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await?;
+    info!(claim = %format!("{ns}/{name}"), from = capacity.0, to = requested.0, "expanded");
+    Ok(())
+}
+
+/// One provisioning pass: volumes for new claims, expansion of grown ones,
+/// deletion of released ones.
 pub async fn sync(client: &Client, dir: &Path) -> Result<()> {
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
@@ -94,6 +127,9 @@ pub async fn sync(client: &Client, dir: &Path) -> Result<()> {
         let pending = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
         let ours = spec.and_then(|s| s.storage_class_name.as_deref()) == Some(CLASS);
         let unbound = spec.and_then(|s| s.volume_name.as_deref()).is_none_or(str::is_empty);
+        if let Err(e) = expand(client, &pvc).await {
+            warn!(error = %e, claim = pvc.name_any(), "expanding a volume");
+        }
         if !(pending && ours && unbound) || pvc.metadata.deletion_timestamp.is_some() {
             continue;
         }

@@ -127,6 +127,7 @@ fn args(kc: &KvCluster) -> Vec<String> {
             "--peer-client-cert-auth=true".into(),
         ]);
     }
+    args.extend(kc.spec.server.as_ref().map(|s| s.flags()).unwrap_or_default());
     args
 }
 
@@ -292,8 +293,11 @@ fn retention(r: Retention) -> String {
     }
 }
 
-/// StatefulSet with `replicas` pods.
-pub fn statefulset(kc: &KvCluster, replicas: u32) -> StatefulSet {
+/// StatefulSet with `replicas` pods, whose claim template asks for
+/// `claim_size`: an existing StatefulSet's own (a claim template cannot
+/// change; a grown `spec.storage.size` expands the claims instead,
+/// `volumes.rs`), or, for a new one (None), the spec's.
+pub fn statefulset(kc: &KvCluster, replicas: u32, claim_size: Option<&str>) -> StatefulSet {
     let name = kc.name_any();
     let storage = &kc.spec.storage;
     let mut metadata = meta(kc, naming::statefulset(&name));
@@ -304,7 +308,10 @@ pub fn statefulset(kc: &KvCluster, replicas: u32) -> StatefulSet {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: storage.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(storage.size.clone()))])),
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(claim_size.unwrap_or(&storage.size).to_string()),
+                )])),
                 ..VolumeResourceRequirements::default()
             }),
             ..PersistentVolumeClaimSpec::default()
@@ -337,12 +344,37 @@ mod tests {
     use crate::fixtures::kvcluster;
     use k8s_openapi::api::core::v1::LocalObjectReference;
 
+    /// A new StatefulSet's claims ask for the spec's size; an existing one
+    /// keeps its template's (the API server refuses a changed template).
+    #[test]
+    fn claim_template_keeps_the_size_it_was_made_with() {
+        let mut kc = kvcluster("demo", 3);
+        kc.spec.storage.size = "2Gi".into();
+        let size = |sts: StatefulSet| {
+            let t = sts.spec.volume_claim_templates.expect("templates");
+            t[0].spec.as_ref().and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").cloned())
+        };
+        assert_eq!(size(statefulset(&kc, 3, None)), Some(Quantity("2Gi".into())));
+        assert_eq!(size(statefulset(&kc, 3, Some("1Gi"))), Some(Quantity("1Gi".into())));
+    }
+
+    /// `spec.server`'s flags follow the operator's own, so they change the template hash.
+    #[test]
+    fn server_flags_reach_the_members() {
+        let mut kc = kvcluster("demo", 3);
+        let before = template_hash(&kc);
+        kc.spec.server = Some(crate::crd::ServerSpec { snapshot_count: Some(500), ..Default::default() });
+        let args = args(&kc);
+        assert_eq!(args.last().map(String::as_str), Some("--snapshot-count=500"), "{args:?}");
+        assert_ne!(template_hash(&kc), before);
+    }
+
     #[test]
     fn statefulset_shape() {
         let mut kc = kvcluster("demo", 3);
         kc.spec.storage.when_scaled = Retention::Delete;
         kc.spec.pod_template.priority_class_name = Some("critical".into());
-        let sts = statefulset(&kc, 4);
+        let sts = statefulset(&kc, 4, None);
         let spec = sts.spec;
         assert_eq!(spec.replicas, Some(4));
         assert_eq!(spec.service_name.as_deref(), Some("demo-peer"));
