@@ -28,6 +28,7 @@ SCENARIOS=(
   "scheduled_backups:backups to a real S3 server on schedule and on demand; retention prunes them"
   "rolling_upgrade:an upgrade skipping a minor version is refused; the next version rolls through after a backup, with no failed write"
   "tls_cluster:a KvCluster with client and peer TLS serves only clients with a certificate"
+  "cert_manager_tls:with spec.tls.certManager, cert-manager's controller issues the members' and clients' certificates"
   "cluster_deleted:deleting a KvCluster removes its objects; claims follow whenDeleted"
   "etcd_import:an etcd 3.6 snapshot becomes a KvCluster; kube-apiserver moved onto it serves its objects with their resourceVersions"
   "restore_from_backup:a new KvCluster from the deleted one's last backup has its keys and revisions; a damaged backup creates nothing"

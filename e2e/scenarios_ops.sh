@@ -393,6 +393,85 @@ YAML
   eventually 120 no_claims_left secure
 }
 
+# cert-manager's controller (e2e/cert-manager/build), run on the machine
+# against the API server, with its CRDs; started once, stopped at the end.
+cm_up() {
+  local dir
+  dir="$("$root/e2e/cert-manager/build")"
+  kubectl apply --server-side -f "$dir/crds" >/dev/null
+  if ! [ -s "$E2E_WORK/cert-manager.pid" ]; then
+    "$dir/controller" --kubeconfig "$KUBECONFIG" --leader-elect=false --cluster-resource-namespace "$OP_NS" \
+      --enable-certificate-owner-ref >"$E2E_WORK/logs/cert-manager.log" 2>&1 &
+    echo $! >"$E2E_WORK/cert-manager.pid"
+  fi
+}
+cm_down() {
+  [ -s "$E2E_WORK/cert-manager.pid" ] && kill "$(cat "$E2E_WORK/cert-manager.pid")" 2>/dev/null || true
+}
+kvc_of() { kubectl -n "$OP_NS" get kvc "$1" -o jsonpath="$2"; }
+# condition_reason_is NAME TYPE REASON: KvCluster NAME's condition TYPE has REASON.
+condition_reason_is() { [ "$(kvc_of "$1" "{.status.conditions[?(@.type==\"$2\")].reason}")" = "$3" ]; }
+managed_available() {
+  [ "$(kvc_of managed '{.status.conditions[?(@.type=="Available")].status}')" = True ] &&
+    [ "$(kvc_of managed '{.status.readyReplicas}')" = 3 ]
+}
+certificates_ready() {
+  [ "$(kubectl -n "$OP_NS" get certificates.cert-manager.io -l app.kubernetes.io/instance=managed \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -cx True)" -eq 4 ]
+}
+
+# TLS mode CertManager: a CA Issuer of cert-manager's own controller issues
+# the four certificates of KvCluster managed through the Certificates the
+# operator asks for (the first members wait for them: CertificatesPending
+# until the Issuer exists), the members form over mutual TLS on them, and a
+# client needs managed-client-tls, a cert-manager Secret.
+cert_manager_tls() {
+  local d=$E2E_WORK/cm-ca out
+  cm_up
+  mkdir -p "$d"
+  kubectl -n "$OP_NS" apply -f - <<'YAML'
+apiVersion: kvd.io/v1alpha1
+kind: KvCluster
+metadata: {name: managed}
+spec:
+  replicas: 3
+  storage: {size: 1Gi, whenDeleted: Delete}
+  tls: {certManager: {issuerRef: {name: managed-ca}}}
+YAML
+  # No Issuer yet: the operator asks for the Certificates and waits.
+  eventually 60 condition_reason_is managed Progressing CertificatesPending
+  [ -z "$(kubectl -n "$OP_NS" get sts managed -o name 2>/dev/null)" ] || fail "members created before their certificates"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=kvd-e2e-cm-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  kubectl -n "$OP_NS" create secret tls managed-ca --cert="$d/ca.crt" --key="$d/ca.key"
+  kubectl -n "$OP_NS" apply -f - <<'YAML'
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {name: managed-ca}
+spec: {ca: {secretName: managed-ca}}
+YAML
+  eventually 120 certificates_ready
+  eventually 240 managed_available
+  [ "$(kvc_of managed '{.status.tls.mode}')" = CertManager ] || fail "status.tls.mode is $(kvc_of managed '{.status.tls.mode}')"
+  [ -n "$(kvc_of managed '{.status.tls.notAfter}')" ] || fail "no status.tls.notAfter"
+  [ "$(kubectl -n "$OP_NS" get secret managed-client-tls -o jsonpath='{.metadata.annotations.cert-manager\.io/certificate-name}')" = managed-client-tls ] ||
+    fail "managed-client-tls was not written by cert-manager"
+  ctl_of managed put /e2e/cert-manager yes
+  [ "$(ctl_of managed get /e2e/cert-manager --print-value-only)" = yes ] || fail "read back over TLS"
+  out=$(ctl_of managed member list)
+  [ "$(grep -c "https://managed-[0-2].managed-peer.$OP_NS.svc:2380" <<<"$out")" -eq 3 ] || fail "peers not on https: $out"
+  # The members' chain is cert-manager's CA.
+  openssl verify -CAfile "$d/ca.crt" "$E2E_WORK/tls-managed/tls.crt" || fail "the client certificate is not the Issuer's"
+  if ectl_by_name --endpoints "https://managed-0.managed-peer.$OP_NS.svc:2379" --command-timeout 3s \
+    --cacert "$d/ca.crt" get /e2e/cert-manager >/dev/null 2>&1; then
+    fail "a client without a certificate was served"
+  fi
+  kubectl -n "$OP_NS" delete kvc managed
+  eventually 120 kvc_gone managed
+  eventually 120 no_claims_left managed
+}
+
 # The operator, installed for $OP_NS only, holds a Role there and no
 # ClusterRole, and leaves a KvCluster in another namespace alone (no
 # finalizer, no status, no StatefulSet) while it runs demo.

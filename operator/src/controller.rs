@@ -180,7 +180,7 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
     let key = format!("{ns}/{name}");
     // Mode Operator's certificates first: the operator's own is read next.
-    let certs_not_after = crate::certs::ensure(&ctx.client, &ctx.recorder, &kc).await?;
+    let certs = crate::certs::ensure(&ctx.client, &ctx.recorder, &kc).await?;
     let tls = crate::tls::client_tls(&ctx.client, &kc).await;
     let etcd = ctx.etcd_for(&key, &name, tls.clone().ok().flatten());
     let objects = match ctx.caches.as_ref().filter(|c| c.may_read_cache(&key)) {
@@ -197,7 +197,8 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let mut obs = observe::gather(&kc, objects, &etcd).await?;
     obs.defragged = ctx.defragged_of(&key);
     obs.desired.tls_problem = tls.err();
-    obs.certs_not_after = certs_not_after;
+    obs.certs_not_after = certs.not_after;
+    obs.certs_pending = certs.pending;
     let action = plan(&obs);
     info!(action = action_kind(&action), detail = ?action, "planned");
     ctx.metrics.action(&action);

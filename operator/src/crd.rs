@@ -393,6 +393,13 @@ pub enum TlsMode {
     Operator,
     /// Secrets you provide: `clientSecretName` and `peerSecretName`.
     Secrets,
+    /// cert-manager issues the four certificates of mode Operator (same
+    /// Secret names, names, usages and common names) from the Issuer or
+    /// ClusterIssuer `certManager.issuerRef` names, through Certificate
+    /// resources the operator keeps, and renews them when a third of their
+    /// lifetime is left. The issuer must write `ca.crt` (a CA or Vault
+    /// issuer does).
+    CertManager,
     /// Plain text.
     Disabled,
 }
@@ -406,6 +413,10 @@ pub enum TlsMode {
     .message("clientSecretName and peerSecretName are for mode Secrets"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Secrets' || has(self.clientSecretName) || has(self.peerSecretName)")
     .message("mode Secrets needs clientSecretName or peerSecretName"))]
+#[x_kube(validation = Rule::new("!has(self.certManager) || !has(self.mode) || self.mode == 'CertManager'")
+    .message("certManager is for mode CertManager"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'CertManager' || has(self.certManager)")
+    .message("mode CertManager needs certManager.issuerRef"))]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -432,6 +443,40 @@ pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(m|h))+$"))]
     pub certificate_duration: Option<String>,
+    /// Mode CertManager (implied when set): the cert-manager issuer of the
+    /// cluster's certificates. `certificateDuration` sets their lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerSpec>,
+}
+
+/// cert-manager as the issuer of a cluster's certificates.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerSpec {
+    pub issuer_ref: IssuerRef,
+}
+
+/// An Issuer (in the cluster's namespace) or ClusterIssuer.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// `Issuer` (the default) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(regex(pattern = r"^(Issuer|ClusterIssuer)$"))]
+    pub kind: String,
+    /// The issuer's API group (default `cert-manager.io`; external issuers have their own).
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
 }
 
 /// kvd flags, typed: the settings an etcd operator is asked for, not a
@@ -785,8 +830,8 @@ impl TlsLayout {
 }
 
 impl KvCluster {
-    /// The TLS mode: the spec's; else `Secrets` when a secret is named;
-    /// else the mode recorded in status; else `Disabled` for a cluster that
+    /// The TLS mode: the spec's; else `Secrets` when a secret is named,
+    /// `CertManager` when an issuer is; else the mode recorded in status; else `Disabled` for a cluster that
     /// formed before the mode was recorded (an older operator's, plain
     /// text), and `Operator` for a new one.
     pub fn tls_mode(&self) -> TlsMode {
@@ -795,6 +840,9 @@ impl KvCluster {
         }
         if self.spec.client_secret().is_some() || self.spec.peer_secret().is_some() {
             return TlsMode::Secrets;
+        }
+        if self.spec.tls.as_ref().is_some_and(|t| t.cert_manager.is_some()) {
+            return TlsMode::CertManager;
         }
         self.recorded_tls().map(|t| t.mode).unwrap_or(TlsMode::Operator)
     }
@@ -851,7 +899,7 @@ impl KvCluster {
                     jobs: client,
                 }
             }
-            TlsMode::Operator => TlsLayout {
+            TlsMode::Operator | TlsMode::CertManager => TlsLayout {
                 server: Some(crate::naming::server_tls_secret(&name)),
                 peer: Some(crate::naming::peer_tls_secret(&name)),
                 operator: Some(crate::naming::operator_tls_secret(&name)),

@@ -166,3 +166,25 @@ fn server_settings_become_flags() {
         serde_json::from_value::<KvClusterSpec>(serde_json::json!({ "replicas": 3, "server": { "logLevel": "loud" } }));
     assert!(bad.is_err(), "an unknown log level parsed");
 }
+
+/// `certManager` implies mode CertManager, with the Secret layout of mode Operator.
+#[test]
+fn cert_manager_issuer_implies_its_mode() {
+    let mut kc = KvCluster::new(
+        "demo",
+        serde_json::from_value(serde_json::json!({
+            "replicas": 3, "tls": { "certManager": { "issuerRef": { "name": "ca" } } }
+        }))
+        .expect("spec"),
+    );
+    kc.metadata.namespace = Some("ns".into());
+    assert_eq!(kc.tls_mode(), TlsMode::CertManager);
+    let issuer = &kc.spec.tls.as_ref().and_then(|t| t.cert_manager.as_ref()).expect("certManager").issuer_ref;
+    assert_eq!((issuer.kind.as_str(), issuer.group.as_str()), ("Issuer", "cert-manager.io"));
+    let layout = kc.tls();
+    assert_eq!(layout.server.as_deref(), Some("demo-server-tls"));
+    assert_eq!(layout.operator.as_deref(), Some("demo-operator-tls"));
+    assert_eq!(layout.jobs.as_deref(), Some("demo-client-tls"));
+    let y = crd_yaml().expect("yaml");
+    assert!(y.contains("mode CertManager needs certManager.issuerRef"));
+}

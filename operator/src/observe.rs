@@ -220,6 +220,8 @@ pub struct Observation {
     /// Mode Operator: when the first issued certificate expires (set by
     /// the controller, which keeps them).
     pub certs_not_after: Option<jiff::Timestamp>,
+    /// Mode CertManager: the certificates cert-manager has not issued yet.
+    pub certs_pending: Option<String>,
     /// The last token acted on (`status.backupRequest`).
     pub backup_request: Option<String>,
     /// The checked backup the cluster starts from (`status.restoredFrom`).
@@ -345,6 +347,7 @@ pub fn build(
         initial_state_new: false,
         backup_token: kc.annotations().get(resources::BACKUP_NOW).filter(|t| !t.is_empty()).cloned(),
         certs_not_after: None,
+        certs_pending: None,
         auth_enabled: None,
         backup_request: status.backup_request.clone(),
         restored_from: status.restored_from.clone(),

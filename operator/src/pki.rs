@@ -69,7 +69,7 @@ impl Leaf {
 
     /// Subject common name (with auth on, a client certificate's CN is
     /// the user it authenticates as).
-    fn common_name(self, cluster: &str) -> String {
+    pub fn common_name(self, cluster: &str) -> String {
         match self {
             Leaf::Server => format!("{cluster} member"),
             Leaf::Peer => format!("{cluster} peer"),
@@ -85,6 +85,12 @@ impl Leaf {
             Leaf::Peer => naming::peer_names(cluster, ns),
             Leaf::Client | Leaf::Operator => Vec::new(),
         }
+    }
+
+    /// Whether it also serves (server and peer certificates); the others
+    /// are only for clients.
+    pub fn serves(self) -> bool {
+        matches!(self, Leaf::Server | Leaf::Peer)
     }
 
     fn usages(self) -> Vec<ExtendedKeyUsagePurpose> {
@@ -350,6 +356,21 @@ pub fn earliest_expiry(cluster: &str, found: &Found) -> Option<Timestamp> {
         .iter()
         .filter_map(|l| found.get(&l.secret(cluster))?.0.get("tls.crt").cloned())
         .filter_map(|c| facts(&String::from_utf8(c).ok()?, &ca).ok())
+        .map(|f| f.not_after)
+        .min()
+}
+
+/// When the first of `cluster`'s certificates expires, each read with the
+/// `ca.crt` of its own Secret (mode CertManager: the issuer's CA, there is
+/// no `<name>-ca`).
+pub fn earliest_expiry_by_own_ca(cluster: &str, found: &Found) -> Option<Timestamp> {
+    Leaf::ALL
+        .iter()
+        .filter_map(|l| {
+            let data = &found.get(&l.secret(cluster))?.0;
+            let text = |k: &str| String::from_utf8(data.get(k)?.clone()).ok();
+            facts(&text("tls.crt")?, &text("ca.crt")?).ok()
+        })
         .map(|f| f.not_after)
         .min()
 }

@@ -141,6 +141,12 @@ fn the_earliest_expiry_is_reported() {
     apply(&mut found, first, "");
     assert_eq!(earliest_expiry("demo", &found), Some(now() + DEFAULT_LIFETIME));
     assert_eq!(earliest_expiry("demo", &Found::new()), None);
+    // Without the cluster's CA Secret (mode CertManager), each certificate
+    // is read with its own Secret's ca.crt.
+    found.remove("demo-ca");
+    assert_eq!(earliest_expiry("demo", &found), None);
+    assert_eq!(earliest_expiry_by_own_ca("demo", &found), Some(now() + DEFAULT_LIFETIME));
+    assert_eq!(earliest_expiry_by_own_ca("demo", &Found::new()), None);
 }
 
 #[test]

@@ -201,6 +201,12 @@ pub fn plan(obs: &Observation) -> Action {
     if let Some(conflict) = &d.tls_conflict {
         return degraded("TLSChangeUnsupported", conflict.clone());
     }
+    // Mode CertManager: the first members wait for their certificates.
+    if obs.statefulset.is_none()
+        && let Some(pending) = &obs.certs_pending
+    {
+        return wait("CertificatesPending", pending.clone());
+    }
     if let Some(problem) = &d.tls_problem {
         return degraded("TLSSecretInvalid", problem.clone());
     }

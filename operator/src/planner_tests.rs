@@ -222,6 +222,24 @@ fn volume_expansion_comes_last() {
     assert_eq!(plan(&obs), Action::Idle);
 }
 
+/// Mode CertManager: no member is created before cert-manager has issued
+/// the certificates; a formed cluster is not held back by a renewal.
+#[test]
+fn first_members_wait_for_their_certificates() {
+    let mut obs = Observation { desired: Desired { replicas: 3, ..Desired::default() }, ..Observation::default() };
+    obs.certs_pending = Some("cert-manager has not issued c-server-tls: Issuer ca not found".into());
+    obs.desired.tls_problem = Some("secret ns/c-operator-tls does not exist".into());
+    let Action::Wait { reason, message } = plan(&obs) else { panic!("not waiting: {:?}", plan(&obs)) };
+    assert_eq!(reason, "CertificatesPending");
+    assert!(message.contains("Issuer ca not found"), "{message}");
+    obs.certs_pending = None;
+    obs.desired.tls_problem = None;
+    assert_eq!(plan(&obs), Action::Bootstrap { replicas: 3 });
+    let mut formed = cluster(3);
+    formed.certs_pending = Some("renewing".into());
+    assert_eq!(plan(&formed), Action::Idle);
+}
+
 #[test]
 fn even_replicas_need_opt_in() {
     let mut obs = cluster(4);

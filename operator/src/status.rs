@@ -202,7 +202,7 @@ pub fn build(kc: &KvCluster, obs: &Observation, action: &Action, out: &Outcome) 
                     client_tls: layout.client_tls(),
                     peer_tls: layout.peer_tls(),
                     not_after: match mode {
-                        TlsMode::Operator => obs.certs_not_after.map(Time).or(kept),
+                        TlsMode::Operator | TlsMode::CertManager => obs.certs_not_after.map(Time).or(kept),
                         _ => None,
                     },
                 })

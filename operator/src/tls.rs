@@ -30,10 +30,11 @@ pub async fn client_tls(client: &kube::Client, kc: &KvCluster) -> Result<Option<
 }
 
 /// The users the operator and the Jobs authenticate as (the common names
-/// of the certificates they present): in TLS mode Operator those the
-/// operator issues; in mode Secrets the client Secret's.
+/// of the certificates they present): in TLS modes Operator and
+/// CertManager those the operator issues or asks for; in mode Secrets the
+/// client Secret's.
 pub async fn certificate_users(client: &kube::Client, kc: &KvCluster) -> Result<Vec<String>, String> {
-    if kc.tls_mode() == crate::crd::TlsMode::Operator {
+    if matches!(kc.tls_mode(), crate::crd::TlsMode::Operator | crate::crd::TlsMode::CertManager) {
         return Ok(vec![crate::pki::OPERATOR_USER.to_string(), crate::pki::CLIENT_USER.to_string()]);
     }
     let Some(tls) = client_tls(client, kc).await? else { return Err("no client TLS".into()) };

@@ -1,9 +1,11 @@
 //! Pure builders for the objects a KvCluster owns: headless peer and client
 //! Services, the ConfigMap with `initial-cluster`, the quorum-aware PDB, the
 //! StatefulSet, the maintenance CronJobs, the backup and restore Jobs and
-//! init container, and the optional Prometheus Operator monitor.
+//! init container, the optional Prometheus Operator monitor, and the
+//! cert-manager Certificates of TLS mode CertManager.
 
 mod backup;
+mod certificate;
 mod configmap;
 mod cronjob;
 mod monitor;
@@ -15,6 +17,7 @@ pub use backup::{
     BACKUP_NOW, BACKUPS_DIR, RESTORE_CHECK, StoreIo, backup_name, backup_now_job, backup_now_name, restore_check_job,
     restore_init_container, store_io,
 };
+pub use certificate::{CERT_COMPONENT, certificate, certificate_api};
 pub use configmap::{
     FORCE_MEMBER, FORCE_SINCE, ForceKey, INITIAL_CLUSTER, INITIAL_CLUSTER_STATE, config_map, force_key,
     recovery_config_map,
