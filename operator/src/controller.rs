@@ -179,7 +179,8 @@ async fn apply(kc: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Requeue> {
     let name = kc.name_any();
     let ns = kc.namespace().ok_or_else(|| Error::Invalid("KvCluster without namespace".into()))?;
     let key = format!("{ns}/{name}");
-    // Mode Operator's certificates first: the operator's own is read next.
+    // The certificates first (mode Operator issues them, CertManager asks
+    // cert-manager for them): the operator's own is read next.
     let certs = crate::certs::ensure(&ctx.client, &ctx.recorder, &kc).await?;
     let tls = crate::tls::client_tls(&ctx.client, &kc).await;
     let etcd = ctx.etcd_for(&key, &name, tls.clone().ok().flatten());
