@@ -106,10 +106,16 @@ fn image_names_are_the_operators() {
     assert_eq!(values["image"]["repository"].as_str(), Some(operator_image.as_str()));
     let (registry, name) = DEFAULT_IMAGE_REPO.rsplit_once('/').expect("registry/name");
     let build = read(&root.join("scripts/build-images"));
+    // The archives' images are "$registry/$name:$tag", for these names; the
+    // member image runs kvd as the user the pods run as, with its data directory.
+    let uid = kvd_operator::naming::MEMBER_UID;
     for want in [
         format!("registry={registry}\n"),
-        format!("\"$registry/{name}:$tag\""),
-        format!("\"$registry/{name}-operator:$tag\""),
+        "$registry/$name:$tag".to_string(),
+        format!("\nimage {name} kvd "),
+        format!("\nimage {name}-operator kvd-operator "),
+        format!("--config.user {uid}:{uid}"),
+        "--config.volume /var/lib/kvd".to_string(),
     ] {
         assert!(build.contains(&want), "scripts/build-images lacks {want:?}");
     }
