@@ -429,6 +429,19 @@ cert_manager_tls() {
   local d=$E2E_WORK/cm-ca out
   cm_up
   mkdir -p "$d"
+  # An issuer and Secrets of your own at once: refused by the CRD.
+  if out=$(kubectl -n "$OP_NS" apply -f - 2>&1 <<'YAML'
+apiVersion: kvd.io/v1alpha1
+kind: KvCluster
+metadata: {name: managed}
+spec:
+  replicas: 3
+  tls: {certManager: {issuerRef: {name: managed-ca}}, clientSecretName: mine}
+YAML
+  ); then
+    fail "certManager with clientSecretName was accepted"
+  fi
+  grep -q "exclude each other" <<<"$out" || fail "refused with: $out"
   kubectl -n "$OP_NS" apply -f - <<'YAML'
 apiVersion: kvd.io/v1alpha1
 kind: KvCluster

@@ -417,6 +417,8 @@ pub enum TlsMode {
     .message("certManager is for mode CertManager"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'CertManager' || has(self.certManager)")
     .message("mode CertManager needs certManager.issuerRef"))]
+#[x_kube(validation = Rule::new("!has(self.certManager) || (!has(self.clientSecretName) && !has(self.peerSecretName))")
+    .message("certManager and clientSecretName or peerSecretName exclude each other"))]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

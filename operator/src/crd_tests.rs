@@ -187,4 +187,5 @@ fn cert_manager_issuer_implies_its_mode() {
     assert_eq!(layout.jobs.as_deref(), Some("demo-client-tls"));
     let y = crd_yaml().expect("yaml");
     assert!(y.contains("mode CertManager needs certManager.issuerRef"));
+    assert!(y.contains("certManager and clientSecretName or peerSecretName exclude each other"));
 }
