@@ -189,7 +189,8 @@ async fn run(flags: Flags) -> Result<(), String> {
     };
     tokio::select! {
         _ = stop => {
-            info!("received signal, draining client connections");
+            info!("received signal, handing leadership over if leading, then draining client connections");
+            server.transfer_leadership_on_stop().await;
             if !clients.drain(DRAIN_WITHIN).await {
                 info!(within = ?DRAIN_WITHIN, "client connections still open (watches) are closed");
             }

@@ -387,3 +387,28 @@ async fn a_follower_back_from_a_pause_does_not_depose_the_leader() {
         assert_eq!(leader_and_term(m).await, before, "the leader or the term changed after the pause");
     }
 }
+
+/// A leader stopped gracefully (SIGTERM, as kubelet stops a pod on a drain
+/// or a rollout) hands leadership to a follower before it exits, as etcd
+/// does: the others have a new leader the moment it is gone. Without the
+/// hand-over they still followed the stopped member until an election
+/// timeout passed (the e2e's drain saw writes fail twice with "leader
+/// changed" when the evicted member led).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_by_sigterm_hands_leadership_over_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = ready_cluster(dir.path(), 3, 131, &[]).await;
+    let l = leader(&members).await;
+    let (old, old_term) = leader_and_term(&members[l]).await;
+    assert!(members[l].stop().is_some_and(|s| s.success()), "the leader did not stop cleanly");
+    let mut new = Vec::new();
+    for (i, m) in members.iter().enumerate().filter(|(i, _)| *i != l) {
+        let (now, term) = leader_and_term(m).await;
+        assert!(now != 0 && now != old, "member {i} follows {now:x} right after the leader {old:x} stopped");
+        assert!(term > old_term);
+        new.push(now);
+    }
+    assert_eq!(new[0], new[1], "the two others follow different leaders");
+    let mut kv = members[(l + 1) % 3].kv().await;
+    kv.put(PutRequest { key: b"after".to_vec(), value: b"stop".to_vec(), ..Default::default() }).await.unwrap();
+}
