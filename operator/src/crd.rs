@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 /// Image used when neither `image` nor `version` is set.
 pub const DEFAULT_IMAGE_REPO: &str = "ghcr.io/kvd-io/kvd";
-/// Tag used when neither `image` nor `version` is set.
-pub const DEFAULT_VERSION: &str = "latest";
+/// Tag used when neither `image` nor `version` is set: the operator's own
+/// version, the kvd release it is built and tested with. (It was `latest`,
+/// which kubelet pulls on every start, so a node without registry access
+/// could not start members at all, and which names no version to gate.)
+pub const DEFAULT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// etcd's default backend quota (2 GiB), used when `quotaBackendBytes` is unset or 0.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
 

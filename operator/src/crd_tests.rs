@@ -34,7 +34,7 @@ fn crd_has_rules_scale_and_columns() {
 #[test]
 fn image_and_quota_defaults() {
     let spec: KvClusterSpec = serde_json::from_str(r#"{"replicas":3}"#).expect("spec");
-    assert_eq!(spec.image(), "ghcr.io/kvd-io/kvd:latest");
+    assert_eq!(spec.image(), format!("ghcr.io/kvd-io/kvd:{}", env!("CARGO_PKG_VERSION")));
     assert_eq!(spec.quota_bytes(), 2 << 30);
     assert!(spec.alarms.auto_remediate);
     assert_eq!(spec.storage.size, "8Gi");

@@ -121,6 +121,17 @@ fn image_names_are_the_operators() {
     }
     let cluster = read(&root.join("charts/kvd-cluster/values.yaml"));
     assert!(cluster.contains(DEFAULT_IMAGE_REPO), "charts/kvd-cluster/values.yaml does not name {DEFAULT_IMAGE_REPO}");
+    // The images carry the release's version, which the charts' appVersion,
+    // the plain manifest and a KvCluster without spec.version all name.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(kvd_operator::crd::DEFAULT_VERSION, version);
+    for chart in ["kvd-operator", "kvd-cluster"] {
+        let meta = yaml(&root.join(format!("charts/{chart}/Chart.yaml")));
+        assert_eq!(meta["appVersion"].as_str(), Some(version), "charts/{chart}/Chart.yaml appVersion");
+    }
+    let manifest = read(&root.join("operator/deploy/operator.yaml"));
+    let pinned = format!("image: {operator_image}:{version}\n");
+    assert!(manifest.contains(&pinned), "operator/deploy/operator.yaml does not run {operator_image}:{version}");
 }
 
 /// The member image serves what the operator's StatefulSet expects: `kvd` on
