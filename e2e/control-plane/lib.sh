@@ -125,6 +125,7 @@ cp_up() {
     --token-auth-file "$E2E_WORK/tokens.csv" \
     --authorization-mode RBAC \
     --service-cluster-ip-range 10.96.0.0/16 \
+    --kubelet-preferred-address-types InternalIP,Hostname \
     --allow-privileged
   export KUBECONFIG="$E2E_WORK/kubeconfig"
   cp_kubeconfig "$KUBECONFIG"

@@ -16,6 +16,7 @@ ectl() { docker exec -i "$KIND_NODE" /usr/local/bin/etcdctl "$@"; }
 # Not here: the nodes cannot resolve the cluster's DNS names, which TLS
 # verification needs (e2e/kind/run skips the TLS scenario).
 ectl_by_name() { fail "ectl_by_name is not available on kind"; }
+by_name() { fail "by_name is not available on kind"; }
 
 client_ip() { kubectl -n "$OP_NS" get svc demo-client -o jsonpath='{.spec.clusterIP}' 2>/dev/null || true; }
 

@@ -6,6 +6,7 @@
 #
 #   ectl ARGS                  etcdctl (the pinned one) from where the pods are reachable
 #   ectl_by_name ARGS          the same, resolving the cluster's DNS names (for TLS)
+#   by_name COMMAND...         any command, resolving the cluster's DNS names
 #   client_ip                  an address of the client Service of KvCluster demo
 #   member_urls NAME SCHEME    client URLs of every member pod of KvCluster NAME,
 #                              comma-separated: by address for http, by name for
@@ -25,9 +26,11 @@ UPGRADE_REPORTS_VERSION=1
 ectl() { "$ETCDCTL" "$@"; }
 
 # In a mount namespace of its own, with the node agent's hosts file as /etc/hosts.
-ectl_by_name() {
-  unshare -m sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' _ "$E2E_WORK/node/hosts" "$ETCDCTL" "$@"
-}
+# (BY_NAME is that prefix, for a command started in the background: its
+# pid is then the command's.)
+BY_NAME=(unshare -m sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' _ "$E2E_WORK/node/hosts")
+by_name() { "${BY_NAME[@]}" "$@"; }
+ectl_by_name() { by_name "$ETCDCTL" "$@"; }
 
 # The hosts file names the client Service after one ready endpoint.
 client_ip() { awk -v n="demo-client.$OP_NS.svc" '$3 == n {print $1; exit}' "$E2E_WORK/node/hosts"; }

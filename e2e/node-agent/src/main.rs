@@ -59,6 +59,10 @@ struct Args {
     /// The API server's port on the gateway address.
     #[arg(long, default_value_t = 6443)]
     api_port: u16,
+    /// Only the volume provisioner (and resizer), beside a real kubelet,
+    /// scheduler, CoreDNS and kube-proxy: no Node, no pods, no hosts file.
+    #[arg(long)]
+    provisioner_only: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -77,6 +81,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> error::Result<()> {
+    if args.provisioner_only {
+        return provision_only(&args).await;
+    }
     let net = netns::Network { bridge: args.bridge.clone(), gateway: args.gateway };
     net.check()?;
     net.remove_all();
@@ -150,4 +157,26 @@ async fn run(args: Args) -> error::Result<()> {
     info!("stopping: killing every pod's processes");
     sup.shutdown().await;
     Ok(())
+}
+
+/// The loop of `--provisioner-only`: provisioning passes twice a second
+/// until SIGTERM or SIGINT.
+async fn provision_only(args: &Args) -> error::Result<()> {
+    let volumes = std::path::absolute(args.work_dir.join("volumes")).map_err(error::io("work dir"))?;
+    std::fs::create_dir_all(&volumes).map_err(error::io("creating the work dir"))?;
+    let client = Client::try_default().await?;
+    provisioner::ensure_class(&client).await?;
+    info!(dir = %volumes.display(), "provisioning volumes only");
+    let mut term = signal(SignalKind::terminate()).map_err(error::io("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(error::io("SIGINT handler"))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if let Err(e) = provisioner::sync(&client, &volumes).await {
+            warn!(error = %e, "provisioning");
+        }
+    }
 }

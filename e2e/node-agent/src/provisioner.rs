@@ -8,8 +8,10 @@
 //! more than it has gets it, as external-resizer and kubelet's online file
 //! system expansion give it (the volume's capacity, then the claim's
 //! status), while its pod keeps running (a directory has no size to grow).
+//! Beside a real kubelet, this is all the agent does (`--provisioner-only`).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{
@@ -139,6 +141,11 @@ pub async fn sync(client: &Client, dir: &Path) -> Result<()> {
         }
         if let Some(path) = pv.spec.as_ref().and_then(|s| s.host_path.as_ref()).map(|h| h.path.clone()) {
             std::fs::create_dir_all(&path).map_err(io(format!("creating {path}")))?;
+            // Writable by any pod user, as local-path-provisioner makes its
+            // directories: kubelet applies no fsGroup to hostPath volumes,
+            // and the member images run as 65532.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+                .map_err(io(format!("opening up {path}")))?;
         }
         match volumes.create(&PostParams::default(), &pv).await {
             Ok(_) => {
