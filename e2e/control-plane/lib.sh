@@ -34,15 +34,20 @@ cp_wait() {
   done
 }
 
-# cp_start NAME COMMAND...: starts a process in the background, logging to
-# $E2E_WORK/logs/NAME.log.
-cp_start() {
-  local name=$1
-  shift
+# spawn PIDS NAME COMMAND...: starts a process in the background, logging
+# to $E2E_WORK/logs/NAME.log; its pid goes into the array named PIDS (which
+# the matching *_down stops) and into $E2E_WORK/NAME.pid.
+spawn() {
+  local -n spawned=$1
+  local name=$2
+  shift 2
   "$@" >"$E2E_WORK/logs/$name.log" 2>&1 &
-  CP_PIDS+=($!)
+  spawned+=($!)
   echo "$!" >"$E2E_WORK/$name.pid"
 }
+
+# cp_start NAME COMMAND...: a process of the control plane, stopped by cp_down.
+cp_start() { spawn CP_PIDS "$@"; }
 
 # Keys and credentials: the service-account signing key, a static token for
 # the admin (system:masters) that kubectl, the controller manager and the

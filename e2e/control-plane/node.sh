@@ -34,14 +34,8 @@ NODE_DNS_IP=$CP_NODE_IP
 # containerd.
 node_ctr() { ctr --address "$NODE_CTR" --namespace k8s.io "$@"; }
 
-# node_start NAME COMMAND...: as cp_start, but stopped by node_down.
-node_start() {
-  local name=$1
-  shift
-  "$@" >"$E2E_WORK/logs/$name.log" 2>&1 &
-  NODE_PIDS+=($!)
-  echo "$!" >"$E2E_WORK/$name.pid"
-}
+# node_start NAME COMMAND...: a process of the node, stopped by node_down.
+node_start() { spawn NODE_PIDS "$@"; }
 
 # node_images BIN_DIR TAG NEXT: the member and operator images as TAG, the
 # member image again as NEXT from BIN_DIR/kvd-NEXT (the rolling upgrade's

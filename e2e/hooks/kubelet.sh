@@ -16,7 +16,10 @@ UPGRADE_REPORTS_VERSION=1
 # checks that members then serve the renewed certificates).
 NODE_REFRESHES_SECRETS=1
 
-ectl() { "$ETCDCTL" "$@"; }
+# ectl, kill_member_process and volume_dirs: the pods' processes and
+# volumes are on this host.
+# shellcheck source=local.sh
+source "$root/e2e/hooks/local.sh"
 
 # by_name COMMAND...: COMMAND in a mount namespace of its own whose
 # resolv.conf names CoreDNS, so the cluster's DNS names resolve.
@@ -37,14 +40,6 @@ member_urls() {
     }'
 }
 
-kill_member_process() {
-  local pid
-  pid=$(pgrep -f -- "--name=$1( |$)" | head -1)
-  [ -n "$pid" ] || fail "no process of member $1"
-  kill -KILL "$pid"
-}
-
-volume_dirs() { find "$E2E_WORK/node/volumes" -mindepth 1 -maxdepth 1 -type d | wc -l; }
 
 member_logs() {
   kubectl -n "$OP_NS" logs "$1" --previous 2>/dev/null || true

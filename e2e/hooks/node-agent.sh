@@ -23,7 +23,10 @@ CLUSTER_HELM_ARGS=()
 # build scripts/test makes reports the next version (e2e/next-version).
 UPGRADE_REPORTS_VERSION=1
 
-ectl() { "$ETCDCTL" "$@"; }
+# ectl, kill_member_process and volume_dirs: the pods' processes and
+# volumes are on this host.
+# shellcheck source=local.sh
+source "$root/e2e/hooks/local.sh"
 
 # In a mount namespace of its own, with the node agent's hosts file as /etc/hosts.
 # (BY_NAME is that prefix, for a command started in the background: its
@@ -41,13 +44,5 @@ member_urls() {
     }' "$E2E_WORK/node/hosts"
 }
 
-kill_member_process() {
-  local pid
-  pid=$(pgrep -f -- "--name=$1( |$)" | head -1)
-  [ -n "$pid" ] || fail "no process of member $1"
-  kill -KILL "$pid"
-}
-
-volume_dirs() { find "$E2E_WORK/node/volumes" -mindepth 1 -maxdepth 1 -type d | wc -l; }
 
 member_logs() { cat "$E2E_WORK/node/pods/${OP_NS}_$1_"*/*.log 2>/dev/null || true; }
