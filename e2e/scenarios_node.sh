@@ -86,11 +86,17 @@ node_runs_images() {
     fail "kvd does not run as 65532: $(grep -E '^Uid:' "/proc/$pid/status")"
   awk '$5 == "/" {print "root mount options: " $6}' "/proc/$pid/mountinfo"
   awk '$5 == "/" {print $6}' "/proc/$pid/mountinfo" | grep -qE '(^|,)ro(,|$)' || fail "the root file system is writable"
-  local cg
-  cg=$(awk -F: '$2 == "memory" {print $3}' "/proc/$pid/cgroup")
-  echo "memory cgroup $cg: limit $(cat "/sys/fs/cgroup/memory$cg/memory.limit_in_bytes")"
-  [ "$(cat "/sys/fs/cgroup/memory$cg/memory.limit_in_bytes")" -eq $((200 * 1024 * 1024)) ] ||
-    fail "the memory limit is not the container's cgroup's"
+  local cg limit
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    # cgroup v2 (not this machine's): one hierarchy.
+    cg=$(awk -F: '$1 == "0" {print $3}' "/proc/$pid/cgroup")
+    limit=$(cat "/sys/fs/cgroup$cg/memory.max")
+  else
+    cg=$(awk -F: '$2 == "memory" {print $3}' "/proc/$pid/cgroup")
+    limit=$(cat "/sys/fs/cgroup/memory$cg/memory.limit_in_bytes")
+  fi
+  echo "memory cgroup $cg: limit $limit"
+  [ "$limit" -eq $((200 * 1024 * 1024)) ] || fail "the memory limit is not the container's cgroup's"
   "$ETCDCTL" --endpoints "http://$(kubectl -n e2e-node get pod probe-good -o jsonpath='{.status.podIP}'):2379" put /e2e/node yes
   eventually 60 probe_failed probe-bad Readiness
   eventually 60 probe_failed probe-bad Liveness

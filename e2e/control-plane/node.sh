@@ -201,18 +201,19 @@ node_up() {
   cp_wait 90 "kubelet's Node" cp_node_ready
 }
 
-# Stops the node: kubelet first (so nothing restarts), then every
-# container, containerd, the rest; unmounts what kubelet and containerd
-# mounted under the work dir and removes the pods' network namespaces and
-# kube-proxy's rules.
+# Stops the node's processes, last started first: CoreDNS, the
+# provisioner, kube-proxy, kube-scheduler, kubelet (so nothing restarts a
+# container), then every container, then containerd. Unmounts what kubelet
+# and containerd mounted under the work dir and removes the pods' network
+# namespaces and kube-proxy's rules.
 node_down() {
   [ -n "$NODE_DIR" ] || return 0
-  local i pid id
+  local i pid id m ns
   for ((i = ${#NODE_PIDS[@]} - 1; i >= 0; i--)); do
     pid=${NODE_PIDS[$i]}
     case "$(cat "$E2E_WORK/containerd.pid" 2>/dev/null)" in
       "$pid")
-        # containerd last but one: its containers go first.
+        # containerd, last: its containers go first.
         for id in $(node_ctr tasks ls -q 2>/dev/null); do node_ctr tasks kill -s KILL "$id" 2>/dev/null || true; done
         sleep 1
         for id in $(node_ctr tasks ls -q 2>/dev/null); do node_ctr tasks delete -f "$id" 2>/dev/null || true; done
