@@ -41,21 +41,11 @@ fo_writer() {
   done
 }
 
-# The member that leads, by name (demo-N), from the members' own status.
-fo_leader() {
-  ctl_of demo endpoint status -w json | python3 -c 'import json,sys
-for e in json.load(sys.stdin):
-    st = e["Status"]
-    if st["leader"] == st["header"]["member_id"]:
-        print(e["Endpoint"].split("//")[1].split(".")[0])
-        break'
-}
 # The raft term the members agree on (the highest reported).
 fo_term() {
   ctl_of demo endpoint status -w json | python3 -c 'import json,sys
 print(max(e["Status"]["raft_term"] for e in json.load(sys.stdin)))'
 }
-fo_member_pid() { pgrep -f -- "--name=$1( |$)" | head -1; }
 
 kubernetes_failover() {
   tls_files demo || fail "no client certificate for KvCluster demo"
@@ -75,7 +65,7 @@ kubernetes_failover() {
 
   # 1. SIGKILL to the leader's process.
   local leader
-  leader=$(fo_leader)
+  leader=$(demo_leader)
   [ -n "$leader" ] || fail "no leader among the members"
   echo "killing the leader $leader"
   kill_member_process "$leader"
@@ -86,9 +76,9 @@ kubernetes_failover() {
   # 2. A follower paused, then let go: with Pre-Vote it does not depose
   # the leader when it comes back.
   local follower pid
-  leader=$(fo_leader)
+  leader=$(demo_leader)
   follower=$(for m in demo-0 demo-1 demo-2; do [ "$m" != "$leader" ] && echo "$m"; done | head -1)
-  pid=$(fo_member_pid "$follower")
+  pid=$(member_pid "$follower")
   [ -n "$pid" ] || fail "no process of $follower"
   echo "pausing the follower $follower (leader $leader)"
   local term_before
@@ -97,14 +87,14 @@ kubernetes_failover() {
   sleep "$FAILOVER_PAUSE"
   kill -CONT "$pid"
   sleep 5
-  [ "$(fo_leader)" = "$leader" ] && [ "$(fo_term)" = "$term_before" ] ||
-    fail "the paused follower deposed the leader: leader $(fo_leader) (was $leader), term $(fo_term) (was $term_before)"
+  [ "$(demo_leader)" = "$leader" ] && [ "$(fo_term)" = "$term_before" ] ||
+    fail "the paused follower deposed the leader: leader $(demo_leader) (was $leader), term $(fo_term) (was $term_before)"
   eventually 90 kvc_available_with 3
   sleep 5
 
   # 3. A follower loses its volume: the operator removes and re-adds it.
   kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"failedMemberTimeoutSeconds":30}}'
-  leader=$(fo_leader)
+  leader=$(demo_leader)
   follower=$(for m in demo-2 demo-1 demo-0; do [ "$m" != "$leader" ] && echo "$m"; done | head -1)
   local old
   old=$(member_id_of "$follower")

@@ -64,8 +64,6 @@ probe_failed() {
   kubectl -n e2e-node get events --field-selector "involvedObject.name=$1,reason=Unhealthy" \
     -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | grep -q "^$2 probe failed"
 }
-# The host pid of POD's kvd.
-kvd_pid_of() { pgrep -f -- "--name=$1( |$)" | head -1; }
 
 # Pods of the member image run under containerd and runc as the images and
 # security contexts say: uid 65532, a read-only root file system, the
@@ -79,7 +77,7 @@ node_runs_images() {
   probe_pod probe-bad 2399
   eventually 60 probe_ready_is probe-good True
   local pid
-  pid=$(kvd_pid_of probe-good)
+  pid=$(member_pid probe-good)
   [ -n "$pid" ] || fail "no kvd process of probe-good on this host"
   grep -E '^Uid:' "/proc/$pid/status"
   [ "$(awk '/^Uid:/ {print $2 $3 $4 $5}' "/proc/$pid/status")" = 65532655326553265532 ] ||
@@ -116,15 +114,6 @@ demo_members_ready() {
 }
 pending_members() { kubectl -n "$OP_NS" get pods -l "$MEMBERS" --field-selector status.phase=Pending -o name | wc -l; }
 one_pending() { [ "$(pending_members)" -eq 1 ]; }
-# The name of demo's leader.
-leader_name() {
-  local lid n
-  lid=$(kv_all endpoint status -w json | python3 -c 'import json,sys; print("%x" % json.load(sys.stdin)[0]["Status"]["leader"])')
-  for n in $(kubectl -n "$OP_NS" get pods -l "$MEMBERS" -o jsonpath='{.items[*].metadata.name}'); do
-    [ "$(member_id_of "$n")" != "$lid" ] || { echo "$n"; return; }
-  done
-}
-
 # kubectl drain of the node, for the demo members, under the writer's load.
 # First only the leader's pod: the eviction is allowed (minAvailable is the
 # quorum, 2 of 3), kubelet stops the leader with SIGTERM, and kvd hands
@@ -139,7 +128,7 @@ node_drain() {
   kubectl -n "$OP_NS" get pdb demo -o jsonpath='{.spec.minAvailable} {.status.disruptionsAllowed}{"\n"}'
   [ "$(kubectl -n "$OP_NS" get pdb demo -o jsonpath='{.status.disruptionsAllowed}')" -eq 1 ] ||
     fail "the budget does not allow exactly one disruption"
-  first=$(leader_name)
+  first=$(demo_leader)
   [ -n "$first" ] || fail "no leader among the members"
   writer_start drain
   kubectl drain "$node" --pod-selector "statefulset.kubernetes.io/pod-name=$first" --timeout 60s ||

@@ -12,6 +12,16 @@ kv_all() { ctl_of demo "$@"; }
 member_id_of() { kv_all member list -w json | python3 -c "import json,sys
 ms=[m for m in json.load(sys.stdin)['members'] if m.get('name')=='$1' and not m.get('isLearner')]
 print('%x' % ms[0]['ID'] if ms else '')"; }
+# The member of demo that leads, by name (demo-N), from the members' own
+# status (ctl_of names them by DNS name: TLS).
+demo_leader() {
+  kv_all endpoint status -w json | python3 -c 'import json,sys
+for e in json.load(sys.stdin):
+    st = e["Status"]
+    if st["leader"] == st["header"]["member_id"]:
+        print(e["Endpoint"].split("//")[1].split(".")[0])
+        break'
+}
 events_with_reason() { kubectl -n "$OP_NS" get events --field-selector "involvedObject.name=demo,reason=$1" -o name | wc -l; }
 has_event() { [ "$(events_with_reason "$1")" -ge 1 ]; }
 # event_noted REASON TEXT: an Event of demo with REASON says TEXT.

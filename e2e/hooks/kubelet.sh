@@ -16,7 +16,7 @@ UPGRADE_REPORTS_VERSION=1
 # checks that members then serve the renewed certificates).
 NODE_REFRESHES_SECRETS=1
 
-# ectl, kill_member_process and volume_dirs: the pods' processes and
+# ectl, member_pid, kill_member_process and volume_dirs: the pods' processes and
 # volumes are on this host.
 # shellcheck source=local.sh
 source "$root/e2e/hooks/local.sh"
@@ -39,7 +39,6 @@ member_urls() {
       printf "%s%s://%s:2379", sep, scheme, (scheme == "https" ? $1 "." c "-peer." ns ".svc" : $2); sep=","
     }'
 }
-
 
 member_logs() {
   kubectl -n "$OP_NS" logs "$1" --previous 2>/dev/null || true

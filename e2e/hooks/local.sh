@@ -6,9 +6,13 @@
 
 ectl() { "$ETCDCTL" "$@"; }
 
+# member_pid NAME: this host's pid of the kvd named NAME (a member pod, or
+# any pod running kvd --name=NAME).
+member_pid() { pgrep -f -- "--name=$1( |$)" | head -1; }
+
 kill_member_process() {
   local pid
-  pid=$(pgrep -f -- "--name=$1( |$)" | head -1)
+  pid=$(member_pid "$1")
   [ -n "$pid" ] || fail "no process of member $1"
   kill -KILL "$pid"
 }

@@ -12,6 +12,8 @@
 #                              comma-separated: by address for http, by name for
 #                              https (the certificates name no address)
 #   kill_member_process NAME   SIGKILL to member NAME's kvd process
+#   member_pid NAME            this host's pid of member NAME's kvd (e2e/run's
+#                              nodes only: the failover and real-node scenarios)
 #   volume_dirs                how many provisioned volume directories exist
 #   member_logs NAME           the logs of member NAME's containers, past and present
 
@@ -23,7 +25,7 @@ CLUSTER_HELM_ARGS=()
 # build scripts/test makes reports the next version (e2e/next-version).
 UPGRADE_REPORTS_VERSION=1
 
-# ectl, kill_member_process and volume_dirs: the pods' processes and
+# ectl, member_pid, kill_member_process and volume_dirs: the pods' processes and
 # volumes are on this host.
 # shellcheck source=local.sh
 source "$root/e2e/hooks/local.sh"
@@ -43,6 +45,5 @@ member_urls() {
       printf "%s%s://%s:2379", sep, scheme, (scheme == "https" ? $3 : $1); sep=","
     }' "$E2E_WORK/node/hosts"
 }
-
 
 member_logs() { cat "$E2E_WORK/node/pods/${OP_NS}_$1_"*/*.log 2>/dev/null || true; }

@@ -405,7 +405,7 @@ async fn a_leader_stopped_by_sigterm_hands_leadership_over_first() {
     for (i, m) in members.iter().enumerate().filter(|(i, _)| *i != l) {
         let (now, term) = leader_and_term(m).await;
         assert!(now != 0 && now != old, "member {i} follows {now:x} right after the leader {old:x} stopped");
-        assert!(term > old_term);
+        assert!(term > old_term, "member {i} at term {term}, the stopped leader's was {old_term}");
         new.push(now);
     }
     assert_eq!(new[0], new[1], "the two others follow different leaders");

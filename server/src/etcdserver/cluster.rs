@@ -255,11 +255,8 @@ impl EtcdServer {
             Some(m) if !m.is_learner => return Err(ServerError::NotLearner),
             Some(_) => {}
         }
-        let m = self.raft.metrics().borrow_watched().clone();
-        let leader_last = m.last_log_index.unwrap_or(0);
-        let matched =
-            m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index()).unwrap_or(0);
-        if (matched as f64) < leader_last as f64 * PROMOTE_READY_RATIO {
+        let leader_last = self.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+        if (self.matched_index(id) as f64) < leader_last as f64 * PROMOTE_READY_RATIO {
             return Err(ServerError::LearnerNotReady);
         }
         let mut after: BTreeSet<u64> = current.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();

@@ -255,6 +255,14 @@ impl EtcdServer {
         });
     }
 
+    /// The last log index this member, leading, knows `id`'s log to match
+    /// (its replication progress); 0 if none is known or it does not lead.
+    fn matched_index(&self, id: u64) -> u64 {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index()).unwrap_or(0)
+    }
+
     /// Flushes the backend and stops raft and the WAL.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;

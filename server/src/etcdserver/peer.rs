@@ -179,19 +179,13 @@ impl EtcdServer {
     /// timeout during which writes fail with "leader changed". Best effort:
     /// a failure is logged and the stop goes on.
     pub async fn transfer_leadership_on_stop(&self) {
-        let (leads, target) = {
+        let (leads, others) = {
             let m = self.raft.metrics().borrow_watched().clone();
-            let matched = |id: &u64| {
-                m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index()).unwrap_or(0)
-            };
-            let target = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .filter(|v| *v != self.member_id)
-                .max_by_key(|v| (matched(v), std::cmp::Reverse(*v)));
-            (m.current_leader == Some(self.member_id), target)
+            let voters =
+                m.membership_config.membership().voter_ids().filter(|v| *v != self.member_id).collect::<Vec<_>>();
+            (m.current_leader == Some(self.member_id), voters)
         };
+        let target = others.into_iter().max_by_key(|v| (self.matched_index(*v), std::cmp::Reverse(*v)));
         let (true, Some(target)) = (leads, target) else { return };
         match self.move_leader(target).await {
             Ok(()) => tracing::info!(to = %format!("{target:x}"), "stopping: handed leadership over"),
