@@ -21,10 +21,13 @@
 //!   copy, and after the new file replaced the old one but before the swap
 //!   (backend/defrag.rs).
 //!
-//! And one fault point, [`fails`], that makes an attempt fail without
+//! And fault points, [`fails`], that make an attempt fail without
 //! crashing:
 //! - `publish_attributes`: a member's publish of its name and client URLs
-//!   (etcdserver/cluster.rs), retried as when no leader answers.
+//!   (etcdserver/cluster.rs), retried as when no leader answers;
+//! - `forwarded_lease_call`: the leader's answer to a keep-alive or
+//!   TimeToLive another member forwarded (rpc/peer.rs), failed as a call
+//!   cut off by a closed connection.
 
 /// The exit status of a process ended by a crash point.
 pub const CRASH_EXIT_CODE: i32 = 97;

@@ -301,3 +301,38 @@ async fn a_member_is_not_ready_before_it_has_published_its_attributes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A keep-alive or TimeToLive that a follower forwards to the leader, cut
+/// off on the way (what the follower sees when the leader is killed with the
+/// call in flight: hyper's "operation was canceled"), is tried again at the
+/// leader until the request timeout, as etcd's LeaseRenew does; the client
+/// gets its answer, not the follower's broken call. Found by CI, where
+/// `lease::keepalives_through_followers_and_a_leader_change` got
+/// Cancelled right after the leader's kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_lease_call_cut_off_on_its_way_is_tried_again() {
+    use kvd_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest};
+    let dir = tempfile::tempdir().unwrap();
+    // The leader fails the first forwarded call it answers (the keep-alive)
+    // and the third (the TimeToLive): each one's first try.
+    let members = common::cluster_with_env(dir.path(), 3, 56, &[], |_| {
+        vec![("FAILPOINTS", "forwarded_lease_call=1*return->1*off->1*return")]
+    });
+    for m in &members {
+        m.ready().await;
+    }
+    let f = (common::leader(&members).await + 1) % 3;
+    let mut lc = members[f].lease().await;
+    let id = lc.lease_grant(LeaseGrantRequest { id: 0, ttl: 30 }).await.unwrap().into_inner().id;
+
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut answers = lc.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+    let ttl = answers.message().await.unwrap_or_else(|s| panic!("keep-alive through a follower failed: {s:?}"));
+    assert_eq!(ttl.map(|r| (r.id, r.ttl)), Some((id, 30)));
+
+    let ttl = lc.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false }).await;
+    let ttl = ttl.unwrap_or_else(|s| panic!("TimeToLive through a follower failed: {s:?}")).into_inner();
+    assert_eq!((ttl.id, ttl.granted_ttl), (id, 30));
+    assert!(ttl.ttl > 0 && ttl.ttl <= 30, "{ttl:?}");
+}

@@ -3,6 +3,7 @@
 //! member with lease clocks (followers pass them on over the peer service);
 //! and the leader proposes `LeaseRevoke` for leases that expire.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,10 @@ use kvd_api::etcdserverpb::{
     InternalRaftRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
+use kvd_api::kvdpeerpb::peer_client::PeerClient;
 use kvd_api::kvdpeerpb::{LeaseRenewRequest, LeaseTimeToLiveRequest as PeerTtlRequest};
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use super::kv::{Credentials, request_header, unexpected};
 use super::{EtcdServer, ServerError};
@@ -24,13 +27,6 @@ use crate::quota::LEASE_GRANT_COST;
 const REVOKES_PER_ROUND: usize = 500;
 /// A revoke that has not taken effect by then is proposed again.
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
-
-/// A forwarded lease call failed because leadership moved or the leader is
-/// unreachable (tonic reports a broken connection as Unknown "transport
-/// error"); the caller looks for the leader again until its deadline.
-fn retryable(s: &tonic::Status) -> bool {
-    matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::Unavailable | tonic::Code::Unknown)
-}
 
 impl EtcdServer {
     pub async fn lease_grant(
@@ -76,28 +72,48 @@ impl EtcdServer {
     /// Keep-alive: the lease's TTL, or 0 when it does not exist (etcd answers
     /// an unknown lease with TTL 0, not an error).
     pub async fn lease_renew(&self, id: i64) -> Result<i64, ServerError> {
+        let req = LeaseRenewRequest { cluster_id: self.cluster_id, id };
+        self.at_leader(
+            || self.local_lease_renew(id),
+            |mut c| async move { c.lease_renew(req).await.map(|r| r.into_inner().ttl) },
+        )
+        .await
+    }
+
+    /// A lease call answered where the lease clocks are: by this member if
+    /// it leads (`local`), else by the leader over the peer service
+    /// (`remote`). Until the request timeout, a call is tried again at the
+    /// leader of the moment if leadership moved under it or the forwarded
+    /// call failed in any way, as etcd's LeaseRenew and LeaseTimeToLive
+    /// forward: a leader killed with the call in flight shows as Unknown,
+    /// Unavailable, Internal or Cancelled, depending on when its connection
+    /// closed, and the calls are idempotent.
+    async fn at_leader<T, L, R>(
+        &self,
+        local: impl Fn() -> L,
+        remote: impl Fn(PeerClient<Channel>) -> R,
+    ) -> Result<T, ServerError>
+    where
+        L: Future<Output = Result<T, ServerError>>,
+        R: Future<Output = Result<T, tonic::Status>>,
+    {
         let deadline = Instant::now() + self.request_timeout();
         loop {
             let (leader, node) = self.wait_for_leader(deadline).await?;
             if leader == self.member_id {
-                match self.local_lease_renew(id).await {
+                match local().await {
                     Err(ServerError::NotLeader) => {}
                     r => return r,
                 }
             } else {
-                let mut client = self.peer_client(&node)?;
-                let req = LeaseRenewRequest { cluster_id: self.cluster_id, id };
-                match tokio::time::timeout_at(deadline, client.lease_renew(req)).await {
-                    Ok(Ok(r)) => return Ok(r.into_inner().ttl),
-                    // Not the leader any more, or gone: look for the leader again.
-                    Ok(Err(s)) if retryable(&s) => {}
+                match tokio::time::timeout_at(deadline, remote(self.peer_client(&node)?)).await {
+                    Ok(Ok(r)) => return Ok(r),
                     Ok(Err(s)) => {
-                        return Err(ServerError::Remote { code: s.code() as i32, message: s.message().into() });
+                        tracing::debug!(leader = %format!("{leader:x}"), error = %s, "forwarded lease call failed; trying again")
                     }
                     Err(_) => return Err(ServerError::Timeout),
                 }
             }
-            // Leadership moved between the lookup and the call: ask again.
             if Instant::now() >= deadline {
                 return Err(ServerError::Timeout);
             }
@@ -123,56 +139,32 @@ impl EtcdServer {
         creds: &Credentials,
     ) -> Result<LeaseTimeToLiveResponse, ServerError> {
         let user = self.check_auth(creds)?;
-        let deadline = Instant::now() + self.request_timeout();
-        loop {
-            let (leader, node) = self.wait_for_leader(deadline).await?;
-            let found = if leader == self.member_id {
-                match self.local_lease_status(r.id, r.keys).await {
-                    Err(ServerError::NotLeader) => None,
-                    other => Some(other?),
-                }
-            } else {
-                let mut client = self.peer_client(&node)?;
-                let req = PeerTtlRequest { cluster_id: self.cluster_id, id: r.id, keys: r.keys };
-                match tokio::time::timeout_at(deadline, client.lease_time_to_live(req)).await {
-                    Ok(Ok(resp)) => {
-                        let p = resp.into_inner();
-                        Some(p.found.then_some(crate::lease::LeaseStatus {
-                            remaining: p.remaining,
-                            granted: p.granted,
-                            keys: p.keys,
-                        }))
-                    }
-                    Ok(Err(s)) if retryable(&s) => None,
-                    Ok(Err(s)) => {
-                        return Err(ServerError::Remote { code: s.code() as i32, message: s.message().into() });
-                    }
-                    Err(_) => return Err(ServerError::Timeout),
-                }
-            };
-            if let Some(found) = found {
-                // Listing the keys needs read permission on each, as etcd.
-                for k in found.iter().flat_map(|st| st.keys.iter()) {
-                    self.check_read(&user, k, &[])?;
-                }
-                let header = Some(self.header(0));
-                // An unknown lease is answered with TTL -1, as etcd.
-                return Ok(match found {
-                    Some(st) => LeaseTimeToLiveResponse {
-                        header,
-                        id: r.id,
-                        ttl: st.remaining,
-                        granted_ttl: st.granted,
-                        keys: st.keys,
-                    },
-                    None => LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(ServerError::Timeout);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let req = PeerTtlRequest { cluster_id: self.cluster_id, id: r.id, keys: r.keys };
+        let found = self
+            .at_leader(
+                || self.local_lease_status(r.id, r.keys),
+                |mut c| async move {
+                    let p = c.lease_time_to_live(req).await?.into_inner();
+                    Ok(p.found.then_some(crate::lease::LeaseStatus {
+                        remaining: p.remaining,
+                        granted: p.granted,
+                        keys: p.keys,
+                    }))
+                },
+            )
+            .await?;
+        // Listing the keys needs read permission on each, as etcd.
+        for k in found.iter().flat_map(|st| st.keys.iter()) {
+            self.check_read(&user, k, &[])?;
         }
+        let header = Some(self.header(0));
+        // An unknown lease is answered with TTL -1, as etcd.
+        Ok(match found {
+            Some(st) => {
+                LeaseTimeToLiveResponse { header, id: r.id, ttl: st.remaining, granted_ttl: st.granted, keys: st.keys }
+            }
+            None => LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
+        })
     }
 
     /// TimeToLive on the leader (also the peer RPC's handler): None when the

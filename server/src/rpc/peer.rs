@@ -147,6 +147,7 @@ impl Peer for PeerService {
     async fn lease_renew(&self, req: Request<LeaseRenewRequest>) -> Result<Response<LeaseRenewResponse>, Status> {
         let r = req.into_inner();
         self.check_cluster(r.cluster_id)?;
+        cut_off_forwarded_lease_call()?;
         Ok(Response::new(LeaseRenewResponse { ttl: self.server.local_lease_renew(r.id).await? }))
     }
 
@@ -156,6 +157,7 @@ impl Peer for PeerService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
         self.check_cluster(r.cluster_id)?;
+        cut_off_forwarded_lease_call()?;
         let resp = match self.server.local_lease_status(r.id, r.keys).await? {
             Some(st) => {
                 LeaseTimeToLiveResponse { found: true, remaining: st.remaining, granted: st.granted, keys: st.keys }
@@ -169,6 +171,16 @@ impl Peer for PeerService {
         self.check_cluster(req.into_inner().cluster_id)?;
         Ok(Response::new(ReadIndexResponse { index: self.server.peer_read_index().await? }))
     }
+}
+
+/// Fault point `forwarded_lease_call` (server/src/failpoints.rs): the
+/// forwarding member sees what hyper reports for a call whose connection
+/// closed before it was sent, as when the leader is killed.
+fn cut_off_forwarded_lease_call() -> Result<(), Status> {
+    if crate::failpoints::fails("forwarded_lease_call") {
+        return Err(Status::cancelled("operation was canceled"));
+    }
+    Ok(())
 }
 
 /// The service for `--listen-peer-urls`: the peer service alone, served
