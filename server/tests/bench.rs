@@ -76,6 +76,21 @@ async fn every_workload_runs_and_reports() {
     assert_eq!((w["ok"].as_u64(), w["workload"].as_str()), (Some(240), Some("watch-latency")), "{w}");
     assert!(w["p99_ms"].as_f64().unwrap() > 0.0);
 
+    // Watchers spread over keys, prefix watchers that see every put, and a
+    // stream nobody reads: 6 key watchers on 3 keys see 10 puts each, the
+    // 2 prefix watchers all 30.
+    let w = bench(
+        &[
+            &["watch-latency"],
+            &base[..],
+            &["--streams", "2", "--watchers-per-stream", "3", "--keys", "3", "--prefix-watchers", "2"],
+            &["--slow-streams", "1", "--put-total", "30", "--put-rate", "100"],
+        ]
+        .concat(),
+    );
+    assert_eq!(w["ok"].as_u64(), Some(6 * 10 + 2 * 30), "{w}");
+    assert!(w["key_watchers_p99_ms"].as_f64().unwrap() > 0.0 && w["prefix_watchers_p99_ms"].as_f64().unwrap() > 0.0);
+
     // One lease per client, each renewed over its own stream; the leases are
     // revoked at the end.
     let k = bench(&[&["lease-keepalive"], &base[..], &["--total", "100"]].concat());
@@ -100,6 +115,28 @@ async fn every_workload_runs_and_reports() {
     let big = bench(&["put", "--endpoints", ep, "--clients", "2", "--total", "6", "--val-size", "1600000"]);
     assert_eq!(big["ok"], 0, "{big}");
     assert_eq!(big["errors"]["InvalidArgument: etcdserver: request is too large"], 6, "{big}");
+
+    // Kubernetes-shaped keys, and LISTs of them in pages as kube-apiserver
+    // sends them: 1,234 objects are 3 pages of 500 (500, 500, 234), so 6
+    // pages are 2 whole LISTs; unpaginated, each request is one.
+    let objects = bench(
+        &[
+            &["put"],
+            &base[..],
+            &["--total", "1234", "--key-space-size", "1234", "--sequential-keys", "--key-prefix", "/registry/pods/ns/"],
+        ]
+        .concat(),
+    );
+    assert_eq!(objects["ok"], 1234, "{objects}");
+    let (ok, out, err) =
+        common::etcdctl(ep, &["get", "/registry/pods/", "--prefix", "--count-only", "-w", "fields"], None);
+    let count = out.lines().find_map(|l| l.strip_prefix("\"Count\" : ")).and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(ok && count == Some(1234), "{out}{err}");
+    let paged = bench(&["list", "/registry/pods/", "--endpoints", ep, "--limit", "500", "--total", "6"]);
+    assert_eq!((paged["ok"].as_u64(), paged["lists"].as_f64()), (Some(6), Some(2.0)), "{paged}");
+    assert!(paged["keys_per_second"].as_f64().unwrap() * paged["seconds"].as_f64().unwrap() > 2467.0, "{paged}");
+    let whole = bench(&["list", "/registry/pods/", "--endpoints", ep, "--limit", "0", "--total", "3"]);
+    assert_eq!((whole["ok"].as_u64(), whole["lists"].as_f64()), (Some(3), Some(3.0)), "{whole}");
 
     // --target-leader finds the (only) member through Status.
     let l = bench(&[&["put"], &base[..], &["--total", "10", "--target-leader"]].concat());

@@ -21,10 +21,12 @@ use tonic::transport::Channel;
 
 mod conn;
 mod lease_keepalive;
+mod list;
 mod unary;
 mod watch_latency;
 pub(crate) use conn::{Conn, connection_urls, connections};
 use lease_keepalive::lease_keepalive;
+use list::{ListArgs, list};
 use tonic::codegen::http::Uri;
 use unary::{UnaryConn, unary_connections};
 use watch_latency::{WatchLatencyArgs, watch_latency};
@@ -43,6 +45,8 @@ pub enum Workload {
     WatchLatency(WatchLatencyArgs),
     /// Keep-alives of one lease per client, each on its own stream.
     LeaseKeepalive(Common),
+    /// Kubernetes' paginated LIST of every key under a prefix (not in etcd's tool).
+    List(ListArgs),
 }
 
 #[derive(Args, Clone)]
@@ -69,6 +73,10 @@ pub struct Common {
     key_size: usize,
     #[arg(long, default_value_t = 8)]
     val_size: usize,
+    /// Put before each key (e.g. "/registry/pods/default/", for keys shaped
+    /// as Kubernetes' objects); --key-size is the part after it.
+    #[arg(long, default_value = "")]
+    key_prefix: String,
     /// Keys are drawn from this many (1 = always the same key).
     #[arg(long, default_value_t = 1)]
     key_space_size: u64,
@@ -156,7 +164,9 @@ enum Request {
 fn pick_key(c: &Common, rng: &mut u64, n: u64) -> Vec<u8> {
     let space = c.key_space_size.max(1);
     let k = if c.sequential_keys { n % space } else { next_rand(rng) % space };
-    key_for(k, c.key_size)
+    let mut key = c.key_prefix.clone().into_bytes();
+    key.extend(key_for(k, c.key_size));
+    key
 }
 
 pub async fn run(w: Workload) -> Result<(), String> {
@@ -169,6 +179,11 @@ pub async fn run(w: Workload) -> Result<(), String> {
         Workload::LeaseKeepalive(c) => {
             let report = lease_keepalive(&c).await?;
             report.print("lease-keepalive", &c);
+            return Ok(());
+        }
+        Workload::List(a) => {
+            let report = list(&a).await?;
+            report.print("list", &a.common);
             return Ok(());
         }
         Workload::Put(c) => {
@@ -292,6 +307,8 @@ pub(crate) struct Report {
     /// When each answered request was answered, from the start.
     pub(crate) answered_at: Vec<Duration>,
     pub(crate) errors: BTreeMap<String, u64>,
+    /// Figures particular to the workload, by name.
+    pub(crate) extra: Vec<(&'static str, f64)>,
 }
 
 /// Runs `callers` (one per client) until the workload's end.
@@ -348,7 +365,13 @@ pub(crate) async fn drive<C: Caller>(c: &Common, callers: Vec<C>) -> Result<Repo
             (lat, answered_at, errors)
         }));
     }
-    let mut report = Report { took: Duration::ZERO, lat: Vec::new(), answered_at: Vec::new(), errors: BTreeMap::new() };
+    let mut report = Report {
+        took: Duration::ZERO,
+        lat: Vec::new(),
+        answered_at: Vec::new(),
+        errors: BTreeMap::new(),
+        extra: Vec::new(),
+    };
     for t in tasks {
         let (l, a, e) = t.await.map_err(|e| e.to_string())?;
         report.lat.extend(l);
@@ -387,12 +410,15 @@ impl Report {
         let max = self.lat.last().copied().unwrap_or_default();
         let gap = self.longest_gap();
         if c.json {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "workload": workload, "clients": c.clients, "conns": c.conns, "total": c.total,
                 "ok": self.lat.len(), "seconds": self.took.as_secs_f64(), "requests_per_second": rps,
                 "p50_ms": ms(self.pct(0.5)), "p90_ms": ms(self.pct(0.9)), "p99_ms": ms(self.pct(0.99)),
                 "p999_ms": ms(self.pct(0.999)), "max_ms": ms(max), "longest_gap_ms": ms(gap), "errors": self.errors,
             });
+            for (name, x) in &self.extra {
+                v[*name] = serde_json::json!(x);
+            }
             println!("{v}");
             return;
         }
@@ -408,6 +434,9 @@ impl Report {
             ms(max)
         );
         println!("  Longest gap between two answers (ms): {:.3}", ms(gap));
+        for (name, x) in &self.extra {
+            println!("  {name}:\t{x:.1}");
+        }
         // A histogram in ten buckets between the fastest and slowest request.
         if let (Some(lo), Some(hi)) = (self.lat.first(), self.lat.last()) {
             println!("\nResponse time histogram (ms):");
