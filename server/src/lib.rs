@@ -17,6 +17,7 @@ pub const VERSION: &str = match option_env!("KVD_VERSION") {
 pub mod apply;
 pub mod auth;
 pub mod backend;
+pub mod blocking;
 pub mod config;
 pub mod etcdserver;
 pub mod failpoints;
