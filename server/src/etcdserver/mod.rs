@@ -24,6 +24,7 @@ use kvd_api::etcdserverpb::ResponseHeader;
 
 pub use bootstrap::{ServerConfig, added_member_id, cluster_id, member_id};
 pub use compactor::AutoCompaction;
+pub use concurrency::prefix_end;
 
 use crate::apply::{AlarmStore, Applier, ApplyError};
 use crate::lease::Lessor;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Args;
+use kvd::etcdserver::prefix_end;
 use kvd_api::etcdserverpb::{RangeRequest, RangeResponse};
 use tonic::Status;
 use tonic::codegen::http::Uri;
@@ -27,19 +28,6 @@ pub struct ListArgs {
     /// Keys per page, as kube-apiserver's `limit` (0: one Range of everything).
     #[arg(long, default_value_t = 500)]
     pub(super) limit: i64,
-}
-
-/// The end of the range of keys that start with `prefix` (etcd's `WithPrefix`).
-pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // Only 0xff bytes (or nothing): every key from the prefix on.
-    vec![0]
 }
 
 /// What the clients have read, over all of them.
@@ -111,17 +99,4 @@ pub(super) async fn list(a: &ListArgs) -> Result<Report, String> {
         ("keys_per_second", keys as f64 / secs),
     ];
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn the_prefix_end_is_the_first_key_past_every_key_with_the_prefix() {
-        assert_eq!(prefix_end(b"/registry/pods/"), b"/registry/pods0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
-        assert_eq!(prefix_end(b""), vec![0]);
-    }
 }

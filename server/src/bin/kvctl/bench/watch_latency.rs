@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use kvd::etcdserver::prefix_end;
 use kvd_api::etcdserverpb::kv_client::KvClient;
 use kvd_api::etcdserverpb::watch_client::WatchClient;
 use kvd_api::etcdserverpb::watch_request::RequestUnion;
@@ -23,7 +24,6 @@ use kvd_api::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, WatchR
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
-use super::list::prefix_end;
 use super::{Common, Conn, Report, connections, key_for};
 
 #[derive(Args, Clone)]
