@@ -180,7 +180,8 @@ impl EtcdServer {
     /// a failure is logged and the stop goes on.
     pub async fn transfer_leadership_on_stop(&self) {
         let (leads, others) = {
-            let m = self.raft.metrics().borrow_watched().clone();
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
             let voters =
                 m.membership_config.membership().voter_ids().filter(|v| *v != self.member_id).collect::<Vec<_>>();
             (m.current_leader == Some(self.member_id), voters)
