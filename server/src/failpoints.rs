@@ -27,7 +27,9 @@
 //!   (etcdserver/cluster.rs), retried as when no leader answers;
 //! - `forwarded_lease_call`: the leader's answer to a keep-alive or
 //!   TimeToLive another member forwarded (rpc/peer.rs), failed as a call
-//!   cut off by a closed connection.
+//!   cut off by a closed connection;
+//! - `append_stream`: a leader's replication stream (rpc/peer.rs), answered
+//!   Unimplemented as by a member that predates it.
 
 /// The exit status of a process ended by a crash point.
 pub const CRASH_EXIT_CODE: i32 = 97;

@@ -360,6 +360,14 @@ async fn peer_messages_for_another_member_or_cluster_are_refused() {
     // For this member, from this cluster, but not a raft message: refused, no panic.
     let (code, msg) = outcome(peer.append_entries(payload(cluster, me)).await);
     assert_ne!(code, "Ok", "{msg}");
+    // The same on the replication stream, where each message is checked.
+    let (code, msg) = streamed(&mut peer, payload(cluster, me ^ 1)).await;
+    assert!(code == "FailedPrecondition" && msg.starts_with("etcdserver: peer message for another member"), "{msg}");
+    assert!(msg.contains(&format!("{me:x}")), "the refusal names this member: {msg}");
+    let (code, msg) = streamed(&mut peer, payload(cluster ^ 1, me)).await;
+    assert_eq!((code.as_str(), msg.as_str()), ("FailedPrecondition", "etcdserver: cluster ID mismatch"));
+    let (code, msg) = streamed(&mut peer, payload(cluster, me)).await;
+    assert_ne!(code, "Ok", "{msg}");
 
     check(&kvd).await;
     let ch = Channel::from_shared(kvd.endpoint.clone()).unwrap().connect_lazy();
@@ -367,6 +375,22 @@ async fn peer_messages_for_another_member_or_cluster_are_refused() {
     assert_eq!(after.raft_index, raft_index, "a refused message reached the raft log");
     let leftovers: Vec<_> = walk(&kvd.data_dir).into_iter().filter(|p| p.to_string_lossy().contains(".snap")).collect();
     assert!(leftovers.is_empty(), "a refused snapshot left files behind: {leftovers:?}");
+}
+
+/// The first answer to `p` sent alone on a replication stream (AppendStream).
+async fn streamed(
+    peer: &mut kvd_api::kvdpeerpb::peer_client::PeerClient<Channel>,
+    p: kvd_api::kvdpeerpb::RaftPayload,
+) -> (String, String) {
+    let answers = match peer.append_stream(futures::stream::iter([p])).await {
+        Ok(r) => r.into_inner().message().await,
+        Err(s) => Err(s),
+    };
+    match answers {
+        Ok(Some(a)) => ("Ok".into(), format!("an answer of {} bytes", a.data.len())),
+        Ok(None) => ("Ok".into(), "no answer".into()),
+        Err(s) => (format!("{:?}", s.code()), s.message().to_string()),
+    }
 }
 
 /// Every file under `dir`.

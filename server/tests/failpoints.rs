@@ -336,3 +336,39 @@ async fn a_forwarded_lease_call_cut_off_on_its_way_is_tried_again() {
     assert_eq!((ttl.id, ttl.granted_ttl), (id, 30));
     assert!(ttl.ttl > 0 && ttl.ttl <= 30, "{ttl:?}");
 }
+
+/// Members that predate the replication stream (AppendStream answers
+/// Unimplemented, as on a member of an older kvd in a rolling upgrade) are
+/// sent AppendEntries one call at a time: writes commit, and every member
+/// holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_without_the_replication_stream_are_sent_appends_one_by_one() {
+    use kvd_api::etcdserverpb::{PutRequest, RangeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let members = common::cluster_with_env(dir.path(), 3, 66, &["--log-level", "info"], |_| {
+        vec![("FAILPOINTS", "append_stream=return")]
+    });
+    for m in &members {
+        m.ready().await;
+    }
+    let l = common::leader(&members).await;
+    let mut kv = members[l].kv().await;
+    for i in 0..20 {
+        let put = PutRequest { key: format!("k{i}").into_bytes(), value: b"v".to_vec(), ..Default::default() };
+        kv.put(put).await.unwrap_or_else(|s| panic!("put {i} failed: {s:?}"));
+    }
+    for (i, m) in members.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let get = RangeRequest { key: b"k19".to_vec(), serializable: true, ..Default::default() };
+            let found = m.kv().await.range(get).await.map(|r| r.into_inner().count).unwrap_or(0);
+            if found == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member {i} never got the writes:\n{}", m.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let leader_log = members[l].log_text();
+    assert!(leader_log.contains("predates the replication stream"), "the leader never fell back:\n{leader_log}");
+}

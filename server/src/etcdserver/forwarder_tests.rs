@@ -62,6 +62,13 @@ impl Peer for StandIn {
     async fn append_entries(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         unimplemented()
     }
+    type AppendStreamStream = futures::stream::Empty<Result<RaftPayload, Status>>;
+    async fn append_stream(
+        &self,
+        _: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        unimplemented()
+    }
     async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         unimplemented()
     }

@@ -111,6 +111,61 @@ impl EtcdServer {
         Ok(encode(&resp).to_vec())
     }
 
+    /// Peer RPC: a leader's stream of AppendEntries (encoded), handed to
+    /// raft as they arrive; one encoded `StreamAppendResult` comes back for
+    /// each, in order, and the stream ends after the first refusal. An input
+    /// item that is an error, or does not decode, ends the input: the
+    /// answers to what came before it are sent, then that error.
+    pub fn peer_append_stream<S>(
+        self: &std::sync::Arc<Self>,
+        input: S,
+    ) -> impl futures::Stream<Item = Result<Vec<u8>, ServerError>> + Send + 'static
+    where
+        S: futures::Stream<Item = Result<Vec<u8>, ServerError>> + Send + 'static,
+    {
+        use futures::StreamExt;
+        use openraft::vote::RaftLeaderId;
+        use std::collections::VecDeque;
+        use std::sync::Arc;
+
+        // Who sent each request still unanswered, and why the input ended early.
+        let senders: Arc<parking_lot::Mutex<VecDeque<(u64, u64)>>> = Default::default();
+        let failed: Arc<parking_lot::Mutex<Option<ServerError>>> = Default::default();
+        let requests = {
+            let (senders, failed) = (senders.clone(), failed.clone());
+            input.scan((), move |(), item: Result<Vec<u8>, ServerError>| {
+                let req = item.and_then(|data| {
+                    decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&data)
+                        .map_err(|e| ServerError::Internal(e.to_string()))
+                });
+                let next = match req {
+                    Ok(req) => {
+                        senders.lock().push_back((*req.vote.leader_id().node_id(), req.vote.leader_id().term()));
+                        Some(req)
+                    }
+                    Err(e) => {
+                        *failed.lock() = Some(e);
+                        None
+                    }
+                };
+                futures::future::ready(next)
+            })
+        };
+        let this = self.clone();
+        let answers = self.raft.stream_append(requests).map(move |res| {
+            let from = senders.lock().pop_front();
+            let res = res.map_err(|fatal| ServerError::Internal(fatal.to_string()))?;
+            if let Some(from) = from
+                && !matches!(res, Err(openraft::raft::StreamAppendError::HigherVote(_)))
+            {
+                *this.heard_leader.lock() = from;
+            }
+            Ok(encode(&res).to_vec())
+        });
+        let tail = futures::stream::once(async move { failed.lock().take() }).filter_map(|e| async move { e.map(Err) });
+        answers.chain(tail)
+    }
+
     /// The leader Status reports: this member if it leads, else raft's
     /// leader once an AppendEntries from it arrived in the current term
     /// (after a restart raft restores the vote, whose leader may be dead).

@@ -17,15 +17,18 @@ use std::time::Duration;
 
 use kvd_api::kvdpeerpb::peer_client::PeerClient;
 use kvd_api::kvdpeerpb::{RaftPayload, SnapshotChunk};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
+
+mod append_stream;
 
 use super::{Member, SnapshotData, TypeConfig, decode, encode};
 use crate::metrics;
@@ -88,6 +91,10 @@ pub struct Peer {
     /// Where the peer is, or why it cannot be reached.
     endpoint: Result<Endpoint, String>,
     client: Option<PeerClient<Channel>>,
+    /// Whether the peer takes the replication stream (`AppendStream`); one
+    /// that predates it gets AppendEntries one by one until it is reached
+    /// anew (it may come back upgraded).
+    streams: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -100,7 +107,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             }
             None => Err(format!("peer {target:x} has no peer URL")),
         };
-        Peer { target, cluster_id: self.cluster_id, endpoint, client: None }
+        Peer { target, cluster_id: self.cluster_id, endpoint, client: None, streams: true }
     }
 }
 
@@ -163,22 +170,26 @@ impl Peer {
         }
         let resp = match res {
             Err(_) => return Err(unreachable(format!("peer {:x}: timed out", self.target))),
-            Ok(Err(s))
-                if s.code() == tonic::Code::Unavailable
-                    || s.code() == tonic::Code::Unknown
-                    || self.reconnect_if_wrong_member(&s) =>
-            {
-                return Err(unreachable(format!("peer {:x}: {}", self.target, s.message())));
-            }
             Ok(Err(s)) if s.code() == tonic::Code::Unimplemented && matches!(kind, Rpc::PreVote) => {
                 return Err(RPCError::Network(NetworkError::from_string(PRE_VOTE_UNIMPLEMENTED)));
             }
-            Ok(Err(s)) => {
-                return Err(RPCError::Network(NetworkError::from_string(format!("peer {:x}: {s}", self.target))));
-            }
+            Ok(Err(s)) => return Err(self.failed(&s)),
             Ok(Ok(r)) => r.into_inner(),
         };
         decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    /// What openraft is told of a call the peer or the transport failed:
+    /// "unreachable" when no member answered, or another member did.
+    fn failed(&mut self, s: &tonic::Status) -> RPCError<TypeConfig> {
+        if s.code() == tonic::Code::Unavailable {
+            self.streams = true;
+        }
+        if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown || self.reconnect_if_wrong_member(s)
+        {
+            return unreachable(format!("peer {:x}: {}", self.target, s.message()));
+        }
+        RPCError::Network(NetworkError::from_string(format!("peer {:x}: {s}", self.target)))
     }
 }
 
@@ -191,6 +202,25 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(&rpc, &option, Rpc::Append).await
+    }
+
+    /// The replication stream ([`append_stream`]); AppendEntries one
+    /// by one to a peer that predates it.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        if !self.streams {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        Box::pin(append_stream::open(self, input, option))
     }
 
     async fn vote(

@@ -19,23 +19,26 @@ pub struct PeerService {
     pub server: Arc<EtcdServer>,
 }
 
+/// That a message from cluster `cluster_id` for member `to` may reach
+/// member `me` of cluster `mine` (`to` 0 names no member: older kvd did not).
+fn check_target(mine: u64, me: u64, cluster_id: u64, to: u64) -> Result<(), Status> {
+    if cluster_id != mine {
+        return Err(Status::failed_precondition("etcdserver: cluster ID mismatch"));
+    }
+    if to != 0 && to != me {
+        return Err(Status::failed_precondition(format!("{WRONG_MEMBER}: it is for {to:x}, this is {me:x}")));
+    }
+    Ok(())
+}
+
 impl PeerService {
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
-        if cluster_id != self.server.cluster_id {
-            return Err(Status::failed_precondition("etcdserver: cluster ID mismatch"));
-        }
-        Ok(())
+        check_target(self.server.cluster_id, self.server.member_id, cluster_id, 0)
     }
 
-    /// The cluster check, and that the message is for this member (`to`
-    /// 0 names no member: older kvd did not).
+    /// The cluster check, and that the message is for this member.
     fn check_target(&self, cluster_id: u64, to: u64) -> Result<(), Status> {
-        self.check_cluster(cluster_id)?;
-        let me = self.server.member_id;
-        if to != 0 && to != me {
-            return Err(Status::failed_precondition(format!("{WRONG_MEMBER}: it is for {to:x}, this is {me:x}")));
-        }
-        Ok(())
+        check_target(self.server.cluster_id, self.server.member_id, cluster_id, to)
     }
 
     /// A raft answer from this member.
@@ -51,6 +54,40 @@ impl Peer for PeerService {
         self.check_target(r.cluster_id, r.to)?;
         let data = self.server.peer_append_entries(&r.data).await?;
         Ok(self.answer(data))
+    }
+
+    type AppendStreamStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
+    /// A leader's replication stream: every message is checked as a unary
+    /// AppendEntries is (cluster, target), and the first that fails ends
+    /// the input; the answers so far go back, then the refusal.
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        use futures::StreamExt;
+        if crate::failpoints::fails("append_stream") {
+            return Err(Status::unimplemented("unknown method AppendStream for service kvdpeerpb.Peer"));
+        }
+        let (cluster_id, me) = (self.server.cluster_id, self.server.member_id);
+        let refusal: std::sync::Arc<parking_lot::Mutex<Option<Status>>> = Default::default();
+        let input = {
+            let refusal = refusal.clone();
+            req.into_inner().map(move |m| {
+                let checked = m.and_then(|m| check_target(cluster_id, me, m.cluster_id, m.to).map(|()| m.data));
+                checked.map_err(|status| {
+                    let e = crate::etcdserver::ServerError::Internal(status.message().to_string());
+                    *refusal.lock() = Some(status);
+                    e
+                })
+            })
+        };
+        let answers = self.server.peer_append_stream(input).map(move |r| match r {
+            Ok(data) => Ok(RaftPayload { cluster_id, data, to: 0 }),
+            // The peer's own refusal as it was made, not as raft saw it.
+            Err(e) => Err(refusal.lock().take().unwrap_or_else(|| e.into())),
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -217,10 +254,13 @@ impl super::conn::Port for PeerPort {
     }
 
     fn shape(&self, path: &str) -> (bool, bool) {
-        // A snapshot comes as a stream of chunks; every other call is one
-        // message and one answer.
-        let streamed = path.ends_with("/InstallSnapshot");
-        (!streamed, true)
+        // A snapshot comes as a stream of chunks, and a leader's replication
+        // stream is messages both ways for as long as it leads (it takes no
+        // call slot, as a Watch takes none); every other call is one message
+        // and one answer.
+        let replication = path.ends_with("/AppendStream");
+        let streamed = replication || path.ends_with("/InstallSnapshot");
+        (!streamed, !replication)
     }
 }
 
