@@ -1,11 +1,13 @@
 //! Writes a follower hands to the leader, batched: a caller that finds
 //! fewer than `MAX_IN_FLIGHT` senders at work starts one, which sends what
-//! is queued (its write among it) as one `ForwardBatch`, then the writes
-//! that arrived meanwhile, until none is left. One client alone still makes
-//! one call per write; a hundred share a few calls instead of a hundred
-//! HTTP/2 streams on both members. A leader without `ForwardBatch` (an
+//! is queued (its write among it) as one batch, then the writes that
+//! arrived meanwhile, until none is left. The batches go on the member's
+//! link to the leader ([`super::forward_link`]), one long call that a
+//! hundred clients' writes share instead of a hundred HTTP/2 streams on
+//! both members. A leader that predates the link gets them as
+//! `ForwardBatch` calls, and one that predates `ForwardBatch` (both are
 //! older kvd, during a rolling upgrade) answers Unimplemented, and that
-//! batch goes one by one.
+//! batch goes one write at a time.
 //!
 //! A batch's outcome is every write's outcome: a failure or timeout means
 //! each write may or may not have been proposed, as for a single forward.
@@ -27,6 +29,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::ServerError;
+use super::forward_link::{Answer, Link, Usable};
 
 /// Batches on the way to the leader at once, per member.
 const MAX_IN_FLIGHT: usize = 4;
@@ -38,7 +41,7 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// How a forwarded write ended (cloned to every write of a batch).
 #[derive(Clone, Debug, PartialEq)]
-enum Outcome {
+pub(super) enum Outcome {
     Sent,
     TimedOut,
     /// The leader's (or the channel's) answer.
@@ -46,7 +49,7 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn failed(s: &tonic::Status) -> Outcome {
+    pub(super) fn failed(s: &tonic::Status) -> Outcome {
         Outcome::Failed(s.code(), s.message().to_string())
     }
 }
@@ -78,6 +81,8 @@ struct Queue {
 #[derive(Clone, Default)]
 pub(crate) struct Forwarder {
     queue: Arc<parking_lot::Mutex<Queue>>,
+    /// The link to the leader the last batch went to.
+    link: Arc<parking_lot::Mutex<Option<Link>>>,
 }
 
 impl Forwarder {
@@ -102,7 +107,7 @@ impl Forwarder {
             // In a task: a caller that goes away (its client cancelled) must
             // not take the batch, and the others' writes in it, with it.
             let this = self.clone();
-            tokio::spawn(async move { this.drain(client, cluster_id).await });
+            tokio::spawn(async move { this.drain(client, cluster_id, leader).await });
         }
         match tokio::time::timeout_at(deadline, outcome).await {
             Ok(Ok(Outcome::Sent)) => Ok(()),
@@ -116,7 +121,7 @@ impl Forwarder {
     /// Sends batches until the queue is empty, then releases its slot (the
     /// check and the release under the lock a new write takes to queue
     /// itself: it either finds the slot free or is picked up here).
-    async fn drain(self, client: PeerClient<Channel>, cluster_id: u64) {
+    async fn drain(self, client: PeerClient<Channel>, cluster_id: u64, leader: u64) {
         loop {
             let batch = {
                 let mut q = self.queue.lock();
@@ -127,7 +132,55 @@ impl Forwarder {
                 let n = batch_len(q.waiting.iter().map(|p| p.data.len()));
                 q.waiting.drain(..n).collect::<Vec<_>>()
             };
-            send_batch(&client, cluster_id, batch).await;
+            self.send_batch(&client, cluster_id, leader, batch).await;
+        }
+    }
+
+    /// One batch: on the link to `leader`, or, to a leader without it, as a
+    /// `ForwardBatch` (or one `Forward` per write); tells every write.
+    async fn send_batch(&self, client: &PeerClient<Channel>, cluster_id: u64, leader: u64, batch: Vec<Pending>) {
+        let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or_else(Instant::now);
+        crate::metrics::get().forward_batch.observe(batch.len() as f64);
+        let (requests, dones): (Vec<Bytes>, Vec<oneshot::Sender<Outcome>>) =
+            batch.into_iter().map(|p| (p.data, p.done)).unzip();
+        let outcome = match self.linked(client, cluster_id, leader, &requests, deadline).await {
+            Some(outcome) => outcome,
+            None => match <[Bytes; 1]>::try_from(requests) {
+                Ok([one]) => single(client, cluster_id, one, deadline).await,
+                Err(requests) => many(client, cluster_id, requests, deadline).await,
+            },
+        };
+        for d in dones {
+            let _ = d.send(outcome.clone());
+        }
+    }
+
+    /// The batch's outcome on the link to `leader` (opened if there is none
+    /// that can take it), or None if the leader has no link to offer.
+    async fn linked(
+        &self,
+        client: &PeerClient<Channel>,
+        cluster_id: u64,
+        leader: u64,
+        requests: &[Bytes],
+        deadline: Instant,
+    ) -> Option<Outcome> {
+        let answer = {
+            let mut link = self.link.lock();
+            match link.as_ref().map_or(Usable::No, |l| l.usable(leader)) {
+                Usable::NoStream => return None,
+                Usable::No => *link = Some(Link::open(client.clone(), leader)),
+                Usable::Yes => {}
+            }
+            let batch = ForwardBatchRequest { cluster_id, requests: requests.to_vec() };
+            link.as_ref().map(|l| l.send(batch, deadline))?
+        };
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(Answer::Done(outcome))) => Some(outcome),
+            Ok(Ok(Answer::NoStream)) => None,
+            // The link's task went away (the member is stopping).
+            Ok(Err(_)) => Some(Outcome::failed(&tonic::Status::unavailable("forward link closed"))),
+            Err(_) => Some(Outcome::TimedOut),
         }
     }
 }
@@ -147,21 +200,7 @@ fn batch_len(sizes: impl Iterator<Item = usize>) -> usize {
 }
 
 /// One `ForwardBatch` (or, to a leader without it, one `Forward` per
-/// write), bounded by the earliest deadline in it; tells every write.
-async fn send_batch(client: &PeerClient<Channel>, cluster_id: u64, batch: Vec<Pending>) {
-    let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or_else(Instant::now);
-    crate::metrics::get().forward_batch.observe(batch.len() as f64);
-    let (requests, dones): (Vec<Bytes>, Vec<oneshot::Sender<Outcome>>) =
-        batch.into_iter().map(|p| (p.data, p.done)).unzip();
-    let outcome = match <[Bytes; 1]>::try_from(requests) {
-        Ok([one]) => single(client, cluster_id, one, deadline).await,
-        Err(requests) => many(client, cluster_id, requests, deadline).await,
-    };
-    for d in dones {
-        let _ = d.send(outcome.clone());
-    }
-}
-
+/// write), bounded by the batch's earliest deadline.
 async fn many(client: &PeerClient<Channel>, cluster_id: u64, requests: Vec<Bytes>, deadline: Instant) -> Outcome {
     let mut c = client.clone();
     let call = c.forward_batch(ForwardBatchRequest { cluster_id, requests: requests.clone() });

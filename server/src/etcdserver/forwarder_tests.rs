@@ -1,5 +1,6 @@
-//! The forwarder against a stand-in leader over real gRPC: batches reach a
-//! leader that has `ForwardBatch`, and go one by one to one that has not.
+//! The forwarder against a stand-in leader over real gRPC: batches go on
+//! one `ForwardStream` to a leader that has it, as `ForwardBatch` calls to
+//! one that has not, and one by one to one that has neither.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +31,21 @@ struct Seen {
     forwards: Vec<Bytes>,
     batches: Vec<Vec<Bytes>>,
     refused_batches: usize,
+    /// ForwardStream calls, and the batches they carried.
+    streams: usize,
+    streamed: Vec<Vec<Bytes>>,
+    refused_streams: usize,
 }
 
-/// A leader that takes its time over each call (so writes queue behind the
-/// calls on the way) and, if `batch` is false, predates `ForwardBatch`.
+/// A leader that takes its time over each call or batch (so writes queue
+/// behind those on the way); if `stream` is false, it predates
+/// `ForwardStream`, and if `batch` is false, `ForwardBatch` too. With
+/// `refuse`, it answers every streamed batch with that error.
+#[derive(Default)]
 struct StandIn {
     batch: bool,
+    stream: bool,
+    refuse: Option<(tonic::Code, &'static str)>,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -58,6 +68,32 @@ impl Peer for StandIn {
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.seen.lock().batches.push(req.into_inner().requests);
         Ok(Response::new(ForwardResponse {}))
+    }
+    type ForwardStreamStream = futures::stream::BoxStream<'static, Result<ForwardAnswer, Status>>;
+    async fn forward_stream(
+        &self,
+        req: Request<tonic::Streaming<ForwardBatchRequest>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        use futures::StreamExt;
+        if !self.stream {
+            self.seen.lock().refused_streams += 1;
+            return unimplemented();
+        }
+        self.seen.lock().streams += 1;
+        let (seen, refuse) = (self.seen.clone(), self.refuse);
+        let answers = req.into_inner().then(move |batch| {
+            let seen = seen.clone();
+            async move {
+                let batch = batch?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                seen.lock().streamed.push(batch.requests);
+                Ok(match refuse {
+                    Some((code, message)) => ForwardAnswer { code: code as u32, message: message.into() },
+                    None => ForwardAnswer::default(),
+                })
+            }
+        });
+        Ok(Response::new(answers.boxed()))
     }
     async fn append_entries(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         unimplemented()
@@ -104,12 +140,13 @@ impl Peer for StandIn {
     }
 }
 
-/// Forwards `n` writes at once to a stand-in leader; returns what it saw.
-async fn forward_many(batch: bool, n: usize) -> Seen {
-    let seen = Arc::new(Mutex::new(Seen::default()));
+/// Forwards `n` writes at once to `leader`; returns each one's outcome and
+/// what the leader saw.
+async fn forward_to(leader: StandIn, n: usize) -> (Vec<Result<(), ServerError>>, Seen) {
+    let seen = leader.seen.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = tonic::service::Routes::new(PeerServer::new(StandIn { batch, seen: seen.clone() })).into_axum_router();
+    let router = tonic::service::Routes::new(PeerServer::new(leader)).into_axum_router();
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let client = PeerClient::new(channel);
@@ -119,16 +156,33 @@ async fn forward_many(batch: bool, n: usize) -> Seen {
         let (f, c) = (forwarder.clone(), client.clone());
         tokio::spawn(async move { f.forward(c, 1, 2, Bytes::from(format!("write-{i}")), deadline).await })
     });
+    let mut outcomes = Vec::new();
     for w in writes.collect::<Vec<_>>() {
-        w.await.unwrap().expect("every write is handed over");
+        outcomes.push(w.await.unwrap());
     }
     server.abort();
-    std::mem::take(&mut *seen.lock())
+    (outcomes, std::mem::take(&mut *seen.lock()))
+}
+
+/// Forwards `n` writes at once to a stand-in leader, each handed over;
+/// returns what it saw.
+async fn forward_many(batch: bool, stream: bool, n: usize) -> Seen {
+    let (outcomes, seen) = forward_to(StandIn { batch, stream, ..Default::default() }, n).await;
+    for o in outcomes {
+        o.expect("every write is handed over");
+    }
+    seen
 }
 
 /// Every write, each exactly once, whichever calls carried them.
 fn assert_each_once(seen: &Seen, n: usize) {
-    let mut all: Vec<Bytes> = seen.forwards.iter().chain(seen.batches.iter().flatten()).cloned().collect();
+    let mut all: Vec<Bytes> = seen
+        .forwards
+        .iter()
+        .chain(seen.batches.iter().flatten())
+        .chain(seen.streamed.iter().flatten())
+        .cloned()
+        .collect();
     all.sort();
     let mut want: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("write-{i}"))).collect();
     want.sort();
@@ -136,11 +190,24 @@ fn assert_each_once(seen: &Seen, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_queued_behind_busy_calls_travel_in_batches() {
+async fn writes_queued_behind_busy_batches_travel_together_on_one_stream() {
     let n = 40;
-    let seen = forward_many(true, n).await;
+    let seen = forward_many(true, true, n).await;
     assert_each_once(&seen, n);
-    // At most MAX_IN_FLIGHT calls at once: the writes that waited went together.
+    assert_eq!(seen.streams, 1, "one link carries every batch");
+    assert!(seen.forwards.is_empty() && seen.batches.is_empty(), "a write went as a call of its own");
+    // At most MAX_IN_FLIGHT batches at once: the writes that waited went together.
+    assert!(seen.streamed.len() < n, "{} batches for {n} writes", seen.streamed.len());
+    assert!(seen.streamed.iter().any(|b| b.len() > 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_the_stream_gets_forward_batch_calls() {
+    let n = 40;
+    let seen = forward_many(true, false, n).await;
+    assert_each_once(&seen, n);
+    // Tried once, then remembered.
+    assert_eq!(seen.refused_streams, 1);
     let calls = seen.forwards.len() + seen.batches.len();
     assert!(calls < n, "{calls} calls for {n} writes");
     assert!(seen.batches.iter().any(|b| b.len() > 1));
@@ -150,9 +217,28 @@ async fn writes_queued_behind_busy_calls_travel_in_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_without_forward_batch_gets_them_one_by_one() {
     let n = 40;
-    let seen = forward_many(false, n).await;
+    let seen = forward_many(false, false, n).await;
     assert!(seen.refused_batches > 0, "no batch was tried");
     assert!(seen.batches.is_empty());
     assert_eq!(seen.forwards.len(), n);
     assert_each_once(&seen, n);
+}
+
+/// A batch the leader refuses fails each of its writes with the error etcd
+/// gives for a proposal that did not reach a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_on_the_stream_fails_its_writes_as_etcd_would() {
+    let no_leader = (tonic::Code::Unavailable, "etcdserver: no leader");
+    let leader = StandIn { batch: true, stream: true, refuse: Some(no_leader), ..Default::default() };
+    let (outcomes, seen) = forward_to(leader, 5).await;
+    assert_eq!(seen.streams, 1);
+    assert!(outcomes.iter().all(|o| matches!(o, Err(ServerError::NoLeader))), "{outcomes:?}");
+    let leader = StandIn {
+        batch: true,
+        stream: true,
+        refuse: Some((tonic::Code::FailedPrecondition, "etcdserver: not leader")),
+        ..Default::default()
+    };
+    let (outcomes, _) = forward_to(leader, 5).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Err(ServerError::LeaderChanged))), "{outcomes:?}");
 }

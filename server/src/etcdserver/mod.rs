@@ -9,6 +9,7 @@ mod compactor;
 mod concurrency;
 mod discovery;
 pub mod force;
+mod forward_link;
 mod forwarder;
 pub mod kv;
 mod lease;

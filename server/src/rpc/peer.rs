@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use kvd_api::kvdpeerpb::peer_server::{Peer, PeerServer};
 use kvd_api::kvdpeerpb::{
-    ClusterInfoRequest, ClusterInfoResponse, ClusterMember, ClusterOpRequest, ClusterOpResponse, ForwardBatchRequest,
-    ForwardRequest, ForwardResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    ClusterInfoRequest, ClusterInfoResponse, ClusterMember, ClusterOpRequest, ClusterOpResponse, ForwardAnswer,
+    ForwardBatchRequest, ForwardRequest, ForwardResponse, LeaseRenewRequest, LeaseRenewResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};
@@ -116,6 +116,40 @@ impl Peer for PeerService {
         self.check_cluster(r.cluster_id)?;
         self.server.peer_forward([r.request]).await?;
         Ok(Response::new(ForwardResponse {}))
+    }
+
+    type ForwardStreamStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ForwardAnswer, Status>> + Send>>;
+
+    /// A follower's forwarded writes: each batch proposed in order (as a
+    /// ForwardBatch call is) and answered in order; a batch from another
+    /// cluster, or a broken stream, ends it.
+    async fn forward_stream(
+        &self,
+        req: Request<tonic::Streaming<ForwardBatchRequest>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        use futures::StreamExt;
+        let server = self.server.clone();
+        let answers = req.into_inner().then(move |batch| {
+            let server = server.clone();
+            async move {
+                let batch = batch?;
+                check_target(server.cluster_id, server.member_id, batch.cluster_id, 0)?;
+                Ok(match server.peer_forward(batch.requests).await {
+                    Ok(()) => ForwardAnswer::default(),
+                    Err(e) => {
+                        let s = Status::from(e);
+                        ForwardAnswer { code: s.code() as u32, message: s.message().to_string() }
+                    }
+                })
+            }
+        });
+        // Nothing after the first error.
+        let answers = answers.scan(false, |ended, a: Result<ForwardAnswer, Status>| {
+            let next = (!*ended).then_some(a);
+            *ended = next.as_ref().is_some_and(Result::is_err);
+            futures::future::ready(next)
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn forward_batch(&self, req: Request<ForwardBatchRequest>) -> Result<Response<ForwardResponse>, Status> {
@@ -255,12 +289,12 @@ impl super::conn::Port for PeerPort {
 
     fn shape(&self, path: &str) -> (bool, bool) {
         // A snapshot comes as a stream of chunks, and a leader's replication
-        // stream is messages both ways for as long as it leads (it takes no
-        // call slot, as a Watch takes none); every other call is one message
-        // and one answer.
-        let replication = path.ends_with("/AppendStream");
-        let streamed = replication || path.ends_with("/InstallSnapshot");
-        (!streamed, !replication)
+        // stream and a follower's forwarded writes are messages both ways
+        // for as long as that member leads (they take no call slot, as a
+        // Watch takes none); every other call is one message and one answer.
+        let long = path.ends_with("/AppendStream") || path.ends_with("/ForwardStream");
+        let streamed = long || path.ends_with("/InstallSnapshot");
+        (!streamed, !long)
     }
 }
 
