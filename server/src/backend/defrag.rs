@@ -26,7 +26,7 @@ use std::time::Instant;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase};
 use tracing::{info, warn};
 
-use super::{Backend, BackendError, Buffer, Table, def};
+use super::{Backend, BackendError, Buffer, IN_USE_REFRESH, Table, def};
 use crate::metrics;
 
 /// Bytes copied per write transaction. Each copy transaction is durable: redb
@@ -149,7 +149,7 @@ impl Backend {
             None => Ok(()),
         };
         self.size_in_use.store(in_use, Ordering::Relaxed);
-        *self.in_use_at.lock() = Some(Instant::now());
+        *self.in_use_due.lock() = Some(Instant::now() + IN_USE_REFRESH);
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         self.size.store(size.max(in_use), Ordering::Relaxed);
         drop(g);
