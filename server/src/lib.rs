@@ -22,6 +22,7 @@ pub mod config;
 pub mod etcdserver;
 pub mod failpoints;
 pub mod fuzzing;
+pub mod inflight;
 pub mod lease;
 pub mod metrics;
 pub mod mvcc;

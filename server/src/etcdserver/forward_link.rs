@@ -155,15 +155,6 @@ async fn answer_all(mut answers: tonic::Streaming<ForwardAnswer>, shared: &Share
 /// `fut`, unless the oldest batch on the way reaches its deadline first
 /// (None); with none on the way, without limit.
 async fn within_deadlines<F: std::future::Future>(shared: &Shared, fut: F) -> Option<F::Output> {
-    tokio::pin!(fut);
-    loop {
-        let oldest = shared.waiting.lock().batches.front().map(|(d, _)| *d);
-        match oldest {
-            Some(deadline) => return tokio::time::timeout_at(deadline, &mut fut).await.ok(),
-            None => tokio::select! {
-                out = &mut fut => return Some(out),
-                () = shared.more.notified() => {}
-            },
-        }
-    }
+    let oldest = || shared.waiting.lock().batches.front().map(|(deadline, _)| *deadline);
+    crate::inflight::within_oldest_deadline(oldest, &shared.more, fut).await
 }

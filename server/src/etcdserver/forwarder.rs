@@ -169,11 +169,11 @@ impl Forwarder {
             let mut link = self.link.lock();
             match link.as_ref().map_or(Usable::No, |l| l.usable(leader)) {
                 Usable::NoStream => return None,
-                Usable::No => *link = Some(Link::open(client.clone(), leader)),
+                Usable::No => *link = None,
                 Usable::Yes => {}
             }
             let batch = ForwardBatchRequest { cluster_id, requests: requests.to_vec() };
-            link.as_ref().map(|l| l.send(batch, deadline))?
+            link.get_or_insert_with(|| Link::open(client.clone(), leader)).send(batch, deadline)
         };
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(Answer::Done(outcome))) => Some(outcome),

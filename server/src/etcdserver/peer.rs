@@ -114,14 +114,16 @@ impl EtcdServer {
     /// Peer RPC: a leader's stream of AppendEntries (encoded), handed to
     /// raft as they arrive; one encoded `StreamAppendResult` comes back for
     /// each, in order, and the stream ends after the first refusal. An input
-    /// item that is an error, or does not decode, ends the input: the
-    /// answers to what came before it are sent, then that error.
-    pub fn peer_append_stream<S>(
+    /// item that is an error (the caller's own, such as a message for
+    /// another member), or does not decode, ends the input: the answers to
+    /// what came before it are sent, then that error.
+    pub fn peer_append_stream<S, E>(
         self: &std::sync::Arc<Self>,
         input: S,
-    ) -> impl futures::Stream<Item = Result<Vec<u8>, ServerError>> + Send + 'static
+    ) -> impl futures::Stream<Item = Result<Vec<u8>, E>> + Send + 'static
     where
-        S: futures::Stream<Item = Result<Vec<u8>, ServerError>> + Send + 'static,
+        S: futures::Stream<Item = Result<Vec<u8>, E>> + Send + 'static,
+        E: From<ServerError> + Send + 'static,
     {
         use futures::StreamExt;
         use openraft::vote::RaftLeaderId;
@@ -130,13 +132,13 @@ impl EtcdServer {
 
         // Who sent each request still unanswered, and why the input ended early.
         let senders: Arc<parking_lot::Mutex<VecDeque<(u64, u64)>>> = Default::default();
-        let failed: Arc<parking_lot::Mutex<Option<ServerError>>> = Default::default();
+        let failed: Arc<parking_lot::Mutex<Option<E>>> = Default::default();
         let requests = {
             let (senders, failed) = (senders.clone(), failed.clone());
-            input.scan((), move |(), item: Result<Vec<u8>, ServerError>| {
+            input.scan((), move |(), item: Result<Vec<u8>, E>| {
                 let req = item.and_then(|data| {
                     decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&data)
-                        .map_err(|e| ServerError::Internal(e.to_string()))
+                        .map_err(|e| ServerError::Internal(e.to_string()).into())
                 });
                 let next = match req {
                     Ok(req) => {

@@ -70,23 +70,11 @@ impl Peer for PeerService {
             return Err(Status::unimplemented("unknown method AppendStream for service kvdpeerpb.Peer"));
         }
         let (cluster_id, me) = (self.server.cluster_id, self.server.member_id);
-        let refusal: std::sync::Arc<parking_lot::Mutex<Option<Status>>> = Default::default();
-        let input = {
-            let refusal = refusal.clone();
-            req.into_inner().map(move |m| {
-                let checked = m.and_then(|m| check_target(cluster_id, me, m.cluster_id, m.to).map(|()| m.data));
-                checked.map_err(|status| {
-                    let e = crate::etcdserver::ServerError::Internal(status.message().to_string());
-                    *refusal.lock() = Some(status);
-                    e
-                })
-            })
-        };
-        let answers = self.server.peer_append_stream(input).map(move |r| match r {
-            Ok(data) => Ok(RaftPayload { cluster_id, data, to: 0 }),
-            // The peer's own refusal as it was made, not as raft saw it.
-            Err(e) => Err(refusal.lock().take().unwrap_or_else(|| e.into())),
-        });
+        let input = req
+            .into_inner()
+            .map(move |m| m.and_then(|m| check_target(cluster_id, me, m.cluster_id, m.to).map(|()| m.data)));
+        let answers =
+            self.server.peer_append_stream(input).map(move |r| r.map(|data| RaftPayload { cluster_id, data, to: 0 }));
         Ok(Response::new(Box::pin(answers)))
     }
 

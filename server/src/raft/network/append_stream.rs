@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use kvd_api::kvdpeerpb::RaftPayload;
@@ -22,9 +21,12 @@ use openraft::base::BoxStream;
 use openraft::errors::{NetworkError, RPCError};
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
 use super::{Peer, TypeConfig, decode, encode, unreachable};
+use crate::inflight::within_oldest_deadline;
 use crate::metrics;
 
 /// Requests sent on a stream and not answered yet, by when each went out.
@@ -36,11 +38,26 @@ struct InFlight {
     more: tokio::sync::Notify,
 }
 
-/// Why a stream ended before its answers did.
-enum Stop {
-    /// The oldest request in flight went unanswered this long.
-    Stalled(Duration),
-    Status(tonic::Status),
+/// The peer metrics of one stream, looked up once (not per message).
+struct PeerMetrics {
+    sent_bytes: Counter,
+    received_bytes: Counter,
+    failures: Counter,
+    rtt: Histogram,
+}
+
+impl PeerMetrics {
+    fn of(target: u64) -> PeerMetrics {
+        let m = metrics::get();
+        let to = metrics::ToLabel { To: format!("{target:x}") };
+        let from = metrics::FromLabel { From: to.To.clone() };
+        PeerMetrics {
+            sent_bytes: m.peer_sent_bytes.get_or_create(&to).clone(),
+            received_bytes: m.peer_received_bytes.get_or_create(&from).clone(),
+            failures: m.peer_sent_failures.get_or_create(&to).clone(),
+            rtt: m.peer_rtt.get_or_create(&to).clone(),
+        }
+    }
 }
 
 type Answers<'s> = BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
@@ -55,14 +72,14 @@ pub(super) async fn open<'s, S>(
 where
     S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
-    let to = metrics::ToLabel { To: format!("{:x}", peer.target) };
+    let pm = PeerMetrics::of(peer.target);
     let inflight = Arc::new(InFlight::default());
     let (cluster_id, target) = (peer.cluster_id, peer.target);
     let requests = {
-        let (inflight, to) = (inflight.clone(), to.clone());
+        let (inflight, sent_bytes) = (inflight.clone(), pm.sent_bytes.clone());
         input.map(move |req| {
             let data = encode(&req).to_vec();
-            metrics::get().peer_sent_bytes.get_or_create(&to).inc_by(data.len() as u64);
+            sent_bytes.inc_by(data.len() as u64);
             inflight.sent.lock().push_back(Instant::now());
             inflight.more.notify_one();
             RaftPayload { cluster_id, data, to: target }
@@ -78,65 +95,37 @@ where
             return Err(unreachable(format!("peer {target:x} has no replication stream")));
         }
         Ok(Err(s)) => {
-            metrics::get().peer_sent_failures.get_or_create(&to).inc();
+            pm.failures.inc();
             return Err(peer.failed(&s));
         }
         Err(_) => {
-            metrics::get().peer_sent_failures.get_or_create(&to).inc();
+            pm.failures.inc();
             return Err(unreachable(format!("peer {target:x}: timed out")));
         }
     };
-    let from = metrics::FromLabel { From: to.To.clone() };
-    let stream = futures::stream::unfold(Some((peer, answers)), move |state| {
-        let (inflight, to, from) = (inflight.clone(), to.clone(), from.clone());
-        async move {
-            let m = metrics::get();
-            let (peer, mut answers) = state?;
-            let answer = match next_answer(&mut answers, &inflight, ttl).await {
-                Ok(Some(answer)) => answer,
-                Ok(None) => return None,
-                Err(stop) => {
-                    m.peer_sent_failures.get_or_create(&to).inc();
-                    let e = match stop {
-                        Stop::Stalled(d) => unreachable(format!("peer {:x}: no answer within {d:?}", peer.target)),
-                        Stop::Status(s) => peer.failed(&s),
-                    };
-                    return Some((Err(e), None));
-                }
-            };
-            if let Some(sent) = inflight.sent.lock().pop_front() {
-                m.peer_rtt.get_or_create(&to).observe(sent.elapsed().as_secs_f64());
+    let stream = futures::stream::unfold(Some((peer, answers, inflight, pm)), move |state| async move {
+        let (peer, mut answers, inflight, pm) = state?;
+        let oldest = || inflight.sent.lock().front().map(|sent| *sent + ttl);
+        let answer = match within_oldest_deadline(oldest, &inflight.more, answers.message()).await {
+            Some(Ok(Some(answer))) => answer,
+            Some(Ok(None)) => return None,
+            stop => {
+                pm.failures.inc();
+                let e = match stop {
+                    Some(Err(s)) => peer.failed(&s),
+                    _ => unreachable(format!("peer {:x}: no answer within {ttl:?}", peer.target)),
+                };
+                return Some((Err(e), None));
             }
-            m.peer_received_bytes.get_or_create(&from).inc_by(answer.data.len() as u64);
-            match decode::<StreamAppendResult<TypeConfig>>(&answer.data) {
-                Ok(r) => Some((Ok(r), Some((peer, answers)))),
-                Err(e) => Some((Err(RPCError::Network(NetworkError::new(&e))), None)),
-            }
+        };
+        if let Some(sent) = inflight.sent.lock().pop_front() {
+            pm.rtt.observe(sent.elapsed().as_secs_f64());
+        }
+        pm.received_bytes.inc_by(answer.data.len() as u64);
+        match decode::<StreamAppendResult<TypeConfig>>(&answer.data) {
+            Ok(r) => Some((Ok(r), Some((peer, answers, inflight, pm)))),
+            Err(e) => Some((Err(RPCError::Network(NetworkError::new(&e))), None)),
         }
     });
     Ok(Box::pin(stream))
-}
-
-/// The next answer on the stream: waits without limit while nothing is in
-/// flight, else until the oldest request has waited `ttl`.
-async fn next_answer(
-    answers: &mut tonic::Streaming<RaftPayload>,
-    inflight: &InFlight,
-    ttl: Duration,
-) -> Result<Option<RaftPayload>, Stop> {
-    loop {
-        let oldest = inflight.sent.lock().front().copied();
-        let Some(sent) = oldest else {
-            // `message()` keeps what it read in `answers`, so dropping it
-            // when a request goes out loses nothing.
-            tokio::select! {
-                r = answers.message() => return r.map_err(Stop::Status),
-                () = inflight.more.notified() => continue,
-            }
-        };
-        return match tokio::time::timeout_at(sent + ttl, answers.message()).await {
-            Ok(r) => r.map_err(Stop::Status),
-            Err(_) => Err(Stop::Stalled(ttl)),
-        };
-    }
 }
