@@ -5,7 +5,9 @@
 //! client whose flow-control window stays at zero while it asks for large
 //! replies; a slow-loris stream; a gateway request whose JSON body never
 //! ends; and, on the peer port, a raft call that streams past its message
-//! and a thousand half-sent large messages. kvd's resident memory must stay within its per-connection
+//! and a thousand half-sent large messages; header blocks on connections
+//! whose `:authority` kvd mends that would decode to 64 MB each. kvd's
+//! resident memory must stay within its per-connection
 //! budgets (`rpc/conn/budget.rs`), and other clients must be served all
 //! along.
 
@@ -396,4 +398,64 @@ async fn the_peer_port_bounds_what_a_connection_holds() {
     // Without the budget: 150 x 2 MiB read into buffers.
     assert!(grew < 200 * MIB, "kvd's memory grew by {} MiB", grew / MIB);
     drop(bodies);
+}
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A connection whose `:authority` kvd mends (`http://…`, as etcdctl 3.4
+/// sends it; `rpc/conn/authority.rs`) decodes every header block itself:
+/// the first request indexes a 4,000-byte field, the second refers to it
+/// 16,000 times, 64 MB of headers from 16 KB. A hundred such connections
+/// at once: each is ended at the header list size (16 KiB), and memory
+/// stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_blocks_that_decode_to_64_mb_on_mended_connections_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
+    others_are_served(&kvd, "warm-up").await;
+    let base = rss(kvd.child.as_ref().unwrap().id());
+    let sampler = Sampler::start(&kvd);
+    let addr = kvd.endpoint.trim_start_matches("http://").to_string();
+    let mut enc = loona_hpack::Encoder::new();
+    let first: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/etcdserverpb.KV/Range"),
+        (b":authority", b"http://127.0.0.1:2379"),
+        (b"content-type", b"application/grpc"),
+        (b"x-big", &[b'a'; 4000]),
+    ];
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[]));
+    wire.extend(h2_frame(0x1, 0x4 | 0x1, 1, &enc.encode(first)));
+    // 0x80 | 62: the newest entry of the client's dynamic table.
+    wire.extend(h2_frame(0x1, 0x4 | 0x1, 3, &[0x80 | 62; 16_000]));
+    let ended = futures::future::join_all((0..100).map(|_| {
+        let (addr, wire) = (addr.clone(), wire.clone());
+        tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tcp.write_all(&wire).await.unwrap();
+            // Whatever kvd answers, until it closes the connection.
+            let mut sink = vec![0u8; 64 << 10];
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await
+            .is_ok()
+        })
+    }))
+    .await;
+    others_are_served(&kvd, "a hundred 64 MB header blocks").await;
+    let grew = sampler.peak().saturating_sub(base);
+    eprintln!("RSS {} MiB before, peak {} MiB", base / MIB, sampler.peak() / MIB);
+    assert!(ended.into_iter().all(|e| e.unwrap()), "a connection kvd did not end");
+    assert!(grew < 64 * MIB, "kvd's memory grew by {} MiB", grew / MIB);
 }

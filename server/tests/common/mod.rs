@@ -403,6 +403,13 @@ pub fn etcdctl_bin() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/etcdctl"))
 }
 
+/// Debian's etcdctl (etcd-client, 3.4), which scripts/install-deps
+/// installs: its clientv3 sends an endpoint's URL as is (`http://host:port`)
+/// as the `:authority` of each request.
+pub fn debian_etcdctl_bin() -> PathBuf {
+    PathBuf::from("/usr/bin/etcdctl")
+}
+
 /// The etcd server (3.6) that scripts/install-deps builds from its pinned
 /// Go module.
 pub fn etcd36_bin() -> PathBuf {

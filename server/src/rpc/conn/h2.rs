@@ -21,8 +21,8 @@ use crate::tls::TlsAddr;
 /// stream: hyper's HTTP/2 server defaults, which kvd served with before.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONN_WINDOW: u32 = 1 << 20;
-const MAX_FRAME: u32 = 16 << 10;
-const MAX_HEADER_LIST: u32 = 16 << 10;
+pub(super) const MAX_FRAME: u32 = 16 << 10;
+pub(super) const MAX_HEADER_LIST: u32 = 16 << 10;
 const MAX_SEND_BUFFER: usize = 400 << 10;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 

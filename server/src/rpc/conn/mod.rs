@@ -5,8 +5,10 @@
 //! stream goes to the port's tower service through [`bridge`]. HTTP/1
 //! (curl, the JSON gateway, `/metrics`) is served by hyper. Which one a
 //! connection speaks is read from its first bytes ([`sniff`]), with or
-//! without TLS.
+//! without TLS. An HTTP/2 client's `:authority` that h2 would refuse but
+//! etcd takes is mended on the way in ([`authority`]).
 
+mod authority;
 mod bridge;
 mod budget;
 mod drain;
@@ -94,10 +96,11 @@ where
         Ok(s) => s,
         Err(e) => return tracing::debug!(error = %e, "connection closed before its first request"),
     };
-    let io = Coalesced::new(sniff::Rewind::new(read, io));
     if is_h2 {
+        let io = Coalesced::new(sniff::Rewind::new(read, authority::Mend::new(io)));
         return h2::serve(io, svc, peer, &drain).await;
     }
+    let io = Coalesced::new(sniff::Rewind::new(read, io));
     let hyper_svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         if let Some(p) = &peer {
             req.extensions_mut().insert(p.clone());
