@@ -215,16 +215,17 @@ async fn debian_etcdctl_3_4_with_url_endpoints() {
     assert_eq!(ok(&["del", "k"]).trim(), "1");
 
     // A watch: a stream of its own on the mended connection.
-    // (`timeout`: a watch that never answers fails the test, not hangs it.)
-    let mut watch = Command::new("timeout")
-        .arg("20")
-        .arg(common::debian_etcdctl_bin())
-        .args([&format!("--endpoints={}", kvd.endpoint), "watch", "k", "--rev", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines: Vec<String> = BufReader::new(watch.stdout.take().unwrap()).lines().take(7).map(Result::unwrap).collect();
+    let mut watch = ctl(&["watch", "k", "--rev", "1"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // A watch that never answers fails the test, not hangs it.
+    let lines: Vec<String> =
+        std::iter::from_fn(|| rx.recv_timeout(std::time::Duration::from_secs(20)).ok()).take(7).collect();
     let _ = watch.kill();
     let _ = watch.wait();
     assert_eq!(lines, ["PUT", "k", "v1", "PUT", "k", "v2", "DELETE"]);
