@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use smallvec::SmallVec;
 
 use super::revision::Revision;
+use super::revs::Revs;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Generation {
@@ -18,9 +19,8 @@ pub struct Generation {
     pub ver: i64,
     /// First revision of the generation.
     pub created: Revision,
-    /// Inline while the generation has one revision (every live key after a
-    /// compaction): no allocation per key.
-    pub revs: SmallVec<[Revision; 1]>,
+    /// Oldest first, delta-encoded ([`Revs`]): inline up to ~4 revisions.
+    pub revs: Revs,
 }
 
 impl Generation {
@@ -28,9 +28,9 @@ impl Generation {
         self.revs.is_empty()
     }
 
-    /// Index of the newest revision with `main <= at`, walking newest first.
-    fn newest_at_or_before(&self, at: i64) -> Option<usize> {
-        self.revs.iter().rposition(|r| r.main <= at)
+    /// The newest revision with `main <= at`, and its position.
+    fn newest_at_or_before(&self, at: i64) -> Option<(usize, Revision)> {
+        self.revs.newest_at_or_before(at)
     }
 }
 
@@ -59,13 +59,13 @@ impl Default for Generations {
 impl Generations {
     /// A live key with the one revision `rev` (created there, version 1).
     pub fn once(rev: Revision) -> Self {
-        Self { generations: smallvec::smallvec![Generation { ver: 1, created: rev, revs: smallvec::smallvec![rev] }] }
+        Self { generations: smallvec::smallvec![Generation { ver: 1, created: rev, revs: Revs::from_iter([rev]) }] }
     }
 
     /// `Some(rev)` when this is exactly [`once(rev)`](Self::once).
     pub fn as_once(&self) -> Option<Revision> {
         match &self.generations[..] {
-            [g] if g.ver == 1 && g.revs.len() == 1 && g.revs[0] == g.created => Some(g.created),
+            [g] if g.ver == 1 && g.revs.len() == 1 && g.revs.last() == Some(g.created) => Some(g.created),
             _ => None,
         }
     }
@@ -88,7 +88,7 @@ impl Generations {
 
     /// The newest revision of the key (its last modification or deletion).
     pub fn last_revision(&self) -> Option<Revision> {
-        self.generations.iter().rev().find_map(|g| g.revs.last().copied())
+        self.generations.iter().rev().find_map(|g| g.revs.last())
     }
 
     /// Records a delete at `rev`, closing the current generation. Returns false
@@ -140,7 +140,7 @@ impl Generations {
                 // Deleted at or before `at`.
                 return None;
             }
-            if g.revs[0].main <= at {
+            if g.revs.first().expect("non-empty").main <= at {
                 return Some(g);
             }
         }
@@ -150,8 +150,8 @@ impl Generations {
     /// The key's state at revision `at`, or None if it did not exist then.
     pub fn get(&self, at: i64) -> Option<KeyAt> {
         let g = self.find_generation(at)?;
-        let n = g.newest_at_or_before(at)?;
-        Some(KeyAt { modified: g.revs[n], created: g.created, version: g.ver - (g.revs.len() - n - 1) as i64 })
+        let (n, modified) = g.newest_at_or_before(at)?;
+        Some(KeyAt { modified, created: g.created, version: g.ver - (g.revs.len() - n - 1) as i64 })
     }
 
     /// Revisions with `main >= rev`, keeping only the last sub revision per main.
@@ -167,13 +167,13 @@ impl Generations {
         }
         let mut out: Vec<Revision> = Vec::new();
         for g in &self.generations[gi..] {
-            for r in &g.revs {
-                if since > *r {
+            for r in g.revs.iter() {
+                if since > r {
                     continue;
                 }
                 match out.last_mut() {
-                    Some(l) if l.main == r.main => *l = *r,
-                    _ => out.push(*r),
+                    Some(l) if l.main == r.main => *l = r,
+                    _ => out.push(r),
                 }
             }
         }
@@ -182,7 +182,7 @@ impl Generations {
 
     /// The generation and revision position that survive compaction at `at`;
     /// adds the surviving revision to `keep`.
-    fn do_compact(&self, at: i64, keep: &mut HashSet<Revision>) -> (usize, Option<usize>) {
+    fn do_compact(&self, at: i64, keep: &mut HashSet<Revision>) -> (usize, Option<(usize, Revision)>) {
         let mut gi = 0;
         while gi < self.generations.len() - 1 {
             let g = &self.generations[gi];
@@ -193,8 +193,8 @@ impl Generations {
         }
         let g = &self.generations[gi];
         let ri = g.newest_at_or_before(at);
-        if let Some(i) = ri {
-            keep.insert(g.revs[i]);
+        if let Some((_, rev)) = ri {
+            keep.insert(rev);
         }
         (gi, ri)
     }
@@ -202,8 +202,8 @@ impl Generations {
     /// Drops everything older than the newest revision at or before `at`.
     pub fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
         let (gi, ri) = self.do_compact(at, keep);
-        if let Some(ri) = ri {
-            self.generations[gi].revs.drain(..ri);
+        if let Some((ri, _)) = ri {
+            self.generations[gi].revs.drop_oldest(ri);
         }
         self.generations.drain(..gi);
     }
@@ -216,12 +216,12 @@ impl Generations {
         }
         let (gi, ri) = self.do_compact(at, keep);
         let g = &self.generations[gi];
-        if let Some(ri) = ri
+        if let Some((ri, rev)) = ri
             && ri == g.revs.len() - 1
             && gi != self.generations.len() - 1
         {
             // A tombstone is not kept.
-            keep.remove(&g.revs[ri]);
+            keep.remove(&rev);
         }
     }
 }
@@ -279,7 +279,7 @@ mod tests {
         let mut keep = HashSet::new();
         ki.compact(7, &mut keep);
         assert!(keep.is_empty(), "a generation deleted before the compaction point is dropped");
-        assert_eq!(ki.generations[0].revs.to_vec(), vec![r(8), r(10), r(12)]);
+        assert_eq!(ki.generations[0].revs.iter().collect::<Vec<_>>(), vec![r(8), r(10), r(12)]);
         let mut keep = HashSet::new();
         ki.compact(12, &mut keep);
         assert_eq!(keep, HashSet::from([r(12)]));

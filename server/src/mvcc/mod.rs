@@ -6,6 +6,7 @@ pub mod index;
 pub mod key_index;
 pub mod kvstore;
 pub mod revision;
+mod revs;
 mod txn;
 
 pub use index::RangeEnd;
