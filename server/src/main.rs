@@ -53,12 +53,15 @@ fn tune_allocator() {
 /// set one.
 fn purge_delay_from_now_on() {
     // SAFETY: getenv with a NUL-terminated name (kvd never sets variables,
-    // so none changes meanwhile); mi_option_set sets an integer option.
-    unsafe {
+    // so none changes meanwhile); mi_option_set and mi_option_get set and
+    // read an integer option.
+    let delay = unsafe {
         if libc::getenv(c"MIMALLOC_PURGE_DELAY".as_ptr()).is_null() {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
         }
-    }
+        libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)
+    };
+    info!(purge_delay_ms = delay, "serving: freed memory goes back to the system after the purge delay");
 }
 
 /// Sets mimalloc's `option` to `value` unless the variable `env` is set.

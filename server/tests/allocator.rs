@@ -1,7 +1,9 @@
 //! kvd's allocator settings take effect: mimalloc's arena is committed
-//! lazily and freed memory is purged after a second (both set by a
-//! constructor, before the first allocation reserves the arena), and the
-//! environment still overrides each. mimalloc prints its options at start-up with `MIMALLOC_VERBOSE=1`.
+//! lazily and freed memory is purged at once while kvd starts (both set by
+//! a constructor, before the first allocation reserves the arena), then
+//! after a second once it serves, and the environment still overrides
+//! each. mimalloc prints its options at start-up with `MIMALLOC_VERBOSE=1`;
+//! kvd logs the purge delay it serves with.
 
 mod common;
 
@@ -31,8 +33,19 @@ fn the_arena_is_committed_lazily_unless_the_environment_says_otherwise() {
     assert_eq!(mimalloc_option("arena_eager_commit", &env), "1", "the environment wins");
 }
 
-#[test]
-fn freed_memory_is_purged_after_a_second_unless_the_environment_says_otherwise() {
-    assert_eq!(mimalloc_option("purge_delay", &[]), "1000", "kvd's default");
+#[tokio::test]
+async fn freed_memory_is_purged_at_once_while_starting_then_after_a_second() {
+    assert_eq!(mimalloc_option("purge_delay", &[]), "0", "while kvd starts");
     assert_eq!(mimalloc_option("purge_delay", &[("MIMALLOC_PURGE_DELAY", "10")]), "10", "the environment wins");
+    let dir = tempfile::tempdir().unwrap();
+    for (env, delay) in [(&[][..], "1000"), (&[("MIMALLOC_PURGE_DELAY", "10")][..], "10")] {
+        let kvd = common::Proc::kvd_with_env(&dir.path().join(delay), &["--log-level", "info"], env);
+        kvd.ready().await;
+        let log = kvd.log_text();
+        let field = format!("purge_delay_ms={delay}");
+        assert!(
+            log.lines().any(|l| l.split_whitespace().any(|w| w == field)),
+            "{env:?}: serving with {delay} ms:\n{log}"
+        );
+    }
 }
