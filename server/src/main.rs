@@ -46,11 +46,12 @@ fn tune_allocator() {
 /// While the server starts, freed memory goes back to the system at once:
 /// the WAL replay and the index rebuild free as they go, on the thread that
 /// then only waits for the server, and with the delay that memory stayed
-/// resident (mimalloc purges a thread's freed memory when that thread next
-/// allocates). RSS after a restart: 1M keys 241 -> 179 MiB, 1M revisions of
-/// 1 KiB 165 -> 102 MiB, in as little time (BENCHMARKS.md, session 24).
-/// Once the server is up, the delay above applies, unless the environment
-/// set one.
+/// resident (mimalloc runs a delayed purge when the memory's thread next
+/// works with it; a forced `mi_collect` on that thread did not return it
+/// either). RSS after a restart: 1M keys 241 -> 177 MiB, 1M revisions of
+/// 1 KiB 170 -> 106 MiB; the time to serve the same (3.71 s against 3.62,
+/// medians of 3; BENCHMARKS.md, session 24). Once the server is up, the
+/// delay above applies, unless the environment set one.
 fn purge_delay_from_now_on() {
     // SAFETY: getenv with a NUL-terminated name (kvd never sets variables,
     // so none changes meanwhile); mi_option_set and mi_option_get set and
