@@ -114,6 +114,16 @@ async fn others_are_served(p: &Proc, what: &str) {
     assert!(matches!(r, Ok(Ok(_))), "a bystander's range during {what}: {r:?}");
 }
 
+/// A kvd in `dir`, served once (warm-up), with its resident memory then
+/// and a [`Sampler`] of it from then on.
+async fn measured_kvd(dir: &std::path::Path) -> (Proc, u64, Sampler) {
+    let kvd = Proc::kvd_ready(&dir.join("kvd"), &[]).await;
+    others_are_served(&kvd, "warm-up").await;
+    let base = rss(kvd.child.as_ref().unwrap().id());
+    let sampler = Sampler::start(&kvd);
+    (kvd, base, sampler)
+}
+
 /// The gRPC status of a reply (from its trailers, or its headers when
 /// trailers-only), reading and dropping any message.
 async fn status_of(reply: h2::client::ResponseFuture) -> Option<String> {
@@ -156,10 +166,7 @@ async fn stream_until_stopped(mut body: h2::SendStream<Bytes>, first: Bytes, chu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_past_its_declared_message_is_not_read() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
-    others_are_served(&kvd, "warm-up").await;
-    let base = rss(kvd.child.as_ref().unwrap().id());
-    let sampler = Sampler::start(&kvd);
+    let (kvd, base, sampler) = measured_kvd(dir.path()).await;
     let chunk = Bytes::from(vec![0x5au8; 1 << 20]);
     let total = 512 * MIB;
     // KV's unary path, and a call through the bridge to tonic.
@@ -184,10 +191,7 @@ async fn a_body_past_its_declared_message_is_not_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_half_sent_large_messages_on_one_connection_stay_within_its_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
-    others_are_served(&kvd, "warm-up").await;
-    let base = rss(kvd.child.as_ref().unwrap().id());
-    let sampler = Sampler::start(&kvd);
+    let (kvd, base, sampler) = measured_kvd(dir.path()).await;
     let mut send = connect_with(&kvd, h2::client::Builder::new()).await;
     // Each declares a 1.5 MiB message (under the 2 MiB receive limit) and
     // sends 512 KiB of it: 500 MiB held if the server kept every one.
@@ -297,10 +301,7 @@ async fn a_slow_loris_stream_holds_no_one_up() {
 async fn a_gateway_body_that_never_ends_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
-    others_are_served(&kvd, "warm-up").await;
-    let base = rss(kvd.child.as_ref().unwrap().id());
-    let sampler = Sampler::start(&kvd);
+    let (kvd, base, sampler) = measured_kvd(dir.path()).await;
     let addr = kvd.endpoint.trim_start_matches("http://").to_string();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
@@ -342,10 +343,7 @@ async fn a_gateway_body_that_never_ends_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_port_bounds_what_a_connection_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
-    others_are_served(&kvd, "warm-up").await;
-    let base = rss(kvd.child.as_ref().unwrap().id());
-    let sampler = Sampler::start(&kvd);
+    let (kvd, base, sampler) = measured_kvd(dir.path()).await;
     let peer = format!("http://{}", kvd.flag("--listen-peer-urls").unwrap().trim_start_matches("http://"));
     let as_peer = |path: &str| {
         Request::builder()
@@ -419,10 +417,7 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 async fn header_blocks_that_decode_to_64_mb_on_mended_connections_are_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let kvd = Proc::kvd_ready(&dir.path().join("kvd"), &[]).await;
-    others_are_served(&kvd, "warm-up").await;
-    let base = rss(kvd.child.as_ref().unwrap().id());
-    let sampler = Sampler::start(&kvd);
+    let (kvd, base, sampler) = measured_kvd(dir.path()).await;
     let addr = kvd.endpoint.trim_start_matches("http://").to_string();
     let mut enc = loona_hpack::Encoder::new();
     let first: Vec<(&[u8], &[u8])> = vec![
