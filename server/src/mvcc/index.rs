@@ -1,9 +1,10 @@
 //! treeIndex: an ordered map from user key to its [`KeyIndex`].
 
-use std::collections::{BTreeMap, HashSet};
-use std::ops::Bound;
+use std::collections::HashSet;
+use std::ops::{Bound, ControlFlow};
 
 use super::key_index::{KeyAt, KeyIndex};
+use super::keymap::KeyMap;
 use super::revision::Revision;
 
 /// The end of a key range, as the API layer decodes it.
@@ -30,8 +31,7 @@ impl<'a> RangeEnd<'a> {
 
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    /// Keys as boxed slices: 8 bytes less per key than a Vec.
-    tree: BTreeMap<Box<[u8]>, KeyIndex>,
+    tree: KeyMap<KeyIndex>,
 }
 
 impl TreeIndex {
@@ -42,23 +42,20 @@ impl TreeIndex {
     /// Calls `f` for every key in range that exists at `at`, in key order,
     /// until it returns false.
     pub fn visit(&self, key: &[u8], end: RangeEnd<'_>, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
-        let iter: Box<dyn Iterator<Item = (&Box<[u8]>, &KeyIndex)>> = match end {
-            RangeEnd::Single => Box::new(self.tree.get_key_value(key).into_iter()),
-            RangeEnd::Unbounded => Box::new(self.tree.range::<[u8], _>((Bound::Included(key), Bound::Unbounded))),
-            RangeEnd::Before(e) => {
-                if e <= key {
-                    return;
+        let to = match end {
+            RangeEnd::Single => {
+                if let Some(at) = self.tree.get(key).and_then(|ki| ki.get(at)) {
+                    f(key, at);
                 }
-                Box::new(self.tree.range::<[u8], _>((Bound::Included(key), Bound::Excluded(e))))
-            }
-        };
-        for (k, ki) in iter {
-            if let Some(at) = ki.get(at)
-                && !f(k, at)
-            {
                 return;
             }
-        }
+            RangeEnd::Unbounded => Bound::Unbounded,
+            RangeEnd::Before(e) => Bound::Excluded(e),
+        };
+        self.tree.visit(Bound::Included(key), to, |k, ki| match ki.get(at) {
+            Some(at) if !f(k, at) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        });
     }
 
     /// Keys in range at `at`: up to `limit` of them (0 = all) and the total count.
@@ -78,19 +75,18 @@ impl TreeIndex {
     /// Records a put of `key` at `rev`; returns what the key was at
     /// `rev.main` before it (one lookup for both).
     pub fn put(&mut self, key: &[u8], rev: Revision) -> Option<KeyAt> {
-        match self.tree.get_mut(key) {
-            Some(ki) => {
-                let prev = ki.get(rev.main);
-                ki.put(rev);
-                prev
-            }
-            None => {
+        let mut prev = None;
+        self.tree.upsert(key, |ki| {
+            let Some(ki) = ki else {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
-                self.tree.insert(key.into(), ki);
-                None
-            }
-        }
+                return Some(ki);
+            };
+            prev = ki.get(rev.main);
+            ki.put(rev);
+            None
+        });
+        prev
     }
 
     /// Marks `key` deleted at `rev`; false if it does not currently exist.
@@ -100,18 +96,30 @@ impl TreeIndex {
 
     /// Rebuild from the backend: a key's revision seen in revision order.
     pub fn restore(&mut self, key: &[u8], rev: Revision, created: i64, version: i64, tombstone: bool) {
-        let ki = self.tree.entry(key.into()).or_default();
-        let fresh = ki.is_empty();
-        match (tombstone, fresh) {
-            (true, true) => ki.restore_tombstone(rev),
-            (true, false) => {
-                if !ki.tombstone(rev) {
-                    ki.restore_tombstone(rev);
+        let first = |ki: &mut KeyIndex| {
+            if tombstone {
+                ki.restore_tombstone(rev);
+            } else {
+                ki.restore(Revision::new(created, 0), rev, version);
+            }
+        };
+        self.tree.upsert(key, |ki| {
+            match ki {
+                Some(ki) if ki.is_empty() => first(ki),
+                Some(ki) if tombstone => {
+                    if !ki.tombstone(rev) {
+                        ki.restore_tombstone(rev);
+                    }
+                }
+                Some(ki) => ki.put(rev),
+                None => {
+                    let mut ki = KeyIndex::default();
+                    first(&mut ki);
+                    return Some(ki);
                 }
             }
-            (false, true) => ki.restore(Revision::new(created, 0), rev, version),
-            (false, false) => ki.put(rev),
-        }
+            None
+        });
     }
 
     /// Compacts every key at `at`; returns the revisions that must stay in the backend.
@@ -137,17 +145,19 @@ impl TreeIndex {
         keep: &mut HashSet<Revision>,
     ) -> Option<Box<[u8]>> {
         let start = from.map_or(Bound::Unbounded, Bound::Included);
-        let (mut empty, mut next) = (Vec::new(), None);
-        for (i, (k, ki)) in self.tree.range_mut::<[u8], _>((start, Bound::Unbounded)).enumerate() {
+        let (mut empty, mut next, mut i) = (Vec::new(), None, 0);
+        self.tree.visit_mut(start, Bound::Unbounded, |k, ki| {
             if i == n {
-                next = Some(k.clone());
-                break;
+                next = Some(k.into());
+                return ControlFlow::Break(());
             }
+            i += 1;
             ki.compact(at, keep);
             if ki.is_empty() {
-                empty.push(k.clone());
+                empty.push(k.to_vec());
             }
-        }
+            ControlFlow::Continue(())
+        });
         for k in empty {
             self.tree.remove(&k);
         }

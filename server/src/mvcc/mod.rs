@@ -4,10 +4,12 @@
 mod generations;
 pub mod index;
 pub mod key_index;
+mod keymap;
 pub mod kvstore;
 pub mod revision;
 mod revs;
 mod txn;
+mod varint;
 
 pub use index::RangeEnd;
 pub use kvstore::{Content, KvStore, RangeOptions, RangeResult};

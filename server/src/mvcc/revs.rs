@@ -13,6 +13,7 @@
 use smallvec::SmallVec;
 
 use super::revision::Revision;
+use super::varint;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Revs {
@@ -20,33 +21,6 @@ pub struct Revs {
     last: Revision,
     len: u32,
     bytes: SmallVec<[u8; 16]>,
-}
-
-/// Longest LEB128 encoding of a u64.
-const MAX_VARINT: usize = 10;
-
-fn put_varint(out: &mut [u8; 2 * MAX_VARINT], at: &mut usize, mut v: u64) {
-    while v >= 0x80 {
-        out[*at] = (v as u8) | 0x80;
-        *at += 1;
-        v >>= 7;
-    }
-    out[*at] = v as u8;
-    *at += 1;
-}
-
-/// The next varint of `bytes` (which [`Revs`] wrote, so well formed).
-fn take_varint(bytes: &mut &[u8]) -> u64 {
-    let (mut v, mut shift) = (0u64, 0);
-    while let Some((&b, rest)) = bytes.split_first() {
-        *bytes = rest;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    v
 }
 
 impl Revs {
@@ -69,9 +43,9 @@ impl Revs {
     /// Appends `rev`, which should be newer than [`last`](Self::last).
     pub fn push(&mut self, rev: Revision) {
         let prev = if self.is_empty() { 0 } else { self.last.main };
-        let (mut buf, mut n) = ([0u8; 2 * MAX_VARINT], 0);
-        put_varint(&mut buf, &mut n, rev.main.wrapping_sub(prev) as u64);
-        put_varint(&mut buf, &mut n, rev.sub as u64);
+        let (mut buf, mut n) = ([0u8; 2 * varint::MAX], 0);
+        varint::put(&mut buf, &mut n, rev.main.wrapping_sub(prev) as u64);
+        varint::put(&mut buf, &mut n, rev.sub as u64);
         let room = self.bytes.capacity() - self.bytes.len();
         if room < n {
             // An eighth more at a time: little slack, few copies.
@@ -138,8 +112,8 @@ impl Iterator for Iter<'_> {
             return None;
         }
         self.left -= 1;
-        let main = self.prev.wrapping_add(take_varint(&mut self.bytes) as i64);
-        let sub = take_varint(&mut self.bytes) as i64;
+        let main = self.prev.wrapping_add(varint::take(&mut self.bytes) as i64);
+        let sub = varint::take(&mut self.bytes) as i64;
         self.prev = main;
         Some(Revision::new(main, sub))
     }
