@@ -263,4 +263,33 @@ mod tests {
             assert_eq!(get(&be, k).as_deref(), v, "{k} after reopening");
         }
     }
+
+    /// A compaction step's removals take only the named rows within its
+    /// range, and reach a defragmentation's new file when they land while
+    /// it copies.
+    #[test]
+    fn removals_of_committed_rows_reach_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let be = Backend::open(&path, 100, 1 << 20).unwrap();
+        for k in ["a", "b", "c", "d", "e"] {
+            put(&be, k, k);
+        }
+        let mut rw = be.defrag_begin().unwrap();
+        // "e" is named but beyond the range; "x" is named and not there.
+        let doomed = ["b", "d", "e", "x"].map(|k| k.as_bytes().to_vec()).to_vec();
+        be.remove_committed(Table::Key, b"a", b"d", doomed).unwrap();
+        for (k, v) in [("a", Some("a")), ("b", None), ("c", Some("c")), ("d", None), ("e", Some("e"))] {
+            assert_eq!(get(&be, k).as_deref(), v, "{k}");
+        }
+        copy_and_compact(&mut rw).unwrap();
+        be.defrag_catch_up(&rw).unwrap();
+        be.defrag_finish(rw).unwrap();
+        *be.journal.lock() = None;
+        drop(be);
+        let be = Backend::open(&path, 100, 1 << 20).unwrap();
+        for (k, v) in [("a", Some("a")), ("b", None), ("c", Some("c")), ("d", None), ("e", Some("e"))] {
+            assert_eq!(get(&be, k).as_deref(), v, "{k} after the defragmentation and reopening");
+        }
+    }
 }

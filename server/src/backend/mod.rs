@@ -236,6 +236,55 @@ impl Backend {
         Ok(())
     }
 
+    /// Removes the committed rows of `table` from `from` through `through`
+    /// that `doomed` (in key order) names, in one durable transaction of its
+    /// own: a paced compaction's step. redb's `retain_in` drops them in one
+    /// pass over the leaves; deleted one by one, each walked down from the
+    /// root and rebuilt the branches above it, most of a step's time (perf).
+    /// Nothing buffered is touched: the rows are older than any write since
+    /// the compaction's first commit. A defragmentation's journal gets the
+    /// removals as a batch of deletes.
+    pub fn remove_committed(
+        &self,
+        table: Table,
+        from: &[u8],
+        through: &[u8],
+        doomed: Vec<Vec<u8>>,
+    ) -> Result<(), BackendError> {
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let _g = self.commit_lock.lock();
+        let start = Instant::now();
+        // A defragmentation starts its journal under the commit lock.
+        let journaled = self.journal.lock().is_some();
+        let mut removed = Buffer::default();
+        {
+            let db = self.db.read();
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            {
+                let mut t = tx.open_table(def(table))?;
+                let mut next = doomed.iter().map(Vec::as_slice).peekable();
+                t.retain_in::<&[u8], _>(from..=through, |k, _| {
+                    while next.next_if(|d| *d < k).is_some() {}
+                    let keep = next.next_if(|d| *d == k).is_none();
+                    if !keep && journaled {
+                        removed.delete(table, k.to_vec());
+                    }
+                    keep
+                })?;
+            }
+            self.refresh_sizes(&tx, false)?;
+            tx.commit()?;
+        }
+        if let Some(j) = self.journal.lock().as_mut() {
+            j.push(Arc::new(removed));
+        }
+        metrics::get().backend_commit.observe(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Stages the replacement of every table's whole content (a raft
     /// snapshot's install): `load` is called with an insert function for
     /// each record, then `extra` meta entries are written on top, all in one

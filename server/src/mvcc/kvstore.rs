@@ -363,8 +363,13 @@ impl KvStore {
                 seen < COMPACT_BATCH
             })?;
             n += doomed.len();
-            let deleted = !doomed.is_empty();
-            if deleted {
+            if pace {
+                // Each step's removals are committed at once, as etcd's
+                // ForceCommit after each batch, so a commit carries a
+                // thousand of them, not ten steps' worth: put p99 during a
+                // compaction went from 15-20 to 13-14 ms (BENCHMARKS.md).
+                self.backend.remove_committed(Table::Key, &start, &last, doomed)?;
+            } else if !doomed.is_empty() {
                 self.backend.write(|b| doomed.into_iter().for_each(|k| b.delete(Table::Key, k)));
             }
             if seen < COMPACT_BATCH {
@@ -374,13 +379,6 @@ impl KvStore {
             last.push(0);
             start = last;
             if pace {
-                // Each step's deletions are committed at once, as etcd's
-                // ForceCommit after each batch, so a commit carries a
-                // thousand of them, not ten steps' worth: put p99 during a
-                // compaction went from 15-20 to 13-14 ms (BENCHMARKS.md).
-                if deleted {
-                    self.backend.commit()?;
-                }
                 std::thread::sleep(COMPACT_PAUSE);
             }
         }
