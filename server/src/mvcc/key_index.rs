@@ -2,7 +2,7 @@
 //!
 //! Most keys in a large store were written once: one generation holding one
 //! revision, version 1. Such a key is kept as that revision alone (16 bytes
-//! with the enum's tag, inside the B-tree's node); only a key with more
+//! with the enum's tag, beside its key in a treeIndex chunk); only a key with more
 //! history (updates, deletes, or a compaction that left an older creation
 //! revision) moves its [`Generations`] to the heap. Every answer is the same
 //! as the full history's would be; `tests` check that against it.
