@@ -39,7 +39,6 @@ pub struct KeyMap<V> {
     /// chunk's first key when the chunk was made; that key may have been
     /// removed since, and the bound stays.
     chunks: BTreeMap<Box<[u8]>, Chunk<V>>,
-    len: usize,
 }
 
 /// Keys in order, each as `varint(shared) varint(rest.len()) rest`, where
@@ -123,10 +122,21 @@ impl<'a> Walk<'a> {
 #[derive(Debug, Clone, Copy)]
 enum Place {
     /// It is the i-th key, whose entry starts at `start`.
-    Found { i: usize, start: usize },
-    /// It would be the i-th key, its entry starting at `start`, sharing
-    /// `matched` bytes with the key before it.
-    Missing { i: usize, start: usize, matched: usize, next: Option<Next> },
+    Found {
+        i: usize,
+        start: usize,
+    },
+    Missing(Gap),
+}
+
+/// Where a missing key would go: as the i-th key, its entry starting at
+/// `start`, sharing `matched` bytes with the key before it.
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    i: usize,
+    start: usize,
+    matched: usize,
+    next: Option<Next>,
 }
 
 /// The entry a missing key would go before: where it ends, how much it
@@ -160,7 +170,7 @@ impl<V> Chunk<V> {
             let e = entry_at(&self.keys, start);
             if e.shared < matched {
                 let next = Next { end: e.end, shared: e.shared, skip: 0 };
-                return Place::Missing { i, start, matched, next: Some(next) };
+                return Place::Missing(Gap { i, start, matched, next: Some(next) });
             }
             if e.shared == matched {
                 let want = &key[matched..];
@@ -169,7 +179,7 @@ impl<V> Chunk<V> {
                     (None, None) => return Place::Found { i, start },
                     (Some(have), w) if w.is_none_or(|w| have > w) => {
                         let next = Next { end: e.end, shared: matched + n, skip: n };
-                        return Place::Missing { i, start, matched, next: Some(next) };
+                        return Place::Missing(Gap { i, start, matched, next: Some(next) });
                     }
                     _ => matched += n,
                 }
@@ -177,13 +187,13 @@ impl<V> Chunk<V> {
             start = e.end;
             i += 1;
         }
-        Place::Missing { i, start, matched, next: None }
+        Place::Missing(Gap { i, start, matched, next: None })
     }
 
     fn find(&self, key: &[u8]) -> Option<usize> {
         match self.place(key) {
             Place::Found { i, .. } => Some(i),
-            Place::Missing { .. } => None,
+            Place::Missing(_) => None,
         }
     }
 
@@ -218,10 +228,7 @@ impl<V> Chunk<V> {
 
     /// Inserts `key` where [`place`](Self::place) found it missing: its
     /// entry, and the next key's written again against it.
-    fn insert(&mut self, place: Place, key: &[u8], val: V) {
-        let Place::Missing { i, start, matched, next } = place else {
-            return;
-        };
+    fn insert(&mut self, Gap { i, start, matched, next }: Gap, key: &[u8], val: V) {
         let mut with = Vec::with_capacity(2 * (key.len() - matched + 2 * varint::MAX));
         put_entry(&mut with, matched, &[&key[matched..]]);
         let end = match next {
@@ -292,13 +299,13 @@ impl<V> Chunk<V> {
 
 impl<V> Default for KeyMap<V> {
     fn default() -> Self {
-        KeyMap { chunks: BTreeMap::new(), len: 0 }
+        KeyMap { chunks: BTreeMap::new() }
     }
 }
 
 impl<V> fmt::Debug for KeyMap<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyMap").field("len", &self.len).field("chunks", &self.chunks.len()).finish()
+        f.debug_struct("KeyMap").field("chunks", &self.chunks.len()).finish()
     }
 }
 
@@ -329,12 +336,6 @@ struct Span<'a> {
     started: bool,
 }
 
-enum Step {
-    Skip,
-    Take,
-    Stop,
-}
-
 impl<'a> Span<'a> {
     fn new(from: Bound<&'a [u8]>, to: Bound<&'a [u8]>) -> Self {
         Span { from, to, started: false }
@@ -350,40 +351,62 @@ impl<'a> Span<'a> {
         }
     }
 
-    fn step(&mut self, key: &[u8], whole: bool) -> Step {
-        if !self.started {
-            if !after(key, self.from) {
-                return Step::Skip;
+    /// Calls `take` with each key of a chunk's `keys` within the span and
+    /// its index; breaks at the first key past `to`, or when `take` does.
+    fn walk(
+        &mut self,
+        keys: &[u8],
+        whole: bool,
+        mut take: impl FnMut(&[u8], usize) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let mut w = Walk::new(keys);
+        while let Some(i) = w.advance() {
+            if !self.started {
+                if !after(&w.key, self.from) {
+                    continue;
+                }
+                self.started = true;
             }
-            self.started = true;
+            if !whole && !before(&w.key, self.to) {
+                return ControlFlow::Break(());
+            }
+            take(&w.key, i)?;
         }
-        if whole || before(key, self.to) { Step::Take } else { Step::Stop }
+        ControlFlow::Continue(())
     }
 }
 
 impl<V> KeyMap<V> {
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.len
+        self.chunks.values().map(Chunk::len).sum()
     }
 
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.chunks.is_empty()
     }
 
-    /// The bound of the chunk that holds `key` if anything does.
-    fn bound_of(&self, key: &[u8]) -> Option<&[u8]> {
-        self.chunks.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back().map(|(b, _)| &b[..])
+    /// The chunk that holds `key` if any does (the last bound at or below
+    /// it), with its bound.
+    fn holder(&self, key: &[u8]) -> Option<(&[u8], &Chunk<V>)> {
+        let (b, c) = self.chunks.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
+        Some((b, c))
+    }
+
+    /// [`holder`](Self::holder), mutable.
+    fn holder_mut(&mut self, key: &[u8]) -> Option<(&[u8], &mut Chunk<V>)> {
+        let (b, c) = self.chunks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
+        Some((b, c))
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&V> {
-        let (_, c) = self.chunks.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
+        let (_, c) = self.holder(key)?;
         c.vals.get(c.find(key)?)
     }
 
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        let (_, c) = self.chunks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
+        let (_, c) = self.holder_mut(key)?;
         let i = c.find(key)?;
         c.vals.get_mut(i)
     }
@@ -409,9 +432,8 @@ impl<V> KeyMap<V> {
             None => {
                 if let Some(val) = f(None) {
                     let mut c = Chunk::new();
-                    c.insert(Place::Missing { i: 0, start: 0, matched: 0, next: None }, key, val);
+                    c.insert(Gap { i: 0, start: 0, matched: 0, next: None }, key, val);
                     self.chunks.insert(key.into(), c);
-                    self.len = 1;
                 }
                 return;
             }
@@ -423,21 +445,17 @@ impl<V> KeyMap<V> {
             }
             Some(_) => {}
         }
-        let Some((_, c)) = self.chunks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()
-        else {
-            return;
-        };
-        let place = c.place(key);
-        let i = match place {
+        let Some((_, c)) = self.holder_mut(key) else { return };
+        let gap = match c.place(key) {
             Place::Found { i, .. } => {
                 f(c.vals.get_mut(i));
                 return;
             }
-            Place::Missing { i, .. } => i,
+            Place::Missing(gap) => gap,
         };
         let Some(val) = f(None) else { return };
-        c.insert(place, key, val);
-        self.len += 1;
+        let i = gap.i;
+        c.insert(gap, key, val);
         let split = if c.len() > MAX_ENTRIES {
             // Keys loaded in order go last: leave the full chunk full.
             Some(if i + 1 == c.len() { i } else { c.len() / 2 })
@@ -452,14 +470,13 @@ impl<V> KeyMap<V> {
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
-        let (bound, c) = self.chunks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
+        let (bound, c) = self.holder_mut(key)?;
         let Place::Found { i, start } = c.place(key) else {
             return None;
         };
         let val = c.remove(i, start);
-        self.len -= 1;
         if c.len() < MIN_ENTRIES {
-            let bound = bound.clone();
+            let bound = bound.to_vec();
             self.rebalance(&bound);
         }
         Some(val)
@@ -500,7 +517,7 @@ impl<V> KeyMap<V> {
     /// The bound of the first chunk that may hold keys from `from` on.
     fn start_bound(&self, from: Bound<&[u8]>) -> Option<&[u8]> {
         match from {
-            Bound::Included(k) | Bound::Excluded(k) => self.bound_of(k),
+            Bound::Included(k) | Bound::Excluded(k) => self.holder(k).map(|(b, _)| b),
             Bound::Unbounded => None,
         }
     }
@@ -513,17 +530,8 @@ impl<V> KeyMap<V> {
         let mut span = Span::new(from, to);
         while let Some((_, c)) = chunks.next() {
             let whole = span.whole(chunks.peek().map(|(b, _)| &b[..]));
-            let mut w = Walk::new(&c.keys);
-            while let Some(i) = w.advance() {
-                match span.step(&w.key, whole) {
-                    Step::Skip => continue,
-                    Step::Stop => return,
-                    Step::Take => {
-                        if f(&w.key, &c.vals[i]).is_break() {
-                            return;
-                        }
-                    }
-                }
+            if span.walk(&c.keys, whole, |k, i| f(k, &c.vals[i])).is_break() {
+                return;
             }
         }
     }
@@ -541,17 +549,8 @@ impl<V> KeyMap<V> {
         let mut span = Span::new(from, to);
         while let Some((_, Chunk { keys, vals })) = chunks.next() {
             let whole = span.whole(chunks.peek().map(|(b, _)| &b[..]));
-            let mut w = Walk::new(keys);
-            while let Some(i) = w.advance() {
-                match span.step(&w.key, whole) {
-                    Step::Skip => continue,
-                    Step::Stop => return,
-                    Step::Take => {
-                        if f(&w.key, &mut vals[i]).is_break() {
-                            return;
-                        }
-                    }
-                }
+            if span.walk(keys, whole, |k, i| f(k, &mut vals[i])).is_break() {
+                return;
             }
         }
     }

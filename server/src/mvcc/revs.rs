@@ -78,12 +78,9 @@ impl Revs {
         if n == 0 {
             return;
         }
-        let kept: Vec<Revision> = self.iter().skip(n).collect();
-        *self = Revs::default();
-        for r in kept {
-            self.push(r);
-        }
-        self.bytes.shrink_to_fit();
+        let mut kept: Revs = self.iter().skip(n).collect();
+        kept.bytes.shrink_to_fit();
+        *self = kept;
     }
 }
 
