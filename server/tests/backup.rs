@@ -82,7 +82,10 @@ async fn backups_come_from_a_follower_are_pruned_and_restore_with_revisions() {
             PutRequest { key: b"round".to_vec(), value: vec![round], ..Default::default() },
         )
         .await;
-        saved.push(save(&eps, &to, &["--keep-last", "2"]).json);
+        let r = save(&eps, &to, &["--keep-last", "2"]);
+        assert_eq!(r.json["fromLeader"], false, "a follower serves the backup: {} {}", r.json, r.stderr);
+        assert_eq!(r.json["membersSkipped"], Value::Array(vec![]), "{}", r.json);
+        saved.push(r.json);
     }
     let leader_id = {
         let l = leader(&members).await;
@@ -91,7 +94,6 @@ async fn backups_come_from_a_follower_are_pruned_and_restore_with_revisions() {
     };
     for s in &saved {
         assert_eq!(s["result"], "saved", "{s}");
-        assert_eq!(s["fromLeader"], false, "a follower serves the backup: {s}");
         assert_ne!(s["memberId"].as_str(), Some(leader_id.as_str()));
         assert_eq!(s["format"], "kvd");
         assert_eq!(s["compression"], "zstd");
@@ -179,6 +181,17 @@ async fn backups_come_from_a_follower_are_pruned_and_restore_with_revisions() {
     let mut kv = restored.kv().await;
     let put = kv.put(PutRequest { key: b"n".to_vec(), value: b"1".to_vec(), ..Default::default() }).await.unwrap();
     assert_eq!(put.into_inner().header.unwrap().revision, rev + 1);
+
+    // A follower down: the other one serves, and the result names the one skipped.
+    let mut members = members;
+    let l = leader(&members).await;
+    let down = (l + 1) % 3;
+    members[down].kill9();
+    let r = save(&eps, &to, &[]);
+    assert_eq!(r.json["fromLeader"], false, "{} {}", r.json, r.stderr);
+    assert_ne!(r.json["member"], format!("m{down}"), "{}", r.json);
+    let skipped = r.json["membersSkipped"].as_array().cloned().unwrap_or_default();
+    assert!(skipped.len() == 1 && skipped[0].as_str().unwrap_or("").starts_with(&format!("m{down} ")), "{}", r.json);
 }
 
 /// Corrupts the stored object `key` under `root` with `damage`.

@@ -30,6 +30,10 @@ const PART_SIZE: usize = 8 << 20;
 const PARALLEL_PARTS: usize = 4;
 /// A follower this many entries behind the most advanced member is not read.
 const MAX_LAG: u64 = 1000;
+/// How many times the members are surveyed while only the leader qualifies.
+const SURVEYS: u32 = 3;
+/// The pause between two surveys.
+const SURVEY_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub struct SaveArgs {
@@ -93,7 +97,41 @@ impl Source {
 /// no errors, a follower at most [`MAX_LAG`] entries behind, the most
 /// advanced first; else the leader. Members are reached on their client
 /// URLs; when none answers there (a port-forward, say), the endpoints given.
-async fn pick_source(client: &Client, endpoints: &[String]) -> Result<Source, BackupError> {
+/// A follower that did not qualify (no answer, no leader known in an
+/// election, an alarm, behind) is asked again, [`SURVEYS`] times in all and
+/// [`SURVEY_PAUSE`] apart, before the leader is read; why each one did not
+/// qualify comes back beside the pick (`membersSkipped` in the result).
+async fn pick_source(client: &Client, endpoints: &[String]) -> Result<(Source, Vec<String>), BackupError> {
+    let mut attempt = 1;
+    loop {
+        let (mut found, mut problems) = survey(client, endpoints).await?;
+        let top = found.iter().map(|s| s.applied).max().unwrap_or(0);
+        let behind = |s: &Source| s.applied + MAX_LAG < top;
+        for s in found.iter().filter(|s| !s.leader && behind(s)) {
+            problems.push(format!("{} ({:x}): applied {} of {top}", s.name, s.id, s.applied));
+        }
+        found.sort_by_key(|s| (s.leader || behind(s), std::cmp::Reverse(s.applied)));
+        let pick = found.into_iter().next();
+        let from_follower = pick.as_ref().is_some_and(|s| !s.leader);
+        if from_follower || problems.is_empty() || attempt == SURVEYS {
+            return match pick {
+                Some(s) => Ok((s, problems)),
+                None => Err(MaintenanceError::Refused(format!(
+                    "no healthy member to back up from: {}",
+                    problems.join("; ")
+                ))
+                .into()),
+            };
+        }
+        eprintln!("kvctl: no follower qualifies yet (survey {attempt} of {SURVEYS}): {}", problems.join("; "));
+        tokio::time::sleep(SURVEY_PAUSE).await;
+        attempt += 1;
+    }
+}
+
+/// Every voting member's Status (learners are not read), and why a member
+/// that did not answer well is left out.
+async fn survey(client: &Client, endpoints: &[String]) -> Result<(Vec<Source>, Vec<String>), BackupError> {
     let mut found = Vec::new();
     let mut problems = Vec::new();
     for m in client.member_list(endpoints).await? {
@@ -118,11 +156,7 @@ async fn pick_source(client: &Client, endpoints: &[String]) -> Result<Source, Ba
             }
         }
     }
-    let top = found.iter().map(|s| s.applied).max().unwrap_or(0);
-    found.sort_by_key(|s| (s.leader || s.applied + MAX_LAG < top, std::cmp::Reverse(s.applied)));
-    found.into_iter().next().ok_or_else(|| {
-        MaintenanceError::Refused(format!("no healthy member to back up from: {}", problems.join("; "))).into()
-    })
+    Ok((found, problems))
 }
 
 /// What a finished upload was.
@@ -221,7 +255,7 @@ pub async fn run(a: SaveArgs) -> Result<(), BackupError> {
     }
     let dest = Destination::parse(&a.to)?;
     let client = a.tls.apply(Client::new(a.timeout))?;
-    let source = pick_source(&client, &a.endpoints).await?;
+    let (source, skipped) = pick_source(&client, &a.endpoints).await?;
     let started = Instant::now();
     let at = SystemTime::now();
     let key = dest.key(&a.cluster, at, source.revision, a.compression);
@@ -262,6 +296,7 @@ pub async fn run(a: SaveArgs) -> Result<(), BackupError> {
         "member": source.name,
         "memberId": format!("{:x}", source.id),
         "fromLeader": source.leader,
+        "membersSkipped": skipped,
         "revision": source.revision,
         "size": up.size,
         "storedSize": up.stored,
