@@ -25,6 +25,9 @@
 //! crashing:
 //! - `publish_attributes`: a member's publish of its name and client URLs
 //!   (etcdserver/cluster.rs), retried as when no leader answers;
+//! - `propose_lost`: a proposal never submitted (etcdserver/kv.rs), as one
+//!   a leader took and lost with its term: no apply comes, and the proposer
+//!   waits out its timeout;
 //! - `forwarded_lease_call`: the leader's answer to a keep-alive or
 //!   TimeToLive another member forwarded (rpc/peer.rs), failed as a call
 //!   cut off by a closed connection;

@@ -302,6 +302,36 @@ async fn a_member_is_not_ready_before_it_has_published_its_attributes() {
     }
 }
 
+/// A member's first publish lost (a proposal a leader took and lost with
+/// its term, as a cluster forming under load showed): the member serves
+/// but the member list shows it with no name or client URLs until it tries
+/// again. It tries again after two election timeouts (at least a second),
+/// not after the request timeout (5 s and two election timeouts), which
+/// left `kvctl backup save` passing over a healthy follower in CI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_publish_is_tried_again_within_two_election_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let members = common::cluster_with_env(dir.path(), 3, 246, &[], |i| {
+        if i == 0 { vec![("FAILPOINTS", "propose_lost=1*return")] } else { vec![] }
+    });
+    for m in &members {
+        m.ready().await;
+    }
+    let id = members[0].maintenance().await.status(kvd_api::etcdserverpb::StatusRequest {}).await.unwrap();
+    let id = id.into_inner().header.unwrap().member_id;
+    let deadline = started + Duration::from_secs(30);
+    while listed_name(&members[1], id).await.is_empty() {
+        assert!(Instant::now() < deadline, "m0 never published:\n{}", members[0].log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // From the start of the processes: the lost attempt's 1 s (the election
+    // timeout here is 500 ms), an election and a commit. The request
+    // timeout alone is 6 s.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "m0 published {took:?} after the start");
+}
+
 /// A keep-alive or TimeToLive that a follower forwards to the leader, cut
 /// off on the way (what the follower sees when the leader is killed with the
 /// call in flight: hyper's "operation was canceled"), is tried again at the

@@ -35,7 +35,12 @@ impl EtcdServer {
     }
 
     /// Publishes this member's name and client URLs through raft, retrying
-    /// until it is applied (etcd's publish).
+    /// until it is applied (etcd's publish). An attempt waits two election
+    /// timeouts (at least a second), not the request timeout: a proposal
+    /// forwarded to a leader that lost its term before committing it is never
+    /// applied, and until the member's publish is, the member list shows the
+    /// member with no name or client URLs (a backup passes it over, say).
+    /// Publishing twice is harmless.
     pub fn publish_attributes(self: &std::sync::Arc<Self>) {
         let s = self.clone();
         tokio::spawn(async move {
@@ -46,7 +51,9 @@ impl EtcdServer {
                 let res = if crate::failpoints::fails("publish_attributes") {
                     Err(ServerError::Timeout)
                 } else {
-                    s.propose(InternalRaftRequest { cluster_member_attr_set: Some(req), ..Default::default() }).await
+                    let attempt = (2 * Duration::from_millis(s.cfg.election_timeout_ms)).max(Duration::from_secs(1));
+                    let req = InternalRaftRequest { cluster_member_attr_set: Some(req), ..Default::default() };
+                    s.propose_within(req, attempt).await
                 };
                 match res {
                     Ok(_) => {

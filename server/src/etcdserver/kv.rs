@@ -114,8 +114,18 @@ impl EtcdServer {
         self.check_auth(auth)
     }
 
-    /// Proposes `req` and waits until it is applied, or times out.
-    pub async fn propose(&self, mut req: InternalRaftRequest) -> Result<ApplyOutput, ServerError> {
+    /// Proposes `req` and waits until it is applied, or times out (after
+    /// the request timeout).
+    pub async fn propose(&self, req: InternalRaftRequest) -> Result<ApplyOutput, ServerError> {
+        self.propose_within(req, self.request_timeout()).await
+    }
+
+    /// [`propose`](Self::propose), timing out after `timeout`.
+    pub async fn propose_within(
+        &self,
+        mut req: InternalRaftRequest,
+        timeout: std::time::Duration,
+    ) -> Result<ApplyOutput, ServerError> {
         let id = self.ids.next();
         req.id = id;
         if let Some(h) = &mut req.header {
@@ -129,10 +139,15 @@ impl EtcdServer {
         let m = metrics::get();
         m.proposals_pending.inc();
         let res = async {
-            let deadline = tokio::time::Instant::now() + self.request_timeout();
+            let deadline = tokio::time::Instant::now() + timeout;
             // On the leader, propose; on a follower, hand the request to the
             // leader. Either way the answer is this member's own apply of it.
-            let refused = self.submit(data, deadline).await?;
+            let refused = if crate::failpoints::fails("propose_lost") {
+                // As a proposal a leader took and lost with its term: no apply comes.
+                None
+            } else {
+                self.submit(data, deadline).await?
+            };
             // If raft refuses a local proposal (leadership moved), answer at once
             // instead of waiting for an apply that will never come.
             let refused = async {

@@ -358,6 +358,25 @@ impl Proc {
         }
     }
 
+    /// Waits until this member's (serializable) member list shows `n`
+    /// members, each with a client URL.
+    pub async fn lists_published(&self, n: usize) {
+        use kvd_api::etcdserverpb::{MemberListRequest, cluster_client::ClusterClient};
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(ch) = Channel::from_shared(self.endpoint.clone()).unwrap().connect().await
+                && let Ok(r) = ClusterClient::new(ch).member_list(MemberListRequest { linearizable: false }).await
+            {
+                let members = r.into_inner().members;
+                if members.len() == n && members.iter().all(|m| !m.client_ur_ls.is_empty()) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{}: not every member published after 30s", self.endpoint);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until a linearizable read succeeds.
     pub async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -516,11 +535,16 @@ pub fn cluster_with_env(
         .collect()
 }
 
-/// [`cluster_with`], returned once every member answers a linearizable read.
+/// [`cluster_with`], returned once every member answers a linearizable read
+/// and lists all `n` with their client URLs (every member's publish applied
+/// everywhere, as a pod is Ready only after its own).
 pub async fn ready_cluster(dir: &std::path::Path, n: usize, base: u8, extra: &[&str]) -> Vec<Proc> {
     let members = cluster_with(dir, n, base, extra);
     for m in &members {
         m.ready().await;
+    }
+    for m in &members {
+        m.lists_published(n).await;
     }
     members
 }

@@ -97,8 +97,8 @@ impl Source {
 /// no errors, a follower at most [`MAX_LAG`] entries behind, the most
 /// advanced first; else the leader. Members are reached on their client
 /// URLs; when none answers there (a port-forward, say), the endpoints given.
-/// A follower that did not qualify (no answer, no leader known in an
-/// election, an alarm, behind) is asked again, [`SURVEYS`] times in all and
+/// A follower that did not qualify (no client URL published yet, no answer,
+/// no leader known in an election, an alarm, behind) is asked again, [`SURVEYS`] times in all and
 /// [`SURVEY_PAUSE`] apart, before the leader is read; why each one did not
 /// qualify comes back beside the pick (`membersSkipped` in the result).
 async fn pick_source(client: &Client, endpoints: &[String]) -> Result<(Source, Vec<String>), BackupError> {
@@ -135,10 +135,14 @@ async fn survey(client: &Client, endpoints: &[String]) -> Result<(Vec<Source>, V
     let mut found = Vec::new();
     let mut problems = Vec::new();
     for m in client.member_list(endpoints).await? {
-        let Some(url) = m.client_ur_ls.first().cloned() else { continue };
         if m.is_learner {
             continue;
         }
+        let Some(url) = m.client_ur_ls.first().cloned() else {
+            // A member that has started publishes its client URLs through raft.
+            problems.push(format!("{:x}: no client URL published yet", m.id));
+            continue;
+        };
         match client.status(&url).await {
             Ok(s) if s.leader != 0 && s.errors.is_empty() => found.push(Source::new(m.name, m.id, url, s)),
             Ok(s) => problems.push(format!("{} ({:x}): leader {:x}, errors {:?}", m.name, m.id, s.leader, s.errors)),
