@@ -18,9 +18,10 @@
 pub mod bbolt;
 pub mod etcd;
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, BackendError, Table};
@@ -49,32 +50,39 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> SnapshotError {
 
 /// The snapshot of `be`, encoded: every committed row as a record, read in
 /// one read transaction after the write buffer is committed, then the end
-/// byte, padding and SHA-256. `observe` sees each row; `emit` takes the
-/// bytes in order (`true` with the last of them) and returns false to stop.
-/// Returns the size, or `None` if `emit` stopped it.
+/// byte, padding and SHA-256. `observe` sees each row. Records are written
+/// straight into one buffer (and hashed there); `flush` is handed it
+/// whenever it holds `chunk` bytes or more and at the end (`true`), takes
+/// what it wants, and returns false to stop. Returns the size, or `None`
+/// if `flush` stopped it.
 fn encode(
     be: &Backend,
+    chunk: usize,
     mut observe: impl FnMut(Table, &[u8], &[u8]),
-    mut emit: impl FnMut(&[u8], bool) -> bool,
+    mut flush: impl FnMut(&mut BytesMut, bool) -> bool,
 ) -> Result<Option<u64>, SnapshotError> {
-    let (mut sha, mut rec, mut written, mut stopped) = (Sha256::new(), Vec::new(), 0u64, false);
+    let (mut sha, mut written, mut stopped) = (Sha256::new(), 0u64, false);
+    let mut out = BytesMut::with_capacity(chunk + 4096);
     be.commit()?;
     be.scan_all_committed(|t, k, v| {
         observe(t, k, v);
-        rec.clear();
-        encode_record(t, k, v, &mut rec);
-        sha.update(&rec);
-        written += rec.len() as u64;
-        stopped = !emit(&rec, false);
+        let start = out.len();
+        encode_record(t, k, v, &mut out);
+        sha.update(&out[start..]);
+        written += (out.len() - start) as u64;
+        if out.len() >= chunk {
+            stopped = !flush(&mut out, false);
+        }
         !stopped
     })?;
     if stopped {
         return Ok(None);
     }
-    let mut tail = tail(written);
+    let tail = tail(written);
     sha.update(&tail);
-    tail.extend_from_slice(&sha.finalize());
-    Ok(emit(&tail, true).then_some(written + tail.len() as u64))
+    out.extend_from_slice(&tail);
+    out.extend_from_slice(&sha.finalize());
+    Ok(flush(&mut out, true).then_some(written + tail.len() as u64 + HASH_LEN))
 }
 
 /// Writes a consistent snapshot of `be` to `path`, showing `observe` every
@@ -87,10 +95,11 @@ pub fn write_observed(
     observe: impl FnMut(Table, &[u8], &[u8]),
 ) -> Result<u64, SnapshotError> {
     let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, Paced { file, written: 0, flushed: 0 });
+    let mut out = Paced { file, written: 0, flushed: 0 };
     let mut io_res = Ok(());
-    let len = encode(be, observe, |b, _| {
+    let len = encode(be, 1 << 20, observe, |b, _| {
         io_res = out.write_all(b);
+        b.clear();
         io_res.is_ok()
     })?;
     io_res.map_err(|e| io(path, e))?;
@@ -102,13 +111,13 @@ pub fn write_observed(
 }
 
 /// One record: `table u8 ‖ key_len u32 ‖ key ‖ value_len u32 ‖ value`.
-fn encode_record(t: Table, k: &[u8], v: &[u8], out: &mut Vec<u8>) {
+fn encode_record(t: Table, k: &[u8], v: &[u8], out: &mut BytesMut) {
     out.reserve(9 + k.len() + v.len());
-    out.push(t as u8);
-    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-    out.extend_from_slice(k);
-    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-    out.extend_from_slice(v);
+    out.put_u8(t as u8);
+    out.put_u32(k.len() as u32);
+    out.put_slice(k);
+    out.put_u32(v.len() as u32);
+    out.put_slice(v);
 }
 
 /// What follows `written` bytes of records: the end byte and zeros to a
@@ -135,17 +144,11 @@ pub fn stream(be: std::sync::Arc<Backend>, chunk: usize) -> tokio::sync::mpsc::R
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let producer = tx.clone();
     let spawned = std::thread::Builder::new().name("kvd-snapshot".into()).spawn(move || {
-        let mut buf = bytes::BytesMut::with_capacity(chunk + 4096);
         let res = encode(
             &be,
+            chunk,
             |_, _, _| {},
-            |b, last| {
-                buf.extend_from_slice(b);
-                if buf.len() < chunk && !last {
-                    return true;
-                }
-                producer.blocking_send(Ok(Piece { data: buf.split().freeze(), last })).is_ok()
-            },
+            |buf, last| producer.blocking_send(Ok(Piece { data: buf.split().freeze(), last })).is_ok(),
         );
         if let Err(e) = res {
             let _ = producer.blocking_send(Err(e));
