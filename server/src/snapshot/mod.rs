@@ -72,6 +72,10 @@ fn encode(
         written += (out.len() - start) as u64;
         if out.len() >= chunk {
             stopped = !flush(&mut out, false);
+            // A buffer split off and handed over leaves none: take a whole
+            // chunk's now (the old one back if it came back), rather than
+            // growing to it from BytesMut's default by copying doubles.
+            out.reserve(chunk + 4096);
         }
         !stopped
     })?;
