@@ -98,9 +98,10 @@ impl Source {
 /// advanced first; else the leader. Members are reached on their client
 /// URLs; when none answers there (a port-forward, say), the endpoints given.
 /// A follower that did not qualify (no client URL published yet, no answer,
-/// no leader known in an election, an alarm, behind) is asked again, [`SURVEYS`] times in all and
-/// [`SURVEY_PAUSE`] apart, before the leader is read; why each one did not
-/// qualify comes back beside the pick (`membersSkipped` in the result).
+/// no leader known in an election, an alarm, behind) is asked again,
+/// [`SURVEYS`] times in all and [`SURVEY_PAUSE`] apart, before the leader
+/// is read; why each member did not qualify comes back beside the pick
+/// (`membersSkipped` in the result).
 async fn pick_source(client: &Client, endpoints: &[String]) -> Result<(Source, Vec<String>), BackupError> {
     let mut attempt = 1;
     loop {
