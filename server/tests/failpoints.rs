@@ -253,10 +253,8 @@ fn http_status(p: &Proc, path: &str) -> u16 {
 
 /// The name member `id` has in `p`'s member list ("" while unstarted).
 async fn listed_name(p: &Proc, id: u64) -> String {
-    use kvd_api::etcdserverpb::MemberListRequest;
-    use kvd_api::etcdserverpb::cluster_client::ClusterClient;
-    let ch = tonic::transport::Channel::from_shared(p.endpoint.clone()).unwrap().connect_lazy();
-    let list = ClusterClient::new(ch).member_list(MemberListRequest { linearizable: true }).await.unwrap();
+    let req = kvd_api::etcdserverpb::MemberListRequest { linearizable: true };
+    let list = p.cluster().member_list(req).await.unwrap();
     list.into_inner().members.into_iter().find(|m| m.id == id).map(|m| m.name).unwrap_or_default()
 }
 

@@ -390,14 +390,12 @@ impl<V> KeyMap<V> {
     /// The chunk that holds `key` if any does (the last bound at or below
     /// it), with its bound.
     fn holder(&self, key: &[u8]) -> Option<(&[u8], &Chunk<V>)> {
-        let (b, c) = self.chunks.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
-        Some((b, c))
+        self.chunks.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back().map(|(b, c)| (&b[..], c))
     }
 
     /// [`holder`](Self::holder), mutable.
     fn holder_mut(&mut self, key: &[u8]) -> Option<(&[u8], &mut Chunk<V>)> {
-        let (b, c) = self.chunks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()?;
-        Some((b, c))
+        self.chunks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back().map(|(b, c)| (&b[..], c))
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&V> {

@@ -343,6 +343,12 @@ impl Proc {
         MaintenanceClient::new(Channel::from_shared(self.endpoint.clone()).unwrap().connect_lazy())
     }
 
+    pub fn cluster(&self) -> kvd_api::etcdserverpb::cluster_client::ClusterClient<Channel> {
+        kvd_api::etcdserverpb::cluster_client::ClusterClient::new(
+            Channel::from_shared(self.endpoint.clone()).unwrap().connect_lazy(),
+        )
+    }
+
     /// Waits until a serializable read succeeds (a learner serves only those).
     pub async fn ready_serializable(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -361,12 +367,10 @@ impl Proc {
     /// Waits until this member's (serializable) member list shows `n`
     /// members, each with a client URL.
     pub async fn lists_published(&self, n: usize) {
-        use kvd_api::etcdserverpb::{MemberListRequest, cluster_client::ClusterClient};
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(ch) = Channel::from_shared(self.endpoint.clone()).unwrap().connect().await
-                && let Ok(r) = ClusterClient::new(ch).member_list(MemberListRequest { linearizable: false }).await
-            {
+            let req = kvd_api::etcdserverpb::MemberListRequest { linearizable: false };
+            if let Ok(r) = self.cluster().member_list(req).await {
                 let members = r.into_inner().members;
                 if members.len() == n && members.iter().all(|m| !m.client_ur_ls.is_empty()) {
                     return;
