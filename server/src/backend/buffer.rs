@@ -21,6 +21,12 @@ pub enum Table {
     AuthUser = 4,
     /// Auth roles: name -> encoded authpb.Role.
     AuthRole = 5,
+    /// Revision key -> the `key` row's mvccpb.KeyValue without its value
+    /// and mod revision: what treeIndex is rebuilt from at start, a
+    /// twentieth of the bytes of `key` at 1 KiB values. Derived from `key`,
+    /// written in the same transactions, and left out of snapshots and
+    /// hashes ([`Table::CONTENT`]).
+    KeyMeta = 6,
 }
 
 impl Table {
@@ -32,14 +38,22 @@ impl Table {
             Table::Lease => "lease",
             Table::AuthUser => "authUsers",
             Table::AuthRole => "authRoles",
+            Table::KeyMeta => "keyMeta",
         }
     }
 
-    pub const ALL: [Table; 6] = [Table::Key, Table::Meta, Table::Alarm, Table::Lease, Table::AuthUser, Table::AuthRole];
+    /// Every table in the file.
+    pub const ALL: [Table; 7] =
+        [Table::Key, Table::Meta, Table::Alarm, Table::Lease, Table::AuthUser, Table::AuthRole, Table::KeyMeta];
 
-    /// The table with this on-disk code (as in snapshot files).
+    /// The tables that hold the content, in their order in snapshots and
+    /// hashes: all but the derived [`Table::KeyMeta`].
+    pub const CONTENT: [Table; 6] =
+        [Table::Key, Table::Meta, Table::Alarm, Table::Lease, Table::AuthUser, Table::AuthRole];
+
+    /// The content table with this on-disk code (as in snapshot files).
     pub fn from_u8(v: u8) -> Option<Table> {
-        Table::ALL.into_iter().find(|t| *t as u8 == v)
+        Table::CONTENT.into_iter().find(|t| *t as u8 == v)
     }
 }
 

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase};
 use tracing::{info, warn};
@@ -55,6 +55,15 @@ pub(super) fn remove_leftover(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long each step of a defragmentation took, for its log line.
+#[derive(Default)]
+struct Phases {
+    copy: Duration,
+    compact: Duration,
+    catch_up: Duration,
+    count: Duration,
+}
+
 /// A defragmentation between its steps.
 struct Rewrite {
     view: Option<ReadTransaction>,
@@ -68,11 +77,14 @@ impl Backend {
         let _one = self.defrag_lock.lock();
         let start = Instant::now();
         let before = self.size();
+        let mut took = Phases::default();
         let res = self.defrag_begin().and_then(|mut rw| {
-            copy_and_compact(&mut rw)?;
+            copy_and_compact(&mut rw, &mut took)?;
             crate::failpoints::crash_point("defrag_mid_copy");
+            let t = Instant::now();
             self.defrag_catch_up(&rw)?;
-            self.defrag_finish(rw)
+            took.catch_up = t.elapsed();
+            self.defrag_finish(rw, &mut took)
         });
         // Whatever happened, commits stop feeding the journal.
         *self.journal.lock() = None;
@@ -87,6 +99,10 @@ impl Backend {
             after,
             took_ms = start.elapsed().as_millis() as u64,
             pause_us = pause.as_micros() as u64,
+            copy_ms = took.copy.as_millis() as u64,
+            compact_ms = took.compact.as_millis() as u64,
+            catch_up_ms = took.catch_up.as_millis() as u64,
+            count_ms = took.count.as_millis() as u64,
             "defragmented backend"
         );
         Ok(())
@@ -122,15 +138,17 @@ impl Backend {
 
     /// Step 4: the last replay, a durable commit, the rename and the swap,
     /// with the committer paused. Returns the pause.
-    fn defrag_finish(&self, rw: Rewrite) -> Result<std::time::Duration, BackendError> {
+    fn defrag_finish(&self, rw: Rewrite, took: &mut Phases) -> Result<Duration, BackendError> {
         let Rewrite { new, tmp, .. } = rw;
         // Counting the pages in use walks the whole file: before the pause.
+        let counting = Instant::now();
         let in_use = {
             let tx = new.begin_write()?;
             let n = super::bytes_in_use(&tx)?;
             tx.abort()?;
             n
         };
+        took.count = counting.elapsed();
         let g = self.commit_lock.lock();
         let paused = Instant::now();
         for b in &self.journal.lock().take().unwrap_or_default() {
@@ -164,11 +182,15 @@ impl Backend {
 
 /// Step 2: copies the frozen view into the new file, then compacts it (the
 /// copy fills pages in key order, leaving them half full after splits).
-fn copy_and_compact(rw: &mut Rewrite) -> Result<(), BackendError> {
+fn copy_and_compact(rw: &mut Rewrite, took: &mut Phases) -> Result<(), BackendError> {
+    let t = Instant::now();
     if let Some(view) = rw.view.take() {
         copy_all(&view, &rw.new)?;
     }
+    took.copy = t.elapsed();
+    let t = Instant::now();
     while rw.new.compact()? {}
+    took.compact = t.elapsed();
     Ok(())
 }
 
@@ -203,9 +225,7 @@ fn copy_all(view: &ReadTransaction, new: &Database) -> Result<(), BackendError> 
 /// An empty durable commit: makes every earlier non-durable commit of `db`
 /// durable with one fsync.
 fn commit_durable(db: &Database) -> Result<(), BackendError> {
-    let mut tx = db.begin_write()?;
-    tx.set_durability(Durability::Immediate)?;
-    tx.commit()?;
+    super::begin_durable(db)?.commit()?;
     Ok(())
 }
 
@@ -246,11 +266,11 @@ mod tests {
         put(&be, "during-copy", "2");
         be.write(|b| b.delete(Table::Key, b"gone".to_vec()));
         be.commit().unwrap();
-        copy_and_compact(&mut rw).unwrap();
+        copy_and_compact(&mut rw, &mut Phases::default()).unwrap();
         be.defrag_catch_up(&rw).unwrap();
         put(&be, "last-window", "3");
         put(&be, "before", "4");
-        be.defrag_finish(rw).unwrap();
+        be.defrag_finish(rw, &mut Phases::default()).unwrap();
         *be.journal.lock() = None;
         put(&be, "after", "5");
         assert!(!defrag_path(&path).exists());
@@ -278,13 +298,13 @@ mod tests {
         let mut rw = be.defrag_begin().unwrap();
         // "e" is named but beyond the range; "x" is named and not there.
         let doomed = ["b", "d", "e", "x"].map(|k| k.as_bytes().to_vec()).to_vec();
-        be.remove_committed(Table::Key, b"a", b"d", doomed).unwrap();
+        be.remove_committed(&[Table::Key], b"a", b"d", doomed).unwrap();
         for (k, v) in [("a", Some("a")), ("b", None), ("c", Some("c")), ("d", None), ("e", Some("e"))] {
             assert_eq!(get(&be, k).as_deref(), v, "{k}");
         }
-        copy_and_compact(&mut rw).unwrap();
+        copy_and_compact(&mut rw, &mut Phases::default()).unwrap();
         be.defrag_catch_up(&rw).unwrap();
-        be.defrag_finish(rw).unwrap();
+        be.defrag_finish(rw, &mut Phases::default()).unwrap();
         *be.journal.lock() = None;
         drop(be);
         let be = Backend::open(&path, 100, 1 << 20).unwrap();

@@ -157,7 +157,7 @@ impl Backend {
         // Make sure every table exists so readers never see "table does not exist".
         {
             let db = be.db.read();
-            let tx = db.begin_write()?;
+            let tx = begin_durable(&db)?;
             for t in Table::ALL {
                 tx.open_table(def(t))?;
             }
@@ -236,9 +236,10 @@ impl Backend {
         Ok(())
     }
 
-    /// Removes the committed rows of `table` from `from` through `through`
-    /// that `doomed` (in key order) names, in one durable transaction of its
-    /// own: a paced compaction's step. redb's `retain_in` drops them in one
+    /// Removes the committed rows of each of `tables` from `from` through
+    /// `through` that `doomed` (in key order) names, in one durable
+    /// transaction of its own: a paced compaction's step (the tables share
+    /// their keys: `key` and `keyMeta`). redb's `retain_in` drops them in one
     /// pass over the leaves; deleted one by one, each walked down from the
     /// root and rebuilt the branches above it, most of a step's time (perf).
     /// Nothing buffered is touched: the rows are older than any write since
@@ -246,7 +247,7 @@ impl Backend {
     /// removals as a batch of deletes.
     pub fn remove_committed(
         &self,
-        table: Table,
+        tables: &[Table],
         from: &[u8],
         through: &[u8],
         doomed: Vec<Vec<u8>>,
@@ -261,9 +262,8 @@ impl Backend {
         let mut removed = Buffer::default();
         {
             let db = self.db.read();
-            let mut tx = db.begin_write()?;
-            tx.set_durability(Durability::Immediate)?;
-            {
+            let tx = begin_durable(&db)?;
+            for &table in tables {
                 let mut t = tx.open_table(def(table))?;
                 let mut next = doomed.iter().map(Vec::as_slice).peekable();
                 t.retain_in::<&[u8], _>(from..=through, |k, _| {
@@ -285,6 +285,44 @@ impl Backend {
         Ok(())
     }
 
+    /// Whether tables `a` and `b` hold the same number of committed rows
+    /// under the same first and last keys: how the store checks that the
+    /// derived `keyMeta` still matches `key` (a file written by a build
+    /// that did not keep it adds, removes or copies `key` rows alone).
+    pub fn same_keys(&self, a: Table, b: Table) -> Result<bool, BackendError> {
+        use redb::{ReadableTable, ReadableTableMetadata};
+        let read = self.begin_read()?;
+        let (a, b) = (read.tx.open_table(def(a))?, read.tx.open_table(def(b))?);
+        if a.len()? != b.len()? {
+            return Ok(false);
+        }
+        type Row<'a> = (redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>);
+        let key = |row: Option<Row<'_>>| row.map(|(k, _)| k.value().to_vec());
+        Ok(key(a.first()?) == key(b.first()?) && key(a.last()?) == key(b.last()?))
+    }
+
+    /// Writes `rows` (in key order) into table `t` in one durable
+    /// transaction of its own, with nothing buffered: a derived table
+    /// rebuilt at start, a step at a time. With `clear`, the table's rows
+    /// are removed first, in the same transaction.
+    pub fn put_committed(&self, t: Table, clear: bool, rows: &[(Vec<u8>, Bytes)]) -> Result<(), BackendError> {
+        let _g = self.commit_lock.lock();
+        let db = self.db.read().clone();
+        let tx = begin_durable(&db)?;
+        {
+            let mut table = tx.open_table(def(t))?;
+            if clear {
+                table.retain(|_, _| false)?;
+            }
+            for (k, v) in rows {
+                table.insert(k.as_slice(), v.as_ref())?;
+            }
+        }
+        self.refresh_sizes(&tx, false)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Stages the replacement of every table's whole content (a raft
     /// snapshot's install): `load` is called with an insert function for
     /// each record, then `extra` meta entries are written on top, all in one
@@ -301,8 +339,7 @@ impl Backend {
         self.commit()?;
         let no_commit = self.commit_lock.lock();
         let db = self.db.read().clone();
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
+        let tx = begin_durable(&db)?;
         {
             let mut tables = Vec::new();
             for t in Table::ALL {
@@ -334,9 +371,8 @@ impl Backend {
     /// Writes one batch in one durable redb transaction.
     fn write_batch(&self, batch: &Buffer) -> Result<(), BackendError> {
         let db = self.db.read();
-        let mut tx = db.begin_write()?;
-        // One fsync covers the batch and its consistent index.
-        tx.set_durability(Durability::Immediate)?;
+        // One commit covers the batch and its consistent index.
+        let tx = begin_durable(&db)?;
         put_batch(&tx, batch)?;
         self.refresh_sizes(&tx, false)?;
         tx.commit()?;
@@ -467,6 +503,18 @@ impl Replacement<'_> {
         }
         Ok(())
     }
+}
+
+/// A write transaction whose commit is durable (one fsync) and records
+/// redb's allocator state (quick repair, which commits in two phases): a
+/// start after a crash then loads that state instead of repairing the file,
+/// two walks of every page (checksums, then the allocator): at 8 GB, most
+/// of the time to serve again after a kill -9 (BENCHMARKS.md, session 27).
+fn begin_durable(db: &Database) -> Result<redb::WriteTransaction, BackendError> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    tx.set_quick_repair(true);
+    Ok(tx)
 }
 
 /// Bytes of the file's allocated pages. Walks every page of every table.

@@ -110,11 +110,12 @@ impl Backend {
         Ok(out.into_iter().collect())
     }
 
-    /// Visits every committed entry of every table from one read transaction
-    /// (a consistent view), until `f` returns false.
+    /// Visits every committed entry of every content table
+    /// ([`Table::CONTENT`]) from one read transaction (a consistent view),
+    /// until `f` returns false.
     pub fn scan_all_committed(&self, mut f: impl FnMut(Table, &[u8], &[u8]) -> bool) -> Result<(), BackendError> {
         let read = self.begin_read()?;
-        for t in Table::ALL {
+        for t in Table::CONTENT {
             let table = read.tx.open_table(def(t))?;
             for item in table.range::<&[u8]>(..)? {
                 let (k, v) = item?;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use kvd_api::mvccpb::KeyValue;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::generations::KeyAt;
 use super::index::{RangeEnd, TreeIndex};
@@ -54,6 +54,10 @@ pub struct RangeResult {
 /// Index keys compacted per hold of the index's lock, and backend rows
 /// examined per step of a physical compaction (etcd's CompactionBatchLimit).
 const COMPACT_BATCH: usize = 1000;
+/// `keyMeta` rows rebuilt per transaction at start, each step's scan of
+/// `key` before its writes: 3.7M rows took 10.7 s so, against 15.6 s in one
+/// transaction whose writes shared redb's page cache with the scan.
+const KEY_META_STEP: usize = if cfg!(test) { 4 } else { 65_536 };
 /// The pause between two steps (etcd's CompactionSleepInterval).
 const COMPACT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -79,6 +83,8 @@ pub struct KvStore {
     maintenance: Mutex<()>,
     /// Live keys with a lease, found by the last restore, until the lessor takes them.
     restored_leased: Mutex<Vec<(Vec<u8>, i64)>>,
+    /// Whether the start rebuilt the `keyMeta` rows from the `key` rows.
+    key_meta_rebuilt: std::sync::atomic::AtomicBool,
 }
 
 impl KvStore {
@@ -93,6 +99,7 @@ impl KvStore {
             swap: RwLock::new(()),
             maintenance: Mutex::new(()),
             restored_leased: Mutex::new(Vec::new()),
+            key_meta_rebuilt: Default::default(),
         };
         store.restore()?;
         Ok(Arc::new(store))
@@ -121,9 +128,15 @@ impl KvStore {
             |insert| {
                 load(&mut |t, k, v| {
                     match t {
-                        Table::Key => rebuild.row(k, v),
+                        Table::Key => {
+                            if let Some(m) = rebuild.row_with_meta(k, v) {
+                                insert(Table::KeyMeta, k, &m);
+                            }
+                        }
                         Table::Meta if k == meta::SCHEDULED_COMPACT_REV => scheduled = meta::decode(v),
                         Table::Meta if k == meta::FINISHED_COMPACT_REV => finished = meta::decode(v),
+                        // Derived, here from the snapshot's `key` rows.
+                        Table::KeyMeta => return,
                         _ => {}
                     }
                     insert(t, k, v)
@@ -144,12 +157,13 @@ impl KvStore {
     }
 
     fn restore(&self) -> Result<(), MvccError> {
-        let mut rebuild = Rebuild::default();
-        self.backend.scan_committed(Table::Key, &[], None, |k, v| {
-            rebuild.row(k, v);
-            rebuild.bad.is_none()
-        })?;
-        let rebuilt = rebuild.finish()?;
+        let rebuilt = match self.restore_from_key_meta()? {
+            Some(r) => r,
+            None => {
+                self.key_meta_rebuilt.store(true, Ordering::Relaxed);
+                self.restore_from_keys()?
+            }
+        };
         let read_meta = |k: &[u8]| -> Result<Option<u64>, MvccError> {
             Ok(self.backend.get(Table::Meta, k)?.and_then(|b| meta::decode(&b)))
         };
@@ -157,6 +171,64 @@ impl KvStore {
         self.publish(rebuilt, scheduled, finished);
         let _one = self.maintenance.lock();
         self.finish_scheduled_compaction(scheduled, finished)
+    }
+
+    /// The index rebuilt from the `keyMeta` rows ([`super::key_meta`]), or
+    /// `None` where they do not match the `key` rows.
+    fn restore_from_key_meta(&self) -> Result<Option<Rebuilt>, MvccError> {
+        if !self.backend.same_keys(Table::Key, Table::KeyMeta)? {
+            warn!(
+                "the keyMeta rows do not match the key rows (the first start of this build on this file, a file \
+                 restored from a snapshot, or damage): rebuilding them from the key rows"
+            );
+            return Ok(None);
+        }
+        let mut rebuild = Rebuild::default();
+        self.backend.scan_committed(Table::KeyMeta, &[], None, |k, v| {
+            rebuild.row(k, v);
+            rebuild.bad.is_none()
+        })?;
+        match rebuild.finish() {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                warn!(error = %e, "a keyMeta row is damaged: rebuilding them from the key rows");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The index rebuilt from the `key` rows, which also rewrites the
+    /// `keyMeta` rows from them, [`KEY_META_STEP`] rows per transaction.
+    fn restore_from_keys(&self) -> Result<Rebuilt, MvccError> {
+        let mut rebuild = Rebuild::default();
+        self.backend.put_committed(Table::KeyMeta, true, &[])?;
+        let mut start = Vec::new();
+        loop {
+            let mut rows = Vec::with_capacity(KEY_META_STEP);
+            self.backend.scan_committed(Table::Key, &start, None, |k, v| {
+                if let Some(m) = rebuild.row_with_meta(k, v) {
+                    rows.push((k.to_vec(), m));
+                }
+                rebuild.bad.is_none() && rows.len() < KEY_META_STEP
+            })?;
+            self.backend.put_committed(Table::KeyMeta, false, &rows)?;
+            match rows.pop() {
+                Some((mut last, _)) if rows.len() + 1 == KEY_META_STEP => {
+                    // The next step starts just after the last row written.
+                    last.push(0);
+                    start = last;
+                }
+                _ => break,
+            }
+        }
+        let rebuilt = rebuild.finish()?;
+        info!(revisions = rebuilt.rows, "rebuilt the keyMeta rows");
+        Ok(rebuilt)
+    }
+
+    /// Whether the start rebuilt the `keyMeta` rows (see [`super::key_meta`]).
+    pub fn key_meta_rebuilt(&self) -> bool {
+        self.key_meta_rebuilt.load(Ordering::Relaxed)
     }
 
     /// Makes a rebuilt index and its revisions the store's.
@@ -351,7 +423,9 @@ impl KvStore {
         let (mut start, mut n) = (Vec::new(), 0);
         loop {
             let (mut seen, mut last, mut doomed) = (0, Vec::new(), Vec::new());
-            self.backend.scan_committed(Table::Key, &start, Some(&end), |k, _| {
+            // The `keyMeta` rows name the same revisions as `key`'s, in a
+            // twentieth of the bytes.
+            self.backend.scan_committed(Table::KeyMeta, &start, Some(&end), |k, _| {
                 seen += 1;
                 last.clear();
                 last.extend_from_slice(k);
@@ -368,9 +442,14 @@ impl KvStore {
                 // ForceCommit after each batch, so a commit carries a
                 // thousand of them, not ten steps' worth: put p99 during a
                 // compaction went from 15-20 to 13-14 ms (BENCHMARKS.md).
-                self.backend.remove_committed(Table::Key, &start, &last, doomed)?;
+                self.backend.remove_committed(&[Table::Key, Table::KeyMeta], &start, &last, doomed)?;
             } else if !doomed.is_empty() {
-                self.backend.write(|b| doomed.into_iter().for_each(|k| b.delete(Table::Key, k)));
+                self.backend.write(|b| {
+                    for k in doomed {
+                        b.delete(Table::KeyMeta, k.clone());
+                        b.delete(Table::Key, k);
+                    }
+                });
             }
             if seen < COMPACT_BATCH {
                 break;
@@ -423,11 +502,13 @@ impl KvStore {
     }
 }
 
-/// An index rebuilt from the backend's `key` rows, in revision order.
+/// An index rebuilt from the backend's `key` (or `keyMeta`) rows, in
+/// revision order.
 #[derive(Default)]
 struct Rebuild {
     idx: TreeIndex,
     cur: i64,
+    rows: u64,
     /// Revisions come in order, so the last one of a key says whether its
     /// live version holds a lease.
     leased: std::collections::HashMap<Vec<u8>, i64>,
@@ -440,29 +521,49 @@ struct Rebuild {
 struct Rebuilt {
     idx: TreeIndex,
     cur: i64,
+    rows: u64,
     leased: Vec<(Vec<u8>, i64)>,
 }
 
 impl Rebuild {
+    /// Adds a `key` or `keyMeta` row (the index reads no value).
     fn row(&mut self, k: &[u8], v: &[u8]) {
+        if let Some((rev, tomb, kv)) = self.decode(k, v) {
+            self.add(rev, tomb, kv);
+        }
+    }
+
+    /// Adds a `key` row; returns its `keyMeta` row.
+    fn row_with_meta(&mut self, k: &[u8], v: &[u8]) -> Option<Bytes> {
+        let (rev, tomb, kv) = self.decode(k, v)?;
+        let m = super::key_meta::encode(&kv);
+        self.add(rev, tomb, kv);
+        Some(m)
+    }
+
+    fn decode(&mut self, k: &[u8], v: &[u8]) -> Option<(Revision, bool, KeyValue)> {
         if self.bad.is_some() {
-            return;
+            return None;
         }
         let Some((rev, tomb)) = Revision::from_key(k) else {
             self.bad = Some(Revision::default());
-            return;
+            return None;
         };
         // Rows come in revision order, one per revision; a revision seen
         // twice (as a put and as a tombstone) or a row without a key can
         // only be damage (found by fuzzing the backend rows).
-        let kv = match KeyValue::decode(v) {
-            Ok(kv) if !kv.key.is_empty() && self.prev.is_none_or(|p| rev > p) => kv,
+        match KeyValue::decode(v) {
+            Ok(kv) if !kv.key.is_empty() && self.prev.is_none_or(|p| rev > p) => Some((rev, tomb, kv)),
             _ => {
                 self.bad = Some(rev);
-                return;
+                None
             }
-        };
+        }
+    }
+
+    fn add(&mut self, rev: Revision, tomb: bool, kv: KeyValue) {
         self.prev = Some(rev);
+        self.rows += 1;
         self.idx.restore(&kv.key, rev, kv.create_revision, kv.version, tomb);
         self.cur = self.cur.max(rev.main);
         if tomb || kv.lease == 0 {
@@ -476,6 +577,6 @@ impl Rebuild {
         if let Some(rev) = self.bad {
             return Err(MvccError::Corrupt(rev));
         }
-        Ok(Rebuilt { idx: self.idx, cur: self.cur.max(1), leased: self.leased.into_iter().collect() })
+        Ok(Rebuilt { idx: self.idx, cur: self.cur.max(1), rows: self.rows, leased: self.leased.into_iter().collect() })
     }
 }

@@ -4,8 +4,11 @@
 mod generations;
 pub mod index;
 pub mod key_index;
+mod key_meta;
 mod keymap;
 pub mod kvstore;
+#[cfg(test)]
+mod restore_tests;
 pub mod revision;
 mod revs;
 mod txn;

@@ -24,8 +24,9 @@ pub struct WriteTxn<'a> {
     store: &'a KvStore,
     _guard: MutexGuard<'a, ()>,
     begin_rev: i64,
-    /// Encoded revision key -> encoded KeyValue, in write order.
-    writes: Vec<(Vec<u8>, Bytes)>,
+    /// Encoded revision key -> encoded KeyValue and its `keyMeta` row, in
+    /// write order.
+    writes: Vec<(Vec<u8>, Bytes, Bytes)>,
     local: HashMap<Vec<u8>, Bytes>,
     /// Extra buffered writes (meta, alarms) that go out with the entry.
     extra: Vec<(Table, Vec<u8>, Option<Bytes>)>,
@@ -116,7 +117,7 @@ impl<'a> WriteTxn<'a> {
         if !tombstone {
             self.local.insert(k.clone(), v.clone());
         }
-        self.writes.push((k, v));
+        self.writes.push((k, v, super::key_meta::encode(&kv)));
         if let Some(events) = &mut self.events {
             // A delete event carries the key and the deleting revision, as etcd's.
             let ty = if tombstone {
@@ -141,7 +142,8 @@ impl<'a> WriteTxn<'a> {
         let changed = !self.writes.is_empty();
         let Self { store, writes, extra, events, .. } = self;
         store.backend.write(|b| {
-            for (k, v) in writes {
+            for (k, v, m) in writes {
+                b.put(Table::KeyMeta, k.clone(), m);
                 b.put(Table::Key, k, v);
             }
             for (t, k, v) in extra {

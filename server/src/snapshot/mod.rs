@@ -515,6 +515,8 @@ fn restore_into(
         let keep = match t {
             Table::Meta => keep_meta.contains(&k),
             Table::Key | Table::Alarm | Table::Lease | Table::AuthUser | Table::AuthRole => true,
+            // Derived from `key` when the store opens; never in a snapshot.
+            Table::KeyMeta => false,
         };
         if keep && err.is_none() {
             be.write(|b| b.put(t, k.to_vec(), bytes::Bytes::copy_from_slice(v)));
