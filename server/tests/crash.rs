@@ -84,6 +84,12 @@ async fn acknowledged_writes_survive_kill_9() {
     }
     let n = acked.lock().unwrap().len();
     assert!(n > ROUNDS * WRITERS, "too few acknowledged writes to mean anything: {n}");
+    // Every start after a kill found the backend's allocator state recorded
+    // (no repair of the whole file) and the keyMeta rows matching the key
+    // rows (the index rebuilt from them).
+    let log = kvd.log_text();
+    assert!(!log.contains(kvd::backend::REPAIRING), "a start repaired the backend file:\n{log}");
+    assert!(!log.contains("keyMeta rows do not match"), "a start rebuilt the keyMeta rows:\n{log}");
     eprintln!("crash test: {ROUNDS} kills, {attempted} writes attempted, {n} acknowledged, 0 lost");
 }
 

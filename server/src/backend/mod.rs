@@ -100,6 +100,12 @@ pub struct Backend {
 /// See [`Backend::set_commit_gate`].
 pub type CommitGate = Arc<dyn Fn(&Buffer) -> Result<(), BackendError> + Send + Sync>;
 
+/// The start of the warning that redb is repairing the file: a stop
+/// between the last commit that recorded redb's allocator state and the
+/// file's close (commits record it since quick repair, see
+/// [`begin_durable`]).
+pub const REPAIRING: &str = "the backend file was not closed after its last commit";
+
 /// How stale the bytes-in-use figure may get (Status, metrics), where
 /// counting is cheap.
 const IN_USE_REFRESH: Duration = Duration::from_secs(10);
@@ -129,12 +135,17 @@ impl Backend {
     pub fn open(path: &Path, batch_limit: usize, cache_size: usize) -> Result<Arc<Backend>, BackendError> {
         let open_err = |msg: String| BackendError::Open { path: path.to_path_buf(), msg };
         defrag::remove_leftover(path).map_err(|e| open_err(e.to_string()))?;
-        let db =
-            crate::powercut::create_database(Database::builder().set_cache_size(cache_size), path).map_err(|e| {
-                open_err(format!(
-                    "{e} (the file is damaged or not a kvd backend; move it away and kvd rebuilds it from the WAL)"
-                ))
-            })?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_size).set_repair_callback(|session| {
+            if session.progress() == 0.0 {
+                warn!("{REPAIRING}: redb reads every page twice, to check it and to rebuild its allocator");
+            }
+        });
+        let db = crate::powercut::create_database(&builder, path).map_err(|e| {
+            open_err(format!(
+                "{e} (the file is damaged or not a kvd backend; move it away and kvd rebuilds it from the WAL)"
+            ))
+        })?;
         let be = Backend {
             path: path.to_path_buf(),
             db: RwLock::new(Arc::new(db)),
