@@ -223,7 +223,7 @@ fn copy_all(view: &ReadTransaction, new: &Database) -> Result<(), BackendError> 
 }
 
 /// An empty durable commit: makes every earlier non-durable commit of `db`
-/// durable with one fsync.
+/// durable in one commit (two-phase, see [`super::begin_durable`]).
 fn commit_durable(db: &Database) -> Result<(), BackendError> {
     super::begin_durable(db)?.commit()?;
     Ok(())

@@ -315,7 +315,8 @@ impl Backend {
     /// Writes `rows` (in key order) into table `t` in one durable
     /// transaction of its own, with nothing buffered: a derived table
     /// rebuilt at start, a step at a time. With `clear`, the table's rows
-    /// are removed first, in the same transaction.
+    /// are removed first, in the same transaction. Not journaled: no
+    /// defragmentation runs before the store has opened.
     pub fn put_committed(&self, t: Table, clear: bool, rows: &[(Vec<u8>, Bytes)]) -> Result<(), BackendError> {
         let _g = self.commit_lock.lock();
         let db = self.db.read().clone();
