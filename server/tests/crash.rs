@@ -89,7 +89,7 @@ async fn acknowledged_writes_survive_kill_9() {
     // rows (the index rebuilt from them).
     let log = kvd.log_text();
     assert!(!log.contains(kvd::backend::REPAIRING), "a start repaired the backend file:\n{log}");
-    assert!(!log.contains("keyMeta rows do not match"), "a start rebuilt the keyMeta rows:\n{log}");
+    assert!(!log.contains(kvd::mvcc::kvstore::KEY_META_MISMATCH), "a start rebuilt the keyMeta rows:\n{log}");
     eprintln!("crash test: {ROUNDS} kills, {attempted} writes attempted, {n} acknowledged, 0 lost");
 }
 

@@ -58,6 +58,9 @@ const COMPACT_BATCH: usize = 1000;
 /// `key` before its writes: 3.7M rows took 10.7 s so, against 15.6 s in one
 /// transaction whose writes shared redb's page cache with the scan.
 const KEY_META_STEP: usize = if cfg!(test) { 4 } else { 65_536 };
+/// The start of the warning that a start found the `keyMeta` rows not
+/// matching the `key` rows, and rebuilds them.
+pub const KEY_META_MISMATCH: &str = "the keyMeta rows do not match the key rows";
 /// The pause between two steps (etcd's CompactionSleepInterval).
 const COMPACT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -178,8 +181,8 @@ impl KvStore {
     fn restore_from_key_meta(&self) -> Result<Option<Rebuilt>, MvccError> {
         if !self.backend.same_keys(Table::Key, Table::KeyMeta)? {
             warn!(
-                "the keyMeta rows do not match the key rows (the first start of this build on this file, a file \
-                 restored from a snapshot, or damage): rebuilding them from the key rows"
+                "{KEY_META_MISMATCH} (the first start of this build on this file, a file restored from a snapshot, \
+                 or damage): rebuilding them from the key rows"
             );
             return Ok(None);
         }
