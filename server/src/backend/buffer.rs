@@ -62,11 +62,29 @@ impl Table {
 pub struct Buffer {
     tables: BTreeMap<Table, BTreeMap<Vec<u8>, Option<Bytes>>>,
     ops: usize,
+    /// The keys and values of the buffered puts: what the commit adds to
+    /// the file, before redb's pages (the quota counts it, see
+    /// [`super::Backend::size_with_buffered`]).
+    bytes: u64,
+}
+
+/// What a buffered entry adds to the file: a put its key and value, a delete nothing.
+fn entry_bytes(k: usize, v: &Option<Bytes>) -> u64 {
+    v.as_ref().map_or(0, |v| (k + v.len()) as u64)
 }
 
 impl Buffer {
     pub fn put(&mut self, t: Table, k: Vec<u8>, v: Bytes) {
-        self.tables.entry(t).or_default().insert(k, Some(v));
+        self.set(t, k, Some(v));
+    }
+
+    /// Buffers `v` for `k`, in place of what was buffered for it.
+    fn set(&mut self, t: Table, k: Vec<u8>, v: Option<Bytes>) {
+        let len = k.len();
+        self.bytes += entry_bytes(len, &v);
+        if let Some(old) = self.tables.entry(t).or_default().insert(k, v) {
+            self.bytes -= entry_bytes(len, &old);
+        }
         self.ops += 1;
     }
 
@@ -75,8 +93,12 @@ impl Buffer {
     /// key is copied only the first time.
     pub fn put_named(&mut self, t: Table, k: &'static [u8], v: Bytes) {
         let m = self.tables.entry(t).or_default();
+        self.bytes += entry_bytes(k.len(), &Some(v.clone()));
         match m.get_mut(k) {
-            Some(slot) => *slot = Some(v),
+            Some(slot) => {
+                self.bytes -= entry_bytes(k.len(), slot);
+                *slot = Some(v);
+            }
             None => {
                 m.insert(k.to_vec(), Some(v));
             }
@@ -85,8 +107,7 @@ impl Buffer {
     }
 
     pub fn delete(&mut self, t: Table, k: Vec<u8>) {
-        self.tables.entry(t).or_default().insert(k, None);
-        self.ops += 1;
+        self.set(t, k, None);
     }
 
     /// `Some(Some(v))`: buffered value; `Some(None)`: buffered delete; `None`: not buffered.
@@ -100,10 +121,16 @@ impl Buffer {
             self.tables.entry(t).or_default().extend(m);
         }
         self.ops += newer.ops;
+        self.bytes = self.tables.values().flatten().map(|(k, v)| entry_bytes(k.len(), v)).sum();
     }
 
     pub fn ops(&self) -> usize {
         self.ops
+    }
+
+    /// The bytes of the buffered puts' keys and values.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,5 +156,25 @@ mod tests {
         assert_eq!(b.get(Table::Meta, b"term"), Some(Some(Bytes::from_static(b"t"))));
         assert_eq!(b.tables().map(|(_, m)| m.len()).sum::<usize>(), 2);
         assert_eq!(b.ops(), 3);
+    }
+
+    #[test]
+    fn bytes_count_each_key_once_with_its_last_value() {
+        let v = |n: usize| Bytes::from(vec![b'v'; n]);
+        let mut b = Buffer::default();
+        b.put(Table::Key, b"k1".to_vec(), v(10));
+        b.put(Table::Key, b"k1".to_vec(), v(30));
+        b.put(Table::KeyMeta, b"k1".to_vec(), v(5));
+        b.put_named(Table::Meta, b"ci", v(8));
+        b.put_named(Table::Meta, b"ci", v(8));
+        assert_eq!(b.bytes(), (2 + 30) + (2 + 5) + (2 + 8));
+        b.delete(Table::Key, b"k1".to_vec());
+        b.delete(Table::Key, b"gone".to_vec());
+        assert_eq!(b.bytes(), (2 + 5) + (2 + 8));
+        let mut newer = Buffer::default();
+        newer.put(Table::KeyMeta, b"k1".to_vec(), v(50));
+        newer.put(Table::Key, b"k2".to_vec(), v(1));
+        b.absorb(newer);
+        assert_eq!(b.bytes(), (2 + 50) + (2 + 8) + (2 + 1));
     }
 }

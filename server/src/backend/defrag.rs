@@ -168,7 +168,7 @@ impl Backend {
         };
         self.size_in_use.store(in_use, Ordering::Relaxed);
         *self.in_use_due.lock() = Some(Instant::now() + IN_USE_REFRESH);
-        let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let size = super::allocated_bytes(&self.path).unwrap_or(0);
         self.size.store(size.max(in_use), Ordering::Relaxed);
         drop(g);
         let pause = paused.elapsed();
@@ -189,7 +189,9 @@ fn copy_and_compact(rw: &mut Rewrite, took: &mut Phases) -> Result<(), BackendEr
     }
     took.copy = t.elapsed();
     let t = Instant::now();
-    while rw.new.compact()? {}
+    // One call: `compact` itself repeats its passes until one moves nothing
+    // (a second call only walked every page again to find that out).
+    rw.new.compact()?;
     took.compact = t.elapsed();
     Ok(())
 }

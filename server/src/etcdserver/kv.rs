@@ -45,7 +45,7 @@ impl EtcdServer {
     /// the NOSPACE alarm through raft and refuse.
     pub async fn check_quota(&self, cost: u64) -> Result<(), ServerError> {
         let _span = info_span!("quota", cost).entered();
-        if self.quota.available(self.store.backend().size(), cost) {
+        if self.quota.available(self.store.backend().size_with_buffered(), cost) {
             return Ok(());
         }
         drop(_span);

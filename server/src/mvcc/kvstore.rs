@@ -466,6 +466,9 @@ impl KvStore {
         }
         self.backend.write(|b| b.put(Table::Meta, meta::FINISHED_COMPACT_REV.to_vec(), meta::encode(rev as u64)));
         self.backend.commit()?;
+        if n > 0 {
+            self.backend.recount_in_use()?;
+        }
         info!(revision = rev, removed = n, "finished compaction");
         Ok(n)
     }
