@@ -66,6 +66,13 @@ async fn save_status_restore_and_serve() {
     // data dir decides the member and cluster, and the flag is ignored.
     let copy = Proc::kvd_ready(&restored, &["--initial-cluster-token", "x", "--log-level", "info"]).await;
     assert!(copy.log_text().contains("--initial-cluster-token and --initial-cluster-state are ignored"));
+    // The restore wrote the keyMeta rows: the first start reads them.
+    let log = copy.log_text();
+    assert!(
+        !log.contains(kvd::mvcc::kvstore::KEY_META_MISMATCH),
+        "the first start rebuilt the keyMeta rows:
+{log}"
+    );
     let after = everything(&copy).await;
     assert_eq!(after.kvs, before.kvs, "the restored member serves exactly the snapshot's data");
     assert_eq!(after.header.unwrap().revision, rev);

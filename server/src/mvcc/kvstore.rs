@@ -181,8 +181,8 @@ impl KvStore {
     fn restore_from_key_meta(&self) -> Result<Option<Rebuilt>, MvccError> {
         if !self.backend.same_keys(Table::Key, Table::KeyMeta)? {
             warn!(
-                "{KEY_META_MISMATCH} (the first start of this build on this file, a file restored from a snapshot, \
-                 or damage): rebuilding them from the key rows"
+                "{KEY_META_MISMATCH} (a file last written or restored by a build without them, or damage): \
+                 rebuilding them from the key rows"
             );
             return Ok(None);
         }

@@ -4,7 +4,7 @@
 mod generations;
 pub mod index;
 pub mod key_index;
-mod key_meta;
+pub(crate) mod key_meta;
 mod keymap;
 pub mod kvstore;
 #[cfg(test)]

@@ -400,7 +400,9 @@ pub struct Status {
 /// Verifies and summarises a snapshot file of either format ([`check`]).
 pub fn status(path: &Path, skip_hash_check: bool) -> Result<Status, SnapshotError> {
     let mut summary = Summary::default();
-    let checked = read_any(path, skip_hash_check, |t, k, v| summary.observe(t, k, v))?;
+    let checked = read_any(path, skip_hash_check, |t, k, v| {
+        summary.observe(t, k, v);
+    })?;
     summary.finish(path, &checked)
 }
 
@@ -415,24 +417,29 @@ struct Summary {
 }
 
 impl Summary {
-    fn observe(&mut self, t: Table, k: &[u8], v: &[u8]) {
+    /// Counts one row; returns a `key` row's record, decoded.
+    fn observe(&mut self, t: Table, k: &[u8], v: &[u8]) -> Option<kvd_api::mvccpb::KeyValue> {
         use prost::Message;
         if self.bad.is_some() {
-            return;
+            return None;
         }
         if t == Table::Meta && k == crate::mvcc::meta::SCHEDULED_COMPACT_REV {
             self.revision = self.revision.max(crate::mvcc::meta::decode(v).unwrap_or(0) as i64);
         }
         if t != Table::Key {
-            return;
+            return None;
         }
         match (crate::mvcc::Revision::from_key(k), kvd_api::mvccpb::KeyValue::decode(v)) {
             (Some((rev, tomb)), Ok(kv)) => {
                 self.index.restore(&kv.key, rev, kv.create_revision, kv.version, tomb);
                 self.revision = self.revision.max(rev.main);
                 self.revisions += 1;
+                Some(kv)
             }
-            _ => self.bad = Some(format!("undecodable MVCC record {}", hex(k))),
+            _ => {
+                self.bad = Some(format!("undecodable MVCC record {}", hex(k)));
+                None
+            }
         }
     }
 
@@ -511,15 +518,22 @@ fn restore_into(
     let (mut n, mut err, mut summary) = (0usize, None, Summary::default());
     // One pass: the rows are counted for the status as they are written.
     read_checked(path, checked, |t, k, v| {
-        summary.observe(t, k, v);
+        let kv = summary.observe(t, k, v);
         let keep = match t {
             Table::Meta => keep_meta.contains(&k),
             Table::Key | Table::Alarm | Table::Lease | Table::AuthUser | Table::AuthRole => true,
-            // Derived from `key` when the store opens; never in a snapshot.
+            // Never in a snapshot: written below, with each `key` row.
             Table::KeyMeta => false,
         };
         if keep && err.is_none() {
-            be.write(|b| b.put(t, k.to_vec(), bytes::Bytes::copy_from_slice(v)));
+            be.write(|b| {
+                b.put(t, k.to_vec(), bytes::Bytes::copy_from_slice(v));
+                // The `keyMeta` row that a write of this record would have
+                // made, so that the first start need not rebuild them all.
+                if let Some(kv) = &kv {
+                    b.put(Table::KeyMeta, k.to_vec(), crate::mvcc::key_meta::encode(kv));
+                }
+            });
             n += 1;
             if n.is_multiple_of(10_000) {
                 err = be.commit().err();
