@@ -19,7 +19,9 @@
 //!   not yet written (mvcc/kvstore.rs);
 //! - `defrag_mid_copy`, `defrag_after_rename`: a defragmentation after the
 //!   copy, and after the new file replaced the old one but before the swap
-//!   (backend/defrag.rs).
+//!   (backend/defrag.rs);
+//! - `compaction_step`: after a step of a paced compaction, most of which
+//!   are not durable (mvcc/kvstore.rs).
 //!
 //! And fault points, [`fails`], that make an attempt fail without
 //! crashing:

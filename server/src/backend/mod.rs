@@ -93,6 +93,8 @@ pub struct Backend {
     /// The bytes of the pending and committing buffers' puts, which the
     /// file does not hold yet (see [`Backend::size_with_buffered`]).
     buffered: AtomicU64,
+    /// When a paced compaction's step is next committed durably.
+    step_durable_due: Mutex<Option<Instant>>,
     /// When `size_in_use` is next counted (None: at once).
     in_use_due: Mutex<Option<Instant>>,
     /// Called with each batch before it is committed; it may wait (for the
@@ -112,6 +114,9 @@ pub const REPAIRING: &str = "the backend file was not closed after its last comm
 /// How stale the bytes-in-use figure may get (Status, metrics), where
 /// counting is cheap.
 const IN_USE_REFRESH: Duration = Duration::from_secs(10);
+/// At most this long between two durable steps of a paced compaction, as
+/// between two batch commits (`--backend-batch-interval`'s default).
+const STEP_DURABLE_EVERY: Duration = Duration::from_millis(100);
 /// Counting the pages in use reads every page of the file (5-6 s at 8 GB
 /// here), and its read transaction keeps the pages freed meanwhile from
 /// reuse, so the counter waits this many times as long as the count took
@@ -162,6 +167,7 @@ impl Backend {
             size: AtomicU64::new(0),
             size_in_use: AtomicU64::new(0),
             buffered: AtomicU64::new(0),
+            step_durable_due: Mutex::new(None),
             in_use_due: Mutex::new(None),
             gate: RwLock::new(None),
         };
@@ -261,8 +267,8 @@ impl Backend {
     }
 
     /// Removes the committed rows of each of `tables` from `from` through
-    /// `through` that `doomed` (in key order) names, in one durable
-    /// transaction of its own: a paced compaction's step (the tables share
+    /// `through` that `doomed` (in key order) names, in one transaction of
+    /// its own: a paced compaction's step (the tables share
     /// their keys: `key` and `keyMeta`). redb's `retain_in` drops them in one
     /// pass over the leaves; deleted one by one, each walked down from the
     /// root and rebuilt the branches above it, most of a step's time (perf).
@@ -286,7 +292,20 @@ impl Backend {
         let mut removed = Buffer::default();
         {
             let db = self.db.read();
-            let tx = begin_durable(&db)?;
+            // A step's removals need not survive a crash (an unfinished
+            // compaction runs again at start), and redb reuses the pages a
+            // step frees once a later commit is durable: one step in
+            // `STEP_DURABLE_EVERY` pays for the two fsyncs of a durable one.
+            let mut due = self.step_durable_due.lock();
+            let tx = if due.is_none_or(|t| Instant::now() >= t) {
+                *due = Some(Instant::now() + STEP_DURABLE_EVERY);
+                begin_durable(&db)?
+            } else {
+                let mut tx = db.begin_write()?;
+                tx.set_durability(Durability::None)?;
+                tx
+            };
+            drop(due);
             for &table in tables {
                 let mut t = tx.open_table(def(table))?;
                 let mut next = doomed.iter().map(Vec::as_slice).peekable();

@@ -446,6 +446,7 @@ impl KvStore {
                 // thousand of them, not ten steps' worth: put p99 during a
                 // compaction went from 15-20 to 13-14 ms (BENCHMARKS.md).
                 self.backend.remove_committed(&[Table::Key, Table::KeyMeta], &start, &last, doomed)?;
+                crate::failpoints::crash_point("compaction_step");
             } else if !doomed.is_empty() {
                 self.backend.write(|b| {
                     for k in doomed {
