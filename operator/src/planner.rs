@@ -424,10 +424,18 @@ fn free_fraction(m: &MemberObs) -> f64 {
     m.health.as_ref().map_or(0.0, |h| kvd_api::client::free_fraction(h.db_size, h.db_size_in_use))
 }
 
+/// How much a member's size may move after its defragmentation with no
+/// data added: kvd's size is the bytes its file holds, and each durable
+/// commit writes redb's allocator state anew, a few pages. 1%, at least
+/// 256 KiB.
+fn defrag_slack(after: i64) -> i64 {
+    (after / 100).max(256 << 10)
+}
+
 /// Defragment members over `threshold`, followers first; the leader hands
-/// leadership over before its turn. A member whose size has not changed
-/// since its last defragmentation is left alone: what is free in it then is
-/// slack the file format keeps.
+/// leadership over before its turn. A member whose size has not grown past
+/// [`defrag_slack`] since its last defragmentation is left alone: what is
+/// free in it then is slack the file format keeps.
 fn defrag_step(obs: &Observation, v: &View, members: &[MemberObs], threshold: f64, why: Why) -> Option<Action> {
     if !v.all_healthy() {
         return Some(wait("MembersNotReady", "defragmentation waits for every member to be healthy".into()));
@@ -435,7 +443,8 @@ fn defrag_step(obs: &Observation, v: &View, members: &[MemberObs], threshold: f6
     let leader = v.leader_id();
     let wants = |m: &&MemberObs| {
         let Some(h) = &m.health else { return false };
-        free_fraction(m) >= threshold && free_fraction(m) > 0.0 && obs.defragged.get(&m.id) != Some(&h.db_size)
+        let grown = obs.defragged.get(&m.id).is_none_or(|&after| h.db_size > after + defrag_slack(after));
+        free_fraction(m) >= threshold && free_fraction(m) > 0.0 && grown
     };
     if let Some(m) = members.iter().filter(wants).filter(|m| m.id != leader).max_by_key(|m| m.ordinal) {
         return Some(Action::Defragment { id: m.id, ordinal: m.ordinal, why });
