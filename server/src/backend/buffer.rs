@@ -93,7 +93,7 @@ impl Buffer {
     /// key is copied only the first time.
     pub fn put_named(&mut self, t: Table, k: &'static [u8], v: Bytes) {
         let m = self.tables.entry(t).or_default();
-        self.bytes += entry_bytes(k.len(), &Some(v.clone()));
+        self.bytes += (k.len() + v.len()) as u64;
         match m.get_mut(k) {
             Some(slot) => {
                 self.bytes -= entry_bytes(k.len(), slot);
