@@ -168,8 +168,7 @@ impl Backend {
         };
         self.size_in_use.store(in_use, Ordering::Relaxed);
         *self.in_use_due.lock() = Some(Instant::now() + IN_USE_REFRESH);
-        let size = super::allocated_bytes(&self.path).unwrap_or(0);
-        self.size.store(size.max(in_use), Ordering::Relaxed);
+        self.refresh_size();
         drop(g);
         let pause = paused.elapsed();
         // Closing the old database writes to its (now unlinked) file: no
