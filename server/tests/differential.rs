@@ -69,8 +69,14 @@ impl Gen {
         }
     }
 
+    /// Mostly a few bytes; one value in twenty longer than a page, which
+    /// the backend stores cut in chunks of 4,060 bytes (lengths around
+    /// whole multiples of it included).
     fn value(&mut self) -> Vec<u8> {
-        let n = self.rng.random_range(0..6);
+        let n = match self.rng.random_range(0..20) {
+            0 => self.rng.random_range(1..5) * 4060 + self.rng.random_range(0..200) - 100,
+            _ => self.rng.random_range(0..6),
+        };
         (0..n).map(|_| b"xyz01"[self.rng.random_range(0..5)]).collect()
     }
 

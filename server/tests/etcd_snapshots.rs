@@ -57,8 +57,12 @@ async fn fill(etcd: &Proc) -> (i64, i64) {
     let ep = &etcd.endpoint;
     let mut kv = etcd.kv().await;
     for i in 0..100 {
-        let req =
-            PutRequest { key: format!("k/{:02}", i % 20).into(), value: format!("v{i}").into(), ..Default::default() };
+        // Some values longer than a page: kvd stores them cut in chunks.
+        let value = match i % 7 {
+            0 => format!("v{i}").repeat(1000 + 300 * i),
+            _ => format!("v{i}"),
+        };
+        let req = PutRequest { key: format!("k/{:02}", i % 20).into(), value: value.into(), ..Default::default() };
         kv.put(req).await.unwrap();
     }
     ctl(ep, &["del", "k/03"]);

@@ -27,6 +27,10 @@ pub enum Table {
     /// written in the same transactions, and left out of snapshots and
     /// hashes ([`Table::CONTENT`]).
     KeyMeta = 6,
+    /// (Revision key ‖ chunk number) -> a chunk of a long `key` row: how
+    /// the backend stores rows longer than a page (`backend/chunk.rs`).
+    /// Never written through the buffer; readers see whole `key` rows.
+    KeyChunk = 7,
 }
 
 impl Table {
@@ -39,15 +43,25 @@ impl Table {
             Table::AuthUser => "authUsers",
             Table::AuthRole => "authRoles",
             Table::KeyMeta => "keyMeta",
+            Table::KeyChunk => "keyChunk",
         }
     }
 
-    /// Every table in the file.
-    pub const ALL: [Table; 7] =
-        [Table::Key, Table::Meta, Table::Alarm, Table::Lease, Table::AuthUser, Table::AuthRole, Table::KeyMeta];
+    /// Every table in the file, in the order of their codes.
+    pub const ALL: [Table; 8] = [
+        Table::Key,
+        Table::Meta,
+        Table::Alarm,
+        Table::Lease,
+        Table::AuthUser,
+        Table::AuthRole,
+        Table::KeyMeta,
+        Table::KeyChunk,
+    ];
 
     /// The tables that hold the content, in their order in snapshots and
-    /// hashes: all but the derived [`Table::KeyMeta`].
+    /// hashes: all but the derived [`Table::KeyMeta`] and the chunks of
+    /// `key` rows, which readers get whole.
     pub const CONTENT: [Table; 6] =
         [Table::Key, Table::Meta, Table::Alarm, Table::Lease, Table::AuthUser, Table::AuthRole];
 

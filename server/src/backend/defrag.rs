@@ -195,7 +195,9 @@ fn copy_and_compact(rw: &mut Rewrite, took: &mut Phases) -> Result<(), BackendEr
     Ok(())
 }
 
-/// Copies every table of `view` into `new`, `COPY_CHUNK_BYTES` per transaction.
+/// Copies every table of `view` into `new`, `COPY_CHUNK_BYTES` per
+/// transaction. Rows and chunks are copied as they are stored, but a long
+/// `key` row stored whole (by a build before chunks) is cut.
 fn copy_all(view: &ReadTransaction, new: &Database) -> Result<(), BackendError> {
     for t in Table::ALL {
         let src = view.open_table(def(t))?;
@@ -205,11 +207,11 @@ fn copy_all(view: &ReadTransaction, new: &Database) -> Result<(), BackendError> 
             let tx = new.begin_write()?;
             more = false;
             {
-                let mut dst = tx.open_table(def(t))?;
+                let mut dst = super::chunk::Writer::open(&tx, t)?;
                 let mut bytes = 0;
                 for item in iter.by_ref() {
                     let (k, v) = item?;
-                    dst.insert(k.value(), v.value())?;
+                    dst.copy(k.value(), v.value())?;
                     bytes += k.value().len() + v.value().len();
                     if bytes >= COPY_CHUNK_BYTES {
                         more = true;

@@ -14,6 +14,7 @@
 //!   a reader never misses a key between the buffer and the file.
 
 pub mod buffer;
+mod chunk;
 mod defrag;
 mod read;
 
@@ -309,14 +310,26 @@ impl Backend {
             for &table in tables {
                 let mut t = tx.open_table(def(table))?;
                 let mut next = doomed.iter().map(Vec::as_slice).peekable();
-                t.retain_in::<&[u8], _>(from..=through, |k, _| {
+                // A removed `key` row's chunks go after it, in one pass too.
+                let mut cut = Vec::new();
+                t.retain_in::<&[u8], _>(from..=through, |k, v| {
                     while next.next_if(|d| *d < k).is_some() {}
                     let keep = next.next_if(|d| *d == k).is_none();
                     if !keep && journaled {
                         removed.delete(table, k.to_vec());
                     }
+                    if !keep && table == Table::Key {
+                        let n = chunk::count(v);
+                        if n > 0 {
+                            cut.push((k.to_vec(), n));
+                        }
+                    }
                     keep
                 })?;
+                drop(t);
+                if !cut.is_empty() {
+                    chunk::KeyRows::open(&tx)?.remove_chunks_of(&cut)?;
+                }
             }
             tx.commit()?;
             self.refresh_size();
@@ -354,12 +367,12 @@ impl Backend {
         let db = self.db.read().clone();
         let tx = begin_durable(&db)?;
         {
-            let mut table = tx.open_table(def(t))?;
+            let mut table = chunk::Writer::open(&tx, t)?;
             if clear {
-                table.retain(|_, _| false)?;
+                table.clear()?;
             }
             for (k, v) in rows {
-                table.insert(k.as_slice(), v.as_ref())?;
+                table.insert(k, v)?;
             }
         }
         tx.commit()?;
@@ -385,16 +398,20 @@ impl Backend {
         let db = self.db.read().clone();
         let tx = begin_durable(&db)?;
         {
+            // Indexed by table code; `key` writes its chunks' table too.
             let mut tables = Vec::new();
             for t in Table::ALL {
-                let mut table = tx.open_table(def(t))?;
-                table.retain(|_, _| false)?;
-                tables.push(table);
+                if t != Table::KeyChunk {
+                    let mut table = chunk::Writer::open(&tx, t)?;
+                    table.clear()?;
+                    tables.push(table);
+                }
             }
             let mut failed = None;
             let mut insert = |t: Table, k: &[u8], v: &[u8]| {
                 if failed.is_none()
-                    && let Err(e) = tables[t as usize].insert(k, v)
+                    && let Some(table) = tables.get_mut(t as usize)
+                    && let Err(e) = table.insert(k, v)
                 {
                     failed = Some(e);
                 }
@@ -610,11 +627,11 @@ fn bytes_in_use(tx: &redb::WriteTransaction) -> Result<u64, BackendError> {
 /// Writes a batch's puts and deletes into `tx`.
 fn put_batch(tx: &redb::WriteTransaction, batch: &Buffer) -> Result<(), BackendError> {
     for (t, entries) in batch.tables() {
-        let mut table = tx.open_table(def(t))?;
+        let mut table = chunk::Writer::open(tx, t)?;
         for (k, v) in entries {
             match v {
-                Some(v) => table.insert(k.as_slice(), v.as_ref())?,
-                None => table.remove(k.as_slice())?,
+                Some(v) => table.insert(k, v)?,
+                None => table.remove(k)?,
             };
         }
     }
@@ -637,5 +654,117 @@ mod in_use_tests {
             let gap = next_in_use_count(now, took) - now;
             assert!(gap >= IN_USE_REFRESH && took * 50 <= gap, "{ms} ms -> {gap:?}");
         }
+    }
+}
+
+/// Long `key` rows through the backend's every write: commits, a paced
+/// compaction's removals, a snapshot's install and a defragmentation.
+#[cfg(test)]
+mod chunk_tests {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    use super::*;
+
+    fn long(seed: u8, len: usize) -> Bytes {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect::<Vec<u8>>().into()
+    }
+
+    fn chunks_stored(be: &Backend) -> u64 {
+        let read = be.begin_read().unwrap();
+        read.tx.open_table(def(Table::KeyChunk)).unwrap().len().unwrap()
+    }
+
+    fn key(i: u8) -> Vec<u8> {
+        vec![0, 0, 0, 0, 0, 0, 0, i]
+    }
+
+    /// Every read (point, buffered range, committed scan, snapshot scan)
+    /// sees whole rows; compaction's removals and deletes leave no chunk.
+    #[test]
+    fn long_rows_read_whole_and_leave_no_chunks_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let be = Backend::open(&dir.path().join("db.redb"), 100, 1 << 20).unwrap();
+        let rows: Vec<_> = (1..=4).map(|i| (key(i), long(i, usize::from(i) * 9000))).collect();
+        be.write(|b| rows.iter().for_each(|(k, v)| b.put(Table::Key, k.clone(), v.clone())));
+        be.commit().unwrap();
+        assert_eq!(chunks_stored(&be), 2 + 4 + 6 + 8);
+        for (k, v) in &rows {
+            assert_eq!(be.get(Table::Key, k).unwrap().as_ref(), Some(v));
+        }
+        assert_eq!(be.scan(Table::Key, &key(0), &key(9)).unwrap(), rows);
+        let mut scanned = Vec::new();
+        be.scan_all_committed(|t, k, v| {
+            if t == Table::Key {
+                scanned.push((k.to_vec(), Bytes::copy_from_slice(v)));
+            }
+            true
+        })
+        .unwrap();
+        assert_eq!(scanned, rows);
+        be.remove_committed(&[Table::Key], &key(1), &key(3), vec![key(1), key(3)]).unwrap();
+        assert_eq!(chunks_stored(&be), 4 + 8);
+        assert_eq!(be.get(Table::Key, &key(2)).unwrap().as_ref(), Some(&rows[1].1));
+        be.write(|b| b.delete(Table::Key, key(4)));
+        be.commit().unwrap();
+        assert_eq!(chunks_stored(&be), 4);
+        be.write(|b| b.put(Table::Key, key(2), Bytes::from_static(b"\x0ashort")));
+        be.commit().unwrap();
+        assert_eq!(chunks_stored(&be), 0);
+    }
+
+    /// A snapshot's install replaces the chunks with the new rows' own.
+    #[test]
+    fn an_install_replaces_the_chunks_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let be = Backend::open(&dir.path().join("db.redb"), 100, 1 << 20).unwrap();
+        be.write(|b| b.put(Table::Key, key(1), long(1, 50_000)));
+        be.commit().unwrap();
+        let new = long(2, 20_000);
+        let staged = be
+            .stage_replacement(
+                |insert| {
+                    insert(Table::Key, &key(5), &new);
+                    Ok(())
+                },
+                Vec::new(),
+            )
+            .unwrap();
+        staged.commit().unwrap();
+        assert_eq!(chunks_stored(&be), 4);
+        assert_eq!(be.get(Table::Key, &key(1)).unwrap(), None);
+        assert_eq!(be.get(Table::Key, &key(5)).unwrap(), Some(new));
+    }
+
+    /// A long row that a build before chunks stored whole reads back as it
+    /// is, and a defragmentation stores it cut, about a third smaller.
+    #[test]
+    fn a_long_row_stored_whole_reads_back_and_a_defragmentation_cuts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let rows: Vec<_> = (1..=50).map(|i| (key(i), long(i, 9000))).collect();
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(def(Table::Key)).unwrap();
+                for (k, v) in &rows {
+                    t.insert(k.as_slice(), v.as_ref()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let be = Backend::open(&path, 100, 1 << 20).unwrap();
+        assert_eq!(be.scan(Table::Key, &key(0), &key(99)).unwrap(), rows);
+        assert_eq!(chunks_stored(&be), 0);
+        let before = be.size_in_use();
+        be.defrag().unwrap();
+        assert_eq!(chunks_stored(&be), 100);
+        assert_eq!(be.scan(Table::Key, &key(0), &key(99)).unwrap(), rows);
+        let after = be.size_in_use();
+        assert!(after * 100 < before * 80, "in use: {before} bytes stored whole, {after} cut");
+        drop(be);
+        let db = Database::open(&path).unwrap();
+        let read = db.begin_read().unwrap();
+        assert_eq!(read.open_table(def(Table::KeyChunk)).unwrap().len().unwrap(), 100);
     }
 }

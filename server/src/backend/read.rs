@@ -16,6 +16,33 @@ pub(super) struct Reading {
     _db: std::sync::Arc<redb::Database>,
 }
 
+/// One table open for reading; `key` with the table of its rows' chunks.
+pub(super) struct ReadTable {
+    pub(super) rows: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    chunks: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+}
+
+impl ReadTable {
+    /// The whole row of the stored value `v` at `k` (see `chunk.rs`).
+    pub(super) fn whole<'a>(&self, k: &[u8], v: &'a [u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8], BackendError> {
+        match &self.chunks {
+            Some(chunks) => super::chunk::whole(chunks, k, v, buf),
+            None => Ok(v),
+        }
+    }
+}
+
+impl Reading {
+    /// Opens table `t` for reading.
+    pub(super) fn open(&self, t: Table) -> Result<ReadTable, BackendError> {
+        let chunks = match t {
+            Table::Key => Some(self.tx.open_table(def(Table::KeyChunk))?),
+            _ => None,
+        };
+        Ok(ReadTable { rows: self.tx.open_table(def(t))?, chunks })
+    }
+}
+
 impl Backend {
     /// A read transaction on the current file. The file's lock is held only
     /// to begin it: a read that began before a defragmentation's swap sees
@@ -46,9 +73,12 @@ impl Backend {
         // Taken after the buffers: anything that left them is in redb by now.
         if !missing.is_empty() {
             let read = self.begin_read()?;
-            let table = read.tx.open_table(def(t))?;
+            let table = read.open(t)?;
+            let mut buf = Vec::new();
             for i in missing {
-                out[i] = table.get(keys[i].as_slice())?.map(|g| Bytes::copy_from_slice(g.value()));
+                if let Some(g) = table.rows.get(keys[i].as_slice())? {
+                    out[i] = Some(Bytes::copy_from_slice(table.whole(&keys[i], g.value(), &mut buf)?));
+                }
             }
         }
         Ok(out)
@@ -64,14 +94,15 @@ impl Backend {
         mut f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
         let read = self.begin_read()?;
-        let table = read.tx.open_table(def(t))?;
+        let table = read.open(t)?;
         let iter = match end {
-            Some(e) => table.range::<&[u8]>(start..e)?,
-            None => table.range::<&[u8]>(start..)?,
+            Some(e) => table.rows.range::<&[u8]>(start..e)?,
+            None => table.rows.range::<&[u8]>(start..)?,
         };
+        let mut buf = Vec::new();
         for item in iter {
             let (k, v) = item?;
-            if !f(k.value(), v.value()) {
+            if !f(k.value(), table.whole(k.value(), v.value(), &mut buf)?) {
                 break;
             }
         }
@@ -115,11 +146,12 @@ impl Backend {
     /// until `f` returns false.
     pub fn scan_all_committed(&self, mut f: impl FnMut(Table, &[u8], &[u8]) -> bool) -> Result<(), BackendError> {
         let read = self.begin_read()?;
+        let mut buf = Vec::new();
         for t in Table::CONTENT {
-            let table = read.tx.open_table(def(t))?;
-            for item in table.range::<&[u8]>(..)? {
+            let table = read.open(t)?;
+            for item in table.rows.range::<&[u8]>(..)? {
                 let (k, v) = item?;
-                if !f(t, k.value(), v.value()) {
+                if !f(t, k.value(), table.whole(k.value(), v.value(), &mut buf)?) {
                     return Ok(());
                 }
             }

@@ -160,7 +160,7 @@ fn export_to(
         Table::Lease => Some(b"lease".as_slice()),
         Table::AuthUser => Some(b"authUsers".as_slice()),
         Table::AuthRole => Some(b"authRoles".as_slice()),
-        Table::Meta | Table::Alarm | Table::KeyMeta => None,
+        Table::Meta | Table::Alarm | Table::KeyMeta | Table::KeyChunk => None,
     };
     let mut small: BTreeMap<&[u8], BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
     for name in [b"alarm".as_slice(), b"auth", b"cluster", b"members", b"members_removed", b"meta"] {

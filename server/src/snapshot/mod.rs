@@ -522,8 +522,9 @@ fn restore_into(
         let keep = match t {
             Table::Meta => keep_meta.contains(&k),
             Table::Key | Table::Alarm | Table::Lease | Table::AuthUser | Table::AuthRole => true,
-            // Never in a snapshot: written below, with each `key` row.
-            Table::KeyMeta => false,
+            // Never in a snapshot: written below, with each `key` row, and
+            // by the backend as it stores a long one.
+            Table::KeyMeta | Table::KeyChunk => false,
         };
         if keep && err.is_none() {
             be.write(|b| {

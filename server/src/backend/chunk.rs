@@ -1,0 +1,403 @@
+//! Large `key` rows, stored as page-sized chunks in a table of their own.
+//!
+//! redb keeps a leaf whose one entry is larger than a page in a block of a
+//! power of two of pages: a 9,000-byte row took 16 KiB, a 64 KiB one 128 KiB
+//! (twice etcd's bytes on disk; `tests/quota.rs`). bbolt uses just enough
+//! overflow pages. So a row longer than [`CHUNK`] is cut: its whole chunks of
+//! [`CHUNK`] bytes go to [`Table::KeyChunk`] under the row's key and the
+//! chunk's number, each filling one 4 KiB page, and the `key` table keeps a
+//! head, with the rest of the row, that packs with its neighbours.
+//!
+//! A head is [`MARKER`], the chunk size (u16 BE), the number of chunks (u32
+//! BE), then the row's last bytes. A row is an encoded mvccpb.KeyValue, whose
+//! first byte is a field's tag and never 0; a row that does start with 0
+//! (written by a test or a fuzzer) is stored as a head with no chunks, so
+//! every row reads back as it was written. Rows written before chunking, up
+//! to any length, are read as they are; a defragmentation cuts them.
+//!
+//! Only this module and the backend's redb calls see the layout: the write
+//! buffer, snapshots, hashes and every reader above get whole rows.
+
+use redb::{ReadableTable, StorageError, Table as RedbTable};
+
+use super::{BackendError, Table};
+
+/// Bytes per chunk: one chunk and its key (a 17-byte revision key and a
+/// 4-byte number) fill a 4,096-byte leaf page, whose header and two offsets
+/// take 12 bytes (redb's `RawLeafBuilder::required_bytes`).
+pub(super) const CHUNK: usize = 4060;
+/// The first byte of a head.
+const MARKER: u8 = 0;
+/// Marker, chunk size, number of chunks.
+const HEAD: usize = 1 + 2 + 4;
+
+type Bytes<'a> = &'a [u8];
+
+/// How a `key` row is stored.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Stored<'a> {
+    /// The row itself.
+    Whole(&'a [u8]),
+    /// `n` chunks of `size` bytes, then `tail`.
+    Cut { size: usize, n: u32, tail: &'a [u8] },
+}
+
+/// Reads a stored `key` value.
+pub(super) fn parse(stored: &[u8]) -> Result<Stored<'_>, String> {
+    if stored.first() != Some(&MARKER) {
+        return Ok(Stored::Whole(stored));
+    }
+    if stored.len() < HEAD {
+        return Err(format!("a chunked row's head of {} bytes is cut short", stored.len()));
+    }
+    let size = usize::from(u16::from_be_bytes([stored[1], stored[2]]));
+    let n = u32::from_be_bytes([stored[3], stored[4], stored[5], stored[6]]);
+    if size == 0 && n > 0 {
+        return Err("a chunked row's head names chunks of 0 bytes".into());
+    }
+    Ok(Stored::Cut { size, n, tail: &stored[HEAD..] })
+}
+
+/// The head to store for `row`, and its whole chunks; None when the row is
+/// stored as it is.
+pub(super) fn cut(row: &[u8]) -> Option<(Vec<u8>, std::slice::Chunks<'_, u8>)> {
+    if row.len() <= CHUNK && row.first() != Some(&MARKER) {
+        return None;
+    }
+    let n = if row.len() > CHUNK { row.len() / CHUNK } else { 0 };
+    let (chunks, tail) = row.split_at(n * CHUNK);
+    let mut head = Vec::with_capacity(HEAD + tail.len());
+    head.push(MARKER);
+    head.extend_from_slice(&(CHUNK as u16).to_be_bytes());
+    head.extend_from_slice(&(n as u32).to_be_bytes());
+    head.extend_from_slice(tail);
+    Some((head, chunks.chunks(CHUNK)))
+}
+
+/// The key of chunk `i` of the row at `key`. Revision keys are 17 or 18
+/// bytes; the number's first byte is below 0x74 (`t`, a tombstone's last
+/// byte) for any row under 1.9 TB, so one row's chunks never interleave with
+/// another's.
+pub(super) fn chunk_key(key: &[u8], i: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 4);
+    k.extend_from_slice(key);
+    k.extend_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// The error for a row whose chunks do not read back.
+fn damaged(key: &[u8], what: String) -> BackendError {
+    BackendError::Storage(format!(
+        "the key table's row {} is damaged: {what} (restore the member from a snapshot, or remove its data dir to \
+         rejoin the cluster)",
+        hex(key)
+    ))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The whole row of a stored `key` value at `key`: borrowed when stored
+/// whole, else put together in `buf` from `chunks`.
+pub(super) fn whole<'a>(
+    chunks: &impl ReadableTable<Bytes<'static>, Bytes<'static>>,
+    key: &[u8],
+    stored: &'a [u8],
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8], BackendError> {
+    let (size, n, tail) = match parse(stored).map_err(|e| damaged(key, e))? {
+        Stored::Whole(row) => return Ok(row),
+        Stored::Cut { size, n, tail } => (size, n, tail),
+    };
+    buf.clear();
+    if n > 0 {
+        buf.reserve(size * n as usize + tail.len());
+        let (first, last) = (chunk_key(key, 0), chunk_key(key, n - 1));
+        let mut next = 0u32;
+        for item in chunks.range::<&[u8]>(first.as_slice()..=last.as_slice())? {
+            let (k, v) = item?;
+            let k = k.value();
+            let in_place = k.len() == key.len() + 4 && k.starts_with(key) && k[key.len()..] == next.to_be_bytes();
+            if !in_place || v.value().len() != size {
+                return Err(damaged(key, format!("chunk {next} of {n} is out of place or not {size} bytes")));
+            }
+            buf.extend_from_slice(v.value());
+            next += 1;
+        }
+        if next != n {
+            return Err(damaged(key, format!("{} of its {n} chunks are missing", n - next)));
+        }
+    }
+    buf.extend_from_slice(tail);
+    Ok(buf)
+}
+
+/// The number of chunks of a stored `key` value (0 when stored whole or
+/// unreadable: nothing to remove).
+pub(super) fn count(stored: &[u8]) -> u32 {
+    match parse(stored) {
+        Ok(Stored::Cut { n, .. }) => n,
+        _ => 0,
+    }
+}
+
+/// The `key` table and its chunks, open in one write transaction: every
+/// write of a `key` row goes through here.
+pub(super) struct KeyRows<'txn> {
+    pub(super) rows: RedbTable<'txn, Bytes<'static>, Bytes<'static>>,
+    pub(super) chunks: RedbTable<'txn, Bytes<'static>, Bytes<'static>>,
+}
+
+impl<'txn> KeyRows<'txn> {
+    pub(super) fn open(tx: &'txn redb::WriteTransaction) -> Result<Self, BackendError> {
+        Ok(KeyRows {
+            rows: tx.open_table(super::def(Table::Key))?,
+            chunks: tx.open_table(super::def(Table::KeyChunk))?,
+        })
+    }
+
+    /// Writes `row` at `key`, cut if long, and removes the chunks of the
+    /// row it replaces that the new one does not overwrite.
+    pub(super) fn insert(&mut self, key: &[u8], row: &[u8]) -> Result<(), StorageError> {
+        let (old, n) = match cut(row) {
+            None => (self.rows.insert(key, row)?.map_or(0, |g| count(g.value())), 0),
+            Some((head, pieces)) => {
+                let mut n = 0u32;
+                for piece in pieces {
+                    self.chunks.insert(chunk_key(key, n).as_slice(), piece)?;
+                    n += 1;
+                }
+                (self.rows.insert(key, head.as_slice())?.map_or(0, |g| count(g.value())), n)
+            }
+        };
+        self.remove_chunks(key, n, old)
+    }
+
+    /// Writes a stored value as it is (a defragmentation's copy of a row
+    /// already cut, whose chunks it copies as they are); a row stored whole
+    /// is cut if long.
+    pub(super) fn copy(&mut self, key: &[u8], stored: &[u8]) -> Result<(), StorageError> {
+        if stored.first() == Some(&MARKER) {
+            self.rows.insert(key, stored)?;
+            Ok(())
+        } else {
+            self.insert(key, stored)
+        }
+    }
+
+    /// Removes the row at `key` and its chunks.
+    pub(super) fn remove(&mut self, key: &[u8]) -> Result<(), StorageError> {
+        let old = self.rows.remove(key)?.map_or(0, |g| count(g.value()));
+        self.remove_chunks(key, 0, old)
+    }
+
+    /// Removes chunks `from..to` of the row at `key`.
+    fn remove_chunks(&mut self, key: &[u8], from: u32, to: u32) -> Result<(), StorageError> {
+        for i in from..to {
+            self.chunks.remove(chunk_key(key, i).as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the chunks of rows already removed: `doomed` holds each
+    /// row's key and number of chunks, in key order. One pass over the
+    /// leaves of their range (see [`super::Backend::remove_committed`]).
+    pub(super) fn remove_chunks_of(&mut self, doomed: &[(Vec<u8>, u32)]) -> Result<(), StorageError> {
+        let keys: Vec<Vec<u8>> = doomed.iter().flat_map(|(k, n)| (0..*n).map(|i| chunk_key(k, i))).collect();
+        let (Some(first), Some(last)) = (keys.first(), keys.last()) else { return Ok(()) };
+        let mut next = keys.iter().map(Vec::as_slice).peekable();
+        self.chunks.retain_in::<&[u8], _>(first.as_slice()..=last.as_slice(), |k, _| {
+            while next.next_if(|d| *d < k).is_some() {}
+            next.next_if(|d| *d == k).is_none()
+        })
+    }
+}
+
+/// Where a write transaction writes one table's rows: `key` rows through
+/// [`KeyRows`], any other table as it is.
+pub(super) enum Writer<'txn> {
+    Key(KeyRows<'txn>),
+    Plain(RedbTable<'txn, Bytes<'static>, Bytes<'static>>),
+}
+
+impl<'txn> Writer<'txn> {
+    /// Opens table `t` ([`Table::KeyChunk`] alone only for a
+    /// defragmentation's copy of it as it is).
+    pub(super) fn open(tx: &'txn redb::WriteTransaction, t: Table) -> Result<Self, BackendError> {
+        Ok(match t {
+            Table::Key => Writer::Key(KeyRows::open(tx)?),
+            _ => Writer::Plain(tx.open_table(super::def(t))?),
+        })
+    }
+
+    pub(super) fn insert(&mut self, key: &[u8], row: &[u8]) -> Result<(), StorageError> {
+        match self {
+            Writer::Key(kr) => kr.insert(key, row),
+            Writer::Plain(t) => t.insert(key, row).map(drop),
+        }
+    }
+
+    pub(super) fn remove(&mut self, key: &[u8]) -> Result<(), StorageError> {
+        match self {
+            Writer::Key(kr) => kr.remove(key),
+            Writer::Plain(t) => t.remove(key).map(drop),
+        }
+    }
+
+    /// Writes a stored value as it is ([`KeyRows::copy`]).
+    pub(super) fn copy(&mut self, key: &[u8], stored: &[u8]) -> Result<(), StorageError> {
+        match self {
+            Writer::Key(kr) => kr.copy(key, stored),
+            Writer::Plain(t) => t.insert(key, stored).map(drop),
+        }
+    }
+
+    /// Removes every row (and chunk).
+    pub(super) fn clear(&mut self) -> Result<(), StorageError> {
+        match self {
+            Writer::Key(kr) => {
+                kr.rows.retain(|_, _| false)?;
+                kr.chunks.retain(|_, _| false)
+            }
+            Writer::Plain(t) => t.retain(|_, _| false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn rev_key(main: u64) -> Vec<u8> {
+        let mut k = main.to_be_bytes().to_vec();
+        k.push(b'_');
+        k.extend_from_slice(&0u64.to_be_bytes());
+        k
+    }
+
+    /// Writes `rows` through [`KeyRows`], in order, then reads `keys` back
+    /// whole; also returns the number of chunks stored.
+    fn write_then_read(rows: &[(Vec<u8>, Vec<u8>)], keys: &[Vec<u8>]) -> (Vec<Vec<u8>>, u64) {
+        use redb::ReadableTableMetadata;
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut kr = KeyRows::open(&tx).unwrap();
+            for (k, v) in rows {
+                kr.insert(k, v).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let t = tx.open_table(super::super::def(Table::Key)).unwrap();
+        let c = tx.open_table(super::super::def(Table::KeyChunk)).unwrap();
+        let mut buf = Vec::new();
+        let read = keys
+            .iter()
+            .map(|k| {
+                let stored = t.get(k.as_slice()).unwrap().unwrap();
+                whole(&c, k, stored.value(), &mut buf).unwrap().to_vec()
+            })
+            .collect();
+        (read, c.len().unwrap())
+    }
+
+    fn round_trip(rows: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
+        write_then_read(rows, &rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()).0
+    }
+
+    #[test]
+    fn rows_of_every_length_and_first_byte_read_back_as_written() {
+        let lens = [0, 1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 7, 65_536, 1_600_000];
+        let mut rows = Vec::new();
+        for (i, len) in lens.into_iter().enumerate() {
+            for first in [0u8, 0x0a] {
+                let v: Vec<u8> = (0..len).map(|j| if j == 0 { first } else { (j * 7 + i) as u8 }).collect();
+                rows.push((rev_key(rows.len() as u64 + 1), v));
+            }
+        }
+        assert_eq!(round_trip(&rows), rows.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn long_rows_are_cut_and_short_ones_are_not() {
+        assert!(cut(&[0x0a; CHUNK]).is_none());
+        let (head, pieces) = cut(&[0x0a; 9000]).unwrap();
+        assert_eq!(pieces.map(<[u8]>::len).collect::<Vec<_>>(), [CHUNK, CHUNK]);
+        assert_eq!(parse(&head).unwrap(), Stored::Cut { size: CHUNK, n: 2, tail: &[0x0a; 9000 - 2 * CHUNK][..] });
+        // A row starting with the marker is stored as a head with no chunks.
+        let (head, mut pieces) = cut(&[0, 1, 2]).unwrap();
+        assert!(pieces.next().is_none());
+        assert_eq!(parse(&head).unwrap(), Stored::Cut { size: CHUNK, n: 0, tail: &[0, 1, 2][..] });
+    }
+
+    /// Overwrites that shrink a row remove the chunks it no longer has;
+    /// removals remove them all; the chunk table ends up empty.
+    #[test]
+    fn replaced_and_removed_rows_leave_no_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            use redb::ReadableTableMetadata;
+            let mut kr = KeyRows::open(&tx).unwrap();
+            let (a, b, c) = (rev_key(1), rev_key(2), rev_key(3));
+            kr.insert(&a, &[0x0a; 5 * CHUNK]).unwrap();
+            kr.insert(&b, &[0x0a; 3 * CHUNK + 1]).unwrap();
+            kr.insert(&c, &[0x0a; 2 * CHUNK]).unwrap();
+            assert_eq!(kr.chunks.len().unwrap(), 10);
+            kr.insert(&a, &[0x0a; 2 * CHUNK]).unwrap();
+            assert_eq!(kr.chunks.len().unwrap(), 7);
+            kr.insert(&c, b"\x0asmall").unwrap();
+            assert_eq!(kr.chunks.len().unwrap(), 5);
+            kr.remove(&a).unwrap();
+            let stored = kr.rows.remove(b.as_slice()).unwrap().map(|g| count(g.value())).unwrap();
+            kr.remove_chunks_of(&[(b.clone(), stored)]).unwrap();
+            assert_eq!(kr.chunks.len().unwrap(), 0);
+            assert_eq!(kr.rows.len().unwrap(), 1);
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn missing_or_damaged_chunks_are_reported_with_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db.redb")).unwrap();
+        let k = rev_key(9);
+        let tx = db.begin_write().unwrap();
+        {
+            let mut kr = KeyRows::open(&tx).unwrap();
+            kr.insert(&k, &[0x0a; 3 * CHUNK + 5]).unwrap();
+            kr.chunks.remove(chunk_key(&k, 2).as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let (t, c) = (
+            tx.open_table(super::super::def(Table::Key)).unwrap(),
+            tx.open_table(super::super::def(Table::KeyChunk)).unwrap(),
+        );
+        let stored = t.get(k.as_slice()).unwrap().unwrap();
+        let err = whole(&c, &k, stored.value(), &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("1 of its 3 chunks are missing") && err.contains(&hex(&k)), "{err}");
+        assert!(whole(&c, &k, &[0, 1], &mut Vec::new()).unwrap_err().to_string().contains("cut short"));
+    }
+
+    proptest! {
+        /// Any rows, overwritten any number of times, read back as last
+        /// written, and the chunk table holds exactly their chunks.
+        #[test]
+        fn any_rows_read_back(writes in prop::collection::vec((0u64..6, prop::collection::vec(any::<u8>(), 0..3 * CHUNK)), 1..12)) {
+            let rows: Vec<_> = writes.into_iter().map(|(k, v)| (rev_key(k), v)).collect();
+            let last: std::collections::BTreeMap<_, _> = rows.iter().cloned().collect();
+            let keys: Vec<_> = last.keys().cloned().collect();
+            let (got, chunks) = write_then_read(&rows, &keys);
+            prop_assert_eq!(got, last.values().cloned().collect::<Vec<_>>());
+            let want_chunks: u64 = last.values().map(|v| if v.len() > CHUNK { (v.len() / CHUNK) as u64 } else { 0 }).sum();
+            prop_assert_eq!(chunks, want_chunks);
+        }
+    }
+}
