@@ -1,19 +1,24 @@
-//! Large `key` rows, stored as page-sized chunks in a table of their own.
+//! Large `key` rows, stored as chunks that fill redb's blocks, in a table of
+//! their own.
 //!
 //! redb keeps a leaf whose one entry is larger than a page in a block of a
 //! power of two of pages: a 9,000-byte row took 16 KiB, a 64 KiB one 128 KiB
 //! (twice etcd's bytes on disk; `tests/quota.rs`). bbolt uses just enough
-//! overflow pages. So a row longer than [`CHUNK`] is cut: its whole chunks of
-//! [`CHUNK`] bytes go to [`Table::KeyChunk`] under the row's key and the
-//! chunk's number, each filling one 4 KiB page, and the `key` table keeps a
-//! head, with the rest of the row, that packs with its neighbours.
+//! overflow pages. So a row longer than a page's worth ([`SIZES`]' last) is
+//! cut: as many chunks as fit of [`SIZES`]' first size (a leaf of one such
+//! chunk fills a block of 4 pages exactly), then of its second (one page),
+//! go to [`Table::KeyChunk`] under the row's key and the chunk's number, and
+//! the `key` table keeps a head, with the rest of the row (less than a
+//! page), that packs with its neighbours. A 64 KiB row is 4 chunks and a head
+//! of 200 bytes: 4 lookups to read it back, not 16 of one page each.
 //!
-//! A head is [`MARKER`], the chunk size (u16 BE), the number of chunks (u32
-//! BE), then the row's last bytes. A row is an encoded mvccpb.KeyValue, whose
-//! first byte is a field's tag and never 0; a row that does start with 0
-//! (written by a test or a fuzzer) is stored as a head with no chunks, so
-//! every row reads back as it was written. Rows written before chunking, up
-//! to any length, are read as they are; a defragmentation cuts them.
+//! A head is [`MARKER`], then for each size in [`SIZES`]'s order the size
+//! (u16 BE) and the number of chunks of it (u32 BE), then the row's last
+//! bytes. A row is an encoded mvccpb.KeyValue, whose first byte is a field's
+//! tag and never 0; a row that does start with 0 (written by a test or a
+//! fuzzer) is stored as a head with no chunks, so every row reads back as it
+//! was written. Rows written before chunking, up to any length, are read as
+//! they are; a defragmentation cuts them.
 //!
 //! Only this module and the backend's redb calls see the layout: the write
 //! buffer, snapshots, hashes and every reader above get whole rows.
@@ -22,14 +27,16 @@ use redb::{ReadableTable, StorageError, Table as RedbTable};
 
 use super::{BackendError, Table};
 
-/// Bytes per chunk: one chunk and its key (a 17-byte revision key and a
-/// 4-byte number) fill a 4,096-byte leaf page, whose header and two offsets
-/// take 12 bytes (redb's `RawLeafBuilder::required_bytes`).
-pub(super) const CHUNK: usize = 4060;
+/// Bytes per chunk, largest first. A leaf of one entry takes 12 bytes of
+/// header and offsets (redb's `RawLeafBuilder::required_bytes`) and the
+/// chunk's key 21 (a 17-byte revision key and a 4-byte number), so a chunk of
+/// 16,350 bytes fills a block of four 4 KiB pages and one of 4,060 a page,
+/// with a byte or two to spare.
+pub(super) const SIZES: [usize; 2] = [16_350, 4_060];
 /// The first byte of a head.
 const MARKER: u8 = 0;
-/// Marker, chunk size, number of chunks.
-const HEAD: usize = 1 + 2 + 4;
+/// Marker, then a size and a count for each of [`SIZES`].
+const HEAD: usize = 1 + SIZES.len() * (2 + 4);
 
 type Bytes<'a> = &'a [u8];
 
@@ -38,40 +45,59 @@ type Bytes<'a> = &'a [u8];
 pub(super) enum Stored<'a> {
     /// The row itself.
     Whole(&'a [u8]),
-    /// `n` chunks of `size` bytes, then `tail`.
-    Cut { size: usize, n: u32, tail: &'a [u8] },
+    /// `runs[j].1` chunks of `runs[j].0` bytes for each `j` in order, then
+    /// `tail`.
+    Cut { runs: [(usize, u32); SIZES.len()], tail: &'a [u8] },
+}
+
+/// Whether a stored `key` value is a head (see [`parse`]).
+pub(super) fn is_cut(stored: &[u8]) -> bool {
+    stored.first() == Some(&MARKER)
 }
 
 /// Reads a stored `key` value.
 pub(super) fn parse(stored: &[u8]) -> Result<Stored<'_>, String> {
-    if stored.first() != Some(&MARKER) {
+    if !is_cut(stored) {
         return Ok(Stored::Whole(stored));
     }
     if stored.len() < HEAD {
         return Err(format!("a chunked row's head of {} bytes is cut short", stored.len()));
     }
-    let size = usize::from(u16::from_be_bytes([stored[1], stored[2]]));
-    let n = u32::from_be_bytes([stored[3], stored[4], stored[5], stored[6]]);
-    if size == 0 && n > 0 {
-        return Err("a chunked row's head names chunks of 0 bytes".into());
+    let mut runs = [(0, 0); SIZES.len()];
+    for (j, run) in runs.iter_mut().enumerate() {
+        let at = 1 + j * 6;
+        let size = usize::from(u16::from_be_bytes([stored[at], stored[at + 1]]));
+        let n = u32::from_be_bytes([stored[at + 2], stored[at + 3], stored[at + 4], stored[at + 5]]);
+        if size == 0 && n > 0 {
+            return Err("a chunked row's head names chunks of 0 bytes".into());
+        }
+        *run = (size, n);
     }
-    Ok(Stored::Cut { size, n, tail: &stored[HEAD..] })
+    if runs.iter().try_fold(0u32, |sum, (_, n)| sum.checked_add(*n)).is_none() {
+        return Err("a chunked row's head names more than 2^32 chunks".into());
+    }
+    Ok(Stored::Cut { runs, tail: &stored[HEAD..] })
 }
 
-/// The head to store for `row`, and its whole chunks; None when the row is
-/// stored as it is.
-pub(super) fn cut(row: &[u8]) -> Option<(Vec<u8>, std::slice::Chunks<'_, u8>)> {
-    if row.len() <= CHUNK && row.first() != Some(&MARKER) {
+/// The head to store for `row`, and its chunks in order; None when the row
+/// is stored as it is.
+pub(super) fn cut(row: &[u8]) -> Option<(Vec<u8>, Vec<&[u8]>)> {
+    if row.len() <= SIZES[SIZES.len() - 1] && !is_cut(row) {
         return None;
     }
-    let n = if row.len() > CHUNK { row.len() / CHUNK } else { 0 };
-    let (chunks, tail) = row.split_at(n * CHUNK);
-    let mut head = Vec::with_capacity(HEAD + tail.len());
+    let mut head = Vec::with_capacity(HEAD + SIZES[SIZES.len() - 1]);
     head.push(MARKER);
-    head.extend_from_slice(&(CHUNK as u16).to_be_bytes());
-    head.extend_from_slice(&(n as u32).to_be_bytes());
-    head.extend_from_slice(tail);
-    Some((head, chunks.chunks(CHUNK)))
+    let (mut rest, mut pieces) = (row, Vec::new());
+    for size in SIZES {
+        let n = rest.len() / size;
+        let (whole, after) = rest.split_at(n * size);
+        pieces.extend(whole.chunks(size));
+        rest = after;
+        head.extend_from_slice(&(size as u16).to_be_bytes());
+        head.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    head.extend_from_slice(rest);
+    Some((head, pieces))
 }
 
 /// The key of chunk `i` of the row at `key`. Revision keys are 17 or 18
@@ -106,19 +132,23 @@ pub(super) fn whole<'a>(
     stored: &'a [u8],
     buf: &'a mut Vec<u8>,
 ) -> Result<&'a [u8], BackendError> {
-    let (size, n, tail) = match parse(stored).map_err(|e| damaged(key, e))? {
+    let (runs, tail) = match parse(stored).map_err(|e| damaged(key, e))? {
         Stored::Whole(row) => return Ok(row),
-        Stored::Cut { size, n, tail } => (size, n, tail),
+        Stored::Cut { runs, tail } => (runs, tail),
     };
     buf.clear();
+    let n: u32 = runs.iter().map(|(_, n)| n).sum();
     if n > 0 {
-        buf.reserve(size * n as usize + tail.len());
+        buf.reserve(runs.iter().map(|(size, n)| size * *n as usize).sum::<usize>() + tail.len());
+        // The size each chunk must have, in order.
+        let mut sizes = runs.iter().flat_map(|(size, n)| std::iter::repeat_n(*size, *n as usize));
         let (first, last) = (chunk_key(key, 0), chunk_key(key, n - 1));
         let mut next = 0u32;
         for item in chunks.range::<&[u8]>(first.as_slice()..=last.as_slice())? {
             let (k, v) = item?;
             let k = k.value();
             let in_place = k.len() == key.len() + 4 && k.starts_with(key) && k[key.len()..] == next.to_be_bytes();
+            let size = sizes.next().unwrap_or(0);
             if !in_place || v.value().len() != size {
                 return Err(damaged(key, format!("chunk {next} of {n} is out of place or not {size} bytes")));
             }
@@ -137,7 +167,7 @@ pub(super) fn whole<'a>(
 /// unreadable: nothing to remove).
 pub(super) fn count(stored: &[u8]) -> u32 {
     match parse(stored) {
-        Ok(Stored::Cut { n, .. }) => n,
+        Ok(Stored::Cut { runs, .. }) => runs.iter().map(|(_, n)| n).sum(),
         _ => 0,
     }
 }
@@ -178,7 +208,7 @@ impl<'txn> KeyRows<'txn> {
     /// already cut, whose chunks it copies as they are); a row stored whole
     /// is cut if long.
     pub(super) fn copy(&mut self, key: &[u8], stored: &[u8]) -> Result<(), StorageError> {
-        if stored.first() == Some(&MARKER) {
+        if is_cut(stored) {
             self.rows.insert(key, stored)?;
             Ok(())
         } else {
@@ -271,6 +301,9 @@ mod tests {
 
     use super::*;
 
+    const BIG: usize = SIZES[0];
+    const PAGE: usize = SIZES[1];
+
     fn rev_key(main: u64) -> Vec<u8> {
         let mut k = main.to_be_bytes().to_vec();
         k.push(b'_');
@@ -312,7 +345,7 @@ mod tests {
 
     #[test]
     fn rows_of_every_length_and_first_byte_read_back_as_written() {
-        let lens = [0, 1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 7, 65_536, 1_600_000];
+        let lens = [0, 1, 100, PAGE - 1, PAGE, PAGE + 1, 2 * PAGE + 7, BIG - 1, BIG, BIG + PAGE, 65_536, 1_600_000];
         let mut rows = Vec::new();
         for (i, len) in lens.into_iter().enumerate() {
             for first in [0u8, 0x0a] {
@@ -325,14 +358,18 @@ mod tests {
 
     #[test]
     fn long_rows_are_cut_and_short_ones_are_not() {
-        assert!(cut(&[0x0a; CHUNK]).is_none());
-        let (head, pieces) = cut(&[0x0a; 9000]).unwrap();
-        assert_eq!(pieces.map(<[u8]>::len).collect::<Vec<_>>(), [CHUNK, CHUNK]);
-        assert_eq!(parse(&head).unwrap(), Stored::Cut { size: CHUNK, n: 2, tail: &[0x0a; 9000 - 2 * CHUNK][..] });
+        assert!(cut(&[0x0a; PAGE]).is_none());
+        let lens = |row: &[u8]| cut(row).unwrap().1.iter().map(|p| p.len()).collect::<Vec<_>>();
+        assert_eq!(lens(&[0x0a; 9000]), [PAGE, PAGE]);
+        assert_eq!(lens(&[0x0a; 40_000]), [BIG, BIG, PAGE]);
+        assert_eq!(lens(&[0x0a; 65_536]), [BIG; 4]);
+        let (head, _) = cut(&[0x0a; 40_000]).unwrap();
+        let tail = &[0x0a; 40_000 - 2 * BIG - PAGE][..];
+        assert_eq!(parse(&head).unwrap(), Stored::Cut { runs: [(BIG, 2), (PAGE, 1)], tail });
         // A row starting with the marker is stored as a head with no chunks.
-        let (head, mut pieces) = cut(&[0, 1, 2]).unwrap();
-        assert!(pieces.next().is_none());
-        assert_eq!(parse(&head).unwrap(), Stored::Cut { size: CHUNK, n: 0, tail: &[0, 1, 2][..] });
+        let (head, pieces) = cut(&[0, 1, 2]).unwrap();
+        assert!(pieces.is_empty());
+        assert_eq!(parse(&head).unwrap(), Stored::Cut { runs: [(BIG, 0), (PAGE, 0)], tail: &[0, 1, 2][..] });
     }
 
     /// Overwrites that shrink a row remove the chunks it no longer has;
@@ -346,14 +383,16 @@ mod tests {
             use redb::ReadableTableMetadata;
             let mut kr = KeyRows::open(&tx).unwrap();
             let (a, b, c) = (rev_key(1), rev_key(2), rev_key(3));
-            kr.insert(&a, &[0x0a; 5 * CHUNK]).unwrap();
-            kr.insert(&b, &[0x0a; 3 * CHUNK + 1]).unwrap();
-            kr.insert(&c, &[0x0a; 2 * CHUNK]).unwrap();
-            assert_eq!(kr.chunks.len().unwrap(), 10);
-            kr.insert(&a, &[0x0a; 2 * CHUNK]).unwrap();
-            assert_eq!(kr.chunks.len().unwrap(), 7);
-            kr.insert(&c, b"\x0asmall").unwrap();
+            // 2 + 1, 2, and 1 chunks.
+            kr.insert(&a, &[0x0a; 40_000]).unwrap();
+            kr.insert(&b, &[0x0a; 9000]).unwrap();
+            kr.insert(&c, &[0x0a; 20_000]).unwrap();
+            assert_eq!(kr.chunks.len().unwrap(), 6);
+            // a's first two chunks are now of a page, its third goes.
+            kr.insert(&a, &[0x0a; 9000]).unwrap();
             assert_eq!(kr.chunks.len().unwrap(), 5);
+            kr.insert(&c, b"\x0asmall").unwrap();
+            assert_eq!(kr.chunks.len().unwrap(), 4);
             kr.remove(&a).unwrap();
             let stored = kr.rows.remove(b.as_slice()).unwrap().map(|g| count(g.value())).unwrap();
             kr.remove_chunks_of(&[(b.clone(), stored)]).unwrap();
@@ -371,7 +410,7 @@ mod tests {
         let tx = db.begin_write().unwrap();
         {
             let mut kr = KeyRows::open(&tx).unwrap();
-            kr.insert(&k, &[0x0a; 3 * CHUNK + 5]).unwrap();
+            kr.insert(&k, &[0x0a; 3 * PAGE + 5]).unwrap();
             kr.chunks.remove(chunk_key(&k, 2).as_slice()).unwrap();
         }
         tx.commit().unwrap();
@@ -390,13 +429,16 @@ mod tests {
         /// Any rows, overwritten any number of times, read back as last
         /// written, and the chunk table holds exactly their chunks.
         #[test]
-        fn any_rows_read_back(writes in prop::collection::vec((0u64..6, prop::collection::vec(any::<u8>(), 0..3 * CHUNK)), 1..12)) {
+        fn any_rows_read_back(writes in prop::collection::vec((0u64..6, prop::collection::vec(any::<u8>(), 0..BIG + 3 * PAGE)), 1..12)) {
             let rows: Vec<_> = writes.into_iter().map(|(k, v)| (rev_key(k), v)).collect();
             let last: std::collections::BTreeMap<_, _> = rows.iter().cloned().collect();
             let keys: Vec<_> = last.keys().cloned().collect();
             let (got, chunks) = write_then_read(&rows, &keys);
             prop_assert_eq!(got, last.values().cloned().collect::<Vec<_>>());
-            let want_chunks: u64 = last.values().map(|v| if v.len() > CHUNK { (v.len() / CHUNK) as u64 } else { 0 }).sum();
+            let want_chunks: u64 = last
+                .values()
+                .map(|v| if v.len() > PAGE { (v.len() / BIG + v.len() % BIG / PAGE) as u64 } else { 0 })
+                .sum();
             prop_assert_eq!(chunks, want_chunks);
         }
     }

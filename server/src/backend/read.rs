@@ -16,30 +16,53 @@ pub(super) struct Reading {
     _db: std::sync::Arc<redb::Database>,
 }
 
-/// One table open for reading; `key` with the table of its rows' chunks.
-pub(super) struct ReadTable {
+/// One table open for reading. For `key`, the table of its rows' chunks
+/// opens at the first row stored cut (opening a table costs a lookup in
+/// redb's table tree, per read).
+pub(super) struct ReadTable<'r> {
     pub(super) rows: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    chunks: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    /// The transaction, where rows may be cut (`key`).
+    cut_rows_in: Option<&'r redb::ReadTransaction>,
+    chunks: std::cell::OnceCell<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
 }
 
-impl ReadTable {
-    /// The whole row of the stored value `v` at `k` (see `chunk.rs`).
+impl ReadTable<'_> {
+    /// The whole row of the stored value `v` at `k` (see `chunk.rs`),
+    /// put together in `buf` when stored cut.
     pub(super) fn whole<'a>(&self, k: &[u8], v: &'a [u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8], BackendError> {
-        match &self.chunks {
-            Some(chunks) => super::chunk::whole(chunks, k, v, buf),
-            None => Ok(v),
+        match self.cut_rows_in {
+            Some(tx) if super::chunk::is_cut(v) => {
+                let chunks = match self.chunks.get() {
+                    Some(c) => c,
+                    None => {
+                        let c = tx.open_table(def(Table::KeyChunk))?;
+                        self.chunks.get_or_init(|| c)
+                    }
+                };
+                super::chunk::whole(chunks, k, v, buf)
+            }
+            _ => Ok(v),
         }
+    }
+
+    /// [`whole`](Self::whole), owned: a row put together from chunks is
+    /// not copied again.
+    fn whole_bytes(&self, k: &[u8], v: &[u8]) -> Result<Bytes, BackendError> {
+        if self.cut_rows_in.is_none() || !super::chunk::is_cut(v) {
+            return Ok(Bytes::copy_from_slice(v));
+        }
+        // `whole` puts a cut row together in `buf`, whole.
+        let mut buf = Vec::new();
+        self.whole(k, v, &mut buf)?;
+        Ok(Bytes::from(buf))
     }
 }
 
 impl Reading {
     /// Opens table `t` for reading.
-    pub(super) fn open(&self, t: Table) -> Result<ReadTable, BackendError> {
-        let chunks = match t {
-            Table::Key => Some(self.tx.open_table(def(Table::KeyChunk))?),
-            _ => None,
-        };
-        Ok(ReadTable { rows: self.tx.open_table(def(t))?, chunks })
+    pub(super) fn open(&self, t: Table) -> Result<ReadTable<'_>, BackendError> {
+        let cut_rows_in = (t == Table::Key).then_some(&self.tx);
+        Ok(ReadTable { rows: self.tx.open_table(def(t))?, cut_rows_in, chunks: std::cell::OnceCell::new() })
     }
 }
 
@@ -74,10 +97,9 @@ impl Backend {
         if !missing.is_empty() {
             let read = self.begin_read()?;
             let table = read.open(t)?;
-            let mut buf = Vec::new();
             for i in missing {
                 if let Some(g) = table.rows.get(keys[i].as_slice())? {
-                    out[i] = Some(Bytes::copy_from_slice(table.whole(&keys[i], g.value(), &mut buf)?));
+                    out[i] = Some(table.whole_bytes(&keys[i], g.value())?);
                 }
             }
         }
