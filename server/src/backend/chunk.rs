@@ -33,6 +33,9 @@ use super::{BackendError, Table};
 /// 16,350 bytes fills a block of four 4 KiB pages and one of 4,060 a page,
 /// with a byte or two to spare.
 pub(super) const SIZES: [usize; 2] = [16_350, 4_060];
+/// The most a read reserves ahead for a row put together from chunks
+/// (etcd's largest request is 1.5 MiB by default); longer rows grow as read.
+const RESERVE_MAX: usize = 4 << 20;
 /// The first byte of a head.
 const MARKER: u8 = 0;
 /// Marker, then a size and a count for each of [`SIZES`].
@@ -139,7 +142,10 @@ pub(super) fn whole<'a>(
     buf.clear();
     let n: u32 = runs.iter().map(|(_, n)| n).sum();
     if n > 0 {
-        buf.reserve(runs.iter().map(|(size, n)| size * *n as usize).sum::<usize>() + tail.len());
+        // The head's own figures, but no more than a row can be: a damaged
+        // head must not make a read allocate what it names.
+        let named = runs.iter().map(|(size, n)| size.saturating_mul(*n as usize)).fold(0usize, usize::saturating_add);
+        buf.reserve(named.min(RESERVE_MAX) + tail.len());
         // The size each chunk must have, in order.
         let mut sizes = runs.iter().flat_map(|(size, n)| std::iter::repeat_n(*size, *n as usize));
         let (first, last) = (chunk_key(key, 0), chunk_key(key, n - 1));
@@ -423,6 +429,18 @@ mod tests {
         let err = whole(&c, &k, stored.value(), &mut Vec::new()).unwrap_err().to_string();
         assert!(err.contains("1 of its 3 chunks are missing") && err.contains(&hex(&k)), "{err}");
         assert!(whole(&c, &k, &[0, 1], &mut Vec::new()).unwrap_err().to_string().contains("cut short"));
+        // A head naming two billion chunks of 16 KiB (32 TB) is an error,
+        // not an allocation of what it names.
+        let mut huge = vec![MARKER];
+        huge.extend_from_slice(&(BIG as u16).to_be_bytes());
+        huge.extend_from_slice(&(1u32 << 31).to_be_bytes());
+        huge.extend_from_slice(&(PAGE as u16).to_be_bytes());
+        huge.extend_from_slice(&0u32.to_be_bytes());
+        let other = rev_key(10);
+        let mut buf = Vec::new();
+        let err = whole(&c, &other, &huge, &mut buf).unwrap_err().to_string();
+        assert!(err.contains("2147483648 chunks are missing"), "{err}");
+        assert!(buf.capacity() <= RESERVE_MAX, "reserved {} bytes", buf.capacity());
     }
 
     proptest! {
