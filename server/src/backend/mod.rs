@@ -604,8 +604,8 @@ fn begin_durable(db: &Database) -> Result<redb::WriteTransaction, BackendError> 
 /// The bytes of the backend file that hold data: its length less the holes
 /// of a sparse file. redb grows a file by doubling its length (up to 4 GiB
 /// at a time) and writes only the pages it allocates, so the length can be
-/// twice the data, and a defragmentation's last commit after `compact`
-/// doubles it again. etcd's dbSize, which the quota is checked against, is
+/// twice the data (a defragmentation that ran redb's `compact` on its new
+/// file left a full file, whose next commit doubled it again). etcd's dbSize, which the quota is checked against, is
 /// bbolt's high-water mark: the bytes written. Measured by the length, kvd
 /// refused every write under etcd's default quota of 2 GiB with 1.46 GB in
 /// use, in a 2.28 GB file holding 1.4 GB (etcd keeps that data in 1.39 GB;
