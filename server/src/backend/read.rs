@@ -1,6 +1,8 @@
 //! Reads: point reads and range scans that see buffered writes first
 //! (etcd's readTx over the write buffer), and scans of committed data.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use redb::ReadableDatabase;
 
@@ -27,9 +29,9 @@ pub(super) struct ReadTable<'r> {
 }
 
 impl ReadTable<'_> {
-    /// The whole row of the stored value `v` at `k` (see `chunk.rs`),
-    /// put together in `buf` when stored cut.
-    pub(super) fn whole<'a>(&self, k: &[u8], v: &'a [u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8], BackendError> {
+    /// The whole row of the stored value `v` at `k` (see `chunk.rs`):
+    /// `v` itself unless stored cut.
+    pub(super) fn whole<'a>(&self, k: &[u8], v: &'a [u8]) -> Result<Cow<'a, [u8]>, BackendError> {
         match self.cut_rows_in {
             Some(tx) if super::chunk::is_cut(v) => {
                 let chunks = match self.chunks.get() {
@@ -39,22 +41,10 @@ impl ReadTable<'_> {
                         self.chunks.get_or_init(|| c)
                     }
                 };
-                super::chunk::whole(chunks, k, v, buf)
+                super::chunk::whole(chunks, k, v)
             }
-            _ => Ok(v),
+            _ => Ok(Cow::Borrowed(v)),
         }
-    }
-
-    /// [`whole`](Self::whole), owned: a row put together from chunks is
-    /// not copied again.
-    fn whole_bytes(&self, k: &[u8], v: &[u8]) -> Result<Bytes, BackendError> {
-        if self.cut_rows_in.is_none() || !super::chunk::is_cut(v) {
-            return Ok(Bytes::copy_from_slice(v));
-        }
-        // `whole` puts a cut row together in `buf`, whole.
-        let mut buf = Vec::new();
-        self.whole(k, v, &mut buf)?;
-        Ok(Bytes::from(buf))
     }
 }
 
@@ -99,7 +89,11 @@ impl Backend {
             let table = read.open(t)?;
             for i in missing {
                 if let Some(g) = table.rows.get(keys[i].as_slice())? {
-                    out[i] = Some(table.whole_bytes(&keys[i], g.value())?);
+                    // A row put together from chunks is not copied again.
+                    out[i] = Some(match table.whole(&keys[i], g.value())? {
+                        Cow::Borrowed(row) => Bytes::copy_from_slice(row),
+                        Cow::Owned(row) => Bytes::from(row),
+                    });
                 }
             }
         }
@@ -121,10 +115,9 @@ impl Backend {
             Some(e) => table.rows.range::<&[u8]>(start..e)?,
             None => table.rows.range::<&[u8]>(start..)?,
         };
-        let mut buf = Vec::new();
         for item in iter {
             let (k, v) = item?;
-            if !f(k.value(), table.whole(k.value(), v.value(), &mut buf)?) {
+            if !f(k.value(), &table.whole(k.value(), v.value())?) {
                 break;
             }
         }
@@ -168,12 +161,11 @@ impl Backend {
     /// until `f` returns false.
     pub fn scan_all_committed(&self, mut f: impl FnMut(Table, &[u8], &[u8]) -> bool) -> Result<(), BackendError> {
         let read = self.begin_read()?;
-        let mut buf = Vec::new();
         for t in Table::CONTENT {
             let table = read.open(t)?;
             for item in table.rows.range::<&[u8]>(..)? {
                 let (k, v) = item?;
-                if !f(t, k.value(), table.whole(k.value(), v.value(), &mut buf)?) {
+                if !f(t, k.value(), &table.whole(k.value(), v.value())?) {
                     return Ok(());
                 }
             }
