@@ -89,6 +89,20 @@ pub struct Flags {
     /// Periodic: hours ("1") or a duration ("30m"); revision: a count. 0 = off.
     #[arg(long, env = "KVD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Rows a physical compaction examines per step, each step a backend
+    /// transaction of its own (0 = the default).
+    #[arg(
+        long,
+        visible_alias = "experimental-compaction-batch-limit",
+        env = "KVD_COMPACTION_BATCH_LIMIT",
+        default_value_t = 1000
+    )]
+    pub compaction_batch_limit: usize,
+    /// Pause after each step of a physical compaction. etcd's default is
+    /// 10ms, because its step holds up every write; a kvd step holds up
+    /// none, and does not pause unless told to.
+    #[arg(long, visible_alias = "experimental-compaction-sleep-interval", env = "KVD_COMPACTION_SLEEP_INTERVAL", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub compaction_sleep_interval: Duration,
     /// Certificate of the client listener (PEM).
     #[arg(long, env = "KVD_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -317,6 +331,13 @@ impl Flags {
                 &self.auto_compaction_retention,
             )
             .map_err(|e| ferr("auto-compaction-retention", e))?,
+            compaction_pacing: crate::mvcc::CompactionPacing {
+                batch: match self.compaction_batch_limit {
+                    0 => crate::mvcc::CompactionPacing::default().batch,
+                    n => n,
+                },
+                pause: self.compaction_sleep_interval,
+            },
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
             bcrypt_cost: match self.bcrypt_cost {
                 c @ 4..=31 => c,
@@ -357,6 +378,22 @@ mod tests {
         assert!(listen_addrs("listen-client-urls", &["ftp://x:1".into()]).is_err());
         let f = Flags::parse_from(["kvd", "--force-new-cluster-member", "default"]);
         assert_eq!(f.server_config().unwrap_err().flag, "force-new-cluster-member");
+    }
+
+    #[test]
+    fn compaction_pacing_takes_etcds_flags_under_both_names() {
+        let pacing = |args: &[&str]| Flags::parse_from(args).server_config().unwrap().compaction_pacing;
+        let default = crate::mvcc::CompactionPacing::default();
+        assert_eq!(pacing(&["kvd"]), default);
+        assert_eq!(default.pause, Duration::ZERO);
+        let set = ["kvd", "--compaction-batch-limit", "250", "--compaction-sleep-interval", "10ms"];
+        let want = crate::mvcc::CompactionPacing { batch: 250, pause: Duration::from_millis(10) };
+        assert_eq!(pacing(&set), want);
+        let old =
+            ["kvd", "--experimental-compaction-batch-limit", "250", "--experimental-compaction-sleep-interval", "10ms"];
+        assert_eq!(pacing(&old), want);
+        assert_eq!(pacing(&["kvd", "--compaction-batch-limit", "0"]).batch, default.batch);
+        assert!(Flags::try_parse_from(["kvd", "--compaction-sleep-interval", "soon"]).is_err());
     }
 
     #[test]

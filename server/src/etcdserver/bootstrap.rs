@@ -68,6 +68,8 @@ pub struct ServerConfig {
     /// Period of progress notifications for watchers that ask for them.
     pub watch_progress_notify_interval: Duration,
     pub auto_compaction: super::AutoCompaction,
+    /// How physical compactions step through the backend.
+    pub compaction_pacing: crate::mvcc::CompactionPacing,
     /// How long an unused simple auth token stays valid.
     pub auth_token_ttl: Duration,
     /// bcrypt's cost for the passwords of UserAdd and UserChangePassword.
@@ -230,6 +232,7 @@ impl EtcdServer {
             std::process::exit(1);
         });
         let store = KvStore::open(backend.clone()).map_err(|e| err(&e))?;
+        store.set_compaction_pacing(cfg.compaction_pacing);
         let alarms = Arc::new(AlarmStore::load(&backend).map_err(|e| err(&e))?);
         let lessor = Arc::new(Lessor::new(Lessor::min_ttl_for(Duration::from_millis(cfg.election_timeout_ms))));
         let watch = WatchHub::new(store.clone());

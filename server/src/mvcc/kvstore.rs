@@ -51,8 +51,7 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
-/// Index keys compacted per hold of the index's lock, and backend rows
-/// examined per step of a physical compaction (etcd's CompactionBatchLimit).
+/// Index keys compacted per hold of the index's lock.
 const COMPACT_BATCH: usize = 1000;
 /// `keyMeta` rows rebuilt per transaction at start, each step's scan of
 /// `key` before its writes: 3.7M rows took 10.7 s so, against 15.6 s in one
@@ -61,8 +60,30 @@ const KEY_META_STEP: usize = if cfg!(test) { 4 } else { 65_536 };
 /// The start of the warning that a start found the `keyMeta` rows not
 /// matching the `key` rows, and rebuilds them.
 pub const KEY_META_MISMATCH: &str = "the keyMeta rows do not match the key rows";
-/// The pause between two steps (etcd's CompactionSleepInterval).
-const COMPACT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How a physical compaction goes through the backend: rows examined per
+/// step, and the pause after each step (etcd's `--compaction-batch-limit`
+/// and `--compaction-sleep-interval`).
+///
+/// etcd pauses 10 ms after each step because its step holds the batch
+/// transaction's lock, which every apply needs. A kvd step holds only the
+/// backend's commit lock, which no write waits for (writes apply to the
+/// write buffer), so by default it does not pause: under 100 clients putting
+/// and 100 reading, compacting 1M revisions took 15.6-17.0 s with etcd's
+/// pause and 4.7 s without, at the same put p99 (BENCHMARKS.md, session 30).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPacing {
+    /// Rows examined per step (etcd's default, 1000).
+    pub batch: usize,
+    /// Pause after each step.
+    pub pause: std::time::Duration,
+}
+
+impl Default for CompactionPacing {
+    fn default() -> Self {
+        CompactionPacing { batch: 1000, pause: std::time::Duration::ZERO }
+    }
+}
 
 /// A hold on the store's content ([`KvStore::content`]).
 pub struct Content<'a>(#[allow(dead_code, reason = "held, not read")] parking_lot::RwLockReadGuard<'a, ()>);
@@ -88,6 +109,8 @@ pub struct KvStore {
     restored_leased: Mutex<Vec<(Vec<u8>, i64)>>,
     /// Whether the start rebuilt the `keyMeta` rows from the `key` rows.
     key_meta_rebuilt: std::sync::atomic::AtomicBool,
+    /// How physical compactions step through the backend.
+    pacing: Mutex<CompactionPacing>,
 }
 
 impl KvStore {
@@ -103,9 +126,16 @@ impl KvStore {
             maintenance: Mutex::new(()),
             restored_leased: Mutex::new(Vec::new()),
             key_meta_rebuilt: Default::default(),
+            pacing: Mutex::new(CompactionPacing::default()),
         };
         store.restore()?;
         Ok(Arc::new(store))
+    }
+
+    /// Sets how the physical compactions from here on step through the
+    /// backend.
+    pub fn set_compaction_pacing(&self, pacing: CompactionPacing) {
+        *self.pacing.lock() = CompactionPacing { batch: pacing.batch.max(1), ..pacing };
     }
 
     /// The live keys that hold a lease, as the last restore found them
@@ -400,16 +430,18 @@ impl KvStore {
     /// Physical compaction at `rev`: drops from the index and the backend every
     /// revision older than the newest one at or before `rev`, per key. As
     /// etcd's, it goes a slice at a time: the index a thousand keys per hold
-    /// of its lock, the backend a thousand rows per step, with a pause
-    /// between two steps, so that reads and writes go on throughout.
+    /// of its lock, the backend [`CompactionPacing::batch`] rows per step,
+    /// each step a transaction of its own, so that reads and writes go on
+    /// throughout.
     pub fn compact_physical(&self, rev: i64) -> Result<usize, MvccError> {
         let _one = self.maintenance.lock();
         self.compact_physical_locked(rev, true)
     }
 
     /// [`compact_physical`](Self::compact_physical) with `maintenance` held;
-    /// `pace`: pause between the backend's steps (not at start or during a
-    /// snapshot's install, when nothing else runs).
+    /// `pace`: each step in a transaction of its own, with the pause after
+    /// it (not at start or during a snapshot's install, when nothing else
+    /// runs).
     fn compact_physical_locked(&self, rev: i64, pace: bool) -> Result<usize, MvccError> {
         let mut keep = HashSet::new();
         let mut from: Option<Box<[u8]>> = None;
@@ -424,6 +456,7 @@ impl KvStore {
         self.backend.commit()?;
         let end = Revision::new(rev + 1, 0).to_key(false);
         let (mut start, mut n) = (Vec::new(), 0);
+        let pacing = *self.pacing.lock();
         loop {
             let (mut seen, mut last, mut doomed) = (0, Vec::new(), Vec::new());
             // The `keyMeta` rows name the same revisions as `key`'s, in a
@@ -437,7 +470,7 @@ impl KvStore {
                 {
                     doomed.push(k.to_vec());
                 }
-                seen < COMPACT_BATCH
+                seen < pacing.batch
             })?;
             n += doomed.len();
             if pace {
@@ -455,14 +488,14 @@ impl KvStore {
                     }
                 });
             }
-            if seen < COMPACT_BATCH {
+            if seen < pacing.batch {
                 break;
             }
             // The next step starts just after the last row seen.
             last.push(0);
             start = last;
-            if pace {
-                std::thread::sleep(COMPACT_PAUSE);
+            if pace && !pacing.pause.is_zero() {
+                std::thread::sleep(pacing.pause);
             }
         }
         self.backend.write(|b| b.put(Table::Meta, meta::FINISHED_COMPACT_REV.to_vec(), meta::encode(rev as u64)));

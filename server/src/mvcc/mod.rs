@@ -1,6 +1,8 @@
 //! MVCC: treeIndex (key -> revisions, in memory) over the backend
 //! (revision -> encoded KeyValue), as etcd's `storage/mvcc`.
 
+#[cfg(test)]
+mod compaction_tests;
 mod generations;
 pub mod index;
 pub mod key_index;
@@ -15,7 +17,7 @@ mod txn;
 mod varint;
 
 pub use index::RangeEnd;
-pub use kvstore::{Content, KvStore, RangeOptions, RangeResult};
+pub use kvstore::{CompactionPacing, Content, KvStore, RangeOptions, RangeResult};
 pub use revision::Revision;
 pub use txn::WriteTxn;
 
