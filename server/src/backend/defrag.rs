@@ -144,12 +144,12 @@ impl Backend {
         }
         // One durable commit covers everything written to the new file.
         commit_durable(&new)?;
-        // The new file holds the pages in use and the few that its own
-        // commits freed: its bytes on disk are the bytes in use, within a
-        // page in 35,000 (1,456,222,208 against a count of 1,456,181,248
-        // at 1M revisions). Counting them walks every page (0.6-1.0 s per
-        // 1.4 GB, 5 s at 8 GB); the periodic count refines this one in
-        // `IN_USE_REFRESH`.
+        // The new file holds the pages in use and those its own commits
+        // freed (a few unloaded: 1,456,222,208 bytes on disk against a
+        // count of 1,456,181,248 at 1M revisions; more after a long
+        // catch-up), so its bytes on disk stand for the bytes in use.
+        // Counting them walks every page (0.6-1.0 s per 1.4 GB, 5 s at
+        // 8 GB); the periodic count refines this figure in `IN_USE_REFRESH`.
         let in_use = super::allocated_bytes(&tmp).map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         crate::failpoints::crash_point("defrag_after_rename");

@@ -70,7 +70,9 @@ pub const KEY_META_MISMATCH: &str = "the keyMeta rows do not match the key rows"
 /// backend's commit lock, which no write waits for (writes apply to the
 /// write buffer), so by default it does not pause: under 100 clients putting
 /// and 100 reading, compacting 1M revisions took 15.6-17.0 s with etcd's
-/// pause and 4.7 s without, at the same put p99 (BENCHMARKS.md, session 30).
+/// pause and 4.6-4.7 s without, at the same put p99; 3.7M revisions 56.0 s
+/// and 15.3-26.9 s, put p99 20.5 and 17.6-34.4 ms (etcd: 55.1 s, 119.4 ms;
+/// BENCHMARKS.md, session 30).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionPacing {
     /// Rows examined per step (etcd's default, 1000).
