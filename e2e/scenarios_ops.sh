@@ -153,12 +153,14 @@ quota_alarm_is() { [ "$(kvc_field '{.status.conditions[?(@.type=="QuotaAlarm")].
 # fail; the operator compacts, defragments each member and disarms, and
 # writes succeed again. The QuotaAlarm condition went True and back.
 nospace_remediated() {
+  local value=$E2E_WORK/value t0 i err="" tries=0 p0 full
+  p0=$(date +%s)
   kubectl -n "$OP_NS" patch kvc demo --type merge -p '{"spec":{"quotaBackendBytes":8388608}}'
   # A new quota is a new pod template: a rolling restart, one member at a time.
   eventually 60 sts_has_quota 8388608
   eventually 300 template_rolled_out
   eventually 120 kvc_available_with 3
-  local value=$E2E_WORK/value t0 i err="" tries=0
+  echo "measured: the new quota rolled out to 3 members in $(($(date +%s) - p0)) s"
   head -c 196608 /dev/urandom | base64 -w0 >"$value"
   t0=$(date +%s)
   for i in $(seq 1 200); do
@@ -170,9 +172,11 @@ nospace_remediated() {
       sleep 1
     done
   done
-  echo "put $i: $err"
+  full=$(date +%s)
+  echo "measured: NOSPACE at put $i, after $((full - t0)) s of puts"
   case "$err" in *"database space exceeded"*) ;; *) fail "no NOSPACE after $i puts of 256 KiB: $err" ;; esac
   eventually 180 no_nospace_alarm
+  echo "measured: the operator disarmed NOSPACE $(($(date +%s) - full)) s after it"
   eventually 60 condition_changed_after QuotaAlarm "$t0"
   # The status follows at the next reconcile (a step requeues after 5 s).
   eventually 30 quota_alarm_is False
