@@ -271,9 +271,9 @@ impl Backend {
     /// `through` that `doomed` (in key order) names, in one transaction of
     /// its own: a paced compaction's step (the tables share their keys:
     /// `key` and `keyMeta`), one pass over each table's leaves
-    /// ([`chunk::Writer::remove_named`]). Nothing buffered is touched: the rows are older than any write since
-    /// the compaction's first commit. A defragmentation's journal gets the
-    /// removals as a batch of deletes.
+    /// ([`chunk::Writer::remove_named`]). Nothing buffered is touched: the
+    /// rows are older than any write since the compaction's first commit. A
+    /// defragmentation's journal gets the removals as a batch of deletes.
     pub fn remove_committed(
         &self,
         tables: &[Table],

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::restore_tests::rows;
 use super::{CompactionPacing, KvStore, RangeEnd, RangeOptions};
 use crate::backend::{Backend, Table};
 
@@ -25,16 +26,6 @@ fn store_with_history(path: &std::path::Path) -> Arc<KvStore> {
     store
 }
 
-fn key_rows(be: &Backend) -> usize {
-    let mut n = 0;
-    be.scan_committed(Table::Key, &[], None, |_, _| {
-        n += 1;
-        true
-    })
-    .unwrap();
-    n
-}
-
 #[test]
 fn pacing_changes_the_steps_not_what_is_left() {
     let paced = CompactionPacing { batch: 50, pause: Duration::from_millis(20) };
@@ -50,7 +41,7 @@ fn pacing_changes_the_steps_not_what_is_left() {
         let removed = store.compact_physical(at).unwrap();
         let took = t.elapsed();
         assert_eq!(removed, KEYS * (REVISIONS_PER_KEY - 1), "{pacing:?}");
-        assert_eq!(key_rows(store.backend()), KEYS, "{pacing:?}");
+        assert_eq!(rows(store.backend(), Table::Key).len(), KEYS, "{pacing:?}");
         let live = store.range(b"k", RangeEnd::Unbounded, RangeOptions::default()).unwrap().kvs;
         let last = format!("v{}", REVISIONS_PER_KEY - 1);
         assert!(live.iter().all(|kv| kv.value == last.as_bytes()), "{pacing:?}");

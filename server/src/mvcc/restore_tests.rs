@@ -103,7 +103,7 @@ fn leased_in(a: &Answers) -> Vec<(Vec<u8>, i64)> {
     live.iter().filter(|kv| kv.lease != 0).map(|kv| (kv.key.clone(), kv.lease)).collect()
 }
 
-fn rows(be: &Backend, t: Table) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(super) fn rows(be: &Backend, t: Table) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     be.scan_committed(t, &[], None, |k, v| {
         out.push((k.to_vec(), v.to_vec()));
