@@ -193,6 +193,25 @@ pub(super) fn count(stored: &[u8]) -> u32 {
     }
 }
 
+/// The value that a defragmentation's copy stores for the stored `key`
+/// value `stored` at `key`: the value as it is (a head's chunks are copied
+/// with [`Table::KeyChunk`]), unless it is a long row that a build before
+/// chunks stored whole, which is cut now, its chunks put in `chunks`.
+pub(super) fn recut<'a>(
+    chunks: &mut RedbTable<'_, Bytes<'static>, Bytes<'static>>,
+    key: &[u8],
+    stored: &'a [u8],
+) -> Result<Cow<'a, [u8]>, StorageError> {
+    let whole_and_long = if is_cut(stored) { None } else { cut(stored) };
+    let Some((head, pieces)) = whole_and_long else {
+        return Ok(Cow::Borrowed(stored));
+    };
+    for (i, piece) in (0u32..).zip(pieces) {
+        chunks.insert(chunk_key(key, i).as_slice(), piece)?;
+    }
+    Ok(Cow::Owned(head))
+}
+
 /// The `key` table and its chunks, open in one write transaction: every
 /// write of a `key` row goes through here.
 pub(super) struct KeyRows<'txn> {
@@ -223,18 +242,6 @@ impl<'txn> KeyRows<'txn> {
             }
         };
         self.remove_chunks(key, n, old)
-    }
-
-    /// Writes a stored value as it is (a defragmentation's copy of a row
-    /// already cut, whose chunks it copies as they are); a row stored whole
-    /// is cut if long.
-    pub(super) fn copy(&mut self, key: &[u8], stored: &[u8]) -> Result<(), StorageError> {
-        if is_cut(stored) {
-            self.rows.insert(key, stored)?;
-            Ok(())
-        } else {
-            self.insert(key, stored)
-        }
     }
 
     /// Removes the row at `key` and its chunks.
@@ -290,14 +297,6 @@ impl<'txn> Writer<'txn> {
         match self {
             Writer::Key(kr) => kr.remove(key),
             Writer::Plain(t) => t.remove(key).map(drop),
-        }
-    }
-
-    /// Writes a stored value as it is ([`KeyRows::copy`]).
-    pub(super) fn copy(&mut self, key: &[u8], stored: &[u8]) -> Result<(), StorageError> {
-        match self {
-            Writer::Key(kr) => kr.copy(key, stored),
-            Writer::Plain(t) => t.insert(key, stored).map(drop),
         }
     }
 

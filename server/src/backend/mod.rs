@@ -754,4 +754,41 @@ mod chunk_tests {
         let read = db.begin_read().unwrap();
         assert_eq!(read.open_table(def(Table::KeyChunk)).unwrap().len().unwrap(), 100);
     }
+
+    /// Long rows stored whole by a build before chunks, between rows
+    /// already cut: the copy cuts them while it appends the `key` table, so
+    /// the chunks it then copies as they are land before theirs, not at the
+    /// table's end. Every row reads back, with all its chunks and no others.
+    #[test]
+    fn a_defragmentation_mixes_rows_it_cuts_with_rows_cut_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let rows: Vec<_> = (1..=40).map(|i| (key(i), long(i, 9000 + usize::from(i) * 500))).collect();
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut cut = chunk::KeyRows::open(&tx).unwrap();
+                for (k, v) in rows.iter().filter(|(k, _)| k[7] % 4 != 0) {
+                    cut.insert(k, v).unwrap();
+                }
+                drop(cut);
+                let mut whole = tx.open_table(def(Table::Key)).unwrap();
+                for (k, v) in rows.iter().filter(|(k, _)| k[7] % 4 == 0) {
+                    whole.insert(k.as_slice(), v.as_ref()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let be = Backend::open(&path, 100, 1 << 20).unwrap();
+        let before = chunks_stored(&be);
+        be.defrag().unwrap();
+        assert_eq!(be.scan(Table::Key, &key(0), &key(99)).unwrap(), rows);
+        let expected: u64 = rows.iter().map(|(_, v)| chunk::cut(v).map_or(0, |(_, p)| p.len() as u64)).sum();
+        assert!(before < expected, "{before} chunks before, all {expected} after");
+        assert_eq!(chunks_stored(&be), expected);
+        drop(be);
+        let be = Backend::open(&path, 100, 1 << 20).unwrap();
+        assert_eq!(be.scan(Table::Key, &key(0), &key(99)).unwrap(), rows);
+    }
 }
