@@ -95,13 +95,19 @@ pub struct Flags {
         long,
         visible_alias = "experimental-compaction-batch-limit",
         env = "KVD_COMPACTION_BATCH_LIMIT",
-        default_value_t = 1000
+        default_value_t = crate::mvcc::CompactionPacing::DEFAULT_BATCH
     )]
     pub compaction_batch_limit: usize,
     /// Pause after each step of a physical compaction. etcd's default is
     /// 10ms, because its step holds up every write; a kvd step holds up
     /// none, and does not pause unless told to.
-    #[arg(long, visible_alias = "experimental-compaction-sleep-interval", env = "KVD_COMPACTION_SLEEP_INTERVAL", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        visible_alias = "experimental-compaction-sleep-interval",
+        env = "KVD_COMPACTION_SLEEP_INTERVAL",
+        default_value = "0s",
+        value_parser = humantime::parse_duration
+    )]
     pub compaction_sleep_interval: Duration,
     /// Certificate of the client listener (PEM).
     #[arg(long, env = "KVD_CERT_FILE")]
@@ -333,7 +339,7 @@ impl Flags {
             .map_err(|e| ferr("auto-compaction-retention", e))?,
             compaction_pacing: crate::mvcc::CompactionPacing {
                 batch: match self.compaction_batch_limit {
-                    0 => crate::mvcc::CompactionPacing::default().batch,
+                    0 => crate::mvcc::CompactionPacing::DEFAULT_BATCH,
                     n => n,
                 },
                 pause: self.compaction_sleep_interval,

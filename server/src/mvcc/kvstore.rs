@@ -75,15 +75,20 @@ pub const KEY_META_MISMATCH: &str = "the keyMeta rows do not match the key rows"
 /// BENCHMARKS.md, session 30).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionPacing {
-    /// Rows examined per step (etcd's default, 1000).
+    /// Rows examined per step.
     pub batch: usize,
     /// Pause after each step.
     pub pause: std::time::Duration,
 }
 
+impl CompactionPacing {
+    /// Rows per step unless told otherwise (etcd's default).
+    pub const DEFAULT_BATCH: usize = 1000;
+}
+
 impl Default for CompactionPacing {
     fn default() -> Self {
-        CompactionPacing { batch: 1000, pause: std::time::Duration::ZERO }
+        CompactionPacing { batch: Self::DEFAULT_BATCH, pause: std::time::Duration::ZERO }
     }
 }
 
